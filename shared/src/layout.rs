@@ -1,0 +1,96 @@
+//! Where everything lives inside a data dir (SPEC §2). Both processes resolve
+//! paths only through [`DataDir`], so the layout is written down once.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the data dir when `--data-dir` is not given.
+pub const DATA_DIR_ENV: &str = "WAIAAS_DATA_DIR";
+
+/// A WAIaaS installation's data dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// A data dir at `root` (not created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `--data-dir`, else `WAIAAS_DATA_DIR`, else `~/.waiaas`.
+    pub fn resolve(flag: Option<&Path>) -> Result<Self, String> {
+        if let Some(dir) = flag {
+            return Ok(Self::new(dir));
+        }
+        if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()) {
+            return Ok(Self::new(dir));
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Ok(Self::new(Path::new(&home).join(".waiaas"))),
+            None => Err(format!(
+                "cannot find the data dir: pass --data-dir, or set {DATA_DIR_ENV} or HOME"
+            )),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `data/`, holding the database and the API token.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.data().join("waiaas.db")
+    }
+    pub fn master_token(&self) -> PathBuf {
+        self.data().join("master.token")
+    }
+    pub fn versions(&self) -> PathBuf {
+        self.root.join("versions")
+    }
+    pub fn version(&self, version: &str) -> PathBuf {
+        self.versions().join(version)
+    }
+    /// The `current` symlink to the active `versions/<v>`.
+    pub fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.root.join("backups")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn launcher_socket(&self) -> PathBuf {
+        self.run().join("launcher.sock")
+    }
+    pub fn launcher_pid(&self) -> PathBuf {
+        self.run().join("launcher.pid")
+    }
+    pub fn upgrade_journal(&self) -> PathBuf {
+        self.root.join("upgrade.json")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_wins_and_paths_follow_the_spec() {
+        let dir = DataDir::resolve(Some(Path::new("/srv/w"))).unwrap();
+        assert_eq!(dir.database(), Path::new("/srv/w/data/waiaas.db"));
+        assert_eq!(dir.master_token(), Path::new("/srv/w/data/master.token"));
+        assert_eq!(dir.launcher_socket(), Path::new("/srv/w/run/launcher.sock"));
+        assert_eq!(dir.version("1.9.0"), Path::new("/srv/w/versions/1.9.0"));
+        assert_eq!(dir.upgrade_journal(), Path::new("/srv/w/upgrade.json"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Contracts spoken by both the WAIaaS launcher and the daemon: one definition
+//! of each, so the two processes cannot disagree.
+
+pub mod compat;
+pub mod config;
+pub mod exit;
+pub mod health;
+pub mod kv;
+pub mod layout;
+pub mod listen_fds;
+pub mod registry;
+pub mod time;
+pub mod version;

@@ -1,0 +1,205 @@
+//! The npm registry as a release source (SPEC §3, §4): where it is, and what
+//! version a dist-tag names. No registry host is written here: the URL always
+//! comes from configuration, npm's environment, the user's `.npmrc`, or npm.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use semver::Version;
+
+/// The package whose dist-tags announce releases.
+pub const CLI_PACKAGE: &str = "@waiaas/cli";
+
+/// Longest a version check may take, connection to last byte.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest body a version check reads.
+pub const CHECK_BODY_CAP: usize = 1 << 20;
+
+/// Where the registry URL was found, for log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Config,
+    Environment,
+    Npmrc,
+    NpmCli,
+}
+
+/// The registry base URL, in SPEC §3 order: `[update] registry`, then
+/// `npm_config_registry`, then the `registry=` line of `~/.npmrc`, then
+/// `npm config get registry` (run once per process). `None` if none answers.
+pub fn resolve(configured: Option<&str>) -> Option<(String, Source)> {
+    if let Some(url) = configured {
+        return Some((url.to_string(), Source::Config));
+    }
+    for var in ["npm_config_registry", "NPM_CONFIG_REGISTRY"] {
+        if let Some(url) = std::env::var(var).ok().filter(|u| is_url(u)) {
+            return Some((url, Source::Environment));
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME")
+        && let Some(url) = npmrc_registry(&Path::new(&home).join(".npmrc"))
+    {
+        return Some((url, Source::Npmrc));
+    }
+    static FROM_NPM: OnceLock<Option<String>> = OnceLock::new();
+    FROM_NPM
+        .get_or_init(ask_npm)
+        .clone()
+        .map(|url| (url, Source::NpmCli))
+}
+
+/// How to configure the registry, for the one log line when none was found.
+pub const HOW_TO_CONFIGURE: &str = "set `registry` in the [update] section of config.toml \
+     (or WAIAAS_UPDATE_REGISTRY, npm_config_registry, or a registry= line in ~/.npmrc)";
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+fn npmrc_registry(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "registry")
+            .then(|| value.trim().trim_matches('"').to_string())
+            .filter(|v| is_url(v))
+    })
+}
+
+fn ask_npm() -> Option<String> {
+    let out = std::process::Command::new("npm")
+        .args(["config", "get", "registry"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let url = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && is_url(&url)).then_some(url)
+}
+
+/// `base` + `path`, with exactly one slash between them.
+pub fn join(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+/// A package name as a registry path segment (`@scope/name` → `@scope%2fname`).
+pub fn escape_name(name: &str) -> String {
+    name.replace('/', "%2f")
+}
+
+/// Why a version check found nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("registry request failed: {0}")]
+    Request(#[source] reqwest::Error),
+    #[error("registry answered HTTP {0}")]
+    Status(u16),
+    #[error("registry answer is larger than {CHECK_BODY_CAP} bytes")]
+    TooLarge,
+    #[error("registry answer is not a JSON object of dist-tags: {0}")]
+    BadJson(String),
+    #[error("registry has no dist-tag `{0}` for {CLI_PACKAGE}")]
+    NoSuchTag(String),
+    #[error("dist-tag `{tag}` names `{value}`, which is not a semver version")]
+    NotSemver { tag: String, value: String },
+    #[error("dist-tag `latest` names the prerelease {0}; ignored on the latest channel")]
+    PrereleaseOnLatest(Version),
+}
+
+/// The version `dist-tags.<channel>` of [`CLI_PACKAGE`] names, fetched with the
+/// limits of SPEC §4: 5 s in all, 1 MiB body, and a User-Agent that carries
+/// only our version.
+pub async fn latest_version(registry: &str, channel: &str) -> Result<Version, CheckError> {
+    let client = reqwest::Client::builder()
+        .timeout(CHECK_TIMEOUT)
+        .user_agent(format!("waiaas/{}", crate::version::VERSION))
+        .build()
+        .map_err(CheckError::Request)?;
+    let url = join(
+        registry,
+        &format!("-/package/{}/dist-tags", escape_name(CLI_PACKAGE)),
+    );
+    let mut response = client.get(url).send().await.map_err(CheckError::Request)?;
+    if !response.status().is_success() {
+        return Err(CheckError::Status(response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(CheckError::Request)? {
+        if body.len() + chunk.len() > CHECK_BODY_CAP {
+            return Err(CheckError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    pick_tag(&body, channel)
+}
+
+/// The channel's version out of a dist-tags body.
+pub fn pick_tag(body: &[u8], channel: &str) -> Result<Version, CheckError> {
+    let tags: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| CheckError::BadJson(e.to_string()))?;
+    let value = tags
+        .get(channel)
+        .ok_or_else(|| CheckError::NoSuchTag(channel.to_string()))?;
+    let text = value.as_str().unwrap_or_default();
+    let version = Version::parse(text).map_err(|_| CheckError::NotSemver {
+        tag: channel.to_string(),
+        value: value.to_string(),
+    })?;
+    if !crate::version::allowed_on_channel(&version, channel) {
+        return Err(CheckError::PrereleaseOnLatest(version));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_picked_and_validated() {
+        let body = br#"{"latest":"1.9.0","rc":"2.0.0-rc.1","bad":"1.x","num":7}"#;
+        assert_eq!(pick_tag(body, "latest").unwrap().to_string(), "1.9.0");
+        assert_eq!(pick_tag(body, "rc").unwrap().to_string(), "2.0.0-rc.1");
+        assert!(matches!(pick_tag(body, "bad"), Err(CheckError::NotSemver { .. })));
+        assert!(matches!(pick_tag(body, "num"), Err(CheckError::NotSemver { .. })));
+        assert!(matches!(pick_tag(body, "next"), Err(CheckError::NoSuchTag(_))));
+        assert!(matches!(pick_tag(b"<html>", "latest"), Err(CheckError::BadJson(_))));
+        assert!(matches!(pick_tag(b"[1]", "latest"), Err(CheckError::BadJson(_))));
+    }
+
+    #[test]
+    fn a_prerelease_under_latest_is_ignored() {
+        let body = br#"{"latest":"2.0.0-rc.1"}"#;
+        assert!(matches!(
+            pick_tag(body, "latest"),
+            Err(CheckError::PrereleaseOnLatest(_))
+        ));
+    }
+
+    #[test]
+    fn urls_are_joined_and_names_escaped() {
+        assert_eq!(join("http://127.0.0.1:1/", "/a"), "http://127.0.0.1:1/a");
+        assert_eq!(join("http://127.0.0.1:1/npm", "a"), "http://127.0.0.1:1/npm/a");
+        assert_eq!(escape_name("@waiaas/cli"), "@waiaas%2fcli");
+    }
+
+    #[test]
+    fn configured_registry_wins() {
+        assert_eq!(
+            resolve(Some("http://127.0.0.1:4873")),
+            Some(("http://127.0.0.1:4873".to_string(), Source::Config))
+        );
+    }
+
+    #[test]
+    fn npmrc_registry_line_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let rc = dir.path().join(".npmrc");
+        std::fs::write(&rc, "fund=false\nregistry = http://127.0.0.1:4873/\n").unwrap();
+        assert_eq!(npmrc_registry(&rc).as_deref(), Some("http://127.0.0.1:4873/"));
+        std::fs::write(&rc, "registry=not-a-url\n").unwrap();
+        assert_eq!(npmrc_registry(&rc), None);
+    }
+}
