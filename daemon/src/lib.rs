@@ -2,6 +2,10 @@
 //! compatibility check, and the background version check.
 
 pub mod compat;
+pub mod control;
 pub mod db;
+pub mod http;
 pub mod migrate;
+pub mod serve;
+pub mod token;
 pub mod version_check;

@@ -244,12 +244,12 @@ impl Config {
         let mut config = Config::default();
         if let Some(text) = text {
             let origin = Origin::File(path.to_path_buf());
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Syntax {
-                    origin: origin.clone(),
-                    reason: e.message().to_string(),
-                }
-            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        origin: origin.clone(),
+                        reason: e.message().to_string(),
+                    })?;
             for (section, body) in &table {
                 let Some(body) = body.as_table() else {
                     return Err(ConfigError::UnknownKey {
@@ -405,16 +405,52 @@ mod tests {
             ("[daemon]\nport = 0", "daemon.port", "1 to 65535"),
             ("[daemon]\nport = 70000", "daemon.port", "1 to 65535"),
             ("[daemon]\nport = \"3100\"", "daemon.port", "whole number"),
-            ("[daemon]\nshutdown_timeout = 4", "daemon.shutdown_timeout", "5 to 300"),
-            ("[daemon]\nshutdown_timeout = 301", "daemon.shutdown_timeout", "5 to 300"),
-            ("[daemon]\nupdate_check = \"yes\"", "daemon.update_check", "true or false"),
-            ("[daemon]\nupdate_check_interval = 60", "daemon.update_check_interval", "3600 to 604800"),
-            ("[daemon]\nlog_level = \"loud\"", "daemon.log_level", "one of"),
-            ("[daemon]\nhostname = \"\"", "daemon.hostname", "not be empty"),
-            ("[update]\nregistry = \"ftp://x\"", "update.registry", "http"),
+            (
+                "[daemon]\nshutdown_timeout = 4",
+                "daemon.shutdown_timeout",
+                "5 to 300",
+            ),
+            (
+                "[daemon]\nshutdown_timeout = 301",
+                "daemon.shutdown_timeout",
+                "5 to 300",
+            ),
+            (
+                "[daemon]\nupdate_check = \"yes\"",
+                "daemon.update_check",
+                "true or false",
+            ),
+            (
+                "[daemon]\nupdate_check_interval = 60",
+                "daemon.update_check_interval",
+                "3600 to 604800",
+            ),
+            (
+                "[daemon]\nlog_level = \"loud\"",
+                "daemon.log_level",
+                "one of",
+            ),
+            (
+                "[daemon]\nhostname = \"\"",
+                "daemon.hostname",
+                "not be empty",
+            ),
+            (
+                "[update]\nregistry = \"ftp://x\"",
+                "update.registry",
+                "http",
+            ),
             ("[update]\nchannel = \"a b\"", "update.channel", "dist-tag"),
-            ("[update]\nkeep_backups = 0", "update.keep_backups", "1 to 100"),
-            ("[update]\ntrusted_keys = \"k\"", "update.trusted_keys", "list"),
+            (
+                "[update]\nkeep_backups = 0",
+                "update.keep_backups",
+                "1 to 100",
+            ),
+            (
+                "[update]\ntrusted_keys = \"k\"",
+                "update.trusted_keys",
+                "list",
+            ),
             ("[daemon]\nprot = 1", "daemon.prot", "known keys"),
             ("[deamon]\nport = 1", "deamon.port", "known keys"),
             ("daemon = 3", "daemon", "known keys"),
@@ -450,16 +486,27 @@ mod tests {
         assert_eq!(c.update.trusted_keys, ["k1", "k2"]);
 
         let err = env(&[("WAIAAS_DAEMON_SHUTDOWN_TIMEOUT", "1")]).unwrap_err();
-        assert!(err.to_string().contains("WAIAAS_DAEMON_SHUTDOWN_TIMEOUT"), "{err}");
+        assert!(
+            err.to_string().contains("WAIAAS_DAEMON_SHUTDOWN_TIMEOUT"),
+            "{err}"
+        );
         assert_eq!(err.key(), Some("daemon.shutdown_timeout"));
         let err = env(&[("WAIAAS_DAEMON_PROT", "1")]).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err}");
-        assert_eq!(env(&[("WAIAAS_DAEMON_UPDATE_CHECK", "0")]).unwrap().daemon.update_check, false);
+        assert!(
+            !env(&[("WAIAAS_DAEMON_UPDATE_CHECK", "0")])
+                .unwrap()
+                .daemon
+                .update_check
+        );
     }
 
     #[test]
     fn every_key_has_an_environment_name() {
         assert_eq!(env_name("daemon.port"), "WAIAAS_DAEMON_PORT");
-        assert_eq!(env_name("update.keep_backups"), "WAIAAS_UPDATE_KEEP_BACKUPS");
+        assert_eq!(
+            env_name("update.keep_backups"),
+            "WAIAAS_UPDATE_KEEP_BACKUPS"
+        );
     }
 }

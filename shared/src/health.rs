@@ -71,7 +71,15 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["latestVersion", "schemaVersion", "status", "timestamp", "updateAvailable", "uptime", "version"]
+            [
+                "latestVersion",
+                "schemaVersion",
+                "status",
+                "timestamp",
+                "updateAvailable",
+                "uptime",
+                "version"
+            ]
         );
         assert!(value["latestVersion"].is_null());
     }

@@ -11,6 +11,9 @@ pub const LATEST: &str = "version_check_latest";
 pub const CHECKED_AT: &str = "version_check_checked_at";
 /// When the CLI last showed the update notice (Unix seconds).
 pub const NOTIFIED_AT: &str = "version_check_notified_at";
+/// The version of the daemon that last opened the database, so a backup taken
+/// before migrating can say which release it came from.
+pub const LAST_RUN_VERSION: &str = "daemon_last_version";
 
 /// The value stored under `key`, if any.
 pub fn get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {

@@ -1,9 +1,13 @@
 //! Contracts spoken by both the WAIaaS launcher and the daemon: one definition
 //! of each, so the two processes cannot disagree.
 
+pub mod admin;
+pub mod backup;
 pub mod compat;
 pub mod config;
+pub mod control;
 pub mod exit;
+pub mod fsutil;
 pub mod health;
 pub mod kv;
 pub mod layout;

@@ -13,20 +13,39 @@ pub const FIRST_FD: RawFd = 3;
 
 /// Arranges for `listener` to be fd 3 in the child that `command` spawns.
 pub fn pass_listener(command: &mut Command, listener: &TcpListener) {
-    let fd = listener.as_raw_fd();
+    pass(command, &[listener.as_raw_fd()]);
+}
+
+/// Places `fds` at 3, 4, … in the child, in order, and announces the first
+/// as a listener (`LISTEN_FDS=1`); the others are for the caller to name.
+pub fn pass(command: &mut Command, fds: &[RawFd]) {
+    let fds: Vec<RawFd> = fds.to_vec();
     // LISTEN_PID cannot be set safely between fork and exec; the daemon accepts
     // its absence, and an inherited LISTEN_PID from our own parent must not leak.
     command.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, close) run between fork
+    // and exec, and the vector was allocated before the fork.
     unsafe {
         command.pre_exec(move || {
-            if fd == FIRST_FD {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            // Duplicate every source above the target range first, so placing
+            // one descriptor can never clobber another that is still to be placed.
+            let above = FIRST_FD + fds.len() as RawFd;
+            let mut moved = [0 as RawFd; 8];
+            if fds.len() > moved.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            for (slot, &fd) in moved.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if *slot < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, FIRST_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for (i, &fd) in moved[..fds.len()].iter().enumerate() {
+                // dup2 clears close-on-exec on the target: it survives the exec.
+                if libc::dup2(fd, FIRST_FD + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
             }
             Ok(())
         });

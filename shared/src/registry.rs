@@ -68,20 +68,46 @@ fn npmrc_registry(path: &Path) -> Option<String> {
     })
 }
 
+/// How long `npm config get registry` may take before it is given up on.
+const NPM_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn ask_npm() -> Option<String> {
-    let out = std::process::Command::new("npm")
+    use std::io::Read;
+    let mut child = std::process::Command::new("npm")
         .args(["config", "get", "registry"])
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .output()
+        .spawn()
         .ok()?;
-    let url = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && is_url(&url)).then_some(url)
+    // A hung npm must not hold the version check forever.
+    let deadline = std::time::Instant::now() + NPM_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    let url = out.trim().to_string();
+    (status.success() && is_url(&url)).then_some(url)
 }
 
 /// `base` + `path`, with exactly one slash between them.
 pub fn join(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// A package name as a registry path segment (`@scope/name` → `@scope%2fname`).
@@ -114,6 +140,8 @@ pub enum CheckError {
 pub async fn latest_version(registry: &str, channel: &str) -> Result<Version, CheckError> {
     let client = reqwest::Client::builder()
         .timeout(CHECK_TIMEOUT)
+        // A registry mirror may redirect once or twice; more is a loop or a trap.
+        .redirect(reqwest::redirect::Policy::limited(3))
         .user_agent(format!("waiaas/{}", crate::version::VERSION))
         .build()
         .map_err(CheckError::Request)?;
@@ -162,11 +190,26 @@ mod tests {
         let body = br#"{"latest":"1.9.0","rc":"2.0.0-rc.1","bad":"1.x","num":7}"#;
         assert_eq!(pick_tag(body, "latest").unwrap().to_string(), "1.9.0");
         assert_eq!(pick_tag(body, "rc").unwrap().to_string(), "2.0.0-rc.1");
-        assert!(matches!(pick_tag(body, "bad"), Err(CheckError::NotSemver { .. })));
-        assert!(matches!(pick_tag(body, "num"), Err(CheckError::NotSemver { .. })));
-        assert!(matches!(pick_tag(body, "next"), Err(CheckError::NoSuchTag(_))));
-        assert!(matches!(pick_tag(b"<html>", "latest"), Err(CheckError::BadJson(_))));
-        assert!(matches!(pick_tag(b"[1]", "latest"), Err(CheckError::BadJson(_))));
+        assert!(matches!(
+            pick_tag(body, "bad"),
+            Err(CheckError::NotSemver { .. })
+        ));
+        assert!(matches!(
+            pick_tag(body, "num"),
+            Err(CheckError::NotSemver { .. })
+        ));
+        assert!(matches!(
+            pick_tag(body, "next"),
+            Err(CheckError::NoSuchTag(_))
+        ));
+        assert!(matches!(
+            pick_tag(b"<html>", "latest"),
+            Err(CheckError::BadJson(_))
+        ));
+        assert!(matches!(
+            pick_tag(b"[1]", "latest"),
+            Err(CheckError::BadJson(_))
+        ));
     }
 
     #[test]
@@ -181,7 +224,10 @@ mod tests {
     #[test]
     fn urls_are_joined_and_names_escaped() {
         assert_eq!(join("http://127.0.0.1:1/", "/a"), "http://127.0.0.1:1/a");
-        assert_eq!(join("http://127.0.0.1:1/npm", "a"), "http://127.0.0.1:1/npm/a");
+        assert_eq!(
+            join("http://127.0.0.1:1/npm", "a"),
+            "http://127.0.0.1:1/npm/a"
+        );
         assert_eq!(escape_name("@waiaas/cli"), "@waiaas%2fcli");
     }
 
@@ -198,7 +244,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rc = dir.path().join(".npmrc");
         std::fs::write(&rc, "fund=false\nregistry = http://127.0.0.1:4873/\n").unwrap();
-        assert_eq!(npmrc_registry(&rc).as_deref(), Some("http://127.0.0.1:4873/"));
+        assert_eq!(
+            npmrc_registry(&rc).as_deref(),
+            Some("http://127.0.0.1:4873/")
+        );
         std::fs::write(&rc, "registry=not-a-url\n").unwrap();
         assert_eq!(npmrc_registry(&rc), None);
     }

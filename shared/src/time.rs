@@ -29,7 +29,15 @@ impl UtcTime {
         let secs = self.unix_ms / 1000;
         let (y, m, d) = civil_from_days((secs / 86_400) as i64);
         let rem = secs % 86_400;
-        (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60, self.unix_ms % 1000)
+        (
+            y,
+            m,
+            d,
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            self.unix_ms % 1000,
+        )
     }
 
     /// `yyyymmddThhmmssZ`.
@@ -112,7 +120,13 @@ mod tests {
             UtcTime::parse_rfc3339("2025-02-17T00:00:00Z"),
             Some(UtcTime::from_unix_ms(1_739_750_400_000))
         );
-        for bad in ["", "2025-02-17", "2025-13-01T00:00:00Z", "2025-02-17T00:00:00.1Z", "x"] {
+        for bad in [
+            "",
+            "2025-02-17",
+            "2025-13-01T00:00:00Z",
+            "2025-02-17T00:00:00.1Z",
+            "x",
+        ] {
             assert_eq!(UtcTime::parse_rfc3339(bad), None, "{bad}");
         }
     }

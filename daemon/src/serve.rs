@@ -1,0 +1,251 @@
+//! `waiaas-daemon serve`: check and migrate the database, then serve HTTP until
+//! SIGTERM/SIGINT, then drain, checkpoint and exit 0.
+//!
+//! Readiness never waits on the network: the version check starts only after
+//! the listener is serving.
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tracing::{error, info, warn};
+
+use waiaas_shared::backup::{self, Kind, Request};
+use waiaas_shared::compat::Verdict;
+use waiaas_shared::config::Config;
+use waiaas_shared::control::FromDaemon;
+use waiaas_shared::exit::daemon as code;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::{kv, version};
+
+use crate::control::{self, Control};
+use crate::db::{self, Db};
+use crate::{compat, http, migrate, token, version_check};
+
+/// Why the daemon did not start: an exit code and an operator message.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the process inherited from whoever started it.
+pub struct Inherited {
+    /// A listening socket (`LISTEN_FDS`), served instead of binding one.
+    pub listener: Option<TcpListener>,
+    /// The launcher's control channel, already greeted.
+    pub control: Option<UnixStream>,
+}
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(dir: &DataDir, config: &Config, inherited: Inherited) -> i32 {
+    match start(dir, config, inherited) {
+        Ok(code) => code,
+        Err(refusal) => {
+            error!("{}", refusal.message);
+            refusal.code
+        }
+    }
+}
+
+fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Refusal> {
+    let conn = prepare_database(dir, config)?;
+    let token = token::load_or_create(&dir.master_token()).map_err(|e| {
+        Refusal::new(
+            code::FAILURE,
+            format!("cannot create {}: {e}", dir.master_token().display()),
+        )
+    })?;
+    let listener = match inherited.listener {
+        Some(listener) => listener,
+        None => {
+            let addr = (config.daemon.hostname.as_str(), config.daemon.port);
+            TcpListener::bind(addr).map_err(|e| {
+                Refusal::new(
+                    code::FAILURE,
+                    format!(
+                        "cannot listen on {}:{}: {e} (is another daemon running? change [daemon] port)",
+                        addr.0, addr.1
+                    ),
+                )
+            })?
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Refusal::new(code::FAILURE, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(config, conn, token, listener, inherited.control))
+}
+
+/// Opens the database and brings it to this daemon's schema, or refuses.
+pub fn prepare_database(dir: &DataDir, config: &Config) -> Result<Connection, Refusal> {
+    let data = dir.data();
+    std::fs::create_dir_all(&data).map_err(|e| {
+        Refusal::new(
+            code::FAILURE,
+            format!("cannot create {}: {e}", data.display()),
+        )
+    })?;
+    let open_failed = |e: rusqlite::Error| {
+        Refusal::new(
+            code::FAILURE,
+            format!("cannot open {}: {e}", dir.database().display()),
+        )
+    };
+    let mut conn = db::open(&dir.database()).map_err(open_failed)?;
+    let report = compat::check(&conn).map_err(open_failed)?;
+    if let Some(refusal) = report.refusal_code() {
+        return Err(Refusal::new(refusal, report.message));
+    }
+    let backup = match report.verdict {
+        Verdict::Migrate => {
+            let from = kv::get(&conn, kv::LAST_RUN_VERSION)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| format!("schema{}", report.database_version));
+            let made = backup::create(
+                dir,
+                &Request {
+                    kind: Kind::PreMigrate,
+                    from_version: &from,
+                    to_version: version::VERSION,
+                    schema_version: report.database_version,
+                },
+            )
+            .map_err(|e| {
+                Refusal::new(
+                    code::FAILURE,
+                    format!("not migrating: the backup before migrating failed: {e}"),
+                )
+            })?;
+            info!(path = %made.path.display(), "backed up the database before migrating");
+            if let Err(e) = backup::prune(dir, config.update.keep_backups as usize) {
+                warn!("could not prune old backups: {e}");
+            }
+            Some(made.path)
+        }
+        _ => None,
+    };
+    let applied = migrate::migrate(&mut conn).map_err(|e| {
+        let restore = backup.as_ref().map_or(String::new(), |path| {
+            format!(
+                "; the database is unchanged, and a copy is in {}",
+                path.display()
+            )
+        });
+        Refusal::new(code::MIGRATION_FAILED, format!("{e}{restore}"))
+    })?;
+    if let (Some(first), Some(last)) = (applied.first(), applied.last()) {
+        info!("migrated the database from schema {} to {last}", first - 1);
+    }
+    kv::set(&conn, kv::LAST_RUN_VERSION, version::VERSION).map_err(open_failed)?;
+    Ok(conn)
+}
+
+async fn serve(
+    config: &Config,
+    conn: Connection,
+    token: String,
+    listener: TcpListener,
+    control: Option<UnixStream>,
+) -> Result<i32, Refusal> {
+    let io_failed = |e: std::io::Error| Refusal::new(code::FAILURE, format!("cannot serve: {e}"));
+    let schema_version = migrate::database_version(&conn).unwrap_or_default();
+    let db = Db::new(conn);
+    let started = Instant::now();
+    let default_grace = Duration::from_secs(config.daemon.shutdown_timeout);
+    listener.set_nonblocking(true).map_err(io_failed)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(io_failed)?;
+    let local = listener.local_addr().map_err(io_failed)?;
+    let mut control = control
+        .map(|stream| control::spawn(stream, db.clone(), started, default_grace))
+        .transpose()
+        .map_err(io_failed)?;
+
+    let state = http::State {
+        db: db.clone(),
+        started,
+        token: Arc::from(token),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(http::routes(state))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop_rx.await;
+        })
+        .run();
+    let mut server = tokio::spawn(server);
+    info!(
+        version = version::VERSION,
+        "ready: listening on http://{local}"
+    );
+    if let Some(control) = &control {
+        control.send(FromDaemon::Ready { schema_version });
+    }
+    let worker = version_check::spawn(config, db.clone());
+
+    let (reason, grace) = tokio::select! {
+        signal = shutdown_signal() => (signal, default_grace),
+        deadline = shutdown_order(control.as_mut()) => ("shutdown ordered by the launcher", deadline),
+        _ = &mut server => return Err(Refusal::new(code::FAILURE, "the HTTP server stopped unexpectedly")),
+    };
+    info!("{reason}: stopping; finishing in-flight requests");
+    if let Some(control) = &control {
+        control.send(FromDaemon::Stopping {
+            reason: reason.to_string(),
+        });
+    }
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        warn!(
+            "requests still running after {} s; closing them",
+            grace.as_secs()
+        );
+        server.abort();
+    }
+    worker.abort();
+    if let Err(e) = db.call(|conn| db::checkpoint(conn)).await {
+        warn!("could not checkpoint the WAL at shutdown: {e}");
+    }
+    info!("stopped");
+    Ok(code::OK)
+}
+
+/// Resolves with the deadline of the launcher's shutdown order; never without a channel.
+async fn shutdown_order(control: Option<&mut Control>) -> Duration {
+    match control {
+        Some(control) => match control.shutdown.recv().await {
+            Some(deadline) => deadline,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, naming which.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (terminate) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

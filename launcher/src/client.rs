@@ -1,0 +1,263 @@
+//! Commands that talk to a running supervisor over its admin socket:
+//! `start`, `stop`, `restart`, `status`.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use waiaas_shared::admin::{Envelope, Request, Response, Status};
+use waiaas_shared::config::Config;
+use waiaas_shared::control::{MAX_FRAME, PROTOCOL_VERSION};
+use waiaas_shared::layout::DataDir;
+
+use crate::cli::{Failure, load_config};
+use crate::pidfile::PidFile;
+
+/// Exit code of `status` when no supervisor runs (the LSB convention).
+const NOT_RUNNING: u8 = 3;
+
+fn not_running(dir: &DataDir) -> Failure {
+    Failure {
+        code: NOT_RUNNING,
+        message: format!(
+            "not running (no supervisor for {}); start it with `waiaas-launcher start`",
+            dir.root().display()
+        ),
+    }
+}
+
+fn require_initialised(dir: &DataDir) -> Result<(), Failure> {
+    if dir.current().join("waiaas-daemon").exists() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!(
+            "not initialised: {} has no installed daemon; run `waiaas-launcher init`",
+            dir.root().display()
+        )))
+    }
+}
+
+/// Sends one request and reads one response. `Ok(None)` when no supervisor
+/// listens on the socket.
+fn call(dir: &DataDir, request: Request, timeout: Duration) -> Result<Option<Response>, Failure> {
+    let path = dir.launcher_socket();
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "cannot reach {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let io_failed =
+        |e: std::io::Error| Failure::new(format!("talking to the supervisor failed: {e}"));
+    stream.set_read_timeout(Some(timeout)).map_err(io_failed)?;
+    let envelope = Envelope {
+        protocol: PROTOCOL_VERSION,
+        request,
+    };
+    let mut frame = serde_json::to_vec(&envelope).expect("a request serialises");
+    frame.push(b'\n');
+    stream.write_all(&frame).map_err(io_failed)?;
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_FRAME as u64))
+        .read_line(&mut line)
+        .map_err(io_failed)?;
+    if line.is_empty() {
+        return Err(Failure::new(
+            "the supervisor closed the connection without answering (see its log)",
+        ));
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| Failure::new(format!("the supervisor's answer is malformed: {e}")))
+}
+
+/// Long enough for a graceful stop plus a start.
+fn lifecycle_timeout(config: &Config) -> Duration {
+    Duration::from_secs(config.daemon.shutdown_timeout + config.update.health_timeout + 30)
+}
+
+fn done(response: Response) -> Result<String, Failure> {
+    match response {
+        Response::Done { message } => Ok(message),
+        Response::Error { message } => Err(Failure::new(message)),
+        Response::Status(_) => Err(Failure::new("the supervisor answered out of turn")),
+    }
+}
+
+fn query_status(dir: &DataDir) -> Result<Option<Status>, Failure> {
+    match call(dir, Request::Status, Duration::from_secs(10))? {
+        None => Ok(None),
+        Some(Response::Status(status)) => Ok(Some(status)),
+        Some(other) => done(other).and(Err(Failure::new("the supervisor did not report a status"))),
+    }
+}
+
+pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
+    require_initialised(dir)?;
+    let status = query_status(dir)?.ok_or_else(|| not_running(dir))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&status).expect("a status serialises")
+        );
+        return Ok(());
+    }
+    println!(
+        "launcher: {} (pid {}, version {})",
+        status.state, status.launcher_pid, status.launcher_version
+    );
+    match &status.daemon {
+        Some(d) => println!(
+            "daemon:   pid {}, version {}, schema {}, up {}, {}",
+            d.pid,
+            d.version,
+            d.schema_version,
+            human_duration(d.uptime),
+            if d.healthy { "healthy" } else { "NOT healthy" }
+        ),
+        None => println!("daemon:   not running"),
+    }
+    if let Some(last) = &status.last_exit {
+        println!("last exit: daemon {last}");
+    }
+    if status.restarts > 0 {
+        println!("restarts: {}", status.restarts);
+    }
+    Ok(())
+}
+
+pub fn stop(dir: &DataDir) -> Result<(), Failure> {
+    let config = load_config(dir)?;
+    let response =
+        call(dir, Request::Stop, lifecycle_timeout(&config))?.ok_or_else(|| not_running(dir))?;
+    let message = done(response)?;
+    // The supervisor answers just before it exits; wait for its lock to go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while PidFile::holder(dir).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{message}");
+    Ok(())
+}
+
+pub fn restart(dir: &DataDir) -> Result<(), Failure> {
+    let config = load_config(dir)?;
+    let response =
+        call(dir, Request::Restart, lifecycle_timeout(&config))?.ok_or_else(|| not_running(dir))?;
+    println!("{}", done(response)?);
+    Ok(())
+}
+
+/// Starts `waiaas-launcher run` detached (its own session, output in
+/// `logs/launcher.log`) and waits until the daemon is healthy.
+pub fn start(dir: &DataDir, config: &Config) -> Result<(), Failure> {
+    require_initialised(dir)?;
+    if let Some(pid) = PidFile::holder(dir) {
+        return Err(Failure::new(format!("already running (pid {pid})")));
+    }
+    let logs = dir.logs();
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", logs.display())))?;
+    let log_path = logs.join("launcher.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Failure::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| Failure::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(format!("cannot find this program's path: {e}")))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.root())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    // SAFETY: setsid is async-signal-safe; a new session detaches the
+    // supervisor from this terminal, so closing it does not stop the service.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| Failure::new(format!("cannot start the supervisor: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(config.update.health_timeout + 15);
+    loop {
+        if let Some(exit) = child.try_wait().ok().flatten() {
+            return Err(Failure::new(format!(
+                "the supervisor exited ({exit}) before the daemon was ready; see {}",
+                log_path.display()
+            )));
+        }
+        if let Some(status) = query_status(dir)? {
+            match (status.state.as_str(), &status.daemon) {
+                ("running", Some(d)) if d.healthy => {
+                    println!(
+                        "started: launcher pid {}, daemon pid {} (version {}, schema {})",
+                        status.launcher_pid, d.pid, d.version, d.schema_version
+                    );
+                    return Ok(());
+                }
+                ("refused", _) => {
+                    return Err(Failure::new(format!(
+                        "the daemon refused to start: {}; the supervisor keeps running — fix the cause, then `waiaas-launcher restart`",
+                        status.last_exit.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(format!(
+                "the daemon was not healthy in time; see {}",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m 5s");
+        assert_eq!(human_duration(7322), "2h 2m");
+        assert_eq!(human_duration(90_000), "1d 1h");
+    }
+}

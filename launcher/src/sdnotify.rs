@@ -1,0 +1,59 @@
+//! systemd's notify protocol: `READY=1`, `STATUS=…`, `STOPPING=1` and watchdog
+//! pings on the datagram socket named by `NOTIFY_SOCKET`. Without that
+//! variable every call is a no-op, so the supervisor can call it unconditionally.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+/// The notify socket, if systemd gave us one.
+pub struct Notifier {
+    target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// Reads and clears `NOTIFY_SOCKET`/`WATCHDOG_*` (so the daemon we spawn
+    /// does not talk to systemd on our behalf). Call before threads start.
+    pub fn from_env() -> Self {
+        let socket = std::env::var_os("NOTIFY_SOCKET");
+        let usec = std::env::var("WATCHDOG_USEC").ok();
+        let pid = std::env::var("WATCHDOG_PID").ok();
+        // SAFETY: called before any other thread exists.
+        unsafe {
+            for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+                std::env::remove_var(var);
+            }
+        }
+        let target = socket.and_then(|path| {
+            let path = path.to_string_lossy().into_owned();
+            let addr = match path.strip_prefix('@') {
+                Some(name) => {
+                    use std::os::linux::net::SocketAddrExt;
+                    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?
+                }
+                None => std::os::unix::net::SocketAddr::from_pathname(&path).ok()?,
+            };
+            Some((UnixDatagram::unbound().ok()?, addr))
+        });
+        let ours = pid.is_none_or(|p| p.trim() == std::process::id().to_string());
+        let watchdog = usec
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .filter(|u| *u > 0 && ours)
+            // Ping at half the deadline, as sd_watchdog_enabled(3) advises.
+            .map(|u| Duration::from_micros(u / 2));
+        Self { target, watchdog }
+    }
+
+    /// How often to send `WATCHDOG=1`, if systemd asked for it.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    /// Sends `state` (e.g. `"READY=1\nSTATUS=serving"`); failures are ignored:
+    /// systemd being gone must not take the service down.
+    pub fn notify(&self, state: &str) {
+        if let Some((socket, addr)) = &self.target {
+            let _ = socket.send_to_addr(state.as_bytes(), addr);
+        }
+    }
+}

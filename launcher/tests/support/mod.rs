@@ -1,0 +1,155 @@
+//! Test support for the launcher's integration tests: real installations in
+//! temp dirs, made by the real `waiaas-launcher init`, and real processes run
+//! with a hermetic environment.
+//!
+//! - [`Install::new`] — a data dir in a temp folder, initialised and
+//!   configured so that nothing reaches a registry or a busy port.
+//! - [`Install::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
+//! - [`Install::set_kv`] / [`Install::kv`] — the daemon's key-value store,
+//!   read and written directly (the database is created on first use by the
+//!   installed daemon's `migrate`).
+//! - [`run`] — runs a command to completion and returns its [`Outcome`].
+//! - [`hermetic`], [`daemon_binary`], [`free_port`] — the building blocks.
+
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use rusqlite::Connection;
+use waiaas_shared::kv;
+use waiaas_shared::layout::DataDir;
+
+/// The launcher binary under test.
+pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_waiaas-launcher");
+
+/// The `waiaas-daemon` built beside the launcher under test (Cargo gives a
+/// test only its own package's binaries, so it is found by location).
+pub fn daemon_binary() -> PathBuf {
+    let daemon = Path::new(LAUNCHER).with_file_name("waiaas-daemon");
+    assert!(
+        daemon.is_file(),
+        "{} is missing: build the workspace first: cargo build --workspace",
+        daemon.display()
+    );
+    daemon
+}
+
+/// `command` without inherited settings that could change what it does: no
+/// `WAIAAS_*`, no `npm_config_*`, no `CI` or `NO_UPDATE_NOTIFIER`, and `HOME`
+/// set to `home` so no real `~/.waiaas` or `.npmrc` is ever read.
+pub fn hermetic(mut command: Command, home: &Path) -> Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("WAIAAS_") || name.to_ascii_lowercase().starts_with("npm_config_") {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command.env_remove("CI").env_remove("NO_UPDATE_NOTIFIER").env("HOME", home);
+    command
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to completion, capturing stdout and stderr (so stderr is
+/// never a terminal).
+pub fn run(command: &mut Command) -> Outcome {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    Outcome {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// An initialised installation in a temp folder, removed on drop. Its config
+/// turns the version check off and listens on a free loopback port.
+pub struct Install {
+    tmp: tempfile::TempDir,
+    pub dir: DataDir,
+    pub port: u16,
+}
+
+impl Install {
+    pub fn new() -> Self {
+        daemon_binary();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = DataDir::new(tmp.path().join("waiaas"));
+        let init = run(hermetic(Command::new(LAUNCHER), tmp.path())
+            .arg("init")
+            .arg("--data-dir")
+            .arg(dir.root()));
+        assert!(init.status.success(), "init failed: {init:?}");
+        let port = free_port();
+        let install = Self { tmp, dir, port };
+        install.write_config(&format!("[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"));
+        install
+    }
+
+    /// The temp folder holding the data dir; also `HOME` for every command.
+    pub fn home(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.root()
+    }
+
+    pub fn write_config(&self, text: &str) {
+        fs::write(self.dir.config(), text).expect("write config.toml");
+    }
+
+    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
+    pub fn launcher(&self, args: &[&str]) -> Command {
+        let mut command = hermetic(Command::new(LAUNCHER), self.home());
+        command.args(args).arg("--data-dir").arg(self.data_dir());
+        command
+    }
+
+    /// The installed daemon, `current/waiaas-daemon`.
+    pub fn installed_daemon(&self) -> PathBuf {
+        self.dir.current().join("waiaas-daemon")
+    }
+
+    /// Creates the database, as the installed daemon does, unless it exists.
+    pub fn ensure_database(&self) {
+        if self.dir.database().exists() {
+            return;
+        }
+        let mut command = hermetic(Command::new(self.installed_daemon()), self.home());
+        let migrate = run(command.arg("migrate").arg("--data-dir").arg(self.data_dir()));
+        assert!(migrate.status.success(), "waiaas-daemon migrate failed: {migrate:?}");
+    }
+
+    fn open_database(&self) -> Connection {
+        self.ensure_database();
+        let conn = Connection::open(self.dir.database()).expect("open the database");
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy_timeout");
+        conn
+    }
+
+    /// Stores `value` under `key` in the key-value store.
+    pub fn set_kv(&self, key: &str, value: &str) {
+        kv::set(&self.open_database(), key, value).expect("write the key-value store");
+    }
+
+    /// The value stored under `key`, if any.
+    pub fn kv(&self, key: &str) -> Option<String> {
+        kv::get(&self.open_database(), key).expect("read the key-value store")
+    }
+}
