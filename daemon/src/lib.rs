@@ -7,5 +7,6 @@ pub mod db;
 pub mod http;
 pub mod migrate;
 pub mod serve;
+pub mod server;
 pub mod token;
 pub mod version_check;

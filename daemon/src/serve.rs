@@ -22,7 +22,7 @@ use waiaas_shared::{kv, version};
 
 use crate::control::{self, Control};
 use crate::db::{self, Db};
-use crate::{compat, http, migrate, token, version_check};
+use crate::{compat, http, migrate, server, token, version_check};
 
 /// Why the daemon did not start: an exit code and an operator message.
 #[derive(Debug)]
@@ -179,14 +179,10 @@ async fn serve(
         started,
         token: Arc::from(token),
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(http::routes(state))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop_rx.await;
-        })
-        .run();
-    let mut server = tokio::spawn(server);
+    let draining = server::Draining::default();
+    let routes = draining.wrap(http::routes(state));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
+    let mut server = tokio::spawn(server::serve(listener, routes, draining, stop_rx));
     info!(
         version = version::VERSION,
         "ready: listening on http://{local}"
@@ -207,10 +203,14 @@ async fn serve(
             reason: reason.to_string(),
         });
     }
-    let _ = stop_tx.send(());
-    if tokio::time::timeout(grace, &mut server).await.is_err() {
+    let _ = stop_tx.send(grace);
+    // The server bounds its own drain by `grace`; this is only a backstop.
+    if tokio::time::timeout(grace + Duration::from_secs(1), &mut server)
+        .await
+        .is_err()
+    {
         warn!(
-            "requests still running after {} s; closing them",
+            "the server did not stop within {} s; closing it",
             grace.as_secs()
         );
         server.abort();

@@ -52,7 +52,10 @@ async fn scenario_13_code_newer_than_database_backs_up_and_migrates() {
 
     let mut daemon = Daemon::start(&install);
     let health = daemon.wait_healthy(Duration::from_secs(30)).await;
-    assert_eq!(health.schema_version, LATEST_SCHEMA_VERSION, "health reads the database");
+    assert_eq!(
+        health.schema_version, LATEST_SCHEMA_VERSION,
+        "health reads the database"
+    );
     assert!(daemon.stop().success());
 
     // The backup holds the database as it was, verified by its manifest.
@@ -63,7 +66,11 @@ async fn scenario_13_code_newer_than_database_backs_up_and_migrates() {
     assert_eq!(b.manifest.schema_version, min);
     let copy = Connection::open(b.path.join("waiaas.db")).unwrap();
     assert_eq!(database_version(&copy).unwrap(), min);
-    assert_eq!(seed::snapshot(&copy), before, "the backup is the old database");
+    assert_eq!(
+        seed::snapshot(&copy),
+        before,
+        "the backup is the old database"
+    );
     assert!(b.manifest.files.contains_key("config.toml"));
 
     // Every row survived the migration with every old value (the daemon
@@ -73,9 +80,10 @@ async fn scenario_13_code_newer_than_database_backs_up_and_migrates() {
         let added = usize::from(table == "key_value_store");
         assert_eq!(after[table].len(), rows.len() + added, "{table} row count");
         for old in rows {
-            let kept = after[table]
-                .iter()
-                .any(|new| old.iter().all(|(column, value)| new.get(column) == Some(value)));
+            let kept = after[table].iter().any(|new| {
+                old.iter()
+                    .all(|(column, value)| new.get(column) == Some(value))
+            });
             assert!(kept, "{table}: row {old:?} lost or changed");
         }
     }
@@ -128,7 +136,10 @@ fn scenario_15_database_below_minimum_refuses_with_guidance() {
     let out = install.daemon_command(&["serve"]);
     assert_eq!(out.status.code(), Some(code::SCHEMA_TOO_OLD));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(release.as_str()), "names {release}: {stderr}");
+    assert!(
+        stderr.contains(release.as_str()),
+        "names {release}: {stderr}"
+    );
     assert!(stderr.contains("too old"), "{stderr}");
     assert_eq!(file_bytes(&install), bytes, "a refusal changes nothing");
     assert_eq!(schema_of(&install), too_old);
@@ -141,15 +152,22 @@ fn a_failing_migration_at_start_refuses_and_leaves_the_database_as_it_was() {
     old_database(&install, at);
     // The last migration creates api_keys; a table already there makes it fail part-way.
     let conn = Connection::open(install.dir.database()).unwrap();
-    conn.execute_batch("CREATE TABLE api_keys (planted INTEGER);").unwrap();
+    conn.execute_batch("CREATE TABLE api_keys (planted INTEGER);")
+        .unwrap();
     let before = seed::snapshot(&conn);
     drop(conn);
 
     let out = install.daemon_command(&["serve"]);
     assert_eq!(out.status.code(), Some(code::MIGRATION_FAILED));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("migration {LATEST_SCHEMA_VERSION}")), "{stderr}");
-    assert!(stderr.contains("a copy is in"), "points at the backup: {stderr}");
+    assert!(
+        stderr.contains(&format!("migration {LATEST_SCHEMA_VERSION}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a copy is in"),
+        "points at the backup: {stderr}"
+    );
     let conn = Connection::open(install.dir.database()).unwrap();
     assert_eq!(database_version(&conn).unwrap(), at);
     assert_eq!(seed::snapshot(&conn), before);

@@ -61,8 +61,13 @@ fn call(dir: &DataDir, request: Request, timeout: Duration) -> Result<Option<Res
             )));
         }
     };
-    let io_failed =
-        |e: std::io::Error| Failure::new(format!("talking to the supervisor failed: {e}"));
+    let io_failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Failure::new(
+            "the supervisor closed the connection without answering \
+             (it only answers its own user and root; see its log)",
+        ),
+        _ => Failure::new(format!("talking to the supervisor failed: {e}")),
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io_failed)?;
     let envelope = Envelope {
         protocol: PROTOCOL_VERSION,
@@ -77,7 +82,8 @@ fn call(dir: &DataDir, request: Request, timeout: Duration) -> Result<Option<Res
         .map_err(io_failed)?;
     if line.is_empty() {
         return Err(Failure::new(
-            "the supervisor closed the connection without answering (see its log)",
+            "the supervisor closed the connection without answering \
+             (it only answers its own user and root; see its log)",
         ));
     }
     serde_json::from_str(&line)

@@ -42,14 +42,19 @@ pub fn run(dir: &DataDir) -> Result<(), Failure> {
 
     // An installation of another version is `upgrade`'s business: touch nothing.
     if let Some(other) = installed.as_deref().filter(|v| *v != VERSION) {
-        println!("{} already holds WAIaaS {other}; this launcher is {VERSION}.", root.display());
+        println!(
+            "{} already holds WAIaaS {other}; this launcher is {VERSION}.",
+            root.display()
+        );
         if older(VERSION, other) {
             println!(
                 "Nothing changed. Use the installed launcher instead: {}",
                 dir.current().join(LAUNCHER_BIN).display()
             );
         } else {
-            println!("Nothing changed. To move this installation to {VERSION}, run `waiaas-launcher upgrade`.");
+            println!(
+                "Nothing changed. To move this installation to {VERSION}, run `waiaas-launcher upgrade`."
+            );
         }
         return Ok(());
     }
@@ -69,13 +74,20 @@ pub fn run(dir: &DataDir) -> Result<(), Failure> {
 
     let Some(source) = source else {
         if changed {
-            println!("{} was already initialised at WAIaaS {VERSION}; restored what was missing.", root.display());
+            println!(
+                "{} was already initialised at WAIaaS {VERSION}; restored what was missing.",
+                root.display()
+            );
         } else {
-            println!("{} is already initialised at WAIaaS {VERSION}; nothing changed.", root.display());
+            println!(
+                "{} is already initialised at WAIaaS {VERSION}; nothing changed.",
+                root.display()
+            );
         }
         return Ok(());
     };
 
+    remove_leftover_partial(dir)?;
     if target.exists() {
         // Left by an earlier `init` stopped before `current` was switched.
         check_daemon_version(&target.join(DAEMON_BIN)).map_err(|problem| {
@@ -87,7 +99,11 @@ pub fn run(dir: &DataDir) -> Result<(), Failure> {
         println!("Found the complete {}/", target.display());
     } else {
         install_version(dir, &source)?;
-        println!("Installed WAIaaS {VERSION} in {}/ (from {})", target.display(), source.display());
+        println!(
+            "Installed WAIaaS {VERSION} in {}/ (from {})",
+            target.display(),
+            source.display()
+        );
     }
     point_current(dir)?;
     println!("Linked {} -> versions/{VERSION}", dir.current().display());
@@ -128,7 +144,12 @@ fn installed_version(dir: &DataDir) -> Result<Option<String>, Failure> {
                 current.display()
             )));
         }
-        Err(e) => return Err(Failure::new(format!("cannot read {}: {e}", current.display()))),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "cannot read {}: {e}",
+                current.display()
+            )));
+        }
     };
     match target.file_name().and_then(|name| name.to_str()) {
         Some(name) => Ok(Some(name.to_string())),
@@ -164,7 +185,8 @@ fn create_private_dir(path: &Path) -> Result<bool, Failure> {
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), Failure> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_failure("set the mode of", path, e))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_failure("set the mode of", path, e))
 }
 
 /// Writes the default config unless one exists. The text goes to a temp file
@@ -181,7 +203,8 @@ fn write_config_if_absent(dir: &DataDir) -> Result<bool, Failure> {
         return Ok(false);
     }
     let tmp = dir.root().join(".config.toml.init");
-    let result = write_synced(&tmp, Config::default_file().as_bytes(), 0o600).and_then(|()| fs::hard_link(&tmp, &path));
+    let result = write_synced(&tmp, Config::default_file().as_bytes(), 0o600)
+        .and_then(|()| fs::hard_link(&tmp, &path));
     let _ = fs::remove_file(&tmp);
     match result {
         Ok(()) => {}
@@ -207,17 +230,28 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     file.sync_all()
 }
 
+fn partial_dir(dir: &DataDir) -> PathBuf {
+    dir.versions().join(format!("{VERSION}.partial"))
+}
+
+/// A partial folder is the leftover of an interrupted init: never trusted.
+fn remove_leftover_partial(dir: &DataDir) -> Result<(), Failure> {
+    let partial = partial_dir(dir);
+    match fs::remove_dir_all(&partial) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(io_failure("remove the leftover", &partial, e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Copies the release beside this launcher into `versions/<VERSION>.partial`,
 /// checks it, and renames it to `versions/<VERSION>`. The partial folder is
 /// removed on any failure.
 fn install_version(dir: &DataDir, source: &Path) -> Result<(), Failure> {
     let versions = dir.versions();
     fs::create_dir_all(&versions).map_err(|e| io_failure("create", &versions, e))?;
-    let partial = versions.join(format!("{VERSION}.partial"));
-    // A leftover of an interrupted init: never trusted, always redone.
-    if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(|e| io_failure("remove the leftover", &partial, e))?;
-    }
+    let partial = partial_dir(dir);
     let result = fill_partial(&partial, source);
     if result.is_err() {
         let _ = fs::remove_dir_all(&partial);
@@ -236,7 +270,8 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
         .mode(0o755)
         .create(partial)
         .map_err(|e| io_failure("create", partial, e))?;
-    let launcher = std::env::current_exe().map_err(|e| Failure::new(format!("cannot find this launcher's own file: {e}")))?;
+    let launcher = std::env::current_exe()
+        .map_err(|e| Failure::new(format!("cannot find this launcher's own file: {e}")))?;
     copy_synced(&source.join(DAEMON_BIN), &partial.join(DAEMON_BIN), 0o755)?;
     copy_synced(&launcher, &partial.join(LAUNCHER_BIN), 0o755)?;
     for name in RELEASE_FILES {
@@ -260,14 +295,21 @@ fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<(), Failure> {
         fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
         File::open(to)?.sync_all()
     };
-    copy().map_err(|e| Failure::new(format!("cannot copy {} to {}: {e}", from.display(), to.display())))
+    copy().map_err(|e| {
+        Failure::new(format!(
+            "cannot copy {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })
 }
 
 /// Runs `daemon --version` and requires it to report this launcher's version:
 /// a launcher must never install a daemon of another release as its own.
 /// The error says what is wrong, for the caller to put in context.
 fn check_daemon_version(daemon: &Path) -> Result<(), String> {
-    let output = version_output(daemon).map_err(|e| format!("`{} --version` failed: {e}", daemon.display()))?;
+    let output = version_output(daemon)
+        .map_err(|e| format!("`{} --version` failed: {e}", daemon.display()))?;
     match reported_version(&output) {
         Some(v) if v == VERSION => Ok(()),
         Some(v) => Err(format!("it is version {v}, but this launcher is {VERSION}")),
@@ -299,7 +341,10 @@ fn version_output(daemon: &Path) -> io::Result<String> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(io::Error::new(ErrorKind::TimedOut, "it did not finish within 10 s"));
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                "it did not finish within 10 s",
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -344,8 +389,14 @@ mod tests {
 
     #[test]
     fn reads_the_version_the_daemon_reports() {
-        assert_eq!(reported_version("waiaas-daemon 1.8.1 (schema 16)\n"), Some("1.8.1"));
-        assert_eq!(reported_version("waiaas-daemon 2.0.0-rc.1"), Some("2.0.0-rc.1"));
+        assert_eq!(
+            reported_version("waiaas-daemon 1.8.1 (schema 16)\n"),
+            Some("1.8.1")
+        );
+        assert_eq!(
+            reported_version("waiaas-daemon 2.0.0-rc.1"),
+            Some("2.0.0-rc.1")
+        );
         assert_eq!(reported_version("something-else 1.8.1"), None);
         assert_eq!(reported_version(""), None);
     }

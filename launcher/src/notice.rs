@@ -51,7 +51,9 @@ const MIN_INNER_WIDTH: usize = 43;
 
 /// Prints the framed update notice on stderr when it is due (SPEC §5).
 pub fn maybe_show(dir: &DataDir, quiet: bool) {
-    if allowed(quiet, std::io::stderr().is_terminal(), |name| std::env::var_os(name)) {
+    if allowed(quiet, std::io::stderr().is_terminal(), |name| {
+        std::env::var_os(name)
+    }) {
         // Every failure on the way means "no notice"; there is nothing to report.
         let _ = show_if_due(dir);
     }
@@ -64,7 +66,11 @@ fn show_if_due(dir: &DataDir) -> Option<()> {
     }
     // Without CREATE: the notice must never create a database. Read-write
     // falls back to read-only on a write-protected file, so reading works.
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
     conn.busy_timeout(BUSY_TIMEOUT).ok()?;
     let latest = kv::get(&conn, kv::LATEST).ok()??;
     let latest = latest.trim();
@@ -121,7 +127,10 @@ fn running_version(dir: &DataDir) -> String {
 /// The framed notice, every line the same number of characters (not bytes:
 /// `→` and the frame are multi-byte).
 fn render(running: &str, latest: &str) -> String {
-    let lines = [format!("Update available: {running} → {latest}"), "Run: waiaas-launcher upgrade".to_string()];
+    let lines = [
+        format!("Update available: {running} → {latest}"),
+        "Run: waiaas-launcher upgrade".to_string(),
+    ];
     // Two spaces of margin on the left, at least two on the right.
     let width = lines
         .iter()
@@ -141,7 +150,11 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| OsString::from(v))
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
@@ -159,12 +172,18 @@ mod tests {
 
     #[test]
     fn long_versions_widen_the_box_and_keep_the_border_aligned() {
-        let text = render("1.8.1-rc.12+build.20261126", "10.100.1000-beta.7+build.20261127");
+        let text = render(
+            "1.8.1-rc.12+build.20261126",
+            "10.100.1000-beta.7+build.20261127",
+        );
         let widths: Vec<usize> = text.lines().map(|l| l.chars().count()).collect();
         assert_eq!(widths.len(), 4);
         assert!(widths.iter().all(|w| *w == widths[0]), "{text}");
         assert!(widths[0] > MIN_INNER_WIDTH + 2);
-        assert!(text.lines().nth(1).unwrap().ends_with("  │"), "a right margin stays: {text}");
+        assert!(
+            text.lines().nth(1).unwrap().ends_with("  │"),
+            "a right margin stays: {text}"
+        );
     }
 
     #[test]
@@ -185,13 +204,20 @@ mod tests {
             ("NO_UPDATE_NOTIFIER", "yes"),
         ] {
             assert!(!allowed(false, true, env(&[opt_out])), "{opt_out:?}");
-            assert!(!allowed(false, true, env(&[opt_out, force])), "{opt_out:?} with force");
+            assert!(
+                !allowed(false, true, env(&[opt_out, force])),
+                "{opt_out:?} with force"
+            );
         }
     }
 
     #[test]
     fn empty_or_false_values_do_not_opt_out() {
-        for value in [("WAIAAS_NO_UPDATE_NOTIFY", "0"), ("WAIAAS_NO_UPDATE_NOTIFY", ""), ("NO_UPDATE_NOTIFIER", "")] {
+        for value in [
+            ("WAIAAS_NO_UPDATE_NOTIFY", "0"),
+            ("WAIAAS_NO_UPDATE_NOTIFY", ""),
+            ("NO_UPDATE_NOTIFIER", ""),
+        ] {
             assert!(allowed(false, true, env(&[value])), "{value:?}");
         }
     }
@@ -211,7 +237,11 @@ mod tests {
         let force = ("WAIAAS_FORCE_UPDATE_NOTIFY", "1");
         assert!(allowed(false, false, env(&[force])));
         assert!(allowed(false, false, env(&[force, ("CI", "true")])));
-        assert!(!allowed(false, false, env(&[("WAIAAS_FORCE_UPDATE_NOTIFY", "0")])));
+        assert!(!allowed(
+            false,
+            false,
+            env(&[("WAIAAS_FORCE_UPDATE_NOTIFY", "0")])
+        ));
     }
 
     #[test]
@@ -229,7 +259,10 @@ mod tests {
         let future = (now + 3600).to_string();
         assert!(!due("1.9.0", "1.8.1", Some(&recent), now));
         assert!(due("1.9.0", "1.8.1", Some(&day_ago), now));
-        assert!(due("1.9.0", "1.8.1", Some(&future), now), "a clock that was ahead");
+        assert!(
+            due("1.9.0", "1.8.1", Some(&future), now),
+            "a clock that was ahead"
+        );
         assert!(due("1.9.0", "1.8.1", Some("not a time"), now));
     }
 
@@ -239,7 +272,11 @@ mod tests {
         let dir = DataDir::new(tmp.path());
         assert_eq!(running_version(&dir), VERSION, "no installation");
         std::os::unix::fs::symlink("versions/1.9.3", dir.current()).unwrap();
-        assert_eq!(running_version(&dir), "1.9.3", "even while the folder is missing");
+        assert_eq!(
+            running_version(&dir),
+            "1.9.3",
+            "even while the folder is missing"
+        );
         std::fs::remove_file(dir.current()).unwrap();
         std::os::unix::fs::symlink("versions/odd-name", dir.current()).unwrap();
         assert_eq!(running_version(&dir), VERSION);

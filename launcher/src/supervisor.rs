@@ -48,6 +48,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a new daemon has to say hello on its control channel.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `status` waits for `/health`; the event loop waits with it.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Extra time after the shutdown deadline before the daemon is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -439,10 +441,14 @@ impl Supervisor {
                 let status = kill(&mut daemon).await;
                 let permanent =
                     matches!(&status, Ok(s) if s.code().is_some_and(exit::daemon::is_permanent));
-                Err(StartFailure {
-                    reason: format!("{reason}; the daemon {}", describe_exit(&status)),
-                    permanent,
-                })
+                let reason = if reason.starts_with("the daemon exited")
+                    || reason.starts_with("the daemon was killed")
+                {
+                    reason
+                } else {
+                    format!("{reason}; the daemon {}", describe_exit(&status))
+                };
+                Err(StartFailure { reason, permanent })
             }
         }
     }
@@ -537,11 +543,15 @@ impl Supervisor {
     }
 
     async fn status(&mut self) -> admin::Status {
-        let daemon = match &self.daemon {
+        let daemon = match &mut self.daemon {
             Some(d) => {
-                let healthy = probe::health(self.health_addr, Duration::from_secs(2))
-                    .await
-                    .is_ok();
+                // A daemon that just died is not probed: its port would hold the
+                // probe in the backlog, and the event loop with it.
+                let alive = matches!(d.child.try_wait(), Ok(None));
+                let healthy = alive
+                    && probe::health(self.health_addr, STATUS_PROBE_TIMEOUT)
+                        .await
+                        .is_ok();
                 Some(DaemonStatus {
                     pid: d.pid,
                     version: d.version.clone(),
@@ -577,10 +587,20 @@ async fn kill(daemon: &mut Daemon) -> std::io::Result<ExitStatus> {
     daemon.child.wait().await
 }
 
+/// How long a daemon that closed its control channel gets to finish exiting,
+/// so its own exit code (not our kill) is what gets reported.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
 /// The next frame, or the exit, whichever comes first, within `timeout`.
 async fn recv_or_exit(daemon: &mut Daemon, timeout: Duration) -> Result<FromDaemon, String> {
     tokio::select! {
-        frame = daemon.frames.recv() => frame.ok_or_else(|| "the daemon closed its control channel".to_string()),
+        frame = daemon.frames.recv() => match frame {
+            Some(frame) => Ok(frame),
+            None => match tokio::time::timeout(EXIT_GRACE, daemon.child.wait()).await {
+                Ok(status) => Err(format!("the daemon {}", describe_exit(&status))),
+                Err(_) => Err("the daemon closed its control channel but kept running".to_string()),
+            },
+        },
         status = daemon.child.wait() => Err(format!("the daemon {}", describe_exit(&status))),
         _ = tokio::time::sleep(timeout) => Err(format!("no message from the daemon within {timeout:?}")),
     }

@@ -48,7 +48,13 @@ pub fn hermetic(mut command: Command, home: &Path) -> Command {
             command.env_remove(name.as_ref());
         }
     }
-    command.env_remove("CI").env_remove("NO_UPDATE_NOTIFIER").env("HOME", home);
+    command
+        .env_remove("CI")
+        .env_remove("NO_UPDATE_NOTIFIER")
+        .env("HOME", home)
+        // A safety net: a daemon a test forgot to configure reaches a closed
+        // loopback port, never the registry npm is configured for.
+        .env("npm_config_registry", "http://127.0.0.1:9/");
     command
 }
 
@@ -69,7 +75,9 @@ pub struct Outcome {
 /// Runs `command` to completion, capturing stdout and stderr (so stderr is
 /// never a terminal).
 pub fn run(command: &mut Command) -> Outcome {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     Outcome {
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -97,7 +105,9 @@ impl Install {
         assert!(init.status.success(), "init failed: {init:?}");
         let port = free_port();
         let install = Self { tmp, dir, port };
-        install.write_config(&format!("[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"));
+        install.write_config(&format!(
+            "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"
+        ));
         install
     }
 
@@ -132,14 +142,21 @@ impl Install {
             return;
         }
         let mut command = hermetic(Command::new(self.installed_daemon()), self.home());
-        let migrate = run(command.arg("migrate").arg("--data-dir").arg(self.data_dir()));
-        assert!(migrate.status.success(), "waiaas-daemon migrate failed: {migrate:?}");
+        let migrate = run(command
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(self.data_dir()));
+        assert!(
+            migrate.status.success(),
+            "waiaas-daemon migrate failed: {migrate:?}"
+        );
     }
 
     fn open_database(&self) -> Connection {
         self.ensure_database();
         let conn = Connection::open(self.dir.database()).expect("open the database");
-        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy_timeout");
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .expect("busy_timeout");
         conn
     }
 
