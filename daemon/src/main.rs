@@ -26,6 +26,10 @@ struct Cli {
     /// Print the version and the schema version this build migrates to.
     #[arg(long)]
     version: bool,
+    /// With --version: print one JSON object (version, schema_version,
+    /// min_compatible_schema_version), as packaging and the launcher read it.
+    #[arg(long, requires = "version")]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,10 +58,19 @@ fn main() -> ExitCode {
         });
     let cli = Cli::parse();
     if cli.version {
-        println!(
-            "waiaas-daemon {VERSION} (schema {})",
-            migrate::LATEST_SCHEMA_VERSION
-        );
+        if cli.json {
+            let info = serde_json::json!({
+                "version": VERSION,
+                "schema_version": migrate::LATEST_SCHEMA_VERSION,
+                "min_compatible_schema_version": compat::min_compatible_schema_version(),
+            });
+            println!("{info}");
+        } else {
+            println!(
+                "waiaas-daemon {VERSION} (schema {})",
+                migrate::LATEST_SCHEMA_VERSION
+            );
+        }
         return ExitCode::SUCCESS;
     }
     let code = run(cli, inherited);

@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
 
+use crate::upgrade_command::{self, UpgradeArgs};
 use crate::{client, init, notice, supervisor};
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move to a new version safely, or back to the state before the last upgrade.
+    Upgrade(UpgradeArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -71,7 +74,7 @@ pub fn main() -> ExitCode {
         Ok(dir) => dir,
         Err(e) => return report(Err(Failure::new(e))),
     };
-    let shows_notice = !matches!(cli.command, Command::Run);
+    let shows_notice = !matches!(cli.command, Command::Run | Command::Upgrade(_));
     let result = dispatch(cli.command, &dir);
     if shows_notice {
         notice::maybe_show(&dir, cli.quiet);
@@ -87,6 +90,7 @@ fn dispatch(command: Command, dir: &DataDir) -> Result<(), Failure> {
         Command::Stop => client::stop(dir),
         Command::Restart => client::restart(dir),
         Command::Status { json } => client::status(dir, json),
+        Command::Upgrade(args) => upgrade_command::run(dir, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -100,7 +100,7 @@ fn done(response: Response) -> Result<String, Failure> {
     match response {
         Response::Done { message } => Ok(message),
         Response::Error { message } => Err(Failure::new(message)),
-        Response::Status(_) => Err(Failure::new("the supervisor answered out of turn")),
+        _ => Err(Failure::new("the supervisor answered out of turn")),
     }
 }
 

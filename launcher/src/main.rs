@@ -4,11 +4,18 @@
 mod cli;
 mod client;
 mod init;
+mod journal;
+mod lock;
 mod notice;
+mod package;
 mod pidfile;
 mod probe;
+mod restore;
 mod sdnotify;
 mod supervisor;
+mod swap;
+mod upgrade;
+mod upgrade_command;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -16,6 +16,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
@@ -26,7 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use waiaas_shared::admin::{self, DaemonStatus, Envelope, Request, Response};
+use waiaas_shared::admin::{self, DaemonStatus, Envelope, Request, Response, UpgradeRequest};
 use waiaas_shared::config::Config;
 use waiaas_shared::control::{
     self, CONTROL_FD, CONTROL_FD_ENV, FromDaemon, FromLauncher, read_frame, write_frame,
@@ -40,6 +42,7 @@ use crate::cli::Failure;
 use crate::pidfile::PidFile;
 use crate::probe;
 use crate::sdnotify::Notifier;
+use crate::upgrade::{self, Engine, Host};
 
 /// First restart delay after a crash; doubled per crash up to [`BACKOFF_CAP`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -121,6 +124,9 @@ enum State {
     Running,
     BackingOff,
     Refused,
+    /// Left stopped on purpose (`upgrade --no-start`).
+    Stopped,
+    Upgrading,
     Stopping,
 }
 
@@ -131,6 +137,8 @@ impl State {
             State::Running => "running",
             State::BackingOff => "backing-off",
             State::Refused => "refused",
+            State::Stopped => "stopped",
+            State::Upgrading => "upgrading",
             State::Stopping => "stopping",
         }
     }
@@ -226,14 +234,28 @@ impl Supervisor {
 
     async fn serve(&mut self, admin: UnixListener) -> Result<(), Failure> {
         let (calls_tx, mut calls) = mpsc::unbounded_channel();
-        tokio::spawn(accept_admin(admin, calls_tx));
+        let upgrading = Arc::new(AtomicBool::new(false));
+        tokio::spawn(accept_admin(admin, calls_tx, upgrading.clone()));
         let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
         let mut int = signal(SignalKind::interrupt()).map_err(signal_failure)?;
         let mut hup = signal(SignalKind::hangup()).map_err(signal_failure)?;
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
         info!(version = VERSION, addr = %self.health_addr, "supervisor started");
 
-        let mut backoff_until = self.start_daemon().await;
+        // A change a crash left half-done is rolled back before anything else.
+        if let Err(report) = upgrade::recover(&self.dir.clone(), &self.config.clone(), self).await {
+            error!(
+                "{} Manual steps: {}",
+                report.message,
+                report.manual_steps.join(" ")
+            );
+            self.state = State::Refused;
+            self.last_exit = Some(report.message);
+        }
+        let mut backoff_until = match self.state {
+            State::Refused => None,
+            _ => self.launch_daemon().await,
+        };
         loop {
             let event = tokio::select! {
                 _ = term.recv() => Event::Signal("SIGTERM"),
@@ -274,6 +296,11 @@ impl Supervisor {
                         };
                         answer(call.reply, &response).await;
                     }
+                    Request::Upgrade(request) => {
+                        self.upgrade(&request, call.reply).await;
+                        upgrading.store(false, Ordering::SeqCst);
+                        backoff_until = None;
+                    }
                     Request::Stop => {
                         self.shutdown().await;
                         let done = Response::Done {
@@ -294,7 +321,7 @@ impl Supervisor {
                     info!("daemon is stopping: {reason}");
                 }
                 Event::Frame(_) => {}
-                Event::BackoffOver => backoff_until = self.start_daemon().await,
+                Event::BackoffOver => backoff_until = self.launch_daemon().await,
                 Event::Watchdog => self.notifier.notify("WATCHDOG=1"),
             }
         }
@@ -338,7 +365,7 @@ impl Supervisor {
     /// Spawns a daemon and waits until it is ready and healthy (admin calls
     /// queue meanwhile). On failure the daemon is gone, the state says why, and
     /// the retry time is returned.
-    async fn start_daemon(&mut self) -> Option<tokio::time::Instant> {
+    async fn launch_daemon(&mut self) -> Option<tokio::time::Instant> {
         self.state = State::Starting;
         match self.spawn_daemon().await {
             Ok(daemon) => {
@@ -506,19 +533,19 @@ impl Supervisor {
 
     /// Stops the daemon gracefully (if one runs) and starts a new one at once.
     async fn restart(&mut self) -> Option<tokio::time::Instant> {
-        self.stop_daemon().await;
+        self.halt_daemon().await;
         self.backoff = BACKOFF_FIRST;
-        self.start_daemon().await
+        self.launch_daemon().await
     }
 
     async fn shutdown(&mut self) {
         self.state = State::Stopping;
         self.notifier.notify("STOPPING=1");
-        self.stop_daemon().await;
+        self.halt_daemon().await;
     }
 
     /// Orders a graceful shutdown, waits for the exit, kills after the deadline.
-    async fn stop_daemon(&mut self) {
+    async fn halt_daemon(&mut self) {
         let Some(mut daemon) = self.daemon.take() else {
             return;
         };
@@ -570,6 +597,85 @@ impl Supervisor {
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
         }
+    }
+}
+
+impl Supervisor {
+    /// Runs the upgrade engine with this supervisor as its host, streaming
+    /// progress to the requesting connection.
+    async fn upgrade(&mut self, request: &UpgradeRequest, reply: OwnedWriteHalf) {
+        let before = self.state;
+        self.state = State::Upgrading;
+        let (frames, mut to_write) = mpsc::unbounded_channel::<Response>();
+        let writer = tokio::spawn(async move {
+            let mut reply = reply;
+            while let Some(frame) = to_write.recv().await {
+                if write_frame(&mut reply, &frame).await.is_err() {
+                    // The command went away; the upgrade goes on regardless.
+                    while to_write.recv().await.is_some() {}
+                    return;
+                }
+            }
+        });
+        let progress_frames = frames.clone();
+        let mut progress = move |p: admin::Progress| {
+            info!(
+                "upgrade step {}/{}: {} — {}",
+                p.step, p.of, p.name, p.message
+            );
+            let _ = progress_frames.send(Response::Progress(p));
+        };
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let report = Engine {
+            dir: &dir,
+            config: &config,
+            host: self,
+            progress: &mut progress,
+            progress_bar: false,
+        }
+        .run(request)
+        .await;
+        info!("upgrade: {:?}: {}", report.outcome, report.message);
+        let _ = frames.send(Response::Upgrade(report));
+        drop(frames);
+        drop(progress);
+        let _ = writer.await;
+        self.state = match (&self.daemon, self.state) {
+            (Some(_), _) => State::Running,
+            (None, State::Upgrading) if before == State::Refused => State::Refused,
+            (None, _) => State::Stopped,
+        };
+    }
+}
+
+impl Host for Supervisor {
+    fn daemon_running(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    async fn stop_daemon(&mut self) -> Result<(), String> {
+        self.halt_daemon().await;
+        Ok(())
+    }
+
+    async fn start_daemon(&mut self, version: &str) -> Result<(), String> {
+        let mut daemon = self.spawn_daemon().await.map_err(|f| f.reason)?;
+        if daemon.version != version {
+            let status = kill(&mut daemon).await;
+            return Err(format!(
+                "the daemon that started is {}, not {version} (it {})",
+                daemon.version,
+                describe_exit(&status)
+            ));
+        }
+        let status = format!(
+            "STATUS=serving {} (schema {})",
+            daemon.version, daemon.schema_version
+        );
+        self.notifier.notify(&status);
+        self.daemon = Some(daemon);
+        self.state = State::Upgrading;
+        Ok(())
     }
 }
 
@@ -668,7 +774,11 @@ async fn forward_frames(
 
 /// Accepts admin connections: checks the peer's kernel credentials, reads one
 /// request, and hands it to the event loop.
-async fn accept_admin(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCall>) {
+async fn accept_admin(
+    listener: UnixListener,
+    calls: mpsc::UnboundedSender<AdminCall>,
+    upgrading: Arc<AtomicBool>,
+) {
     let our_uid = nix::unistd::geteuid().as_raw();
     loop {
         let stream = match listener.accept().await {
@@ -680,6 +790,7 @@ async fn accept_admin(listener: UnixListener, calls: mpsc::UnboundedSender<Admin
             }
         };
         let calls = calls.clone();
+        let upgrading = upgrading.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let uid = read.as_ref().peer_cred().map(|c| c.uid());
@@ -724,6 +835,13 @@ async fn accept_admin(listener: UnixListener, calls: mpsc::UnboundedSender<Admin
                 }
                 Err(_) => return,
             };
+            // A second upgrade is refused at once, not queued behind the first.
+            if matches!(request, Request::Upgrade(_)) && upgrading.swap(true, Ordering::SeqCst) {
+                let message =
+                    "another upgrade or rollback is in progress; wait for it to finish".to_string();
+                let _ = write_frame(&mut write, &Response::Error { message }).await;
+                return;
+            }
             let _ = calls.send(AdminCall {
                 request,
                 reply: write,

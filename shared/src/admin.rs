@@ -21,6 +21,87 @@ pub enum Request {
     Stop,
     /// Stop the daemon gracefully and start it again on the same listener.
     Restart,
+    /// Run the upgrade engine in the supervisor; progress frames stream back,
+    /// then one [`Response::Upgrade`].
+    Upgrade(UpgradeRequest),
+}
+
+/// What `waiaas-launcher upgrade` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    pub action: UpgradeAction,
+    /// Leave the daemon stopped afterwards.
+    pub no_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum UpgradeAction {
+    /// The newest version on the configured channel.
+    Latest,
+    /// A specific version from the registry.
+    To(String),
+    /// A release tarball on disk (air-gapped sites).
+    FromFile(std::path::PathBuf),
+    /// Back to the state before the last upgrade.
+    Rollback,
+}
+
+/// One step of an upgrade or rollback, as it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: u8,
+    pub of: u8,
+    pub name: String,
+    pub message: String,
+}
+
+/// How an upgrade or rollback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Moved to the new version and committed.
+    Upgraded,
+    /// Nothing to do.
+    UpToDate,
+    /// `--rollback` restored the state before the last upgrade.
+    Restored,
+    /// Refused before anything changed (preflight).
+    Refused,
+    /// Failed, and the installation is back where it was.
+    RolledBack,
+    /// Failed, and putting it back failed too: manual steps are listed.
+    RollbackFailed,
+}
+
+impl Outcome {
+    /// The command's exit code (SPEC §6).
+    pub fn exit_code(self) -> i32 {
+        use crate::exit::upgrade::*;
+        match self {
+            Outcome::Upgraded | Outcome::UpToDate | Outcome::Restored => OK,
+            Outcome::Refused | Outcome::RolledBack => ROLLED_BACK,
+            Outcome::RollbackFailed => ROLLBACK_FAILED,
+        }
+    }
+}
+
+/// The one machine-readable result of `upgrade` (`--json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub outcome: Outcome,
+    /// The version before.
+    pub from: Option<String>,
+    /// The version aimed at.
+    pub to: Option<String>,
+    /// One operator-facing paragraph.
+    pub message: String,
+    /// The step that failed, if one did.
+    pub failed_step: Option<String>,
+    /// The backup taken before the change, if one was.
+    pub backup: Option<String>,
+    /// What to do by hand when the rollback failed too.
+    pub manual_steps: Vec<String>,
 }
 
 /// What the supervisor answers.
@@ -36,6 +117,10 @@ pub enum Response {
     Error {
         message: String,
     },
+    /// A step of a running upgrade.
+    Progress(Progress),
+    /// The end of an upgrade.
+    Upgrade(UpgradeReport),
 }
 
 /// The supervisor's view of itself and its daemon.

@@ -13,5 +13,6 @@ pub mod kv;
 pub mod layout;
 pub mod listen_fds;
 pub mod registry;
+pub mod release;
 pub mod time;
 pub mod version;

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use semver::Version;
 
-/// The package whose dist-tags announce releases.
-pub const CLI_PACKAGE: &str = "@waiaas/cli";
+pub use crate::release::CLI_PACKAGE;
 
 /// Longest a version check may take, connection to last byte.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,6 +180,109 @@ pub fn pick_tag(body: &[u8], channel: &str) -> Result<Version, CheckError> {
     Ok(version)
 }
 
+/// Largest packument the launcher reads (a package with many versions runs to
+/// a few MiB; anything far beyond that is not a registry answer).
+pub const PACKUMENT_BODY_CAP: u64 = 32 << 20;
+
+/// The `Accept` header for packuments: npm's abbreviated metadata (smaller; it
+/// keeps `dist-tags` and every version's `dist`), else the full document.
+pub const PACKUMENT_ACCEPT: &str =
+    "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+
+/// Where a package's packument is: `<registry>/@scope%2fname`.
+pub fn packument_url(registry: &str, name: &str) -> String {
+    join(registry, &escape_name(name))
+}
+
+/// A packument, the registry's document about one package: only what the
+/// launcher reads. Version entries stay raw JSON until one is asked for, so a
+/// malformed old version cannot hide the one that is wanted.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Packument {
+    pub name: String,
+    #[serde(rename = "dist-tags", default)]
+    pub dist_tags: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub versions: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `versions[V].dist` of a packument: where the tarball is and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Dist {
+    /// An absolute URL, used as given (a registry names its own host).
+    pub tarball: String,
+    /// Subresource Integrity: `sha512-<base64>` (possibly several, space-separated).
+    #[serde(default)]
+    pub integrity: Option<String>,
+    /// The legacy SHA-1 (hex); never trusted on its own.
+    #[serde(default)]
+    pub shasum: Option<String>,
+}
+
+/// Why a packument could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackumentError {
+    #[error("not a packument (a JSON object with `name` and `versions`): {0}")]
+    BadJson(String),
+    #[error("the registry answered with the packument of {found}, not {expected}")]
+    WrongName { expected: String, found: String },
+    #[error("{package} has no version {version} on the registry")]
+    NoSuchVersion { package: String, version: String },
+    #[error("{package}@{version} has no usable `dist` in its packument: {reason}")]
+    BadDist {
+        package: String,
+        version: String,
+        reason: String,
+    },
+}
+
+impl Packument {
+    /// Parses a packument body and checks that it is about `expected_name`.
+    pub fn parse(body: &[u8], expected_name: &str) -> Result<Self, PackumentError> {
+        let packument: Packument =
+            serde_json::from_slice(body).map_err(|e| PackumentError::BadJson(e.to_string()))?;
+        if packument.name != expected_name {
+            return Err(PackumentError::WrongName {
+                expected: expected_name.to_string(),
+                found: packument.name,
+            });
+        }
+        Ok(packument)
+    }
+
+    /// Whether `versions` has an entry for `version` (e.g. `1.9.0`).
+    pub fn has_version(&self, version: &str) -> bool {
+        self.versions.contains_key(version)
+    }
+
+    /// `versions[version].dist`, with an absolute http(s) tarball URL.
+    pub fn dist(&self, version: &str) -> Result<Dist, PackumentError> {
+        let entry = self
+            .versions
+            .get(version)
+            .ok_or_else(|| PackumentError::NoSuchVersion {
+                package: self.name.clone(),
+                version: version.to_string(),
+            })?;
+        let bad = |reason: String| PackumentError::BadDist {
+            package: self.name.clone(),
+            version: version.to_string(),
+            reason,
+        };
+        let dist = entry
+            .get("dist")
+            .ok_or_else(|| bad("`dist` is missing".to_string()))?;
+        let dist: Dist = serde_json::from_value(dist.clone()).map_err(|e| bad(e.to_string()))?;
+        if !is_url(&dist.tarball) {
+            return Err(bad(format!(
+                "dist.tarball `{}` is not an http(s) URL",
+                dist.tarball
+            )));
+        }
+        Ok(dist)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +352,42 @@ mod tests {
         );
         std::fs::write(&rc, "registry=not-a-url\n").unwrap();
         assert_eq!(npmrc_registry(&rc), None);
+    }
+
+    #[test]
+    fn packuments_are_parsed_and_dists_checked() {
+        let body = br#"{"name":"@waiaas/cli-linux-x64","dist-tags":{"latest":"1.9.0"},
+            "versions":{"1.9.0":{"dist":{"tarball":"http://127.0.0.1:1/t.tgz","integrity":"sha512-AA=="}},
+                        "1.8.0":{"dist":{"tarball":"file:///etc/passwd"}},
+                        "1.7.0":{"nodist":true}}}"#;
+        let p = Packument::parse(body, "@waiaas/cli-linux-x64").unwrap();
+        assert!(p.has_version("1.9.0") && !p.has_version("2.0.0"));
+        let dist = p.dist("1.9.0").unwrap();
+        assert_eq!(dist.tarball, "http://127.0.0.1:1/t.tgz");
+        assert_eq!(dist.integrity.as_deref(), Some("sha512-AA=="));
+        assert!(matches!(
+            p.dist("1.8.0"),
+            Err(PackumentError::BadDist { .. })
+        ));
+        assert!(matches!(
+            p.dist("1.7.0"),
+            Err(PackumentError::BadDist { .. })
+        ));
+        assert!(matches!(
+            p.dist("2.0.0"),
+            Err(PackumentError::NoSuchVersion { .. })
+        ));
+        assert!(matches!(
+            Packument::parse(body, "@waiaas/cli"),
+            Err(PackumentError::WrongName { .. })
+        ));
+        assert!(matches!(
+            Packument::parse(b"<html>", "@waiaas/cli"),
+            Err(PackumentError::BadJson(_))
+        ));
+        assert_eq!(
+            packument_url("http://127.0.0.1:1/", "@waiaas/cli-linux-x64"),
+            "http://127.0.0.1:1/@waiaas%2fcli-linux-x64"
+        );
     }
 }

@@ -1,0 +1,422 @@
+//! Two real builds for the upgrade tests, and real signed release packages of them.
+//!
+//! - **A** is this build: the binaries beside the test executable ([`a_bin_dir`]).
+//! - **B** is this workspace with the version bumped to [`B_VERSION`] and a
+//!   17th migration ([`B_MIGRATION`]): a copy of the sources in
+//!   `target/e2e/src-1.9.0/`, patched, built with its own
+//!   `CARGO_TARGET_DIR=target/e2e/target` (kept across runs, so incremental).
+//!   [`b_bin_dir`] builds it once per test process and guards the build across
+//!   concurrently running test binaries with an `flock` on `target/e2e/build.lock`.
+//! - [`pack_release`] packs and signs a bin dir like CI does
+//!   (`waiaas_packaging::pack`); [`wrapped_release_dir`] makes the bin dir of a
+//!   release whose daemon fails at start (a `#!/bin/sh` wrapper around B's real
+//!   daemon), so that fault releases are real, verified packages too.
+//!
+//! The migration 17 adds a unique index on `wallets(name)`: a database with two
+//! wallets of the same name makes B's migration fail for a real, data-driven
+//! reason.
+
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use waiaas_packaging::{PackOptions, Packed};
+
+/// The version of build B.
+pub const B_VERSION: &str = "1.9.0";
+/// B's `LATEST_SCHEMA_VERSION`.
+pub const B_SCHEMA: u32 = 17;
+/// A's `LATEST_SCHEMA_VERSION`.
+pub const A_SCHEMA: u32 = 16;
+/// The migration B adds.
+pub const B_MIGRATION_FILE: &str = "0017_add_wallet_labels.sql";
+pub const B_MIGRATION: &str = "\
+-- 1.9.0: a free-text label per wallet, and wallet names become unique (the
+-- admin UI addresses wallets by name). A database holding two wallets of the
+-- same name cannot take the index: the migration fails and is rolled back.
+ALTER TABLE wallets ADD COLUMN label TEXT NOT NULL DEFAULT '';
+
+CREATE UNIQUE INDEX idx_wallets_name_unique ON wallets (name);
+";
+
+/// The version of build A (this build).
+pub fn a_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// The workspace root (`launcher/..`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the launcher crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// `target/e2e/` of this workspace: B's sources, B's target dir, the build lock.
+pub fn e2e_dir() -> PathBuf {
+    repo_root().join("target").join("e2e")
+}
+
+/// Build A's bin dir: where `waiaas-launcher` and `waiaas-daemon` of this build are.
+pub fn a_bin_dir() -> PathBuf {
+    let dir = Path::new(super::LAUNCHER)
+        .parent()
+        .expect("the launcher has a folder")
+        .to_path_buf();
+    super::daemon_binary();
+    dir
+}
+
+/// Build B's bin dir, built on first use (once per test process).
+pub fn b_bin_dir() -> &'static Path {
+    static B: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match B.get_or_init(build_b) {
+        Ok(dir) => dir,
+        Err(e) => panic!("build B ({B_VERSION}) failed: {e}"),
+    }
+}
+
+/// How long B's build took in this process (`None` if it was not built here).
+pub fn b_build_time() -> Option<Duration> {
+    BUILD_TIME.get().copied()
+}
+
+static BUILD_TIME: OnceLock<Duration> = OnceLock::new();
+
+/// The longest B's build may take (a first build on a busy 2-core machine
+/// included); beyond it the build is killed and the tests fail.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn build_b() -> Result<PathBuf, String> {
+    assert!(
+        semver::Version::parse(a_version()).unwrap() < semver::Version::parse(B_VERSION).unwrap(),
+        "build A ({}) must be older than B ({B_VERSION}): update B_VERSION in {}",
+        a_version(),
+        file!()
+    );
+    let e2e = e2e_dir();
+    fs::create_dir_all(&e2e).map_err(|e| format!("cannot create {}: {e}", e2e.display()))?;
+    // One build at a time across test binaries; the lock dies with its holder.
+    let lock_path = e2e.join("build.lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
+
+    let src = e2e.join(format!("src-{B_VERSION}"));
+    let target = e2e.join("target");
+    let tree = b_sources()?;
+    let changed = sync_tree(&src, &tree)?;
+
+    let started = Instant::now();
+    let log_path = e2e.join(format!("build-{B_VERSION}.log"));
+    let log = fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    // The test runs under `cargo test`, which sets variables describing *this*
+    // package; none of them may leak into B's build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        let inherited_by_cargo_test = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name.as_str(),
+                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_TARGET_DIR"
+            );
+        if inherited_by_cargo_test {
+            command.env_remove(&name);
+        }
+    }
+    let mut child = command
+        .args(["build", "-p", "waiaas-daemon", "-p", "waiaas-launcher"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if started.elapsed() > BUILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "cargo build did not finish within {BUILD_TIMEOUT:?}; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    let output = fs::read_to_string(&log_path).unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = output.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "`cargo build` in {} {status}:\n{}",
+            src.display(),
+            tail.join("\n")
+        ));
+    }
+    let _ = BUILD_TIME.set(took);
+    eprintln!(
+        "build B ({B_VERSION}): {} source files changed, cargo build took {:.1} s",
+        changed,
+        took.as_secs_f64()
+    );
+    let _ = fs::write(
+        e2e.join("build-time.txt"),
+        format!("{:.1} s ({changed} files changed)\n", took.as_secs_f64()),
+    );
+
+    let bin = target.join("debug");
+    let daemon = bin.join("waiaas-daemon");
+    let out = Command::new(&daemon)
+        .args(["--version", "--json"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", daemon.display()))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} --version --json: {e}", daemon.display()))?;
+    if info["version"] != B_VERSION || info["schema_version"] != B_SCHEMA {
+        return Err(format!(
+            "{} reports {info}, expected {B_VERSION} with schema {B_SCHEMA}",
+            daemon.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// B's source tree: relative path → contents, patched.
+fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
+    let repo = repo_root();
+    let manifest_text = fs::read_to_string(repo.join("Cargo.toml"))
+        .map_err(|e| format!("cannot read the workspace Cargo.toml: {e}"))?;
+    let manifest: toml::Table = manifest_text
+        .parse()
+        .map_err(|e| format!("the workspace Cargo.toml does not parse: {e}"))?;
+    let members: Vec<String> = manifest
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .ok_or("the workspace Cargo.toml lists no members")?
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_string))
+        .collect();
+    let mut tree = BTreeMap::new();
+    for top in members.iter().map(String::as_str).chain(["migrations"]) {
+        collect(&repo, Path::new(top), &mut tree)?;
+    }
+    let lock = fs::read_to_string(repo.join("Cargo.lock"))
+        .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
+    tree.insert("Cargo.toml".into(), bump_workspace_version(&manifest_text)?.into_bytes());
+    tree.insert("Cargo.lock".into(), bump_lock(&lock).into_bytes());
+
+    let migrations = Path::new("migrations");
+    tree.insert(migrations.join(B_MIGRATION_FILE), B_MIGRATION.as_bytes().to_vec());
+    let compat = tree
+        .get_mut(&migrations.join("compat.toml"))
+        .ok_or("migrations/compat.toml is missing")?;
+    let mut text = String::from_utf8(std::mem::take(compat)).map_err(|e| e.to_string())?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("\"{B_VERSION}\" = {B_SCHEMA}\n"));
+    *compat = text.into_bytes();
+    Ok(tree)
+}
+
+/// Every file under `repo/rel` except build output.
+fn collect(repo: &Path, rel: &Path, tree: &mut BTreeMap<PathBuf, Vec<u8>>) -> Result<(), String> {
+    let path = repo.join(rel);
+    let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let name_text = name.to_string_lossy();
+        if matches!(name_text.as_ref(), "target" | "node_modules") || name_text.starts_with('.') {
+            continue;
+        }
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let child = rel.join(&name);
+        if kind.is_dir() {
+            collect(repo, &child, tree)?;
+        } else if kind.is_file() {
+            match fs::read(entry.path()) {
+                Ok(bytes) => {
+                    tree.insert(child, bytes);
+                }
+                // Another engineer's editor may have just renamed it away.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot read {}: {e}", entry.path().display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[workspace.package] version = "A"` → `"B"`.
+fn bump_workspace_version(manifest: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(manifest.len());
+    let mut section = String::new();
+    let mut bumped = false;
+    for line in manifest.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed.to_string();
+        }
+        if section == "[workspace.package]" && trimmed.starts_with("version") && trimmed.contains('=') {
+            out.push_str(&format!("version = \"{B_VERSION}\""));
+            bumped = true;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    if bumped {
+        Ok(out)
+    } else {
+        Err("no version in [workspace.package] of Cargo.toml".into())
+    }
+}
+
+/// The workspace crates' versions in Cargo.lock, as cargo would rewrite them.
+fn bump_lock(lock: &str) -> String {
+    let mut out = String::with_capacity(lock.len());
+    let mut ours = false;
+    for line in lock.lines() {
+        if let Some(name) = line.strip_prefix("name = ") {
+            ours = name.trim_matches('"').starts_with("waiaas-");
+        }
+        if ours && line == format!("version = \"{}\"", a_version()) {
+            out.push_str(&format!("version = \"{B_VERSION}\""));
+            ours = false;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Makes `dest` hold exactly `tree`, writing only files whose contents differ
+/// (so cargo's mtime fingerprints see only real changes). Returns how many
+/// files were written or removed.
+fn sync_tree(dest: &Path, tree: &BTreeMap<PathBuf, Vec<u8>>) -> Result<usize, String> {
+    let mut changed = 0;
+    for (rel, bytes) in tree {
+        let path = dest.join(rel);
+        if fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        changed += 1;
+    }
+    // Files gone from the workspace go from the copy (a removed migration matters).
+    let wanted: BTreeSet<&PathBuf> = tree.keys().collect();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = fs::read_dir(dest.join(&rel)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let child = rel.join(entry.file_name());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(child),
+                Ok(_) if !wanted.contains(&child) => {
+                    let _ = fs::remove_file(entry.path());
+                    changed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// A throwaway release key: the secret key file and the public key (minisign base64).
+pub struct Key {
+    pub secret: PathBuf,
+    pub public: String,
+}
+
+/// Generates a fresh key pair in `dir`.
+pub fn generate_key(dir: &Path) -> Key {
+    let (secret, public) = waiaas_packaging::generate_keypair(dir).expect("generate a key pair");
+    Key { secret, public }
+}
+
+/// Packs and signs the binaries of `bin_dir` into `out_dir`, for this machine's target.
+pub fn pack_release(bin_dir: &Path, out_dir: &Path, key: &Key) -> Packed {
+    let target = waiaas_shared::release::this_target().expect("a shipped target");
+    waiaas_packaging::pack(&PackOptions {
+        bin_dir: bin_dir.to_path_buf(),
+        out_dir: out_dir.to_path_buf(),
+        sign_key: key.secret.clone(),
+        target: target.to_string(),
+        also_targets: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("packing {} failed: {e}", bin_dir.display()))
+}
+
+/// How a wrapped daemon fails at `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `exit 1` at once.
+    Crash,
+    /// Never answers: `exec sleep 3600`.
+    Hang,
+}
+
+/// Makes `dir` (created) the bin dir of a release of B whose daemon fails at
+/// start: `waiaas-launcher` is B's launcher; `waiaas-daemon` is a script that
+/// runs B's real daemon (by absolute path) for everything — `--version`,
+/// `migrate`, `check` — except `serve`. Packed with [`pack_release`] it is a
+/// real, signed, verifiable package.
+pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
+    let b = b_bin_dir();
+    fs::create_dir_all(dir).unwrap();
+    let launcher = dir.join("waiaas-launcher");
+    fs::copy(b.join("waiaas-launcher"), &launcher).unwrap();
+    let real = b.join("waiaas-daemon");
+    let on_serve = match fault {
+        Fault::Crash => "echo 'waiaas-daemon (test fault): crashing at start' >&2; exit 1",
+        Fault::Hang => "exec sleep 3600",
+    };
+    let script = format!(
+        "#!/bin/sh\n\
+         # A release of {B_VERSION} whose daemon fails at start (test fault: {fault:?}).\n\
+         if [ \"$1\" = serve ]; then {on_serve}; fi\n\
+         exec '{}' \"$@\"\n",
+        real.display()
+    );
+    let daemon = dir.join("waiaas-daemon");
+    let mut file = fs::File::create(&daemon).unwrap();
+    file.write_all(script.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    fs::set_permissions(&daemon, fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_path_buf()
+}
