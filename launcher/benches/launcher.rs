@@ -356,7 +356,7 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
         "  (the backoff resets only after 60 s of stable running, so each sample is the *first* crash of its supervisor: 100 ms backoff)"
     );
     println!(
-        "  (the admin status is first asked once the killed daemon is dead — a zombie or gone — see the second series for why)"
+        "  (the admin status is first asked once the launcher has reaped the killed daemon, so the measuring does not delay the restart; see the second series)"
     );
     let mut series: Vec<Option<CrashSample>> = Vec::new();
     for sample in 1..=CRASH_SAMPLES {
@@ -367,7 +367,7 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
     let main = crash_summary("crash-to-healthy", &series);
 
     println!(
-        "  -- {EAGER_SAMPLES} more samples asking the admin status at once after the kill (as a monitor polling `status` would) --"
+        "  -- {EAGER_SAMPLES} more samples asking the admin status the moment the killed daemon shows as a zombie, before the launcher can reap it --"
     );
     let mut eager: Vec<Option<CrashSample>> = Vec::new();
     for sample in 1..=EAGER_SAMPLES {
@@ -375,9 +375,9 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
         print_crash_sample(sample, result.as_ref());
         eager.push(result);
     }
-    let eager = crash_summary("with status asked at once", &eager);
+    let eager = crash_summary("with a status request during the crash", &eager);
     json!({
-        "method": "fresh supervisor per sample (first crash, 100 ms backoff); status first asked once the killed daemon is dead",
+        "method": "fresh supervisor per sample (first crash, 100 ms backoff); status first asked once the launcher reaped the killed daemon",
         "samples": CRASH_SAMPLES,
         "failed": main["failed"],
         "min_ms": main["min_ms"],
@@ -385,20 +385,22 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
         "max_ms": main["max_ms"],
         "series_ms": main["series_ms"],
         "status_healthy_series_ms": main["status_healthy_series_ms"],
-        "dead_series_ms": main["dead_series_ms"],
-        "status_asked_at_once": eager,
+        "reaped_series_ms": main["reaped_series_ms"],
+        "status_during_crash": eager,
     })
 }
 
-/// Samples asking the admin status right after the kill.
-const EAGER_SAMPLES: usize = 3;
+/// Samples asking the admin status while the killed daemon is not yet reaped.
+const EAGER_SAMPLES: usize = 5;
 
 /// One crash, timed from the kill (milliseconds).
 struct CrashSample {
     before: i32,
     after: i32,
-    /// The killed daemon is a zombie or gone.
-    dead: f64,
+    /// How long the status request made during the crash took (eager samples).
+    eager_status: Option<f64>,
+    /// The killed daemon is gone from /proc: its launcher has reaped it.
+    reaped: f64,
     /// The admin status reports another daemon, healthy.
     status: f64,
     /// A direct `GET /health` answered 200 after that.
@@ -406,32 +408,33 @@ struct CrashSample {
 }
 
 /// Starts a supervisor, kills its daemon with SIGKILL and times the
-/// replacement; `ask_at_once` asks the admin status before the kill has taken
-/// effect instead of after. None if no replacement came within the timeout.
-fn crash_sample(
-    install: &Install,
-    launcher_log: Option<&str>,
-    ask_at_once: bool,
-) -> Option<CrashSample> {
+/// replacement. With `eager`, one admin status request is made as soon as the
+/// daemon shows as a zombie (dead, not yet reaped). None if no replacement
+/// came within the timeout.
+fn crash_sample(install: &Install, launcher_log: Option<&str>, eager: bool) -> Option<CrashSample> {
     let mut supervisor = Supervisor::start(install, launcher_log);
     let before = daemon_pid(&supervisor.wait_healthy());
     let killed = Instant::now();
     signal(before, libc::SIGKILL);
     let deadline = killed + CRASH_TIMEOUT;
-    let mut dead = None;
-    if ask_at_once {
-        let _ = supervisor.status();
-    }
+    let mut eager_status = None;
+    let mut reaped = None;
     while Instant::now() < deadline {
-        if process_gone(before) {
-            dead = Some(ms(killed.elapsed()));
+        let state = process_state(before);
+        if eager && eager_status.is_none() && matches!(state, Some('Z' | 'X') | None) {
+            let asked = Instant::now();
+            let _ = supervisor.status();
+            eager_status = Some(ms(asked.elapsed()));
+        }
+        if state.is_none() {
+            reaped = Some(ms(killed.elapsed()));
             break;
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(100));
     }
     let mut replaced: Option<(i32, f64)> = None;
     let mut answered = None;
-    while dead.is_some() && Instant::now() < deadline {
+    while reaped.is_some() && Instant::now() < deadline {
         if replaced.is_none() {
             if let Some(status) = supervisor.status() {
                 if healthy(&status) && daemon_pid(&status) != before {
@@ -446,11 +449,12 @@ fn crash_sample(
         supervisor.assert_alive("a replacement daemon");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let result = match (dead, replaced, answered) {
-        (Some(dead), Some((after, status)), Some(answered)) => Some(CrashSample {
+    let result = match (reaped, replaced, answered) {
+        (Some(reaped), Some((after, status)), Some(answered)) => Some(CrashSample {
             before,
             after,
-            dead,
+            eager_status,
+            reaped,
             status,
             answered,
         }),
@@ -469,8 +473,15 @@ fn crash_sample(
 fn print_crash_sample(sample: usize, result: Option<&CrashSample>) {
     match result {
         Some(s) => println!(
-            "  sample {sample:2}: daemon {} → {}: dead at {:.1} ms, status healthy at {:.1} ms, GET /health 200 at {:.1} ms",
-            s.before, s.after, s.dead, s.status, s.answered
+            "  sample {sample:2}: daemon {} → {}: {}reaped at {:.1} ms, status healthy at {:.1} ms, GET /health 200 at {:.1} ms",
+            s.before,
+            s.after,
+            s.eager_status.map_or(String::new(), |t| format!(
+                "status during the crash took {t:.1} ms, "
+            )),
+            s.reaped,
+            s.status,
+            s.answered
         ),
         None => println!("  sample {sample:2}: failed"),
     }
@@ -512,18 +523,18 @@ fn crash_summary(what: &str, series: &[Option<CrashSample>]) -> Value {
         "max_ms": round1(stats.max),
         "series_ms": field(|s| s.answered),
         "status_healthy_series_ms": field(|s| s.status),
-        "dead_series_ms": field(|s| s.dead),
+        "reaped_series_ms": field(|s| s.reaped),
+        "status_request_during_crash_ms": series
+            .iter()
+            .map(|s| s.as_ref().and_then(|s| s.eager_status).map(round1))
+            .collect::<Vec<_>>(),
     })
 }
 
-/// Gone, or a zombie waiting for its reaper (the launcher).
-fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
+/// The state letter of `pid` in /proc (`Z` for a zombie), None once it is gone.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// The status code of a direct `GET /health` on the install's port.

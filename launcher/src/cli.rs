@@ -104,8 +104,19 @@ fn dispatch(command: Command, dir: &DataDir) -> Result<(), Failure> {
 }
 
 /// The config, or a failure naming the bad key.
+/// The config, or a failure naming the bad key. Its exit code is the
+/// daemon's `CONFIG_INVALID`, which systemd is told not to restart on.
 pub fn load_config(dir: &DataDir) -> Result<Config, Failure> {
-    Config::load(&dir.config()).map_err(|e| Failure::new(e.to_string()))
+    Config::load(&dir.config()).map_err(|e| Failure {
+        code: waiaas_shared::exit::daemon::CONFIG_INVALID as u8,
+        message: e.to_string(),
+    })
+}
+
+/// Whether this launcher runs inside the WAIaaS container image
+/// (`WAIAAS_CONTAINER=1`), where the image, not `versions/`, holds the programs.
+pub fn in_container() -> bool {
+    std::env::var_os("WAIAAS_CONTAINER").is_some_and(|v| v == "1")
 }
 
 fn report(result: Result<(), Failure>) -> ExitCode {

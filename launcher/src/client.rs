@@ -30,7 +30,7 @@ fn not_running(dir: &DataDir) -> Failure {
 }
 
 fn require_initialised(dir: &DataDir) -> Result<(), Failure> {
-    if dir.current().join("waiaas-daemon").exists() {
+    if crate::cli::in_container() || dir.current().join("waiaas-daemon").exists() {
         Ok(())
     } else {
         Err(Failure::new(format!(
@@ -115,12 +115,19 @@ fn query_status(dir: &DataDir) -> Result<Option<Status>, Failure> {
 pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
     require_initialised(dir)?;
     let status = query_status(dir)?.ok_or_else(|| not_running(dir))?;
+    // Exit 0 only for a healthy service, so `status` can serve as a health check.
+    let healthy = status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy);
+    let verdict = if healthy {
+        Ok(())
+    } else {
+        Err(Failure::new(format!("the daemon is not healthy (state: {})", status.state)))
+    };
     if json {
         println!(
             "{}",
             serde_json::to_string(&status).expect("a status serialises")
         );
-        return Ok(());
+        return verdict;
     }
     println!(
         "launcher: {} (pid {}, version {})",
@@ -143,7 +150,7 @@ pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
     if status.restarts > 0 {
         println!("restarts: {}", status.restarts);
     }
-    Ok(())
+    verdict
 }
 
 pub fn stop(dir: &DataDir) -> Result<(), Failure> {

@@ -25,10 +25,6 @@
 //! renamed to `versions/<v>`. Any failure removes the partial folder and the
 //! downloaded file.
 
-// The upgrade engine is this module's caller; the integration test includes
-// this file by path and exercises only part of it.
-#![allow(dead_code)]
-
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -413,7 +409,9 @@ struct KeyRing {
 
 impl KeyRing {
     fn from_config(config: &Config) -> Result<Self, PackageError> {
-        Self::new(&built_in_keys(), &configured_keys(config))
+        let keys = trusted_keys(config);
+        let (built_in, configured) = keys.split_at(built_in_keys().len());
+        Self::new(built_in, configured)
     }
 
     fn new(built_in: &[String], configured: &[String]) -> Result<Self, PackageError> {
@@ -727,9 +725,6 @@ impl Leftovers {
     fn add(&mut self, path: PathBuf) {
         self.0.push(path);
     }
-    fn disarm(&mut self) {
-        self.0.clear();
-    }
 }
 
 impl Drop for Leftovers {
@@ -838,7 +833,11 @@ fn install_tarball(
         Existing::Absent => {
             fs::rename(&partial, &final_dir).map_err(io_error("rename", &partial))?;
         }
-        Existing::Bad(_) => {
+        Existing::Bad(problem) => {
+            tracing::warn!(
+                "{} fails verification ({problem}); replacing it with the verified package",
+                final_dir.display()
+            );
             leftovers.add(aside.clone());
             fs::rename(&final_dir, &aside).map_err(io_error("move aside", &final_dir))?;
             if let Err(e) = fs::rename(&partial, &final_dir) {
@@ -1387,4 +1386,326 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, PackageError> {
         )));
     }
     Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A syntactically valid minisign public key (its bytes need not be a
+    /// usable curve point to be parsed).
+    fn key(id: u8) -> String {
+        let mut raw = b"Ed".to_vec();
+        raw.extend([id; 8]);
+        raw.extend([id.wrapping_add(1); 32]);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    #[test]
+    fn a_list_of_two_release_keys_is_parsed() {
+        let (a, b) = (key(1), key(2));
+        let list = format!(" {a},{b} ,");
+        let keys = parse_key_list(&list);
+        assert_eq!(keys, [a.clone(), b.clone()]);
+        let ring = KeyRing::new(&keys, &[]).unwrap();
+        assert_eq!((ring.keys.len(), ring.built_in, ring.configured), (2, 2, 0));
+        assert!(parse_key_list("").is_empty());
+        assert!(parse_key_list(" , ").is_empty());
+
+        // A whole `.pub` file is a key too.
+        let file = format!("untrusted comment: minisign public key\n{a}\n");
+        assert!(decode_key(&file).is_ok());
+        assert!(decode_key("untrusted comment: x\nRWnot").is_err());
+    }
+
+    #[test]
+    fn configured_keys_are_added_and_bad_ones_named() {
+        let mut config = Config::default();
+        config.update.trusted_keys = vec![key(3), "  ".into(), key(4)];
+        let keys = trusted_keys(&config);
+        assert!(keys.ends_with(&[key(3), key(4)]), "{keys:?}");
+
+        let err = KeyRing::new(&[key(1)], &[key(2), "RWnotakey".into()]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("#2 of [update] trusted_keys") && msg.contains("RWnotakey"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn no_trusted_key_says_how_to_configure_one() {
+        let msg = KeyRing::new(&[], &[]).unwrap_err().to_string();
+        assert!(
+            msg.contains("no trusted release key") && msg.contains("trusted_keys"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_garbled_signature_is_named() {
+        let ring = KeyRing::new(&[key(1)], &[key(2)]).unwrap();
+        let msg = ring.verify(b"{}", None).unwrap_err().to_string();
+        assert!(msg.starts_with("signature check failed") && msg.contains("unsigned"));
+        let msg = ring.verify(b"{}", Some(b"junk")).unwrap_err().to_string();
+        assert!(msg.contains("not a minisign signature"), "{msg}");
+    }
+
+    #[test]
+    fn sri_sha512_is_read() {
+        let digest = Sha512::digest(b"abc");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        let sri = format!("sha1-AAAA sha512-{b64}?opt");
+        let hashes = sri_sha512(Some(&sri), "p", "1.0.0").unwrap();
+        assert_eq!(hashes, [digest.to_vec()]);
+        for bad in [None, Some(""), Some("sha1-AAAA"), Some("sha512-%%%")] {
+            let msg = sri_sha512(bad, "p", "1.0.0").unwrap_err().to_string();
+            assert!(msg.starts_with("integrity check failed"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn entry_paths_are_checked() {
+        assert_eq!(package_relative("package/bin/x").unwrap(), "bin/x");
+        assert_eq!(package_relative("./package//bin/./x").unwrap(), "bin/x");
+        assert_eq!(package_relative("package/").unwrap(), "");
+        for (raw, why) in [
+            ("/etc/passwd", "absolute path"),
+            ("../evil", "escapes"),
+            ("package/../../evil", "escapes"),
+            ("package/bin/../../x", "escapes"),
+            ("other/x", "outside"),
+            ("x", "outside"),
+        ] {
+            let msg = package_relative(raw).unwrap_err().to_string();
+            assert!(
+                msg.starts_with("unsafe entry in the package: ") && msg.contains(why),
+                "{raw}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn package_files_map_to_the_version_folder() {
+        assert_eq!(
+            installed_path("bin/waiaas-daemon").unwrap(),
+            "waiaas-daemon"
+        );
+        assert_eq!(installed_path("release.json").unwrap(), "release.json");
+        assert_eq!(installed_path("bin/sub/x").unwrap(), "bin/sub/x");
+        assert_eq!(installed_path("package.json"), None);
+        assert_eq!(mode_for("bin/waiaas-daemon"), 0o755);
+        assert_eq!(mode_for("LICENSE"), 0o644);
+        assert_eq!(human(512 * MIB), "512 MiB");
+        assert_eq!(human(4 * KIB), "4 KiB");
+        assert_eq!(human(1000), "1000 bytes");
+    }
+
+    fn manifest(version: &str, target: &str, name: &str, files: &[(&str, &str)]) -> Vec<u8> {
+        let files: BTreeMap<String, String> = files
+            .iter()
+            .map(|(p, h)| (p.to_string(), h.to_string()))
+            .collect();
+        serde_json::to_vec(&ReleaseManifest {
+            name: name.into(),
+            version: version.into(),
+            target: target.into(),
+            schema_version: 16,
+            min_compatible_schema_version: 10,
+            files,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_manifest_must_name_what_was_asked() {
+        let v = Version::parse("1.9.0").unwrap();
+        let name = platform_package("linux-x64");
+        let bins = [("bin/waiaas-launcher", "aa"), ("bin/waiaas-daemon", "bb")];
+        let good = manifest("1.9.0", "linux-x64", &name, &bins);
+        assert!(check_manifest(&good, &v, "linux-x64").is_ok());
+
+        let cases = [
+            (
+                manifest("1.9.1", "linux-x64", &name, &bins),
+                "release.json names version 1.9.1, but 1.9.0 was asked for",
+            ),
+            (
+                manifest("1.9.0", "linux-arm64", &name, &bins),
+                "release.json names target linux-arm64, but this machine is linux-x64",
+            ),
+            (
+                manifest("1.9.0", "linux-x64", "@waiaas/cli", &bins),
+                "release.json names package @waiaas/cli",
+            ),
+            (
+                manifest("1.9.0", "linux-x64", &name, &bins[..1]),
+                "does not list bin/waiaas-daemon",
+            ),
+            (
+                manifest(
+                    "1.9.0",
+                    "linux-x64",
+                    &name,
+                    &[bins[0], bins[1], ("bin/../x", "cc")],
+                ),
+                "cannot be a file of the package",
+            ),
+            (
+                manifest(
+                    "1.9.0",
+                    "linux-x64",
+                    &name,
+                    &[bins[0], bins[1], ("waiaas-daemon", "cc")],
+                ),
+                "two of its files would be installed as waiaas-daemon",
+            ),
+            (b"{\"name\":1}".to_vec(), "not a valid release manifest"),
+        ];
+        for (bytes, expected) in cases {
+            let msg = check_manifest(&bytes, &v, "linux-x64")
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(expected), "{msg}");
+        }
+    }
+
+    /// What a test archive holds: a path (written raw, so unsafe ones can be
+    /// made), an entry type, and the content.
+    struct Raw<'a>(&'a str, tar::EntryType, &'a [u8]);
+
+    fn tarball(dir: &Path, entries: &[Raw<'_>]) -> PathBuf {
+        let path = dir.join("t.tgz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut builder = tar::Builder::new(gz);
+        for Raw(name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            let bytes = name.as_bytes();
+            header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            header.set_entry_type(*kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o777);
+            if *kind == tar::EntryType::Symlink {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    fn unpack_in(
+        entries: &[Raw<'_>],
+        limits: &Limits,
+    ) -> (tempfile::TempDir, Result<Unpacked, PackageError>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tarball(tmp.path(), entries);
+        let result = unpack(&tgz, &tmp.path().join("out.partial"), limits);
+        (tmp, result)
+    }
+
+    use tar::EntryType as T;
+
+    #[test]
+    fn a_plain_archive_is_unpacked_flat_with_our_modes() {
+        let (tmp, result) = unpack_in(
+            &[
+                Raw("package/", T::Directory, b""),
+                Raw("package/package.json", T::Regular, b"{}"),
+                Raw("package/bin/waiaas-daemon", T::Regular, b"d"),
+                Raw("package/release.json", T::Regular, b"{\"m\":1}"),
+                Raw("package/release.json.minisig", T::Regular, b"sig"),
+                Raw("package/LICENSE", T::Regular, b"MIT"),
+            ],
+            &Limits::default(),
+        );
+        let unpacked = result.unwrap();
+        let out = tmp.path().join("out.partial");
+        assert_eq!(unpacked.manifest.as_deref(), Some(&b"{\"m\":1}"[..]));
+        assert_eq!(unpacked.signature.as_deref(), Some(&b"sig"[..]));
+        assert_eq!(
+            unpacked.files.keys().collect::<Vec<_>>(),
+            ["LICENSE", "bin/waiaas-daemon", "package.json"]
+        );
+        assert_eq!(unpacked.files["LICENSE"], sha256_hex(b"MIT"));
+        let mode = |name: &str| fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("waiaas-daemon"), 0o755);
+        assert_eq!(mode("LICENSE"), 0o644);
+        assert_eq!(mode("release.json"), 0o644);
+        assert!(!out.join("package.json").exists() && !out.join("bin").exists());
+    }
+
+    #[test]
+    fn unsafe_entries_are_refused() {
+        let cases: &[(&[Raw<'_>], &str)] = &[
+            (
+                &[Raw("../evil", T::Regular, b"x")],
+                "../evil (path escapes the package)",
+            ),
+            (
+                &[Raw("/tmp/evil", T::Regular, b"x")],
+                "/tmp/evil (absolute path)",
+            ),
+            (
+                &[Raw("package/bin/x", T::Symlink, b"")],
+                "links are not allowed",
+            ),
+            (
+                &[Raw("package/bin/x", T::Link, b"")],
+                "links are not allowed",
+            ),
+            (&[Raw("package/bin/x", T::Fifo, b"")], "special files"),
+            (&[Raw("package/bin/x", T::Char, b"")], "special files"),
+            (&[Raw("package/x", T::Continuous, b"")], "entry type '7'"),
+            (
+                &[
+                    Raw("package/a", T::Regular, b"1"),
+                    Raw("package/./a", T::Regular, b"2"),
+                ],
+                "appears twice",
+            ),
+            (
+                &[
+                    Raw("package/release.json", T::Regular, b"1"),
+                    Raw("package/bin/release.json", T::Regular, b"2"),
+                ],
+                "would overwrite release.json",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let (_tmp, result) = unpack_in(entries, &Limits::default());
+            let msg = result.unwrap_err().to_string();
+            assert!(
+                msg.starts_with("unsafe entry in the package: ") && msg.contains(expected),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_package_that_unpacks_too_large_is_refused() {
+        let big = vec![0u8; 256 * 1024];
+        let limits = Limits {
+            unpacked_bytes: 64 * 1024,
+            ..Limits::default()
+        };
+        let (_tmp, result) = unpack_in(&[Raw("package/bin/x", T::Regular, &big)], &limits);
+        let msg = result.unwrap_err().to_string();
+        assert_eq!(msg, "the unpacked package is larger than the 64 KiB cap");
+    }
+
+    #[test]
+    fn garbage_is_not_an_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.tgz");
+        fs::write(&path, b"<html>not found</html>").unwrap();
+        let msg = unpack(&path, &tmp.path().join("p"), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a readable .tgz"), "{msg}");
+    }
 }

@@ -13,6 +13,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -63,13 +64,7 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     init_logging(&config.daemon.log_level);
     let inherited = listen_fds::take_listener().map_err(|e| Failure::new(e.to_string()))?;
 
-    let daemon = dir.current().join("waiaas-daemon");
-    if !daemon.exists() {
-        return Err(Failure::new(format!(
-            "not initialised: {} is missing; run `waiaas-launcher init` first",
-            daemon.display()
-        )));
-    }
+    let daemon = daemon_program(dir)?;
     let pidfile = PidFile::acquire(dir)?;
     let listener = match inherited {
         Some(listener) => listener,
@@ -88,11 +83,36 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
         let admin = bind_admin_socket(dir)?;
-        let mut supervisor = Supervisor::new(dir.clone(), config.clone(), listener, notifier)?;
+        let mut supervisor = Supervisor::new(dir.clone(), config.clone(), listener, notifier, daemon)?;
         supervisor.serve(admin).await
     });
     drop(pidfile);
     result
+}
+
+/// The daemon to supervise: `current/waiaas-daemon`, or in the container image
+/// the one beside this launcher — there a new image brings a new daemon, which
+/// backs up and migrates the volume's database itself at start (SPEC §9).
+fn daemon_program(dir: &DataDir) -> Result<PathBuf, Failure> {
+    if crate::cli::in_container() {
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find this program's path: {e}")))?;
+        let beside = exe.with_file_name("waiaas-daemon");
+        return if beside.is_file() {
+            Ok(beside)
+        } else {
+            Err(Failure::new(format!("the image has no {}", beside.display())))
+        };
+    }
+    let current = dir.current().join("waiaas-daemon");
+    if current.exists() {
+        Ok(dir.current().join("waiaas-daemon"))
+    } else {
+        Err(Failure::new(format!(
+            "not initialised: {} is missing; run `waiaas-launcher init` first",
+            current.display()
+        )))
+    }
 }
 
 fn init_logging(level: &str) {
@@ -179,6 +199,8 @@ struct AdminCall {
 
 struct Supervisor {
     dir: DataDir,
+    /// The daemon binary started (see [`daemon_program`]).
+    program: PathBuf,
     config: Config,
     listener: TcpListener,
     health_addr: SocketAddr,
@@ -207,6 +229,7 @@ impl Supervisor {
         config: Config,
         listener: TcpListener,
         notifier: Notifier,
+        program: PathBuf,
     ) -> Result<Self, Failure> {
         let local = listener
             .local_addr()
@@ -222,6 +245,7 @@ impl Supervisor {
             config,
             listener,
             health_addr: SocketAddr::new(ip, local.port()),
+            program,
             notifier,
             state: State::Starting,
             daemon: None,
@@ -410,7 +434,7 @@ impl Supervisor {
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| {
             StartFailure::transient(format!("cannot create the control channel: {e}"))
         })?;
-        let program = self.dir.current().join("waiaas-daemon");
+        let program = self.program.clone();
         let mut command = std::process::Command::new(&program);
         command
             .arg("serve")

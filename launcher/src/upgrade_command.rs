@@ -49,7 +49,7 @@ const CONTAINER_MESSAGE: &str = "this WAIaaS runs in a container, where the imag
      the daemon backs up and migrates its database at start";
 
 pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
-    if std::env::var_os("WAIAAS_CONTAINER").is_some_and(|v| v == "1") {
+    if crate::cli::in_container() {
         return Err(Failure {
             code: exit::upgrade::USAGE as u8,
             message: CONTAINER_MESSAGE.into(),

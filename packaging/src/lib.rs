@@ -96,7 +96,6 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
     let [launcher_name, daemon_name] = BINARIES;
     let (launcher_path, launcher) = probe::read_binary(&opts.bin_dir, launcher_name)?;
     let (daemon_path, daemon) = probe::read_binary(&opts.bin_dir, daemon_name)?;
-    let t = std::time::Instant::now();
     let info = probe::daemon_version(&daemon_path)?;
     let launcher_version = probe::launcher_version(&launcher_path)?;
     if launcher_version != info.version {
@@ -122,7 +121,6 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
             (daemon_entry.clone(), sha256_hex(&daemon)),
         ]),
     };
-    eprintln!("probe+sha256 {:?}", t.elapsed());
     let mut manifest_json = serde_json::to_vec_pretty(&manifest)?;
     manifest_json.push(b'\n');
     let signature = key.sign(
@@ -154,12 +152,7 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
     fs::create_dir_all(&opts.out_dir).map_err(PackError::io(&opts.out_dir))?;
     let platform_tarball = opts.out_dir.join(npm_tarball_name(&manifest.name, version));
     let cli_tarball = opts.out_dir.join(npm_tarball_name(CLI_PACKAGE, version));
-    let t = std::time::Instant::now();
     let platform_bytes = tarball_bytes(&platform_entries)?;
-    eprintln!("tar+gz {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let _ = sri_sha512(&platform_bytes);
-    eprintln!("sri {:?}", t.elapsed());
     drop(platform_entries);
     tarball::write_atomically(&platform_tarball, &platform_bytes)?;
     let cli_bytes = tarball_bytes(&cli_entries)?;

@@ -8,7 +8,12 @@ use waiaas_packaging::{PackOptions, generate_keypair, pack};
 
 /// Build the @waiaas/cli npm tarballs from built binaries and sign release.json.
 #[derive(Parser)]
-#[command(name = "waiaas-pack", version, subcommand_negates_reqs = true)]
+#[command(
+    name = "waiaas-pack",
+    version,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Folder holding the built waiaas-launcher and waiaas-daemon.
     #[arg(long, value_name = "DIR", required = true)]

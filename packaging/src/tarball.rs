@@ -237,7 +237,10 @@ fn put_field(field: &mut [u8], value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn read_back(bytes: &[u8]) -> Vec<(String, EntryType, u32, Vec<u8>, Option<String>)> {
+    /// Path, type, mode, contents, link target.
+    type Member = (String, EntryType, u32, Vec<u8>, Option<String>);
+
+    fn read_back(bytes: &[u8]) -> Vec<Member> {
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
         archive
             .entries()

@@ -68,11 +68,11 @@ pub fn e2e_dir() -> PathBuf {
 
 /// Build A's bin dir: where `waiaas-launcher` and `waiaas-daemon` of this build are.
 pub fn a_bin_dir() -> PathBuf {
-    let dir = Path::new(super::LAUNCHER)
+    let dir = Path::new(crate::support::LAUNCHER)
         .parent()
         .expect("the launcher has a folder")
         .to_path_buf();
-    super::daemon_binary();
+    crate::support::daemon_binary();
     dir
 }
 

@@ -23,6 +23,8 @@ use rusqlite::Connection;
 use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
+pub mod registry;
+
 /// The launcher binary under test.
 pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_waiaas-launcher");
 

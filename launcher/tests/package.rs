@@ -1,0 +1,1048 @@
+//! Release packages (SPEC §7): download, verify and install, against a real
+//! HTTP registry on 127.0.0.1 ([`support::registry`]) serving packages made
+//! by `waiaas-packaging` and signed with throwaway keys — the real binaries of
+//! this build, and small hostile variants. Every refusal must name the check
+//! that failed and leave the data dir exactly as it was: nothing new under
+//! `versions/` (no `.partial`, no download), `current` unchanged.
+//!
+//! The launcher is a binary crate, so its `package` module is compiled into
+//! this test by path.
+
+mod support;
+
+#[path = "../src/package.rs"]
+#[allow(dead_code)]
+mod package;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use package::{Installed, Limits, PackageError};
+use semver::Version;
+use sha2::{Digest as _, Sha256};
+use support::registry::{Registry, Reply};
+use waiaas_packaging::{Entry, EntryKind, PackOptions};
+use waiaas_shared::config::Config;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::release::{
+    CLI_PACKAGE, MANIFEST, ReleaseManifest, SIGNATURE, platform_package, this_target,
+};
+use waiaas_shared::version::VERSION;
+
+// ---------------------------------------------------------------------------
+// Fixtures.
+
+fn target() -> &'static str {
+    this_target().expect("tests run on a shipped target")
+}
+
+fn version() -> Version {
+    Version::parse(VERSION).unwrap()
+}
+
+/// Keys and the real package, made once per test process.
+struct Fixture {
+    /// The trusted key pair (the secret key's file, the public key).
+    secret: PathBuf,
+    public: String,
+    /// A key pair nobody trusts.
+    other_secret: PathBuf,
+    /// The real, signed platform package of this build, and its manifest.
+    real: Vec<u8>,
+    real_manifest: ReleaseManifest,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        remove_stale_fixtures(base);
+        let root = base.join(format!("package-tests-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (secret, public) = waiaas_packaging::generate_keypair(&root.join("keys")).unwrap();
+        let (other_secret, _) =
+            waiaas_packaging::generate_keypair(&root.join("other-keys")).unwrap();
+        let bin_dir = support::daemon_binary()
+            .parent()
+            .expect("the binaries' folder")
+            .to_path_buf();
+        let out = root.join("out");
+        let packed = waiaas_packaging::pack(&PackOptions {
+            bin_dir,
+            out_dir: out.clone(),
+            sign_key: secret.clone(),
+            target: target().to_string(),
+            also_targets: Vec::new(),
+        })
+        .expect("pack this build");
+        let real = fs::read(&packed.platform_tarball).unwrap();
+        let _ = fs::remove_dir_all(&out);
+        assert_eq!(packed.public_key, public);
+        Fixture {
+            secret,
+            public,
+            other_secret,
+            real,
+            real_manifest: packed.manifest,
+        }
+    })
+}
+
+/// Removes the fixture folders of test processes that are gone.
+fn remove_stale_fixtures(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("package-tests-")
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Incompressible bytes, so a small package still has some size.
+fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The payload of a small release: package.json and two fake programs.
+fn payload() -> Vec<(String, Vec<u8>)> {
+    let script = |name: &str, seed| {
+        let mut bytes = format!("#!/bin/sh\necho {name} {VERSION}\nexit 0\n# ").into_bytes();
+        bytes.extend(noise(seed, 4096).iter().map(|b| b'a' + b % 26));
+        bytes.push(b'\n');
+        bytes
+    };
+    vec![
+        (
+            "package.json".to_string(),
+            format!(
+                "{{\"name\":\"{}\",\"version\":\"{VERSION}\"}}\n",
+                platform_package(target())
+            )
+            .into_bytes(),
+        ),
+        (
+            "bin/waiaas-launcher".to_string(),
+            script("waiaas-launcher", 1),
+        ),
+        ("bin/waiaas-daemon".to_string(), script("waiaas-daemon", 2)),
+    ]
+}
+
+/// The manifest describing `files` (all but package.json), for this version
+/// and target.
+fn manifest_of(files: &[(String, Vec<u8>)]) -> ReleaseManifest {
+    ReleaseManifest {
+        name: platform_package(target()),
+        version: VERSION.to_string(),
+        target: target().to_string(),
+        schema_version: 16,
+        min_compatible_schema_version: 10,
+        files: files
+            .iter()
+            .filter(|(path, _)| path != "package.json")
+            .map(|(path, bytes)| (path.clone(), sha256_hex(bytes)))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// How `release.json` is signed.
+enum Signed {
+    /// By the trusted key.
+    Trusted,
+    /// By a key nobody trusts.
+    Unknown,
+    /// By the trusted key, but over other bytes.
+    OtherBytes,
+    /// Not at all: no `.minisig` in the package.
+    Unsigned,
+}
+
+/// The tar entries of a package holding `files` and `manifest`.
+fn package_entries(
+    files: &[(String, Vec<u8>)],
+    manifest: &ReleaseManifest,
+    signed: Signed,
+) -> Vec<Entry> {
+    let fx = fixture();
+    let manifest_bytes = serde_json::to_vec_pretty(manifest).unwrap();
+    let signature = match signed {
+        Signed::Trusted => Some(waiaas_packaging::sign(&fx.secret, &manifest_bytes).unwrap()),
+        Signed::Unknown => Some(waiaas_packaging::sign(&fx.other_secret, &manifest_bytes).unwrap()),
+        Signed::OtherBytes => Some(waiaas_packaging::sign(&fx.secret, b"{\"other\":1}").unwrap()),
+        Signed::Unsigned => None,
+    };
+    let mut entries: Vec<Entry> = files
+        .iter()
+        .map(|(path, bytes)| {
+            let mode = if path.starts_with("bin/") {
+                0o755
+            } else {
+                0o644
+            };
+            Entry::file(format!("package/{path}"), bytes.clone(), mode)
+        })
+        .collect();
+    entries.push(Entry::file(
+        format!("package/{MANIFEST}"),
+        manifest_bytes,
+        0o644,
+    ));
+    if let Some(signature) = signature {
+        entries.push(Entry::file(
+            format!("package/{SIGNATURE}"),
+            signature,
+            0o644,
+        ));
+    }
+    entries
+}
+
+fn tgz(entries: &[Entry]) -> Vec<u8> {
+    waiaas_packaging::tarball_bytes(entries).unwrap()
+}
+
+/// A good small release package.
+fn good_small() -> Vec<u8> {
+    let files = payload();
+    tgz(&package_entries(
+        &files,
+        &manifest_of(&files),
+        Signed::Trusted,
+    ))
+}
+
+/// A good small package with `extra` entries appended.
+fn small_with(extra: Vec<Entry>) -> Vec<u8> {
+    let files = payload();
+    let mut entries = package_entries(&files, &manifest_of(&files), Signed::Trusted);
+    entries.extend(extra);
+    tgz(&entries)
+}
+
+/// Everything in a folder tree: path, kind and size (or a link's target).
+type Snapshot = Vec<(String, String)>;
+
+fn snapshot(root: &Path) -> Snapshot {
+    fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let link = fs::read_link(&path).unwrap();
+                out.push((rel, format!("-> {}", link.display())));
+            } else if meta.is_dir() {
+                out.push((rel, "dir".into()));
+                walk(root, &path, out);
+            } else {
+                out.push((rel, format!("{} bytes", meta.len())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// A data dir with an installed `1.8.0` that `current` points at, a registry,
+/// and a config that trusts the fixture's key and uses that registry.
+struct Scenario {
+    tmp: tempfile::TempDir,
+    dir: DataDir,
+    registry: Registry,
+    config: Config,
+    before: Snapshot,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let fx = fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("waiaas"));
+        let old = dir.version("1.8.0");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("waiaas-daemon"), b"#!/bin/sh\necho old\n").unwrap();
+        std::os::unix::fs::symlink("versions/1.8.0", dir.current()).unwrap();
+        let registry = Registry::start();
+        let mut config = Config::default();
+        config.update.registry = Some(registry.url().to_string());
+        config.update.trusted_keys = vec![fx.public.clone()];
+        let before = snapshot(tmp.path());
+        Self {
+            tmp,
+            dir,
+            registry,
+            config,
+            before,
+        }
+    }
+
+    /// Publishes `@waiaas/cli@<VERSION>` and the platform package with `tarball`.
+    fn publish(&self, tarball: Vec<u8>) {
+        self.registry
+            .publish(CLI_PACKAGE, VERSION, b"the cli package".to_vec());
+        self.registry
+            .publish(&platform_package(target()), VERSION, tarball);
+    }
+
+    fn tarball_path(&self) -> String {
+        Registry::tarball_path(&platform_package(target()), VERSION)
+    }
+
+    async fn fetch(&self) -> Result<Installed, PackageError> {
+        package::fetch(&self.dir, &self.config, &version(), false).await
+    }
+
+    async fn fetch_with(&self, limits: &Limits) -> Result<Installed, PackageError> {
+        package::fetch_with_limits(&self.dir, &self.config, &version(), false, limits).await
+    }
+
+    /// Writes `bytes` outside the data dir and returns the file's path.
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.tmp.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Asserts the data dir is exactly as it was (files written outside it
+    /// by the test itself aside).
+    fn assert_unchanged(&self) {
+        let now: Snapshot = snapshot(self.tmp.path())
+            .into_iter()
+            .filter(|(path, _)| path.starts_with("waiaas"))
+            .collect();
+        let before: Snapshot = self
+            .before
+            .iter()
+            .filter(|(path, _)| path.starts_with("waiaas"))
+            .cloned()
+            .collect();
+        assert_eq!(now, before, "the data dir changed");
+    }
+
+    /// Asserts `result` is a refusal whose message contains `expected`, and
+    /// that nothing changed.
+    fn assert_refused<T: std::fmt::Debug>(
+        &self,
+        result: Result<T, PackageError>,
+        expected: &str,
+    ) -> String {
+        let message = result.expect_err("must be refused").to_string();
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in: {message}"
+        );
+        self.assert_unchanged();
+        message
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The good path.
+
+#[tokio::test]
+async fn a_good_release_is_fetched_verified_and_installed() {
+    let fx = fixture();
+    let s = Scenario::new();
+    s.publish(fx.real.clone());
+
+    let installed = s.fetch().await.expect("a good release installs");
+    let path = s.dir.version(VERSION);
+    assert_eq!(installed.version, version());
+    assert_eq!(installed.path, path);
+    assert_eq!(installed.manifest, fx.real_manifest);
+
+    // Flat, with our modes, and nothing else (SPEC §2).
+    let mut names: Vec<String> = fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [MANIFEST, SIGNATURE, "waiaas-daemon", "waiaas-launcher"]
+    );
+    let mode = |name: &str| fs::metadata(path.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("waiaas-daemon"), 0o755);
+    assert_eq!(mode("waiaas-launcher"), 0o755);
+    assert_eq!(mode(MANIFEST), 0o644);
+    assert_eq!(
+        fs::read(path.join("waiaas-daemon")).unwrap(),
+        fs::read(support::daemon_binary()).unwrap()
+    );
+    // The installed daemon runs and is this build.
+    let out = Command::new(path.join("waiaas-daemon"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(VERSION));
+
+    // Nothing left behind; `current` untouched; the registry asked politely.
+    let versions: Vec<String> = fs::read_dir(s.dir.versions())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(
+        fs::read_link(s.dir.current()).unwrap(),
+        Path::new("versions/1.8.0")
+    );
+    assert_eq!(s.registry.hits(&Registry::packument_path(CLI_PACKAGE)), 1);
+    assert_eq!(
+        s.registry
+            .hits(&Registry::packument_path(&platform_package(target()))),
+        1
+    );
+    assert_eq!(s.registry.hits(&s.tarball_path()), 1);
+    let agent = format!("waiaas/{VERSION}");
+    assert!(
+        s.registry.user_agents().iter().all(|ua| *ua == agent),
+        "{:?}",
+        s.registry.user_agents()
+    );
+
+    // It verifies as installed.
+    let again = package::verify_installed(&s.dir, &s.config, &version()).unwrap();
+    assert_eq!(again, installed);
+}
+
+#[tokio::test]
+async fn latest_follows_the_channel() {
+    let s = Scenario::new();
+    s.registry.publish(CLI_PACKAGE, "1.9.0", b"x".to_vec());
+    s.registry.set_tag(CLI_PACKAGE, "rc", "2.0.0-rc.1");
+    assert_eq!(
+        package::latest(&s.config).await.unwrap().to_string(),
+        "1.9.0"
+    );
+    let mut rc = s.config.clone();
+    rc.update.channel = "rc".into();
+    assert_eq!(
+        package::latest(&rc).await.unwrap().to_string(),
+        "2.0.0-rc.1"
+    );
+
+    s.registry.set_tag(CLI_PACKAGE, "latest", "2.0.0-rc.1");
+    let msg = package::latest(&s.config).await.unwrap_err().to_string();
+    assert!(msg.contains("prerelease"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------
+// Refusals: integrity, signature, manifest, files, entries, size.
+
+#[tokio::test]
+async fn one_flipped_byte_fails_integrity() {
+    let s = Scenario::new();
+    let good = good_small();
+    let integrity = support::registry::sri_sha512(&good);
+    let mut bad = good;
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x01;
+    s.registry
+        .publish(CLI_PACKAGE, VERSION, b"the cli package".to_vec());
+    s.registry
+        .publish_with_integrity(&platform_package(target()), VERSION, bad, &integrity);
+    s.assert_refused(
+        s.fetch().await,
+        "integrity check failed: the downloaded tarball's sha512 does not match dist.integrity",
+    );
+    assert_eq!(s.registry.hits(&s.tarball_path()), 1);
+}
+
+#[tokio::test]
+async fn unsigned_release_json_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    s.publish(tgz(&package_entries(
+        &files,
+        &manifest_of(&files),
+        Signed::Unsigned,
+    )));
+    let msg = s.assert_refused(s.fetch().await, "signature check failed");
+    assert!(msg.contains("unsigned"), "{msg}");
+}
+
+#[tokio::test]
+async fn wrongly_signed_release_json_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    s.publish(tgz(&package_entries(
+        &files,
+        &manifest_of(&files),
+        Signed::OtherBytes,
+    )));
+    let msg = s.assert_refused(s.fetch().await, "signature check failed");
+    assert!(msg.contains("does not match its signature"), "{msg}");
+}
+
+#[tokio::test]
+async fn signature_by_an_unknown_key_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    s.publish(tgz(&package_entries(
+        &files,
+        &manifest_of(&files),
+        Signed::Unknown,
+    )));
+    s.assert_refused(
+        s.fetch().await,
+        "signature check failed: release.json is not signed by a trusted key (trusted: 0 built-in, 1 configured)",
+    );
+}
+
+#[tokio::test]
+async fn release_json_naming_another_version_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    let mut manifest = manifest_of(&files);
+    manifest.version = "1.9.0".into();
+    s.publish(tgz(&package_entries(&files, &manifest, Signed::Trusted)));
+    s.assert_refused(
+        s.fetch().await,
+        &format!("release.json names version 1.9.0, but {VERSION} was asked for"),
+    );
+}
+
+#[tokio::test]
+async fn release_json_naming_another_target_is_refused() {
+    let s = Scenario::new();
+    let other = if target() == "linux-arm64" {
+        "linux-x64"
+    } else {
+        "linux-arm64"
+    };
+    let files = payload();
+    let mut manifest = manifest_of(&files);
+    manifest.target = other.into();
+    manifest.name = platform_package(other);
+    s.publish(tgz(&package_entries(&files, &manifest, Signed::Trusted)));
+    s.assert_refused(
+        s.fetch().await,
+        &format!(
+            "release.json names target {other}, but this machine is {}",
+            target()
+        ),
+    );
+}
+
+#[tokio::test]
+async fn release_json_naming_another_package_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    let mut manifest = manifest_of(&files);
+    manifest.name = CLI_PACKAGE.into();
+    s.publish(tgz(&package_entries(&files, &manifest, Signed::Trusted)));
+    s.assert_refused(s.fetch().await, "release.json names package @waiaas/cli,");
+}
+
+#[tokio::test]
+async fn a_file_whose_hash_differs_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    let manifest = manifest_of(&files);
+    let mut tampered = files.clone();
+    tampered[2].1[20] ^= 0x20;
+    s.publish(tgz(&package_entries(&tampered, &manifest, Signed::Trusted)));
+    s.assert_refused(
+        s.fetch().await,
+        "file check failed: bin/waiaas-daemon has sha256",
+    );
+}
+
+#[tokio::test]
+async fn an_extra_file_is_refused() {
+    let s = Scenario::new();
+    s.publish(small_with(vec![Entry::file(
+        "package/bin/helper.sh",
+        b"#!/bin/sh\n".to_vec(),
+        0o755,
+    )]));
+    s.assert_refused(
+        s.fetch().await,
+        "file check failed: the package holds bin/helper.sh, which release.json does not list",
+    );
+}
+
+#[tokio::test]
+async fn a_listed_file_missing_from_the_package_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    let manifest = manifest_of(&files);
+    s.publish(tgz(&package_entries(
+        &files[..2],
+        &manifest,
+        Signed::Trusted,
+    )));
+    s.assert_refused(
+        s.fetch().await,
+        "file check failed: release.json lists bin/waiaas-daemon, which is not in the package",
+    );
+}
+
+#[tokio::test]
+async fn path_traversal_entry_is_refused() {
+    for path in ["../evil", "package/../../evil", "package/bin/../../../evil"] {
+        let s = Scenario::new();
+        s.publish(small_with(vec![Entry::file(
+            path,
+            b"owned".to_vec(),
+            0o755,
+        )]));
+        s.assert_refused(
+            s.fetch().await,
+            &format!("unsafe entry in the package: {path} (path escapes the package)"),
+        );
+        let everything = snapshot(s.tmp.path());
+        assert!(
+            everything.iter().all(|(p, _)| !p.ends_with("evil")),
+            "{everything:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn absolute_path_entry_is_refused() {
+    let s = Scenario::new();
+    let victim = s.tmp.path().join("victim");
+    let path = victim.to_string_lossy().into_owned();
+    s.publish(small_with(vec![Entry::file(
+        &path,
+        b"owned".to_vec(),
+        0o644,
+    )]));
+    s.assert_refused(
+        s.fetch().await,
+        &format!("unsafe entry in the package: {path} (absolute path)"),
+    );
+    assert!(!victim.exists());
+}
+
+#[tokio::test]
+async fn symlink_entry_is_refused() {
+    let s = Scenario::new();
+    let files = payload();
+    let manifest = manifest_of(&files);
+    let mut entries = package_entries(&files, &manifest, Signed::Trusted);
+    // The daemon, replaced by a link to a shell.
+    let daemon = entries
+        .iter_mut()
+        .find(|e| e.path == "package/bin/waiaas-daemon")
+        .unwrap();
+    *daemon = Entry::symlink("package/bin/waiaas-daemon", "/bin/sh");
+    s.publish(tgz(&entries));
+    s.assert_refused(
+        s.fetch().await,
+        "unsafe entry in the package: package/bin/waiaas-daemon (links are not allowed)",
+    );
+
+    // Hard links and FIFOs are refused as well.
+    for entry in [
+        Entry::hardlink("package/bin/h", "package/bin/waiaas-daemon"),
+        Entry::fifo("package/bin/p"),
+    ] {
+        let s = Scenario::new();
+        let expected = match entry.kind {
+            EntryKind::Fifo => "(special files are not allowed)",
+            _ => "(links are not allowed)",
+        };
+        s.publish(small_with(vec![entry]));
+        s.assert_refused(s.fetch().await, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_path_is_refused() {
+    let s = Scenario::new();
+    s.publish(small_with(vec![Entry::file(
+        "package/bin/waiaas-daemon",
+        b"#!/bin/sh\necho evil\n".to_vec(),
+        0o755,
+    )]));
+    s.assert_refused(
+        s.fetch().await,
+        "unsafe entry in the package: package/bin/waiaas-daemon (the path appears twice in the archive)",
+    );
+}
+
+#[tokio::test]
+async fn oversized_download_is_refused() {
+    let limits = Limits {
+        tarball_bytes: 1024,
+        ..Limits::default()
+    };
+    let package = good_small();
+    assert!(package.len() > 1024);
+
+    // Refused on the announced Content-Length.
+    let s = Scenario::new();
+    s.publish(package.clone());
+    s.assert_refused(
+        s.fetch_with(&limits).await,
+        "the download is larger than the 1 KiB cap",
+    );
+
+    // And while streaming, when no length is announced.
+    let s = Scenario::new();
+    s.publish(package.clone());
+    s.registry
+        .serve(&s.tarball_path(), Reply::NoLength(package));
+    s.assert_refused(
+        s.fetch_with(&limits).await,
+        "the download is larger than the 1 KiB cap",
+    );
+
+    // The default cap is 512 MiB.
+    assert_eq!(Limits::default().tarball_bytes, 512 << 20);
+    let msg = PackageError::TooLarge {
+        cap: Limits::default().tarball_bytes,
+    }
+    .to_string();
+    assert_eq!(msg, "the download is larger than the 512 MiB cap");
+}
+
+#[tokio::test]
+async fn an_oversized_packument_is_refused() {
+    let s = Scenario::new();
+    s.publish(good_small());
+    let limits = Limits {
+        packument_bytes: 64,
+        ..Limits::default()
+    };
+    s.assert_refused(
+        s.fetch_with(&limits).await,
+        "the registry's answer for the packument of @waiaas/cli is larger than the 64 bytes cap",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `--from FILE`, reuse and replacement, keys, registry failures.
+
+#[tokio::test]
+async fn install_file_checks_everything_but_integrity() {
+    // A good file installs with no registry involved at all.
+    let s = Scenario::new();
+    let file = s.file("release.tgz", &good_small());
+    let installed = package::install_file(&s.dir, &s.config, &file, None).unwrap();
+    assert_eq!(installed.version, version());
+    assert!(s.dir.version(VERSION).join("waiaas-daemon").is_file());
+    assert_eq!(s.registry.total_hits(), 0);
+    // Again, with the version given: the installed one is reused.
+    let again = package::install_file(&s.dir, &s.config, &file, Some(&version())).unwrap();
+    assert_eq!(again, installed);
+
+    // Every other check still applies.
+    let files = payload();
+    let manifest = manifest_of(&files);
+    let mut tampered = files.clone();
+    tampered[1].1[30] ^= 0x01;
+    let mut other_version = manifest.clone();
+    other_version.version = "1.9.0".into();
+    let cases: Vec<(Vec<u8>, Option<Version>, String)> = vec![
+        (
+            tgz(&package_entries(&tampered, &manifest, Signed::Trusted)),
+            None,
+            "file check failed: bin/waiaas-launcher has sha256".into(),
+        ),
+        (
+            tgz(&package_entries(&files, &manifest, Signed::Unknown)),
+            None,
+            "signature check failed".into(),
+        ),
+        (
+            tgz(&package_entries(&files, &manifest, Signed::Unsigned)),
+            None,
+            "signature check failed".into(),
+        ),
+        (
+            tgz(&package_entries(&files, &other_version, Signed::Trusted)),
+            Some(version()),
+            format!("release.json names version 1.9.0, but {VERSION} was asked for"),
+        ),
+        (
+            good_small(),
+            Some(Version::parse("1.9.0").unwrap()),
+            format!("release.json names version {VERSION}, but 1.9.0 was asked for"),
+        ),
+        (
+            small_with(vec![Entry::file("../evil", b"x".to_vec(), 0o644)]),
+            None,
+            "unsafe entry in the package: ../evil (path escapes the package)".into(),
+        ),
+        (
+            b"<html>not a package</html>".to_vec(),
+            None,
+            "not a readable .tgz".into(),
+        ),
+    ];
+    for (bytes, expected_version, expected) in cases {
+        let s = Scenario::new();
+        let file = s.file("release.tgz", &bytes);
+        s.assert_refused(
+            package::install_file(&s.dir, &s.config, &file, expected_version.as_ref()),
+            &expected,
+        );
+        assert_eq!(s.registry.total_hits(), 0);
+    }
+
+    // The size cap holds for files too.
+    let s = Scenario::new();
+    let file = s.file("release.tgz", &good_small());
+    let limits = Limits {
+        tarball_bytes: 1024,
+        ..Limits::default()
+    };
+    s.assert_refused(
+        package::install_file_with_limits(&s.dir, &s.config, &file, None, &limits),
+        "larger than the 1 KiB cap",
+    );
+}
+
+#[tokio::test]
+async fn an_existing_good_version_is_reused_and_a_tampered_one_replaced() {
+    let s = Scenario::new();
+    s.publish(good_small());
+    let first = s.fetch().await.unwrap();
+    assert_eq!(s.registry.hits(&s.tarball_path()), 1);
+
+    // Good: reused without asking the registry anything.
+    let before = s.registry.total_hits();
+    let second = s.fetch().await.unwrap();
+    assert_eq!(second, first);
+    assert_eq!(s.registry.total_hits(), before);
+
+    // Tampered: verification names the file, and a fetch installs afresh.
+    let daemon = first.path.join("waiaas-daemon");
+    let mut bytes = fs::read(&daemon).unwrap();
+    bytes.extend_from_slice(b"\necho tampered\n");
+    fs::write(&daemon, &bytes).unwrap();
+    let msg = package::verify_installed(&s.dir, &s.config, &version())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("file check failed: waiaas-daemon has sha256"),
+        "{msg}"
+    );
+    let third = s.fetch().await.unwrap();
+    assert_eq!(third, first);
+    assert_eq!(s.registry.hits(&s.tarball_path()), 2);
+    package::verify_installed(&s.dir, &s.config, &version()).unwrap();
+    assert!(!fs::read(&daemon).unwrap().ends_with(b"tampered\n"));
+
+    // An extra file in the folder is a failed verification too.
+    fs::write(first.path.join("stowaway"), b"x").unwrap();
+    let msg = package::verify_installed(&s.dir, &s.config, &version())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("holds stowaway"), "{msg}");
+    s.fetch().await.unwrap();
+    assert!(!first.path.join("stowaway").exists());
+
+    // Nothing but the two versions under versions/.
+    let mut names: Vec<String> = fs::read_dir(s.dir.versions())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["1.8.0", VERSION]);
+
+    // A bad replacement download leaves the bad installed version as it was.
+    fs::write(&daemon, b"tampered again").unwrap();
+    s.registry.serve(
+        &s.tarball_path(),
+        Reply::Body(b"garbage".to_vec(), "application/octet-stream"),
+    );
+    let before = snapshot(s.tmp.path());
+    let msg = s.fetch().await.unwrap_err().to_string();
+    assert!(msg.starts_with("integrity check failed"), "{msg}");
+    assert_eq!(snapshot(s.tmp.path()), before);
+}
+
+#[tokio::test]
+async fn a_bad_version_that_current_points_at_is_left_alone() {
+    let s = Scenario::new();
+    s.publish(good_small());
+    s.fetch().await.unwrap();
+    let current = s.dir.current();
+    fs::remove_file(&current).unwrap();
+    std::os::unix::fs::symlink(format!("versions/{VERSION}"), &current).unwrap();
+    fs::write(s.dir.version(VERSION).join("waiaas-daemon"), b"tampered").unwrap();
+    let before = snapshot(s.tmp.path());
+    let hits = s.registry.total_hits();
+    let msg = s.fetch().await.unwrap_err().to_string();
+    assert!(msg.contains("`current` points at it"), "{msg}");
+    assert_eq!(snapshot(s.tmp.path()), before);
+    assert_eq!(s.registry.total_hits(), hits);
+}
+
+#[tokio::test]
+async fn no_trusted_key_is_a_clear_refusal() {
+    if !package::built_in_keys().is_empty() {
+        eprintln!("skipped: this build has built-in release keys (WAIAAS_RELEASE_PUBKEYS)");
+        return;
+    }
+    let mut s = Scenario::new();
+    s.publish(good_small());
+    s.config.update.trusted_keys.clear();
+    assert!(package::trusted_keys(&s.config).is_empty());
+    let expected = "no trusted release key";
+    let msg = s.assert_refused(s.fetch().await, expected);
+    assert!(
+        msg.contains("trusted_keys") && msg.contains("[update]"),
+        "{msg}"
+    );
+    let file = s.file("release.tgz", &good_small());
+    s.assert_refused(
+        package::install_file(&s.dir, &s.config, &file, None),
+        expected,
+    );
+    assert_eq!(s.registry.total_hits(), 0, "nothing is fetched");
+
+    // A configured key that is not a key is named.
+    s.config.update.trusted_keys = vec!["RWQnot-a-key".into()];
+    s.assert_refused(
+        s.fetch().await,
+        "trusted key #1 of [update] trusted_keys (`RWQnot-a-key`) is not a minisign public key",
+    );
+}
+
+#[tokio::test]
+async fn registry_garbage_is_a_clear_error() {
+    let platform = platform_package(target());
+    let cli_path = Registry::packument_path(CLI_PACKAGE);
+    let platform_path = Registry::packument_path(&platform);
+
+    // Each case: how the registry (otherwise serving a good release)
+    // misbehaves, and what the message must say.
+    type Setup = Box<dyn Fn(&Scenario)>;
+    let publish_cli_only = |version: &'static str| -> Setup {
+        Box::new(move |s: &Scenario| {
+            s.registry.publish(CLI_PACKAGE, version, b"x".to_vec());
+            s.registry
+                .publish(&platform_package(target()), "1.0.0", good_small());
+        })
+    };
+    let cases: Vec<(Setup, String)> = vec![
+        (
+            Box::new({
+                let cli_path = cli_path.clone();
+                move |s| {
+                    s.publish(good_small());
+                    s.registry
+                        .serve(&cli_path, Reply::Body(b"<html>".to_vec(), "text/html"));
+                }
+            }),
+            "the registry's answer for the packument of @waiaas/cli is unusable: not a packument"
+                .into(),
+        ),
+        (
+            Box::new({
+                let cli_path = cli_path.clone();
+                move |s| {
+                    s.publish(good_small());
+                    s.registry.serve(&cli_path, Reply::Status(500));
+                }
+            }),
+            "the registry answered HTTP 500 for the packument of @waiaas/cli".into(),
+        ),
+        (
+            Box::new(move |s| {
+                s.publish(good_small());
+                s.registry.serve(
+                    &platform_path,
+                    Reply::Body(
+                        br#"{"name":"left-pad","versions":{}}"#.to_vec(),
+                        "application/json",
+                    ),
+                );
+            }),
+            format!("the registry answered with the packument of left-pad, not {platform}"),
+        ),
+        (
+            publish_cli_only("1.0.0"),
+            format!("WAIaaS {VERSION} is not on the registry"),
+        ),
+        (
+            publish_cli_only(VERSION),
+            format!("WAIaaS {VERSION} has no package for this platform"),
+        ),
+        (
+            Box::new(|s| {
+                s.publish(good_small());
+                s.registry.serve(
+                    &s.tarball_path(),
+                    Reply::Truncated {
+                        body: good_small()[..100].to_vec(),
+                        declared: 5000,
+                    },
+                );
+            }),
+            "downloading http://127.0.0.1:".into(),
+        ),
+        (
+            Box::new(|s| {
+                s.publish(good_small());
+                s.registry.serve(&s.tarball_path(), Reply::Status(404));
+            }),
+            "failed: HTTP 404".into(),
+        ),
+        (
+            Box::new(|s| s.publish(b"<html>not a tarball</html>".to_vec())),
+            "the package is not a readable .tgz".into(),
+        ),
+        (
+            Box::new(|s| {
+                s.registry.publish(CLI_PACKAGE, VERSION, b"x".to_vec());
+                s.registry.publish_with_integrity(
+                    &platform_package(target()),
+                    VERSION,
+                    good_small(),
+                    "sha1-AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                );
+            }),
+            "integrity check failed: dist.integrity of".into(),
+        ),
+    ];
+    for (setup, expected) in cases {
+        let s = Scenario::new();
+        setup(&s);
+        s.assert_refused(s.fetch().await, &expected);
+    }
+
+    // Nobody listening.
+    let mut s = Scenario::new();
+    s.config.update.registry = Some(format!("http://127.0.0.1:{}", support::free_port()));
+    s.assert_refused(
+        s.fetch().await,
+        "registry request for the packument of @waiaas/cli failed",
+    );
+}

@@ -1,0 +1,310 @@
+//! A small npm-registry-like HTTP server on 127.0.0.1 for tests: it serves
+//! packuments (`GET /@scope%2fname`), dist-tags
+//! (`GET /-/package/@scope%2fname/dist-tags`) and tarballs
+//! (`GET /@scope/name/-/name-<v>.tgz`), counts every request by path, and
+//! records each request's `User-Agent`.
+//!
+//! [`Registry::publish`] adds a version with the tarball's real
+//! `dist.integrity`; [`Registry::publish_with_integrity`] lets a test lie.
+//! [`Registry::serve`] overrides any path with a canned [`Reply`]: an HTTP
+//! status, garbage, a body cut short, or one sent without a Content-Length.
+//!
+//! One thread accepts connections and one thread answers each; every answer
+//! closes its connection, so no client keeps state between requests.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha512};
+
+/// A canned answer for one path.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// `200` with this body and content type.
+    Body(Vec<u8>, &'static str),
+    /// This status with a short text body.
+    Status(u16),
+    /// `200` declaring `declared` bytes of Content-Length, sending only `body`.
+    Truncated { body: Vec<u8>, declared: usize },
+    /// `200` without Content-Length: the body ends when the connection closes.
+    NoLength(Vec<u8>),
+}
+
+#[derive(Default)]
+struct State {
+    /// Packuments by package name (`@waiaas/cli`).
+    packuments: HashMap<String, Value>,
+    /// Replies by decoded path (`/@waiaas/cli-linux-x64/-/…tgz`).
+    files: HashMap<String, Reply>,
+    /// Overrides by decoded path; win over everything else.
+    overrides: HashMap<String, Reply>,
+    hits: HashMap<String, usize>,
+    user_agents: Vec<String>,
+}
+
+/// A running registry; stopped when dropped.
+pub struct Registry {
+    url: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    port: u16,
+}
+
+impl Registry {
+    /// Starts a registry on a free loopback port.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let state = state.clone();
+                    std::thread::spawn(move || answer(stream, &state));
+                }
+            })
+        };
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            stop,
+            accept: Some(accept),
+            port,
+        }
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>`, for `[update] registry`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The path a package's tarball is served at, npm style.
+    pub fn tarball_path(name: &str, version: &str) -> String {
+        let short = name.rsplit('/').next().unwrap_or(name);
+        format!("/{name}/-/{short}-{version}.tgz")
+    }
+
+    /// The (decoded) path of a package's packument.
+    pub fn packument_path(name: &str) -> String {
+        format!("/{name}")
+    }
+
+    /// Publishes `name@version` with `tarball`, its real integrity, and the
+    /// `latest` tag pointing at it.
+    pub fn publish(&self, name: &str, version: &str, tarball: Vec<u8>) {
+        let integrity = sri_sha512(&tarball);
+        self.publish_with_integrity(name, version, tarball, &integrity);
+    }
+
+    /// Publishes `name@version` with `tarball`, claiming `integrity` for it.
+    pub fn publish_with_integrity(
+        &self,
+        name: &str,
+        version: &str,
+        tarball: Vec<u8>,
+        integrity: &str,
+    ) {
+        let path = Self::tarball_path(name, version);
+        let entry = json!({
+            "name": name,
+            "version": version,
+            "dist": {
+                "tarball": format!("{}{path}", self.url),
+                "integrity": integrity,
+            },
+        });
+        let mut state = self.state();
+        let packument = state
+            .packuments
+            .entry(name.to_string())
+            .or_insert_with(|| json!({"name": name, "dist-tags": {}, "versions": {}}));
+        packument["versions"][version] = entry;
+        packument["dist-tags"]["latest"] = json!(version);
+        state
+            .files
+            .insert(path, Reply::Body(tarball, "application/octet-stream"));
+    }
+
+    /// Points `name`'s dist-tag `tag` at `version`.
+    pub fn set_tag(&self, name: &str, tag: &str, version: &str) {
+        let mut state = self.state();
+        let packument = state
+            .packuments
+            .entry(name.to_string())
+            .or_insert_with(|| json!({"name": name, "dist-tags": {}, "versions": {}}));
+        packument["dist-tags"][tag] = json!(version);
+    }
+
+    /// Answers `path` (decoded: `/@waiaas/cli`) with `reply` from now on.
+    pub fn serve(&self, path: &str, reply: Reply) {
+        self.state().overrides.insert(path.to_string(), reply);
+    }
+
+    /// How many requests `path` (decoded) has had.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state().hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// How many requests there have been in all.
+    pub fn total_hits(&self) -> usize {
+        self.state().hits.values().sum()
+    }
+
+    /// The `User-Agent` of every request so far (empty string if none).
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state().user_agents.clone()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+/// `sha512-<base64>`, as npm records `dist.integrity`.
+pub fn sri_sha512(bytes: &[u8]) -> String {
+    let digest = Sha512::digest(bytes);
+    format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+/// `%2f` / `%2F` → `/`, so `@scope%2fname` and `@scope/name` are one path.
+fn decode(path: &str) -> String {
+    path.replace("%2f", "/").replace("%2F", "/")
+}
+
+fn answer(mut stream: TcpStream, state: &Mutex<State>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let raw_path = parts.next().unwrap_or("/").to_string();
+    let user_agent = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("user-agent"))
+        .map(|(_, value)| value.trim().to_string())
+        .unwrap_or_default();
+    let path = decode(raw_path.split('?').next().unwrap_or_default());
+
+    let reply = {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        *state.hits.entry(path.clone()).or_insert(0) += 1;
+        state.user_agents.push(user_agent);
+        route(&state, &method, &path)
+    };
+    let _ = send(&mut stream, reply);
+}
+
+fn route(state: &State, method: &str, path: &str) -> Reply {
+    if method != "GET" {
+        return Reply::Status(405);
+    }
+    if let Some(reply) = state.overrides.get(path) {
+        return reply.clone();
+    }
+    if let Some(reply) = state.files.get(path) {
+        return reply.clone();
+    }
+    if let Some(name) = path
+        .strip_prefix("/-/package/")
+        .and_then(|rest| rest.strip_suffix("/dist-tags"))
+    {
+        return match state.packuments.get(name) {
+            Some(packument) => json_reply(&packument["dist-tags"]),
+            None => Reply::Status(404),
+        };
+    }
+    match path
+        .strip_prefix('/')
+        .and_then(|name| state.packuments.get(name))
+    {
+        Some(packument) => json_reply(packument),
+        None => Reply::Status(404),
+    }
+}
+
+fn json_reply(value: &Value) -> Reply {
+    Reply::Body(
+        serde_json::to_vec(value).unwrap_or_default(),
+        "application/json",
+    )
+}
+
+fn send(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
+    match reply {
+        Reply::Body(body, content_type) => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)
+        }
+        Reply::Status(status) => {
+            let body = format!("status {status}\n");
+            write!(
+                stream,
+                "HTTP/1.1 {status} Canned\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        Reply::Truncated { body, declared } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+            )?;
+            stream.write_all(&body)
+        }
+        Reply::NoLength(body) => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )?;
+            // The client may hang up once it has seen enough.
+            for chunk in body.chunks(16 * 1024) {
+                stream.write_all(chunk)?;
+            }
+            Ok(())
+        }
+    }?;
+    stream.flush()
+}

@@ -1,0 +1,1549 @@
+//! `waiaas-launcher upgrade` end to end (SPEC §6, §7, §10 scenarios 7–11):
+//! two real builds (A = this build, B = 1.9.0 with a 17th migration, see
+//! `support/builds.rs`), packed and signed like releases with a throwaway key,
+//! served by a real HTTP registry on 127.0.0.1, installed with the real
+//! `init`, with real data written through the real API. Every test ends by
+//! checking that the installation is fully old or fully new, healthy, and
+//! that nothing was lost.
+
+mod support;
+
+#[path = "support/builds.rs"]
+mod builds;
+#[allow(dead_code)]
+#[path = "support/registry.rs"]
+mod registry;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use sha2::{Digest, Sha256};
+
+use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release};
+use registry::Registry;
+use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, run};
+use waiaas_packaging::Packed;
+use waiaas_shared::admin::{Envelope, Outcome, Request, Response, Status, UpgradeReport};
+use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
+use waiaas_shared::control::PROTOCOL_VERSION;
+use waiaas_shared::fsutil::sha256_file;
+use waiaas_shared::health::HealthResponse;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
+use waiaas_shared::time::UtcTime;
+
+const A_SCHEMA: u32 = builds::A_SCHEMA;
+
+fn a() -> &'static str {
+    builds::a_version()
+}
+
+// ---------------------------------------------------------------------------
+// Releases: A, B and the fault releases, packed once per test process.
+
+/// Everything packed once per process, in `target/e2e/packs-<pid>/`.
+struct Releases {
+    dir: PathBuf,
+    key: Key,
+    a: Packed,
+    b: Packed,
+}
+
+fn releases() -> &'static Releases {
+    static RELEASES: OnceLock<Releases> = OnceLock::new();
+    RELEASES.get_or_init(|| {
+        let e2e = builds::e2e_dir();
+        fs::create_dir_all(&e2e).unwrap();
+        remove_stale_pack_dirs(&e2e);
+        let dir = e2e.join(format!("packs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let b_bin = builds::b_bin_dir();
+        let key = builds::generate_key(&dir.join("key"));
+        let started = Instant::now();
+        let packed_a = pack_release(&builds::a_bin_dir(), &dir.join("a"), &key);
+        let packed_b = pack_release(b_bin, &dir.join("b"), &key);
+        eprintln!(
+            "packed A ({}) and B ({}) in {:.1} s",
+            packed_a.manifest.version,
+            packed_b.manifest.version,
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(packed_a.manifest.version, a());
+        assert_eq!(packed_b.manifest.version, B_VERSION);
+        assert_eq!(packed_b.manifest.schema_version, B_SCHEMA);
+        Releases {
+            dir,
+            key,
+            a: packed_a,
+            b: packed_b,
+        }
+    })
+}
+
+/// A release of B whose daemon fails at `serve` ([`Fault`]), packed and signed.
+fn fault_release(fault: Fault) -> &'static Packed {
+    static CRASH: OnceLock<Packed> = OnceLock::new();
+    static HANG: OnceLock<Packed> = OnceLock::new();
+    let cell = match fault {
+        Fault::Crash => &CRASH,
+        Fault::Hang => &HANG,
+    };
+    cell.get_or_init(|| {
+        let r = releases();
+        let name = format!("{fault:?}").to_lowercase();
+        let bin = builds::wrapped_release_dir(&r.dir.join(format!("{name}-bin")), fault);
+        pack_release(&bin, &r.dir.join(name), &r.key)
+    })
+}
+
+/// Pack folders of test processes that are gone.
+fn remove_stale_pack_dirs(e2e: &Path) {
+    for entry in fs::read_dir(e2e).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("packs-").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A 1.8.1 database of about 55 MB (real schema, 80 000 audit rows), made once
+/// per process: backups and migrations of it take long enough to be killed
+/// inside.
+fn big_database() -> &'static Path {
+    static DB: OnceLock<PathBuf> = OnceLock::new();
+    DB.get_or_init(|| {
+        let started = Instant::now();
+        let r = releases();
+        let home = r.dir.join("big-db-home");
+        let _ = fs::remove_dir_all(&home);
+        let dir = DataDir::new(home.join("waiaas"));
+        fs::create_dir_all(dir.data()).unwrap();
+        let migrate = run(hermetic(Command::new(support::daemon_binary()), &home)
+            .args(["migrate", "--data-dir"])
+            .arg(dir.root()));
+        assert!(migrate.status.success(), "{migrate:?}");
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80000)
+             INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details)
+             SELECT 1700000000 + i, 'TX_SUBMITTED', 'master', NULL,
+                    '{\"pad\":\"' || hex(randomblob(300)) || '\"}'
+             FROM n;",
+        )
+        .unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        let path = r.dir.join("big.db");
+        fs::copy(dir.database(), &path).unwrap();
+        let _ = fs::remove_dir_all(&home);
+        eprintln!(
+            "made a {} MB database in {:.1} s",
+            fs::metadata(&path).unwrap().len() >> 20,
+            started.elapsed().as_secs_f64()
+        );
+        path
+    })
+}
+
+// ---------------------------------------------------------------------------
+// A site: an installation of A, its registry, and its config.
+
+/// Which release the registry offers as 1.9.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    B,
+    Faulty(Fault),
+}
+
+struct Setup {
+    offer: Offer,
+    /// `dist-tags.latest` of `@waiaas/cli` names A instead of B.
+    latest_is_a: bool,
+    /// Serve B's platform tarball with one byte flipped.
+    tamper: bool,
+    /// Install here (a folder that exists) instead of in a fresh temp dir.
+    home: Option<PathBuf>,
+    health_timeout: u64,
+    keep_backups: u32,
+    /// Start from [`big_database`].
+    big_db: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            offer: Offer::B,
+            latest_is_a: false,
+            tamper: false,
+            home: None,
+            health_timeout: 30,
+            keep_backups: 5,
+            big_db: false,
+        }
+    }
+}
+
+struct Site {
+    _tmp: Option<tempfile::TempDir>,
+    home: PathBuf,
+    dir: DataDir,
+    port: u16,
+    registry: Registry,
+    supervisors: AtomicUsize,
+}
+
+impl Site {
+    fn new() -> Self {
+        Self::with(Setup::default())
+    }
+
+    fn with(setup: Setup) -> Self {
+        let r = releases();
+        let (tmp, home) = match setup.home {
+            Some(home) => (None, home),
+            None => {
+                let tmp = tempfile::tempdir().unwrap();
+                let home = tmp.path().to_path_buf();
+                (Some(tmp), home)
+            }
+        };
+        let dir = DataDir::new(home.join("waiaas"));
+        let init = run(hermetic(Command::new(LAUNCHER), &home)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(dir.root()));
+        assert!(init.status.success(), "init failed: {init:?}");
+        // `init` installs the binaries beside the launcher, which here have no
+        // release.json: add A's signed manifest, as an installation made from
+        // the released package has it (see the report: init does not copy it
+        // from an npm package, where it sits one folder above the binaries).
+        for (name, contents) in release_files(&r.a) {
+            fs::write(dir.version(a()).join(name), contents).unwrap();
+        }
+
+        let registry = Registry::start();
+        let offered = match setup.offer {
+            Offer::B => &r.b,
+            Offer::Faulty(fault) => fault_release(fault),
+        };
+        let target = this_target().unwrap();
+        for (packed, version) in [(&r.a, a()), (offered, B_VERSION)] {
+            registry.publish(CLI_PACKAGE, version, fs::read(&packed.cli_tarball).unwrap());
+            let mut tarball = fs::read(&packed.platform_tarball).unwrap();
+            if setup.tamper && version == B_VERSION {
+                let middle = tarball.len() / 2;
+                tarball[middle] ^= 0x01;
+            }
+            registry.publish_with_integrity(
+                &platform_package(target),
+                version,
+                tarball,
+                &packed.platform_integrity,
+            );
+        }
+        if setup.latest_is_a {
+            registry.set_tag(CLI_PACKAGE, "latest", a());
+        }
+
+        let port = free_port();
+        let config = format!(
+            "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = 10\n\n\
+             [update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\nhealth_timeout = {}\nkeep_backups = {}\n",
+            registry.url(),
+            r.key.public,
+            setup.health_timeout,
+            setup.keep_backups
+        );
+        fs::write(dir.config(), config).unwrap();
+        if setup.big_db {
+            fs::copy(big_database(), dir.database()).unwrap();
+        }
+        Self {
+            _tmp: tmp,
+            home,
+            dir,
+            port,
+            registry,
+            supervisors: AtomicUsize::new(0),
+        }
+    }
+
+    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
+    fn launcher(&self, args: &[&str]) -> Command {
+        let mut command = hermetic(Command::new(LAUNCHER), &self.home);
+        command.args(args).arg("--data-dir").arg(self.dir.root());
+        command
+    }
+
+    fn upgrade(&self, args: &[&str]) -> Ran {
+        let mut all = vec!["upgrade"];
+        all.extend_from_slice(args);
+        run(&mut self.launcher(&all))
+    }
+
+    /// `upgrade --json <args>`: the outcome and the one JSON report.
+    fn upgrade_json(&self, args: &[&str]) -> (Ran, UpgradeReport) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.upgrade(&all);
+        let report = parse_report(&out);
+        (out, report)
+    }
+
+    fn supervisor(&self) -> Supervisor {
+        let n = self.supervisors.fetch_add(1, Ordering::SeqCst);
+        Supervisor::start(self, n)
+    }
+
+    fn current(&self) -> Option<String> {
+        fs::read_link(self.dir.current())
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    fn journal(&self) -> Option<serde_json::Value> {
+        let bytes = fs::read(self.dir.upgrade_journal()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn token(&self) -> String {
+        fs::read_to_string(self.dir.master_token())
+            .expect("data/master.token (written at the daemon's first start)")
+            .trim()
+            .to_string()
+    }
+
+    fn health(&self) -> Option<HealthResponse> {
+        let (status, body) = http(self.port, "GET", "/health", None, None)?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// Creates a wallet through the API; returns its id.
+    fn create_wallet(&self, name: &str) -> String {
+        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
+        let (status, answer) = http(
+            self.port,
+            "POST",
+            "/v1/wallets",
+            Some(&self.token()),
+            Some(&body.to_string()),
+        )
+        .expect("the API answers");
+        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
+        let wallet: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        wallet["id"].as_str().unwrap().to_string()
+    }
+
+    /// The wallets the API lists: id → name.
+    fn wallets(&self) -> BTreeMap<String, String> {
+        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
+            .expect("the API answers");
+        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
+        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        list["wallets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["id"].as_str().unwrap().to_string(),
+                    w["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Creates `names` as wallets; returns all wallets the API then lists.
+    fn seed(&self, names: &[&str]) -> BTreeMap<String, String> {
+        for name in names {
+            self.create_wallet(name);
+        }
+        let wallets = self.wallets();
+        assert!(wallets.len() >= names.len());
+        wallets
+    }
+
+    fn versions(&self) -> BTreeSet<String> {
+        names_in(&self.dir.versions())
+    }
+
+    fn backups(&self) -> Vec<(PathBuf, Manifest)> {
+        let mut list: Vec<(PathBuf, Manifest)> = fs::read_dir(self.dir.backups())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let manifest = fs::read(e.path().join(BACKUP_MANIFEST)).ok()?;
+                Some((e.path(), serde_json::from_slice(&manifest).ok()?))
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            current: self.current(),
+            versions: self.versions(),
+            backups: names_in(&self.dir.backups()),
+            config: fs::read_to_string(self.dir.config()).unwrap(),
+            database: DbDigest::of(&self.dir.database()),
+            journal: self.dir.upgrade_journal().exists(),
+        }
+    }
+
+    /// Fully old: `current` → A, no journal, A serving schema 16, every wallet there.
+    fn assert_fully_old(&self, wallets: &BTreeMap<String, String>) {
+        self.assert_state(a(), A_SCHEMA, wallets);
+    }
+
+    /// Fully new: `current` → B, no journal, B serving schema 17, every wallet there.
+    fn assert_fully_new(&self, wallets: &BTreeMap<String, String>) {
+        self.assert_state(B_VERSION, B_SCHEMA, wallets);
+    }
+
+    fn assert_state(&self, version: &str, schema: u32, wallets: &BTreeMap<String, String>) {
+        assert_eq!(self.current().as_deref(), Some(version), "current");
+        assert!(
+            !self.dir.upgrade_journal().exists(),
+            "upgrade.json is left: {:?}",
+            self.journal()
+        );
+        let health = self.health().expect("/health answers");
+        assert_eq!(health.status, "ok");
+        assert_eq!(health.version, version, "/health version");
+        assert_eq!(health.schema_version, schema, "/health schemaVersion");
+        assert_eq!(&self.wallets(), wallets, "the wallets written before");
+    }
+}
+
+/// `release.json` and its signature out of a packed platform tarball.
+fn release_files(packed: &Packed) -> Vec<(&'static str, Vec<u8>)> {
+    let entries = waiaas_packaging::read_package_tarball(&packed.platform_tarball).unwrap();
+    let find = |path: &str| {
+        entries
+            .iter()
+            .find_map(|e| match &e.kind {
+                waiaas_packaging::EntryKind::File { contents, .. } if e.path == path => {
+                    Some(contents.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{path} is not in the package"))
+    };
+    vec![
+        ("release.json", find("package/release.json")),
+        ("release.json.minisig", find("package/release.json.minisig")),
+    ]
+}
+
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn parse_report(out: &Ran) -> UpgradeReport {
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON report ({e}) in {out:?}"))
+}
+
+/// Everything an upgrade may change, for "nothing changed".
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    current: Option<String>,
+    versions: BTreeSet<String>,
+    backups: BTreeSet<String>,
+    config: String,
+    database: DbDigest,
+    journal: bool,
+}
+
+/// The database by content: its schema, and every table's rows (hashed; the
+/// key-value store without its `updated_at`, which a daemon start rewrites).
+#[derive(Debug, PartialEq)]
+struct DbDigest {
+    schema_version: u32,
+    schema: Vec<String>,
+    tables: BTreeMap<String, (usize, String)>,
+}
+
+impl DbDigest {
+    fn of(path: &Path) -> Self {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let schema: Vec<String> = conn
+            .prepare("SELECT type || ' ' || name || ': ' || coalesce(sql, '') FROM sqlite_master ORDER BY type, name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut tables = BTreeMap::new();
+        for name in names {
+            let query = if name == "key_value_store" {
+                "SELECT key, value FROM key_value_store ORDER BY key".to_string()
+            } else {
+                format!("SELECT * FROM \"{name}\" ORDER BY rowid")
+            };
+            let mut stmt = conn.prepare(&query).unwrap();
+            let columns = stmt.column_count();
+            let mut rows = stmt.query([]).unwrap();
+            let (mut count, mut hash) = (0usize, Sha256::new());
+            while let Some(row) = rows.next().unwrap() {
+                count += 1;
+                for i in 0..columns {
+                    let value = row.get_ref(i).unwrap();
+                    hash.update(format!("{value:?}\u{1f}").as_bytes());
+                }
+                hash.update(b"\x1e");
+            }
+            tables.insert(name, (count, hex::encode(hash.finalize())));
+        }
+        let schema_version = conn
+            .query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        Self {
+            schema_version,
+            schema,
+            tables,
+        }
+    }
+}
+
+/// One HTTP/1.1 request on loopback; `(status, body)`, or `None` if nothing answered.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// The supervisor as a process (as in tests/supervisor.rs).
+
+/// A `waiaas-launcher run` in the background, killed on drop.
+struct Supervisor {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Supervisor {
+    fn start(site: &Site, n: usize) -> Self {
+        let log = site.home.join(format!("launcher-{n}.stderr"));
+        let stderr = fs::File::create(&log).unwrap();
+        let child = site
+            .launcher(&["run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            socket: site.dir.launcher_socket(),
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<Status> {
+        let mut stream = UnixStream::connect(&self.socket).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let envelope = Envelope {
+            protocol: PROTOCOL_VERSION,
+            request: Request::Status,
+        };
+        let mut frame = serde_json::to_vec(&envelope).unwrap();
+        frame.push(b'\n');
+        stream.write_all(&frame).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        match serde_json::from_str(&line).ok()? {
+            Response::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Polls status until `done` holds; panics with the log after `timeout`.
+    fn wait_for(&mut self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status()
+                && done(&status)
+            {
+                return status;
+            }
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                panic!("supervisor exited ({exit}) while waiting for {what}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_healthy(&mut self) -> Status {
+        self.wait_for(Duration::from_secs(60), "healthy daemon", healthy)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn kill9(&mut self) {
+        signal(self.pid(), libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// `waiaas-launcher stop`, and the supervisor gone.
+    fn stop(mut self, site: &Site) {
+        let out = run(&mut site.launcher(&["stop"]));
+        assert!(out.status.success(), "stop: {out:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the supervisor did not stop:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn healthy(status: &Status) -> bool {
+    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
+}
+
+fn daemon_pid(status: &Status) -> u32 {
+    status.daemon.as_ref().expect("a daemon").pid
+}
+
+fn signal(pid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a pid this test started.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Live processes (not zombies) whose command line mentions `needle`: pid → command line.
+fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = BTreeMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with(['Z', 'X'])))
+            .unwrap_or(true);
+        if !zombie && cmdline.contains(&needle) {
+            found.insert(pid, cmdline.trim().to_string());
+        }
+    }
+    found
+}
+
+/// Spawns `command` with stdout and stderr into files under `home`.
+fn spawn_logged(mut command: Command, home: &Path, name: &str) -> (Child, PathBuf, PathBuf) {
+    let (out, err) = (home.join(format!("{name}.stdout")), home.join(format!("{name}.stderr")));
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    (child, out, err)
+}
+
+fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `[n/7] name: message` lines of a rendered upgrade: the step numbers in order.
+fn rendered_steps(stderr: &str) -> Vec<u8> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split_once('/'))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios 7–11.
+
+#[test]
+fn scenario_07_check_reports_versions() {
+    let site = Site::new();
+    let before = site.snapshot();
+    let out = site.upgrade(&["--check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("Update available: {} → {B_VERSION}", a())),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("waiaas-launcher upgrade"), "{}", out.stdout);
+
+    let out = site.upgrade(&["--check", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"current": a(), "latest": B_VERSION, "updateAvailable": true})
+    );
+    // Only the dist-tags were read: nothing downloaded, nothing changed.
+    let tarball = Registry::tarball_path(&platform_package(this_target().unwrap()), B_VERSION);
+    assert_eq!(site.registry.hits(&tarball), 0);
+    assert_eq!(site.snapshot(), before);
+}
+
+#[test]
+fn scenario_08_upgrade_runs_all_seven_steps() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll", "ops"]);
+    site.assert_fully_old(&wallets);
+
+    let out = site.upgrade(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let steps = rendered_steps(&out.stderr);
+    let mut distinct = steps.clone();
+    distinct.dedup();
+    assert_eq!(distinct, (1..=7).collect::<Vec<u8>>(), "progress:\n{}", out.stderr);
+    assert!(out.stderr.contains("[7/7]"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("Upgraded {} → {B_VERSION}", a())),
+        "{}",
+        out.stdout
+    );
+
+    site.assert_fully_new(&wallets);
+    assert_eq!(
+        fs::read_link(site.dir.current()).unwrap(),
+        Path::new("versions").join(B_VERSION)
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().schema_version, B_SCHEMA);
+    // B's schema is really in the database: the new column and index.
+    let conn = Connection::open_with_flags(site.dir.database(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let labels: i64 = conn
+        .query_row("SELECT count(*) FROM wallets WHERE label = ''", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(labels as usize, wallets.len());
+    // And the new version keeps working: a write through B's API.
+    site.create_wallet("after-upgrade");
+    assert_eq!(site.wallets().len(), wallets.len() + 1);
+}
+
+#[test]
+fn standalone_upgrade_without_a_supervisor() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    supervisor.stop(&site);
+    assert!(site.health().is_none(), "nothing serves");
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    assert_eq!(report.from.as_deref(), Some(a()));
+    assert_eq!(report.to.as_deref(), Some(B_VERSION));
+    assert!(report.message.contains("left stopped"), "{}", report.message);
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(!site.dir.upgrade_journal().exists());
+    assert_eq!(DbDigest::of(&site.dir.database()).schema_version, B_SCHEMA);
+    assert!(site.health().is_none(), "the daemon is left stopped");
+    assert!(
+        processes_mentioning(site.dir.root()).is_empty(),
+        "the new daemon the engine started for its health check is gone"
+    );
+
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    site.assert_fully_new(&wallets);
+}
+
+#[test]
+fn scenario_09_backup_holds_database_and_config() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let before = DbDigest::of(&site.dir.database());
+    let config = fs::read(site.dir.config()).unwrap();
+    let started = UtcTime::now();
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded);
+    let backup = PathBuf::from(report.backup.expect("the report names the backup"));
+
+    // backups/pre-upgrade-1.8.1-<yyyymmddThhmmssZ>/
+    assert_eq!(backup.parent().unwrap(), site.dir.backups());
+    let name = backup.file_name().unwrap().to_string_lossy().into_owned();
+    let stamp = name
+        .strip_prefix(&format!("pre-upgrade-{}-", a()))
+        .unwrap_or_else(|| panic!("{name}"));
+    assert!(
+        stamp.len() == 16 && stamp.as_bytes()[8] == b'T' && stamp.ends_with('Z'),
+        "{name}"
+    );
+    assert_eq!(names_in(&backup), ["backup.json", "config.toml", "waiaas.db"].map(String::from).into());
+
+    let manifest: Manifest = serde_json::from_slice(&fs::read(backup.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(manifest.kind, Kind::PreUpgrade);
+    assert_eq!(manifest.from_version, a());
+    assert_eq!(manifest.to_version, B_VERSION);
+    assert_eq!(manifest.schema_version, A_SCHEMA);
+    let created = UtcTime::parse_rfc3339(&manifest.created_at).expect("created_at is RFC 3339");
+    assert!(created >= UtcTime::from_unix_ms(started.unix_seconds() * 1000) && created <= UtcTime::now());
+    assert_eq!(stamp, created.compact());
+    assert_eq!(manifest.files.len(), 2);
+    for (file, sha) in &manifest.files {
+        assert_eq!(&sha256_file(&backup.join(file)).unwrap(), sha, "{file}");
+    }
+    // The copies are the state before: the config byte for byte, the database
+    // at schema 16 with every row, and sound.
+    assert_eq!(fs::read(backup.join("config.toml")).unwrap(), config);
+    assert_eq!(DbDigest::of(&backup.join("waiaas.db")), before);
+    let copy = Connection::open_with_flags(
+        format!("file:{}?immutable=1", backup.join("waiaas.db").display()),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    site.assert_fully_new(&wallets);
+}
+
+#[test]
+fn scenario_10_rollback_restores_the_previous_state() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let backup = PathBuf::from(report.backup.unwrap());
+    site.assert_fully_new(&wallets);
+    // A change made on the new version, after the backup.
+    let later = site.create_wallet("made-on-1.9.0");
+
+    let out = site.upgrade(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert!(out.stdout.contains("not in it"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("{B_VERSION} → {}", a())),
+        "{}",
+        out.stdout
+    );
+
+    site.assert_fully_old(&wallets);
+    assert!(!site.wallets().contains_key(&later));
+    // The restored files are the backup's, byte for byte (the daemon's writes
+    // since its start sit in the WAL, beside the main file).
+    assert_eq!(
+        fs::read(site.dir.database()).unwrap(),
+        fs::read(backup.join("waiaas.db")).unwrap(),
+        "data/waiaas.db is the backup's"
+    );
+    assert_eq!(
+        fs::read(site.dir.config()).unwrap(),
+        fs::read(backup.join("config.toml")).unwrap()
+    );
+    // The state just before the rollback is saved.
+    let saved: Vec<_> = site
+        .backups()
+        .into_iter()
+        .filter(|(_, m)| m.kind == Kind::PreRollback)
+        .collect();
+    assert_eq!(saved.len(), 1, "{:?}", site.backups());
+    let (path, manifest) = &saved[0];
+    assert!(path.file_name().unwrap().to_string_lossy().starts_with(&format!("pre-rollback-{B_VERSION}-")));
+    assert_eq!(manifest.schema_version, B_SCHEMA);
+    let conn = Connection::open_with_flags(
+        format!("file:{}?immutable=1", path.join("waiaas.db").display()),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM wallets WHERE id = ?1", [&later], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 1, "the later change is in the pre-rollback backup");
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.daemon.unwrap().version, a());
+}
+
+#[test]
+fn scenario_11_already_latest_says_so() {
+    let site = Site::with(Setup {
+        latest_is_a: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    let pid = daemon_pid(&supervisor.wait_healthy());
+    let wallets = site.seed(&["treasury"]);
+    let before = site.snapshot();
+
+    let out = site.upgrade(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), format!("Already up to date ({})", a()));
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.outcome, Outcome::UpToDate);
+
+    assert_eq!(site.snapshot(), before);
+    assert_eq!(daemon_pid(&supervisor.wait_healthy()), pid, "the daemon was not touched");
+    site.assert_fully_old(&wallets);
+}
+
+// ---------------------------------------------------------------------------
+// Failures after the preflight roll back.
+
+/// Upgrades through a supervisor and expects a clean rollback at `step`.
+fn expect_rollback(setup: Setup, step: u8, wallets_named: &[&str]) -> (Site, UpgradeReport, Duration) {
+    let site = Site::with(setup);
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(wallets_named);
+    let before = DbDigest::of(&site.dir.database());
+    let config = fs::read(site.dir.config()).unwrap();
+
+    let started = Instant::now();
+    let (out, report) = site.upgrade_json(&[]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    let failed = report.failed_step.clone().unwrap_or_default();
+    assert!(failed.starts_with(&format!("{step} ")), "failed step {failed:?}, expected {step}");
+    assert!(report.manual_steps.is_empty());
+
+    site.assert_fully_old(&wallets);
+    assert_eq!(DbDigest::of(&site.dir.database()), before, "the database is as before");
+    assert_eq!(fs::read(site.dir.config()).unwrap(), config);
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.daemon.as_ref().unwrap().version, a());
+    drop(supervisor);
+    (site, report, took)
+}
+
+#[test]
+fn a_failing_migration_rolls_back() {
+    // Two wallets named alike: B's unique index on wallets(name) cannot be made.
+    let (_site, report, _) = expect_rollback(Setup::default(), 5, &["treasury", "treasury", "ops"]);
+    assert!(report.message.contains("migration 17"), "{}", report.message);
+    assert!(report.message.contains("UNIQUE"), "{}", report.message);
+}
+
+#[test]
+fn a_new_daemon_that_crashes_on_start_rolls_back() {
+    let setup = Setup {
+        offer: Offer::Faulty(Fault::Crash),
+        ..Setup::default()
+    };
+    let (_site, report, _) = expect_rollback(setup, 7, &["treasury", "payroll"]);
+    assert!(report.message.contains("exited with 1"), "{}", report.message);
+}
+
+#[test]
+fn a_new_daemon_that_never_becomes_healthy_rolls_back() {
+    let setup = Setup {
+        offer: Offer::Faulty(Fault::Hang),
+        health_timeout: 3,
+        ..Setup::default()
+    };
+    let (_site, report, took) = expect_rollback(setup, 7, &["treasury", "payroll"]);
+    eprintln!("a hanging daemon was given up on and rolled back in {took:?}: {}", report.message);
+    // The supervisor waits at most its hello timeout (10 s) or the health timeout.
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+}
+
+#[test]
+fn a_tampered_package_changes_nothing() {
+    let site = Site::with(Setup {
+        tamper: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    let pid = daemon_pid(&supervisor.wait_healthy());
+    let wallets = site.seed(&["treasury"]);
+    let before = site.snapshot();
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(report.message.contains("integrity"), "{}", report.message);
+    let versions = names_in(&site.dir.versions());
+    assert_eq!(versions, BTreeSet::from([a().to_string()]), "no 1.9.0, no leftovers");
+    assert_eq!(site.snapshot(), before);
+    let status = supervisor.wait_healthy();
+    assert_eq!(daemon_pid(&status), pid, "the daemon was never stopped");
+    assert_eq!(status.restarts, 0);
+    site.assert_fully_old(&wallets);
+}
+
+// ---------------------------------------------------------------------------
+// kill -9 of the upgrading process.
+
+/// Where to kill the supervisor during an upgrade.
+struct KillPoint {
+    what: String,
+    /// Given the journal's step and the data dir: kill now?
+    now: Box<dyn Fn(u8, &DataDir) -> bool>,
+    /// Wait this long after `now` held.
+    delay: Duration,
+}
+
+/// Starts an upgrade through a supervisor, kills the supervisor with SIGKILL
+/// at `point`, starts a new supervisor, and checks the installation is fully
+/// old or fully new — old if the kill left a journal (the upgrade was not
+/// committed), new if not. Returns what went wrong (empty if nothing).
+fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let before = DbDigest::of(&site.dir.database());
+
+    let (mut client, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let step = loop {
+        let step = site
+            .journal()
+            .and_then(|j| j["step"].as_u64())
+            .map(|s| s as u8);
+        if let Some(step) = step
+            && (point.now)(step, &site.dir)
+        {
+            break step;
+        }
+        if client.try_wait().unwrap().is_some() {
+            panic!(
+                "{}: the upgrade ended before the kill point:\n{}\n{}\n{}",
+                point.what,
+                fs::read_to_string(&out).unwrap_or_default(),
+                fs::read_to_string(&err).unwrap_or_default(),
+                supervisor.log()
+            );
+        }
+        assert!(Instant::now() < deadline, "{}: never reached", point.what);
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::thread::sleep(point.delay);
+    let journal_at_kill = site.journal();
+    supervisor.kill9();
+    let uncommitted = site.dir.upgrade_journal().exists();
+    let killed_at = journal_at_kill
+        .as_ref()
+        .map_or("none".to_string(), |j| format!("step {} ({})", j["step"], j["step_name"]));
+    eprintln!(
+        "{}: seen step {step}, killed at {killed_at}; journal left: {uncommitted}",
+        point.what
+    );
+    let ended = wait_child(&mut client, Duration::from_secs(30), "the upgrade command");
+    assert!(!ended.success() || !uncommitted, "the command cannot report success for an uncommitted upgrade");
+
+    // Whatever the killed launcher had started must die with it: a `migrate`
+    // or `check` left running would write to the database the next launcher
+    // is about to restore.
+    std::thread::sleep(Duration::from_millis(300));
+    let orphans: BTreeMap<i32, String> = processes_mentioning(site.dir.root())
+        .into_iter()
+        .filter(|(_, cmd)| !cmd.contains(" serve "))
+        .collect();
+    if !orphans.is_empty() {
+        problems.push(format!(
+            "{}: processes of the killed launcher still running 300 ms after the kill: {orphans:?}",
+            point.what
+        ));
+    }
+    // The daemon (PR_SET_PDEATHSIG) holds the port until it has gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_mentioning(site.dir.root())
+        .values()
+        .any(|cmd| cmd.contains(" serve "))
+    {
+        assert!(Instant::now() < deadline, "{}: the daemon outlived its launcher", point.what);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut next = site.supervisor();
+    let status = next.wait_for(Duration::from_secs(120), "recovery", |s| {
+        healthy(s) || s.state == "refused"
+    });
+    if !healthy(&status) {
+        problems.push(format!(
+            "{} (killed at {killed_at}): the next supervisor did not recover: {status:?}\n{}",
+            point.what,
+            next.log()
+        ));
+        return problems;
+    }
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if uncommitted {
+            site.assert_fully_old(&wallets);
+            assert_eq!(DbDigest::of(&site.dir.database()), before, "the database is as before");
+        } else {
+            site.assert_fully_new(&wallets);
+        }
+    }));
+    if let Err(panic) = check {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        problems.push(format!(
+            "{} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
+            point.what,
+            next.log()
+        ));
+    }
+    let log = next.log();
+    if uncommitted && !log.contains("rolled back") {
+        problems.push(format!("{}: the recovery is not in the log:\n{log}", point.what));
+    }
+    let launches = log.matches("daemon ready").count();
+    if launches > 1 {
+        problems.push(format!(
+            "{} (killed at {killed_at}): the recovering supervisor started {launches} daemons:\n{log}",
+            point.what
+        ));
+    }
+    problems
+}
+
+fn boundary(step: u8) -> KillPoint {
+    KillPoint {
+        what: format!("kill at the start of step {step}"),
+        now: Box::new(move |s, _| s >= step),
+        delay: Duration::ZERO,
+    }
+}
+
+#[test]
+fn kill_9_at_every_step_boundary_ends_fully_old_or_new() {
+    let mut problems = Vec::new();
+    for step in 2..=7 {
+        let site = Site::new();
+        problems.extend(kill_during_upgrade(&site, &boundary(step)));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+fn exists_with_prefix(dir: &Path, prefix: &str) -> bool {
+    names_in(dir).iter().any(|n| n.starts_with(prefix))
+}
+
+#[test]
+fn kill_9_inside_steps_3_to_7() {
+    let points = [
+        KillPoint {
+            what: "kill while the backup is being written (step 3)".into(),
+            now: Box::new(|s, d| s == 3 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")),
+            delay: Duration::from_millis(20),
+        },
+        KillPoint {
+            what: "kill just after the switch (step 4)".into(),
+            now: Box::new(|s, _| s == 4),
+            delay: Duration::from_millis(1),
+        },
+        KillPoint {
+            what: "kill while the new daemon backs up before migrating (step 5)".into(),
+            now: Box::new(|s, d| s == 5 && exists_with_prefix(&d.backups(), ".partial-pre-migrate")),
+            delay: Duration::from_millis(20),
+        },
+        KillPoint {
+            what: "kill while the new daemon migrates (step 5)".into(),
+            now: Box::new(|s, d| s == 5 && exists_with_prefix(&d.backups(), "pre-migrate-")),
+            delay: Duration::from_millis(5),
+        },
+        KillPoint {
+            what: "kill while the schema is verified (step 6)".into(),
+            now: Box::new(|s, _| s == 6),
+            delay: Duration::ZERO,
+        },
+        KillPoint {
+            what: "kill while the new daemon starts (step 7)".into(),
+            now: Box::new(|s, _| s == 7),
+            delay: Duration::from_millis(30),
+        },
+    ];
+    let mut problems = Vec::new();
+    for point in &points {
+        let site = Site::with(Setup {
+            big_db: true,
+            ..Setup::default()
+        });
+        problems.extend(kill_during_upgrade(&site, point));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Refusals before any downtime.
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(megabytes: u64) -> Result<Self, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700"), "tmpfs"])
+            .arg(&path));
+        if out.status.success() {
+            Ok(Self { path, _dir: dir })
+        } else {
+            Err(format!("mount -t tmpfs failed: {}", out.stderr.trim()))
+        }
+    }
+
+    fn free(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.path).unwrap();
+        stat.blocks_available() as u64 * stat.fragment_size() as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let out = run(Command::new("umount").arg(&self.path));
+        if !out.status.success() {
+            let _ = run(Command::new("umount").arg("-l").arg(&self.path));
+        }
+    }
+}
+
+#[test]
+fn a_disk_too_full_for_the_backup_is_caught_before_the_daemon_stops() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let r = releases();
+    let big = big_database();
+    let disk = match Tmpfs::mount(512) {
+        Ok(disk) => disk,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let site = Site::with(Setup {
+        home: Some(disk.path.clone()),
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    let status = supervisor.wait_healthy();
+    let pid = daemon_pid(&status);
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    // Leave room for the download and the unpacked release (the preflight
+    // fetches before it measures), but less than the database needs.
+    let tarball = fs::metadata(&r.b.platform_tarball).unwrap().len();
+    let unpacked: u64 = ["waiaas-launcher", "waiaas-daemon"]
+        .iter()
+        .map(|b| fs::metadata(builds::b_bin_dir().join(b)).unwrap().len())
+        .sum();
+    let database = fs::metadata(big).unwrap().len();
+    let leave = tarball + unpacked + (6 << 20);
+    let free = disk.free();
+    assert!(free > leave, "the tmpfs is too small: {free} free, {leave} wanted");
+    let mut filler = fs::File::create(disk.path.join("filler")).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = free - leave;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        filler.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    filler.sync_all().unwrap();
+    drop(filler);
+    let free_after_fetch = disk.free().saturating_sub(unpacked);
+    assert!(
+        free_after_fetch < database,
+        "{free_after_fetch} bytes will be free, the database is {database}"
+    );
+    let before = site.snapshot();
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(report.message.contains("not enough free disk"), "{}", report.message);
+
+    let status = supervisor.wait_healthy();
+    assert_eq!(daemon_pid(&status), pid, "the daemon was never stopped");
+    assert_eq!(status.restarts, 0);
+    let log = supervisor.log();
+    assert!(!log.contains("upgrade step 2"), "step 2 never started:\n{log}");
+    let mut after = site.snapshot();
+    // The verified download may stay in versions/ for the next attempt; nothing else changed.
+    after.versions.remove(B_VERSION);
+    assert_eq!(after, before);
+    assert!(names_in(&site.dir.backups()).is_empty(), "no backup was started");
+    site.assert_fully_old(&wallets);
+    drop(supervisor);
+    drop(site);
+}
+
+#[test]
+fn upgrade_refuses_in_a_container() {
+    let site = Site::new();
+    let before = site.snapshot();
+    for args in [&["upgrade"][..], &["upgrade", "--rollback"], &["upgrade", "--json"]] {
+        let out = run(site.launcher(args).env("WAIAAS_CONTAINER", "1"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("pull the new image"), "{}", out.stderr);
+    }
+    assert_eq!(site.snapshot(), before);
+    assert_eq!(site.registry.total_hits(), 0, "not even the registry was asked");
+}
+
+#[test]
+fn two_concurrent_upgrades_the_second_is_refused() {
+    // Through the supervisor: the second request is answered at once.
+    let site = Site::with(Setup {
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let (mut first, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
+    wait_for_journal(&site, 2, &mut first);
+    let second = site.upgrade(&["--json"]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(
+        second.stderr.contains("another upgrade or rollback is in progress"),
+        "{second:?}"
+    );
+    let status = wait_child(&mut first, Duration::from_secs(180), "the first upgrade");
+    let report: UpgradeReport = serde_json::from_str(fs::read_to_string(&out).unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()));
+    assert!(status.success(), "{report:?}");
+    assert_eq!(report.outcome, Outcome::Upgraded);
+    site.assert_fully_new(&wallets);
+    drop(supervisor);
+
+    // Standalone: the upgrade lock refuses the second, naming the first.
+    let site = Site::with(Setup {
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    supervisor.stop(&site);
+    let (mut first, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
+    // Step 3 (backing up 55 MB) leaves time; no daemon answers then.
+    wait_for_journal(&site, 3, &mut first);
+    let (second, report) = site.upgrade_json(&[]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert_eq!(report.outcome, Outcome::Refused);
+    assert!(
+        report.message.contains("another upgrade or rollback is in progress")
+            && report.message.contains(&format!("pid {}", first.id())),
+        "{}",
+        report.message
+    );
+    let status = wait_child(&mut first, Duration::from_secs(180), "the first upgrade");
+    let report: UpgradeReport = serde_json::from_str(fs::read_to_string(&out).unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()));
+    assert!(status.success(), "{report:?}");
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    site.assert_fully_new(&wallets);
+}
+
+/// Waits until the journal records `step` (or later) while `child` runs.
+fn wait_for_journal(site: &Site, step: u64, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if site.journal().and_then(|j| j["step"].as_u64()).is_some_and(|s| s >= step) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before step {step}");
+        assert!(Instant::now() < deadline, "step {step} never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backups by time.
+
+/// A backup folder as the engine writes it: real copies, a real manifest.
+fn fabricate_backup(site: &Site, from: &str, created: UtcTime, database: &Path, schema: u32) -> PathBuf {
+    let path = site
+        .dir
+        .backups()
+        .join(format!("pre-upgrade-{from}-{}", created.compact()));
+    fs::create_dir_all(&path).unwrap();
+    fs::copy(database, path.join("waiaas.db")).unwrap();
+    fs::copy(site.dir.config(), path.join("config.toml")).unwrap();
+    let files = ["waiaas.db", "config.toml"]
+        .map(|f| (f.to_string(), sha256_file(&path.join(f)).unwrap()))
+        .into();
+    let manifest = Manifest {
+        kind: Kind::PreUpgrade,
+        from_version: from.to_string(),
+        to_version: "9.9.9".to_string(),
+        schema_version: schema,
+        created_at: created.rfc3339(),
+        files,
+    };
+    fs::write(path.join(BACKUP_MANIFEST), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    path
+}
+
+/// A consistent copy of the live database, with one more wallet named `marker`.
+fn copy_with_marker(site: &Site, to: &Path, marker: &str) {
+    let _ = fs::remove_file(to);
+    let conn = Connection::open(site.dir.database()).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("VACUUM INTO ?1", [to.to_string_lossy()]).unwrap();
+    drop(conn);
+    let copy = Connection::open(to).unwrap();
+    copy.execute(
+        "INSERT INTO wallets (id, name, chain, network, public_key, status, created_at, updated_at)
+         VALUES (?1, ?1, 'solana', 'devnet', ?1, 'ACTIVE', 1700000000, 1700000000)",
+        [marker],
+    )
+    .unwrap();
+}
+
+#[test]
+fn backups_are_chosen_by_time_not_name() {
+    let day = 86_400_000;
+    let site = Site::with(Setup {
+        keep_backups: 3,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let scratch = site.home.join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+
+    // Retention: three older backups whose name order is not their time order.
+    let now = UtcTime::now().unix_seconds() * 1000;
+    let db16 = scratch.join("16.db");
+    copy_with_marker(&site, &db16, "from-an-old-backup");
+    let rc = fabricate_backup(&site, "2.0.0-rc.1", UtcTime::from_unix_ms(now - 3 * day), &db16, A_SCHEMA);
+    let ten = fabricate_backup(&site, "1.10.0", UtcTime::from_unix_ms(now - 2 * day), &db16, A_SCHEMA);
+    let nine = fabricate_backup(&site, "1.9.0", UtcTime::from_unix_ms(now - day), &db16, A_SCHEMA);
+    // The upgrade adds pre-upgrade-1.8.1 (step 3) and the new daemon's
+    // pre-migrate backup (step 5), pruning to 3 each time: the two oldest by
+    // time go (2.0.0-rc.1, then 1.10.0), though 1.10.0 sorts first by name.
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    site.assert_fully_new(&wallets);
+    let left: BTreeSet<PathBuf> = site.backups().into_iter().map(|(p, _)| p).collect();
+    assert!(!left.contains(&rc) && !left.contains(&ten), "the oldest by time are pruned: {left:?}");
+    assert!(left.contains(&nine), "{left:?}");
+    assert!(left.contains(&PathBuf::from(report.backup.unwrap())), "{left:?}");
+    assert_eq!(left.len(), 3, "{left:?}");
+
+    // Rollback: the newest by created_at wins, though 2.0.0-rc.1 sorts last by
+    // name and is the highest version, and 1.10.0 is above 1.9.0.
+    std::thread::sleep(Duration::from_millis(1100));
+    let db17 = scratch.join("17.db");
+    copy_with_marker(&site, &db17, "from-the-newest-backup");
+    let now = UtcTime::now().unix_seconds() * 1000;
+    fabricate_backup(&site, "2.0.0-rc.1", UtcTime::from_unix_ms(now - 2 * day), &db17, B_SCHEMA);
+    fabricate_backup(&site, "1.10.0", UtcTime::from_unix_ms(now - day), &db17, B_SCHEMA);
+    let newest = fabricate_backup(&site, B_VERSION, UtcTime::now(), &db17, B_SCHEMA);
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored);
+    assert_eq!(report.backup.as_deref(), Some(newest.to_string_lossy().as_ref()));
+    let mut expected = wallets.clone();
+    expected.insert("from-the-newest-backup".into(), "from-the-newest-backup".into());
+    site.assert_fully_new(&expected);
+}
