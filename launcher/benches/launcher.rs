@@ -83,7 +83,11 @@ fn main() {
         "  WAIAAS_LOG for the launcher: {}",
         launcher_log.as_deref().unwrap_or("(unset)")
     );
-    println!("  cpus {}", cpus());
+    println!(
+        "  cpus {}, load average {} (other work on the machine skews every figure)",
+        cpus(),
+        loadavg()
+    );
 
     let install = Install::new();
     println!(
@@ -93,18 +97,24 @@ fn main() {
     );
     println!();
 
+    let mut loads = vec![loadavg()];
     let idle = idle_cost(&install, idle_secs, launcher_log.as_deref());
-    println!();
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[1]);
     let crash = crash_to_healthy(&install, launcher_log.as_deref());
-    println!();
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[2]);
     let load = restart_under_load(&install, launcher_log.as_deref());
-    println!();
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[3]);
 
     let total = began.elapsed();
     println!("total bench time {:.1} s", total.as_secs_f64());
     let summary = json!({
         "bench": "waiaas-launcher",
         "launcher_log": launcher_log,
+        "cpus": cpus(),
+        "loadavg_before_and_after_each_section": loads,
         "idle": idle,
         "crash_to_healthy": crash,
         "restart_under_load": load,
@@ -126,6 +136,16 @@ fn idle_seconds() -> u64 {
             }
         },
     }
+}
+
+/// The first three fields of /proc/loadavg (1, 5 and 15 minutes).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cpus() -> usize {
@@ -367,7 +387,7 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
     let main = crash_summary("crash-to-healthy", &series);
 
     println!(
-        "  -- {EAGER_SAMPLES} more samples asking the admin status the moment the killed daemon shows as a zombie, before the launcher can reap it --"
+        "  -- {EAGER_SAMPLES} more samples with one admin status request sent right after the kill, as a monitor polling `status` might --"
     );
     let mut eager: Vec<Option<CrashSample>> = Vec::new();
     for sample in 1..=EAGER_SAMPLES {
@@ -375,7 +395,16 @@ fn crash_to_healthy(install: &Install, launcher_log: Option<&str>) -> Value {
         print_crash_sample(sample, result.as_ref());
         eager.push(result);
     }
-    let eager = crash_summary("with a status request during the crash", &eager);
+    let blocked = eager
+        .iter()
+        .flatten()
+        .filter(|s| s.eager_status.is_some_and(|t| t >= 400.0))
+        .count();
+    println!(
+        "  {blocked} of {EAGER_SAMPLES}: the status request took ≥ 400 ms (the launcher probed /health of a daemon it had not reaped yet, with the event loop waiting)"
+    );
+    let mut eager = crash_summary("with a status request during the crash", &eager);
+    eager["status_blocked_restart"] = json!(blocked);
     json!({
         "method": "fresh supervisor per sample (first crash, 100 ms backoff); status first asked once the launcher reaped the killed daemon",
         "samples": CRASH_SAMPLES,
@@ -408,9 +437,9 @@ struct CrashSample {
 }
 
 /// Starts a supervisor, kills its daemon with SIGKILL and times the
-/// replacement. With `eager`, one admin status request is made as soon as the
-/// daemon shows as a zombie (dead, not yet reaped). None if no replacement
-/// came within the timeout.
+/// replacement. With `eager`, one admin status request is sent right after
+/// the kill, racing the launcher's reaping of the daemon. None if no
+/// replacement came within the timeout.
 fn crash_sample(install: &Install, launcher_log: Option<&str>, eager: bool) -> Option<CrashSample> {
     let mut supervisor = Supervisor::start(install, launcher_log);
     let before = daemon_pid(&supervisor.wait_healthy());
@@ -419,14 +448,13 @@ fn crash_sample(install: &Install, launcher_log: Option<&str>, eager: bool) -> O
     let deadline = killed + CRASH_TIMEOUT;
     let mut eager_status = None;
     let mut reaped = None;
+    if eager {
+        let asked = Instant::now();
+        let _ = supervisor.status();
+        eager_status = Some(ms(asked.elapsed()));
+    }
     while Instant::now() < deadline {
-        let state = process_state(before);
-        if eager && eager_status.is_none() && matches!(state, Some('Z' | 'X') | None) {
-            let asked = Instant::now();
-            let _ = supervisor.status();
-            eager_status = Some(ms(asked.elapsed()));
-        }
-        if state.is_none() {
+        if process_state(before).is_none() {
             reaped = Some(ms(killed.elapsed()));
             break;
         }
@@ -531,7 +559,8 @@ fn crash_summary(what: &str, series: &[Option<CrashSample>]) -> Value {
     })
 }
 
-/// The state letter of `pid` in /proc (`Z` for a zombie), None once it is gone.
+/// The state letter of `pid` in /proc (`Z` for a zombie), None once it is
+/// gone (reaped).
 fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()

@@ -120,7 +120,10 @@ pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
     let verdict = if healthy {
         Ok(())
     } else {
-        Err(Failure::new(format!("the daemon is not healthy (state: {})", status.state)))
+        Err(Failure::new(format!(
+            "the daemon is not healthy (state: {})",
+            status.state
+        )))
     };
     if json {
         println!(

@@ -28,7 +28,8 @@ use crate::cli::Failure;
 
 const DAEMON_BIN: &str = "waiaas-daemon";
 const LAUNCHER_BIN: &str = "waiaas-launcher";
-/// Copied when they sit beside the binaries (a release package has them).
+/// Copied when they sit beside the binaries, or one folder up (an npm release
+/// package keeps them at its root, the binaries in `bin/`).
 const RELEASE_FILES: [&str; 2] = ["release.json", "release.json.minisig"];
 /// A `--version` that takes longer than this is not a working daemon.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -275,8 +276,13 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
     copy_synced(&source.join(DAEMON_BIN), &partial.join(DAEMON_BIN), 0o755)?;
     copy_synced(&launcher, &partial.join(LAUNCHER_BIN), 0o755)?;
     for name in RELEASE_FILES {
-        let from = source.join(name);
-        if from.is_file() {
+        let beside = source.join(name);
+        let above = source.parent().map(|p| p.join(name));
+        if let Some(from) = [Some(beside), above]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file())
+        {
             copy_synced(&from, &partial.join(name), 0o644)?;
         }
     }

@@ -159,6 +159,8 @@ pub enum PackageError {
     BadTrustedKey { which: String, reason: String },
     #[error("signature check failed: {0}")]
     Signature(String),
+    #[error("{place} has no release.json, so it cannot be verified")]
+    NoManifest { place: String },
     #[error("release.json is not a valid release manifest: {0}")]
     Manifest(String),
     #[error("release.json names version {found}, but {asked} was asked for")]
@@ -190,7 +192,7 @@ pub enum PackageError {
         #[source]
         source: io::Error,
     },
-    #[error("the package could not be unpacked: {0}")]
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -251,9 +253,15 @@ pub async fn fetch_with_limits(
     // Refuse before any request if nothing could ever be verified.
     let ring = KeyRing::from_config(config)?;
     let name = version.to_string();
-    match existing(dir, &ring, version, target)? {
-        Existing::Good(installed) => return Ok(installed),
-        Existing::Bad(_) | Existing::Absent => {}
+    // Hashing an installed release takes a moment: off the async threads.
+    let found = {
+        let (dir, ring, version) = (dir.clone(), ring.clone(), version.clone());
+        tokio::task::spawn_blocking(move || existing(&dir, &ring, &version, target))
+            .await
+            .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))??
+    };
+    if let Existing::Good(installed) = found {
+        return Ok(installed);
     }
 
     let (registry_url, _) =
@@ -298,7 +306,7 @@ pub async fn fetch_with_limits(
         install_tarball(&dir, &ring, &tarball, Some(&version), target, &limits)
     })
     .await
-    .map_err(|e| PackageError::Internal(e.to_string()))?
+    .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))?
     // `leftovers` removes the download on every path out.
 }
 
@@ -874,7 +882,9 @@ impl Unpacked {
         let manifest_bytes = self
             .manifest
             .as_deref()
-            .ok_or_else(|| PackageError::Manifest(format!("the package has no {MANIFEST}")))?;
+            .ok_or_else(|| PackageError::NoManifest {
+                place: "the package".into(),
+            })?;
         ring.verify(manifest_bytes, self.signature.as_deref())?;
         let manifest = check_manifest(manifest_bytes, version, target)?;
         for (path, expected) in &manifest.files {
@@ -1081,9 +1091,9 @@ fn peek_version(tarball: &Path, limits: &Limits) -> Result<Version, PackageError
             PackageError::Manifest(format!("version `{}` is not semver", named.version))
         });
     }
-    Err(PackageError::Manifest(format!(
-        "the package has no {MANIFEST}"
-    )))
+    Err(PackageError::NoManifest {
+        place: "the package".into(),
+    })
 }
 
 /// Writes every file of the archive into the new folder `partial`, checking
@@ -1287,8 +1297,9 @@ fn verify_dir(
     target: &str,
 ) -> Result<Installed, PackageError> {
     let manifest_path = path.join(MANIFEST);
-    let manifest_bytes = read_small(&manifest_path)?
-        .ok_or_else(|| PackageError::Manifest(format!("{} is missing", manifest_path.display())))?;
+    let manifest_bytes = read_small(&manifest_path)?.ok_or_else(|| PackageError::NoManifest {
+        place: path.display().to_string(),
+    })?;
     let signature = read_small(&path.join(SIGNATURE))?;
     if signature.is_none() {
         return Err(PackageError::Signature(format!(

@@ -13,9 +13,9 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,7 +83,8 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
         let admin = bind_admin_socket(dir)?;
-        let mut supervisor = Supervisor::new(dir.clone(), config.clone(), listener, notifier, daemon)?;
+        let mut supervisor =
+            Supervisor::new(dir.clone(), config.clone(), listener, notifier, daemon)?;
         supervisor.serve(admin).await
     });
     drop(pidfile);
@@ -101,7 +102,10 @@ fn daemon_program(dir: &DataDir) -> Result<PathBuf, Failure> {
         return if beside.is_file() {
             Ok(beside)
         } else {
-            Err(Failure::new(format!("the image has no {}", beside.display())))
+            Err(Failure::new(format!(
+                "the image has no {}",
+                beside.display()
+            )))
         };
     }
     let current = dir.current().join("waiaas-daemon");

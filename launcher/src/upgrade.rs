@@ -428,13 +428,14 @@ impl<H: Host> Engine<'_, H> {
             );
         };
         let to = chosen.manifest.from_version.clone();
-        if let Err(e) = package::verify_installed(self.dir, self.config, &parse_or_zero(&to)) {
+        if let Err(e) = usable_version(self.dir, self.config, &to) {
             return refused(
                 Some(from),
                 Some(to.clone()),
                 format!(
-                    "the backup is from {to}, but {} cannot be used ({e}); reinstall {to} with \
-                     `waiaas-launcher upgrade --from <the @waiaas/cli package tarball of {to}>` after restoring its files, or from your package source",
+                    "the backup is from {to}, but {} cannot be used ({e}); put the files of {to} \
+                     back there (for example from its @waiaas/cli-<platform> package) and run \
+                     `waiaas-launcher upgrade --rollback` again",
                     self.dir.version(&to).display()
                 ),
             );
@@ -564,8 +565,24 @@ fn refused(from: Option<String>, to: Option<String>, message: String) -> Upgrade
     }
 }
 
-fn parse_or_zero(text: &str) -> Version {
-    Version::parse(text).unwrap_or(Version::new(0, 0, 0))
+/// Whether `versions/<version>` can be gone back to: a signed release is
+/// verified again; a folder `init` installed from a local build (no
+/// `release.json`) must at least be the version it claims.
+fn usable_version(dir: &DataDir, config: &Config, version: &str) -> StepResult<()> {
+    let path = dir.version(version);
+    if path.join(waiaas_shared::release::MANIFEST).exists() {
+        let parsed =
+            Version::parse(version).map_err(|e| format!("{version} is not a version: {e}"))?;
+        package::verify_installed(dir, config, &parsed).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    match version_of(&path)? {
+        reported if reported == version => Ok(()),
+        reported => Err(format!(
+            "{}/waiaas-daemon reports {reported}",
+            path.display()
+        )),
+    }
 }
 
 fn prune_backups(dir: &DataDir, config: &Config) {

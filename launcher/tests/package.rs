@@ -20,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use package::{Installed, Limits, PackageError};
 use semver::Version;
@@ -864,6 +865,18 @@ async fn an_existing_good_version_is_reused_and_a_tampered_one_replaced() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("holds stowaway"), "{msg}");
+    // As is a missing release.json (e.g. a local build installed by `init`).
+    let msg = package::verify_installed(&s.dir, &s.config, &Version::parse("1.8.0").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.ends_with("1.8.0 has no release.json, so it cannot be verified"),
+        "{msg}"
+    );
+    let msg = package::verify_installed(&s.dir, &s.config, &Version::parse("9.9.9").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.ends_with("WAIaaS 9.9.9 is not installed"), "{msg}");
     s.fetch().await.unwrap();
     assert!(!first.path.join("stowaway").exists());
 
@@ -885,6 +898,55 @@ async fn an_existing_good_version_is_reused_and_a_tampered_one_replaced() {
     let msg = s.fetch().await.unwrap_err().to_string();
     assert!(msg.starts_with("integrity check failed"), "{msg}");
     assert_eq!(snapshot(s.tmp.path()), before);
+}
+
+#[tokio::test]
+async fn leftovers_of_an_interrupted_install_are_cleared() {
+    let s = Scenario::new();
+    s.publish(good_small());
+    let versions = s.dir.versions();
+    let partial = versions.join(format!("{VERSION}.partial"));
+    fs::create_dir_all(partial.join("bin")).unwrap();
+    fs::write(partial.join("bin/junk"), b"junk").unwrap();
+    fs::write(versions.join(format!(".{VERSION}.download.tgz")), b"half").unwrap();
+    s.fetch().await.unwrap();
+    let mut names: Vec<String> = fs::read_dir(&versions)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["1.8.0", VERSION]);
+}
+
+#[tokio::test]
+async fn a_stalled_or_cancelled_download_leaves_nothing_behind() {
+    let stall = |s: &Scenario| {
+        s.publish(good_small());
+        s.registry.serve(
+            &s.tarball_path(),
+            Reply::Stall {
+                body: good_small()[..512].to_vec(),
+                silence: Duration::from_secs(3),
+            },
+        );
+    };
+
+    // The per-read timeout ends a download that stops moving.
+    let s = Scenario::new();
+    stall(&s);
+    let limits = Limits {
+        read_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    s.assert_refused(s.fetch_with(&limits).await, "failed: timed out");
+
+    // A caller that gives up (the future is dropped mid-download) leaves no
+    // temp file either.
+    let s = Scenario::new();
+    stall(&s);
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), s.fetch()).await;
+    assert!(gave_up.is_err(), "the download should still be waiting");
+    s.assert_unchanged();
 }
 
 #[tokio::test]

@@ -54,6 +54,9 @@ fn a() -> &'static str {
 struct Releases {
     dir: PathBuf,
     key: Key,
+    /// A snapshot of build A's binaries with A's signed `release.json` beside
+    /// them, as a release package holds them: `init` is run from here.
+    a_bin: PathBuf,
     a: Packed,
     b: Packed,
 }
@@ -70,7 +73,9 @@ fn releases() -> &'static Releases {
         let b_bin = builds::b_bin_dir();
         let key = builds::generate_key(&dir.join("key"));
         let started = Instant::now();
-        let packed_a = pack_release(&builds::a_bin_dir(), &dir.join("a"), &key);
+        // A snapshot: target/debug may be rebuilt by another build meanwhile.
+        let a_bin = builds::copy_bin_dir(&builds::a_bin_dir(), &dir.join("a-bin"));
+        let packed_a = pack_release(&a_bin, &dir.join("a"), &key);
         let packed_b = pack_release(b_bin, &dir.join("b"), &key);
         eprintln!(
             "packed A ({}) and B ({}) in {:.1} s",
@@ -81,9 +86,13 @@ fn releases() -> &'static Releases {
         assert_eq!(packed_a.manifest.version, a());
         assert_eq!(packed_b.manifest.version, B_VERSION);
         assert_eq!(packed_b.manifest.schema_version, B_SCHEMA);
+        for (name, contents) in release_files(&packed_a) {
+            fs::write(a_bin.join(name), contents).unwrap();
+        }
         Releases {
             dir,
             key,
+            a_bin,
             a: packed_a,
             b: packed_b,
         }
@@ -110,7 +119,10 @@ fn fault_release(fault: Fault) -> &'static Packed {
 fn remove_stale_pack_dirs(e2e: &Path) {
     for entry in fs::read_dir(e2e).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("packs-").and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix("packs-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -131,7 +143,7 @@ fn big_database() -> &'static Path {
         let _ = fs::remove_dir_all(&home);
         let dir = DataDir::new(home.join("waiaas"));
         fs::create_dir_all(dir.data()).unwrap();
-        let migrate = run(hermetic(Command::new(support::daemon_binary()), &home)
+        let migrate = run(hermetic(Command::new(r.a_bin.join("waiaas-daemon")), &home)
             .args(["migrate", "--data-dir"])
             .arg(dir.root()));
         assert!(migrate.status.success(), "{migrate:?}");
@@ -222,18 +234,16 @@ impl Site {
             }
         };
         let dir = DataDir::new(home.join("waiaas"));
-        let init = run(hermetic(Command::new(LAUNCHER), &home)
-            .arg("init")
-            .arg("--data-dir")
-            .arg(dir.root()));
+        // The real `init`, run by A's launcher from A's release files: it
+        // installs them (with the signed release.json) as versions/1.8.1.
+        let init = run(
+            hermetic(Command::new(r.a_bin.join("waiaas-launcher")), &home)
+                .arg("init")
+                .arg("--data-dir")
+                .arg(dir.root()),
+        );
         assert!(init.status.success(), "init failed: {init:?}");
-        // `init` installs the binaries beside the launcher, which here have no
-        // release.json: add A's signed manifest, as an installation made from
-        // the released package has it (see the report: init does not copy it
-        // from an npm package, where it sits one folder above the binaries).
-        for (name, contents) in release_files(&r.a) {
-            fs::write(dir.version(a()).join(name), contents).unwrap();
-        }
+        assert!(dir.version(a()).join("release.json.minisig").is_file());
 
         let registry = Registry::start();
         let offered = match setup.offer {
@@ -401,7 +411,11 @@ impl Site {
             versions: self.versions(),
             backups: names_in(&self.dir.backups()),
             config: fs::read_to_string(self.dir.config()).unwrap(),
-            database: DbDigest::of(&self.dir.database()),
+            database: self
+                .dir
+                .database()
+                .exists()
+                .then(|| DbDigest::of(&self.dir.database())),
             journal: self.dir.upgrade_journal().exists(),
         }
     }
@@ -472,7 +486,7 @@ struct Snapshot {
     versions: BTreeSet<String>,
     backups: BTreeSet<String>,
     config: String,
-    database: DbDigest,
+    database: Option<DbDigest>,
     journal: bool,
 }
 
@@ -526,7 +540,11 @@ impl DbDigest {
             tables.insert(name, (count, hex::encode(hash.finalize())));
         }
         let schema_version = conn
-            .query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))
+            .query_row(
+                "SELECT coalesce(max(version), 0) FROM schema_version",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         Self {
             schema_version,
@@ -546,8 +564,11 @@ fn http(
 ) -> Option<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
@@ -621,7 +642,12 @@ impl Supervisor {
     }
 
     /// Polls status until `done` holds; panics with the log after `timeout`.
-    fn wait_for(&mut self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.status()
@@ -630,7 +656,10 @@ impl Supervisor {
                 return status;
             }
             if let Some(exit) = self.child.try_wait().unwrap() {
-                panic!("supervisor exited ({exit}) while waiting for {what}:\n{}", self.log());
+                panic!(
+                    "supervisor exited ({exit}) while waiting for {what}:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -660,7 +689,11 @@ impl Supervisor {
         assert!(out.status.success(), "stop: {out:?}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the supervisor did not stop:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not stop:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -700,7 +733,10 @@ fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = fs::read_to_string(entry.path().join("stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with(['Z', 'X'])))
+            .and_then(|s| {
+                s.rsplit_once(") ")
+                    .map(|(_, rest)| rest.starts_with(['Z', 'X']))
+            })
             .unwrap_or(true);
         if !zombie && cmdline.contains(&needle) {
             found.insert(pid, cmdline.trim().to_string());
@@ -711,7 +747,10 @@ fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
 
 /// Spawns `command` with stdout and stderr into files under `home`.
 fn spawn_logged(mut command: Command, home: &Path, name: &str) -> (Child, PathBuf, PathBuf) {
-    let (out, err) = (home.join(format!("{name}.stdout")), home.join(format!("{name}.stderr")));
+    let (out, err) = (
+        home.join(format!("{name}.stdout")),
+        home.join(format!("{name}.stderr")),
+    );
     let child = command
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).unwrap())
@@ -755,11 +794,16 @@ fn scenario_07_check_reports_versions() {
     let out = site.upgrade(&["--check"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        out.stdout.contains(&format!("Update available: {} → {B_VERSION}", a())),
+        out.stdout
+            .contains(&format!("Update available: {} → {B_VERSION}", a())),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("waiaas-launcher upgrade"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("waiaas-launcher upgrade"),
+        "{}",
+        out.stdout
+    );
 
     let out = site.upgrade(&["--check", "--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -787,10 +831,16 @@ fn scenario_08_upgrade_runs_all_seven_steps() {
     let steps = rendered_steps(&out.stderr);
     let mut distinct = steps.clone();
     distinct.dedup();
-    assert_eq!(distinct, (1..=7).collect::<Vec<u8>>(), "progress:\n{}", out.stderr);
+    assert_eq!(
+        distinct,
+        (1..=7).collect::<Vec<u8>>(),
+        "progress:\n{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("[7/7]"), "{}", out.stderr);
     assert!(
-        out.stdout.contains(&format!("Upgraded {} → {B_VERSION}", a())),
+        out.stdout
+            .contains(&format!("Upgraded {} → {B_VERSION}", a())),
         "{}",
         out.stdout
     );
@@ -804,10 +854,12 @@ fn scenario_08_upgrade_runs_all_seven_steps() {
     assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
     assert_eq!(status.daemon.as_ref().unwrap().schema_version, B_SCHEMA);
     // B's schema is really in the database: the new column and index.
-    let conn = Connection::open_with_flags(site.dir.database(), OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        Connection::open_with_flags(site.dir.database(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let labels: i64 = conn
-        .query_row("SELECT count(*) FROM wallets WHERE label = ''", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM wallets WHERE label = ''", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(labels as usize, wallets.len());
     // And the new version keeps working: a write through B's API.
@@ -829,7 +881,11 @@ fn standalone_upgrade_without_a_supervisor() {
     assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
     assert_eq!(report.from.as_deref(), Some(a()));
     assert_eq!(report.to.as_deref(), Some(B_VERSION));
-    assert!(report.message.contains("left stopped"), "{}", report.message);
+    assert!(
+        report.message.contains("left stopped"),
+        "{}",
+        report.message
+    );
     assert_eq!(site.current().as_deref(), Some(B_VERSION));
     assert!(!site.dir.upgrade_journal().exists());
     assert_eq!(DbDigest::of(&site.dir.database()).schema_version, B_SCHEMA);
@@ -869,15 +925,24 @@ fn scenario_09_backup_holds_database_and_config() {
         stamp.len() == 16 && stamp.as_bytes()[8] == b'T' && stamp.ends_with('Z'),
         "{name}"
     );
-    assert_eq!(names_in(&backup), ["backup.json", "config.toml", "waiaas.db"].map(String::from).into());
+    assert_eq!(
+        names_in(&backup),
+        ["backup.json", "config.toml", "waiaas.db"]
+            .map(String::from)
+            .into()
+    );
 
-    let manifest: Manifest = serde_json::from_slice(&fs::read(backup.join("backup.json")).unwrap()).unwrap();
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backup.join("backup.json")).unwrap()).unwrap();
     assert_eq!(manifest.kind, Kind::PreUpgrade);
     assert_eq!(manifest.from_version, a());
     assert_eq!(manifest.to_version, B_VERSION);
     assert_eq!(manifest.schema_version, A_SCHEMA);
     let created = UtcTime::parse_rfc3339(&manifest.created_at).expect("created_at is RFC 3339");
-    assert!(created >= UtcTime::from_unix_ms(started.unix_seconds() * 1000) && created <= UtcTime::now());
+    assert!(
+        created >= UtcTime::from_unix_ms(started.unix_seconds() * 1000)
+            && created <= UtcTime::now()
+    );
     assert_eq!(stamp, created.compact());
     assert_eq!(manifest.files.len(), 2);
     for (file, sha) in &manifest.files {
@@ -892,7 +957,9 @@ fn scenario_09_backup_holds_database_and_config() {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .unwrap();
-    let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    let check: String = copy
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     site.assert_fully_new(&wallets);
 }
@@ -940,7 +1007,12 @@ fn scenario_10_rollback_restores_the_previous_state() {
         .collect();
     assert_eq!(saved.len(), 1, "{:?}", site.backups());
     let (path, manifest) = &saved[0];
-    assert!(path.file_name().unwrap().to_string_lossy().starts_with(&format!("pre-rollback-{B_VERSION}-")));
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("pre-rollback-{B_VERSION}-"))
+    );
     assert_eq!(manifest.schema_version, B_SCHEMA);
     let conn = Connection::open_with_flags(
         format!("file:{}?immutable=1", path.join("waiaas.db").display()),
@@ -948,7 +1020,11 @@ fn scenario_10_rollback_restores_the_previous_state() {
     )
     .unwrap();
     let kept: i64 = conn
-        .query_row("SELECT count(*) FROM wallets WHERE id = ?1", [&later], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM wallets WHERE id = ?1",
+            [&later],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(kept, 1, "the later change is in the pre-rollback backup");
     let status = supervisor.wait_healthy();
@@ -974,7 +1050,11 @@ fn scenario_11_already_latest_says_so() {
     assert_eq!(report.outcome, Outcome::UpToDate);
 
     assert_eq!(site.snapshot(), before);
-    assert_eq!(daemon_pid(&supervisor.wait_healthy()), pid, "the daemon was not touched");
+    assert_eq!(
+        daemon_pid(&supervisor.wait_healthy()),
+        pid,
+        "the daemon was not touched"
+    );
     site.assert_fully_old(&wallets);
 }
 
@@ -982,7 +1062,11 @@ fn scenario_11_already_latest_says_so() {
 // Failures after the preflight roll back.
 
 /// Upgrades through a supervisor and expects a clean rollback at `step`.
-fn expect_rollback(setup: Setup, step: u8, wallets_named: &[&str]) -> (Site, UpgradeReport, Duration) {
+fn expect_rollback(
+    setup: Setup,
+    step: u8,
+    wallets_named: &[&str],
+) -> (Site, UpgradeReport, Duration) {
     let site = Site::with(setup);
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
@@ -996,11 +1080,18 @@ fn expect_rollback(setup: Setup, step: u8, wallets_named: &[&str]) -> (Site, Upg
     assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
     let failed = report.failed_step.clone().unwrap_or_default();
-    assert!(failed.starts_with(&format!("{step} ")), "failed step {failed:?}, expected {step}");
+    assert!(
+        failed.starts_with(&format!("{step} ")),
+        "failed step {failed:?}, expected {step}"
+    );
     assert!(report.manual_steps.is_empty());
 
     site.assert_fully_old(&wallets);
-    assert_eq!(DbDigest::of(&site.dir.database()), before, "the database is as before");
+    assert_eq!(
+        DbDigest::of(&site.dir.database()),
+        before,
+        "the database is as before"
+    );
     assert_eq!(fs::read(site.dir.config()).unwrap(), config);
     let status = supervisor.wait_healthy();
     assert_eq!(status.daemon.as_ref().unwrap().version, a());
@@ -1012,7 +1103,11 @@ fn expect_rollback(setup: Setup, step: u8, wallets_named: &[&str]) -> (Site, Upg
 fn a_failing_migration_rolls_back() {
     // Two wallets named alike: B's unique index on wallets(name) cannot be made.
     let (_site, report, _) = expect_rollback(Setup::default(), 5, &["treasury", "treasury", "ops"]);
-    assert!(report.message.contains("migration 17"), "{}", report.message);
+    assert!(
+        report.message.contains("migration 17"),
+        "{}",
+        report.message
+    );
     assert!(report.message.contains("UNIQUE"), "{}", report.message);
 }
 
@@ -1023,7 +1118,11 @@ fn a_new_daemon_that_crashes_on_start_rolls_back() {
         ..Setup::default()
     };
     let (_site, report, _) = expect_rollback(setup, 7, &["treasury", "payroll"]);
-    assert!(report.message.contains("exited with 1"), "{}", report.message);
+    assert!(
+        report.message.contains("exited with 1"),
+        "{}",
+        report.message
+    );
 }
 
 #[test]
@@ -1034,7 +1133,10 @@ fn a_new_daemon_that_never_becomes_healthy_rolls_back() {
         ..Setup::default()
     };
     let (_site, report, took) = expect_rollback(setup, 7, &["treasury", "payroll"]);
-    eprintln!("a hanging daemon was given up on and rolled back in {took:?}: {}", report.message);
+    eprintln!(
+        "a hanging daemon was given up on and rolled back in {took:?}: {}",
+        report.message
+    );
     // The supervisor waits at most its hello timeout (10 s) or the health timeout.
     assert!(took < Duration::from_secs(40), "took {took:?}");
 }
@@ -1055,7 +1157,11 @@ fn a_tampered_package_changes_nothing() {
     assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
     assert!(report.message.contains("integrity"), "{}", report.message);
     let versions = names_in(&site.dir.versions());
-    assert_eq!(versions, BTreeSet::from([a().to_string()]), "no 1.9.0, no leftovers");
+    assert_eq!(
+        versions,
+        BTreeSet::from([a().to_string()]),
+        "no 1.9.0, no leftovers"
+    );
     assert_eq!(site.snapshot(), before);
     let status = supervisor.wait_healthy();
     assert_eq!(daemon_pid(&status), pid, "the daemon was never stopped");
@@ -1086,7 +1192,8 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
     let wallets = site.seed(&["treasury", "payroll"]);
     let before = DbDigest::of(&site.dir.database());
 
-    let (mut client, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
+    let (mut client, out, err) =
+        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
     let deadline = Instant::now() + Duration::from_secs(180);
     let step = loop {
         let step = site
@@ -1114,15 +1221,20 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
     let journal_at_kill = site.journal();
     supervisor.kill9();
     let uncommitted = site.dir.upgrade_journal().exists();
-    let killed_at = journal_at_kill
-        .as_ref()
-        .map_or("none".to_string(), |j| format!("step {} ({})", j["step"], j["step_name"]));
+    let at_kill = processes_mentioning(site.dir.root());
+    let killed_at = journal_at_kill.as_ref().map_or("none".to_string(), |j| {
+        format!("step {} ({})", j["step"], j["step_name"])
+    });
     eprintln!(
-        "{}: seen step {step}, killed at {killed_at}; journal left: {uncommitted}",
-        point.what
+        "{}: seen step {step}, killed at {killed_at}; journal left: {uncommitted}; running then: {:?}",
+        point.what,
+        at_kill.values().collect::<Vec<_>>()
     );
     let ended = wait_child(&mut client, Duration::from_secs(30), "the upgrade command");
-    assert!(!ended.success() || !uncommitted, "the command cannot report success for an uncommitted upgrade");
+    assert!(
+        !ended.success() || !uncommitted,
+        "the command cannot report success for an uncommitted upgrade"
+    );
 
     // Whatever the killed launcher had started must die with it: a `migrate`
     // or `check` left running would write to the database the next launcher
@@ -1144,7 +1256,11 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
         .values()
         .any(|cmd| cmd.contains(" serve "))
     {
-        assert!(Instant::now() < deadline, "{}: the daemon outlived its launcher", point.what);
+        assert!(
+            Instant::now() < deadline,
+            "{}: the daemon outlived its launcher",
+            point.what
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -1163,7 +1279,11 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
     let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if uncommitted {
             site.assert_fully_old(&wallets);
-            assert_eq!(DbDigest::of(&site.dir.database()), before, "the database is as before");
+            assert_eq!(
+                DbDigest::of(&site.dir.database()),
+                before,
+                "the database is as before"
+            );
         } else {
             site.assert_fully_new(&wallets);
         }
@@ -1182,9 +1302,13 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
     }
     let log = next.log();
     if uncommitted && !log.contains("rolled back") {
-        problems.push(format!("{}: the recovery is not in the log:\n{log}", point.what));
+        problems.push(format!(
+            "{}: the recovery is not in the log:\n{log}",
+            point.what
+        ));
     }
-    let launches = log.matches("daemon ready").count();
+    // Each daemon logs this once it serves (its stderr is the supervisor's).
+    let launches = log.matches("ready: listening on").count();
     if launches > 1 {
         problems.push(format!(
             "{} (killed at {killed_at}): the recovering supervisor started {launches} daemons:\n{log}",
@@ -1221,7 +1345,9 @@ fn kill_9_inside_steps_3_to_7() {
     let points = [
         KillPoint {
             what: "kill while the backup is being written (step 3)".into(),
-            now: Box::new(|s, d| s == 3 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")),
+            now: Box::new(|s, d| {
+                s == 3 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
+            }),
             delay: Duration::from_millis(20),
         },
         KillPoint {
@@ -1231,7 +1357,9 @@ fn kill_9_inside_steps_3_to_7() {
         },
         KillPoint {
             what: "kill while the new daemon backs up before migrating (step 5)".into(),
-            now: Box::new(|s, d| s == 5 && exists_with_prefix(&d.backups(), ".partial-pre-migrate")),
+            now: Box::new(|s, d| {
+                s == 5 && exists_with_prefix(&d.backups(), ".partial-pre-migrate")
+            }),
             delay: Duration::from_millis(20),
         },
         KillPoint {
@@ -1275,7 +1403,13 @@ impl Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let out = run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path));
         if out.status.success() {
             Ok(Self { path, _dir: dir })
@@ -1335,7 +1469,10 @@ fn a_disk_too_full_for_the_backup_is_caught_before_the_daemon_stops() {
     let database = fs::metadata(big).unwrap().len();
     let leave = tarball + unpacked + (6 << 20);
     let free = disk.free();
-    assert!(free > leave, "the tmpfs is too small: {free} free, {leave} wanted");
+    assert!(
+        free > leave,
+        "the tmpfs is too small: {free} free, {leave} wanted"
+    );
     let mut filler = fs::File::create(disk.path.join("filler")).unwrap();
     let chunk = vec![0u8; 1 << 20];
     let mut left = free - leave;
@@ -1356,18 +1493,28 @@ fn a_disk_too_full_for_the_backup_is_caught_before_the_daemon_stops() {
     let (out, report) = site.upgrade_json(&[]);
     assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
-    assert!(report.message.contains("not enough free disk"), "{}", report.message);
+    assert!(
+        report.message.contains("not enough free disk"),
+        "{}",
+        report.message
+    );
 
     let status = supervisor.wait_healthy();
     assert_eq!(daemon_pid(&status), pid, "the daemon was never stopped");
     assert_eq!(status.restarts, 0);
     let log = supervisor.log();
-    assert!(!log.contains("upgrade step 2"), "step 2 never started:\n{log}");
+    assert!(
+        !log.contains("upgrade step 2"),
+        "step 2 never started:\n{log}"
+    );
     let mut after = site.snapshot();
     // The verified download may stay in versions/ for the next attempt; nothing else changed.
     after.versions.remove(B_VERSION);
     assert_eq!(after, before);
-    assert!(names_in(&site.dir.backups()).is_empty(), "no backup was started");
+    assert!(
+        names_in(&site.dir.backups()).is_empty(),
+        "no backup was started"
+    );
     site.assert_fully_old(&wallets);
     drop(supervisor);
     drop(site);
@@ -1377,13 +1524,21 @@ fn a_disk_too_full_for_the_backup_is_caught_before_the_daemon_stops() {
 fn upgrade_refuses_in_a_container() {
     let site = Site::new();
     let before = site.snapshot();
-    for args in [&["upgrade"][..], &["upgrade", "--rollback"], &["upgrade", "--json"]] {
+    for args in [
+        &["upgrade"][..],
+        &["upgrade", "--rollback"],
+        &["upgrade", "--json"],
+    ] {
         let out = run(site.launcher(args).env("WAIAAS_CONTAINER", "1"));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains("pull the new image"), "{}", out.stderr);
     }
     assert_eq!(site.snapshot(), before);
-    assert_eq!(site.registry.total_hits(), 0, "not even the registry was asked");
+    assert_eq!(
+        site.registry.total_hits(),
+        0,
+        "not even the registry was asked"
+    );
 }
 
 #[test]
@@ -1396,12 +1551,15 @@ fn two_concurrent_upgrades_the_second_is_refused() {
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury"]);
-    let (mut first, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
+    let (mut first, out, err) =
+        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
     wait_for_journal(&site, 2, &mut first);
     let second = site.upgrade(&["--json"]);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert!(
-        second.stderr.contains("another upgrade or rollback is in progress"),
+        second
+            .stderr
+            .contains("another upgrade or rollback is in progress"),
         "{second:?}"
     );
     let status = wait_child(&mut first, Duration::from_secs(180), "the first upgrade");
@@ -1421,14 +1579,17 @@ fn two_concurrent_upgrades_the_second_is_refused() {
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury"]);
     supervisor.stop(&site);
-    let (mut first, out, err) = spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
+    let (mut first, out, err) =
+        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
     // Step 3 (backing up 55 MB) leaves time; no daemon answers then.
     wait_for_journal(&site, 3, &mut first);
     let (second, report) = site.upgrade_json(&[]);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert_eq!(report.outcome, Outcome::Refused);
     assert!(
-        report.message.contains("another upgrade or rollback is in progress")
+        report
+            .message
+            .contains("another upgrade or rollback is in progress")
             && report.message.contains(&format!("pid {}", first.id())),
         "{}",
         report.message
@@ -1446,10 +1607,17 @@ fn two_concurrent_upgrades_the_second_is_refused() {
 fn wait_for_journal(site: &Site, step: u64, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        if site.journal().and_then(|j| j["step"].as_u64()).is_some_and(|s| s >= step) {
+        if site
+            .journal()
+            .and_then(|j| j["step"].as_u64())
+            .is_some_and(|s| s >= step)
+        {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before step {step}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the upgrade ended before step {step}"
+        );
         assert!(Instant::now() < deadline, "step {step} never came");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -1459,7 +1627,13 @@ fn wait_for_journal(site: &Site, step: u64, child: &mut Child) {
 // Backups by time.
 
 /// A backup folder as the engine writes it: real copies, a real manifest.
-fn fabricate_backup(site: &Site, from: &str, created: UtcTime, database: &Path, schema: u32) -> PathBuf {
+fn fabricate_backup(
+    site: &Site,
+    from: &str,
+    created: UtcTime,
+    database: &Path,
+    schema: u32,
+) -> PathBuf {
     let path = site
         .dir
         .backups()
@@ -1478,7 +1652,11 @@ fn fabricate_backup(site: &Site, from: &str, created: UtcTime, database: &Path, 
         created_at: created.rfc3339(),
         files,
     };
-    fs::write(path.join(BACKUP_MANIFEST), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    fs::write(
+        path.join(BACKUP_MANIFEST),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
     path
 }
 
@@ -1487,7 +1665,8 @@ fn copy_with_marker(site: &Site, to: &Path, marker: &str) {
     let _ = fs::remove_file(to);
     let conn = Connection::open(site.dir.database()).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.execute("VACUUM INTO ?1", [to.to_string_lossy()]).unwrap();
+    conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])
+        .unwrap();
     drop(conn);
     let copy = Connection::open(to).unwrap();
     copy.execute(
@@ -1515,9 +1694,27 @@ fn backups_are_chosen_by_time_not_name() {
     let now = UtcTime::now().unix_seconds() * 1000;
     let db16 = scratch.join("16.db");
     copy_with_marker(&site, &db16, "from-an-old-backup");
-    let rc = fabricate_backup(&site, "2.0.0-rc.1", UtcTime::from_unix_ms(now - 3 * day), &db16, A_SCHEMA);
-    let ten = fabricate_backup(&site, "1.10.0", UtcTime::from_unix_ms(now - 2 * day), &db16, A_SCHEMA);
-    let nine = fabricate_backup(&site, "1.9.0", UtcTime::from_unix_ms(now - day), &db16, A_SCHEMA);
+    let rc = fabricate_backup(
+        &site,
+        "2.0.0-rc.1",
+        UtcTime::from_unix_ms(now - 3 * day),
+        &db16,
+        A_SCHEMA,
+    );
+    let ten = fabricate_backup(
+        &site,
+        "1.10.0",
+        UtcTime::from_unix_ms(now - 2 * day),
+        &db16,
+        A_SCHEMA,
+    );
+    let nine = fabricate_backup(
+        &site,
+        "1.9.0",
+        UtcTime::from_unix_ms(now - day),
+        &db16,
+        A_SCHEMA,
+    );
     // The upgrade adds pre-upgrade-1.8.1 (step 3) and the new daemon's
     // pre-migrate backup (step 5), pruning to 3 each time: the two oldest by
     // time go (2.0.0-rc.1, then 1.10.0), though 1.10.0 sorts first by name.
@@ -1525,9 +1722,15 @@ fn backups_are_chosen_by_time_not_name() {
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     site.assert_fully_new(&wallets);
     let left: BTreeSet<PathBuf> = site.backups().into_iter().map(|(p, _)| p).collect();
-    assert!(!left.contains(&rc) && !left.contains(&ten), "the oldest by time are pruned: {left:?}");
+    assert!(
+        !left.contains(&rc) && !left.contains(&ten),
+        "the oldest by time are pruned: {left:?}"
+    );
     assert!(left.contains(&nine), "{left:?}");
-    assert!(left.contains(&PathBuf::from(report.backup.unwrap())), "{left:?}");
+    assert!(
+        left.contains(&PathBuf::from(report.backup.unwrap())),
+        "{left:?}"
+    );
     assert_eq!(left.len(), 3, "{left:?}");
 
     // Rollback: the newest by created_at wins, though 2.0.0-rc.1 sorts last by
@@ -1536,14 +1739,32 @@ fn backups_are_chosen_by_time_not_name() {
     let db17 = scratch.join("17.db");
     copy_with_marker(&site, &db17, "from-the-newest-backup");
     let now = UtcTime::now().unix_seconds() * 1000;
-    fabricate_backup(&site, "2.0.0-rc.1", UtcTime::from_unix_ms(now - 2 * day), &db17, B_SCHEMA);
-    fabricate_backup(&site, "1.10.0", UtcTime::from_unix_ms(now - day), &db17, B_SCHEMA);
+    fabricate_backup(
+        &site,
+        "2.0.0-rc.1",
+        UtcTime::from_unix_ms(now - 2 * day),
+        &db17,
+        B_SCHEMA,
+    );
+    fabricate_backup(
+        &site,
+        "1.10.0",
+        UtcTime::from_unix_ms(now - day),
+        &db17,
+        B_SCHEMA,
+    );
     let newest = fabricate_backup(&site, B_VERSION, UtcTime::now(), &db17, B_SCHEMA);
     let (out, report) = site.upgrade_json(&["--rollback"]);
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Restored);
-    assert_eq!(report.backup.as_deref(), Some(newest.to_string_lossy().as_ref()));
+    assert_eq!(
+        report.backup.as_deref(),
+        Some(newest.to_string_lossy().as_ref())
+    );
     let mut expected = wallets.clone();
-    expected.insert("from-the-newest-backup".into(), "from-the-newest-backup".into());
+    expected.insert(
+        "from-the-newest-backup".into(),
+        "from-the-newest-backup".into(),
+    );
     site.assert_fully_new(&expected);
 }

@@ -18,9 +18,9 @@ pub const SIGNATURE: &str = "release.json.minisig";
 /// The two programs every platform package carries, under `bin/`.
 pub const BINARIES: [&str; 2] = ["waiaas-launcher", "waiaas-daemon"];
 
-/// `release.json`.
+/// `release.json`. Unknown fields are tolerated (the file is signed): a later
+/// release may add one without locking older launchers out of upgrading to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseManifest {
     /// The platform package's name, e.g. `@waiaas/cli-linux-x64`.
     pub name: String,
@@ -72,9 +72,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
+    fn unknown_fields_from_a_later_release_are_tolerated() {
         let json = r#"{"name":"n","version":"1.0.0","target":"linux-x64","schema_version":1,
             "min_compatible_schema_version":1,"files":{},"extra":1}"#;
-        assert!(serde_json::from_str::<ReleaseManifest>(json).is_err());
+        assert_eq!(
+            serde_json::from_str::<ReleaseManifest>(json)
+                .unwrap()
+                .version,
+            "1.0.0"
+        );
     }
 }

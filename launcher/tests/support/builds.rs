@@ -76,6 +76,18 @@ pub fn a_bin_dir() -> PathBuf {
     dir
 }
 
+/// Copies `waiaas-launcher` and `waiaas-daemon` of `from` into `to` (created),
+/// executable; returns `to`.
+pub fn copy_bin_dir(from: &Path, to: &Path) -> PathBuf {
+    fs::create_dir_all(to).unwrap();
+    for name in ["waiaas-launcher", "waiaas-daemon"] {
+        fs::copy(from.join(name), to.join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.join(name).display()));
+        fs::set_permissions(to.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    to.to_path_buf()
+}
+
 /// Build B's bin dir, built on first use (once per test process).
 pub fn b_bin_dir() -> &'static Path {
     static B: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -228,11 +240,17 @@ fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
     }
     let lock = fs::read_to_string(repo.join("Cargo.lock"))
         .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
-    tree.insert("Cargo.toml".into(), bump_workspace_version(&manifest_text)?.into_bytes());
+    tree.insert(
+        "Cargo.toml".into(),
+        bump_workspace_version(&manifest_text)?.into_bytes(),
+    );
     tree.insert("Cargo.lock".into(), bump_lock(&lock).into_bytes());
 
     let migrations = Path::new("migrations");
-    tree.insert(migrations.join(B_MIGRATION_FILE), B_MIGRATION.as_bytes().to_vec());
+    tree.insert(
+        migrations.join(B_MIGRATION_FILE),
+        B_MIGRATION.as_bytes().to_vec(),
+    );
     let compat = tree
         .get_mut(&migrations.join("compat.toml"))
         .ok_or("migrations/compat.toml is missing")?;
@@ -248,7 +266,8 @@ fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
 /// Every file under `repo/rel` except build output.
 fn collect(repo: &Path, rel: &Path, tree: &mut BTreeMap<PathBuf, Vec<u8>>) -> Result<(), String> {
     let path = repo.join(rel);
-    let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let entries =
+        fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| e.to_string())?;
         let name = entry.file_name();
@@ -284,7 +303,10 @@ fn bump_workspace_version(manifest: &str) -> Result<String, String> {
         if trimmed.starts_with('[') {
             section = trimmed.to_string();
         }
-        if section == "[workspace.package]" && trimmed.starts_with("version") && trimmed.contains('=') {
+        if section == "[workspace.package]"
+            && trimmed.starts_with("version")
+            && trimmed.contains('=')
+        {
             out.push_str(&format!("version = \"{B_VERSION}\""));
             bumped = true;
         } else {
@@ -329,7 +351,8 @@ fn sync_tree(dest: &Path, tree: &BTreeMap<PathBuf, Vec<u8>>) -> Result<usize, St
             continue;
         }
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         changed += 1;

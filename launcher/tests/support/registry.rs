@@ -35,6 +35,9 @@ pub enum Reply {
     Truncated { body: Vec<u8>, declared: usize },
     /// `200` without Content-Length: the body ends when the connection closes.
     NoLength(Vec<u8>),
+    /// `200` declaring `body.len() * 2` bytes, sending `body`, then nothing
+    /// for `silence` before the connection closes.
+    Stall { body: Vec<u8>, silence: Duration },
 }
 
 #[derive(Default)]
@@ -303,6 +306,17 @@ fn send(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
             for chunk in body.chunks(16 * 1024) {
                 stream.write_all(chunk)?;
             }
+            Ok(())
+        }
+        Reply::Stall { body, silence } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len() * 2
+            )?;
+            stream.write_all(&body)?;
+            stream.flush()?;
+            std::thread::sleep(silence);
             Ok(())
         }
     }?;

@@ -1,0 +1,92 @@
+# syntax=docker/dockerfile:1
+#
+# The WAIaaS image: `waiaas-launcher run` supervising the `waiaas-daemon` that
+# sits beside it in /usr/local/bin. The image is the unit of upgrade: a new
+# image brings a new daemon, which backs up (`backups/pre-migrate-…`) and
+# migrates the database on the /data volume when it starts; `waiaas-launcher
+# upgrade` refuses inside the container and says to pull the new image.
+#
+#   docker build --build-arg VERSION=1.8.1 -t waiaas/daemon:1.8.1 .
+#   docker compose up -d            # see docker-compose.yml and the README
+
+# ---------------------------------------------------------------------------
+# Build stage: the same Debian release as the runtime stage, so the binaries
+# link against the glibc they run with.
+FROM rust:1.95-bookworm AS builder
+
+WORKDIR /src
+COPY . .
+
+# Built-in release public keys (comma-separated minisign keys; public, from a
+# repository variable in CI). Inside the container `upgrade` is refused, but
+# the binaries are the same ones the release packages ship.
+ARG WAIAAS_RELEASE_PUBKEYS=""
+
+# Cache mounts keep the registry and the target folder between builds; the
+# binaries are copied out of the cache within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p waiaas-launcher -p waiaas-daemon \
+    && install -D -m 0755 -t /out target/release/waiaas-launcher target/release/waiaas-daemon
+
+# ---------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# Set by the release workflow; a local build says what it is with "dev".
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG CREATED=unknown
+
+LABEL org.opencontainers.image.title="WAIaaS" \
+      org.opencontainers.image.description="Self-hosted WAIaaS daemon under its supervising launcher" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="https://github.com/waiaas/waiaas-launcher" \
+      org.opencontainers.image.url="https://github.com/waiaas/waiaas-launcher" \
+      org.opencontainers.image.documentation="https://github.com/waiaas/waiaas-launcher#upgrading-a-docker-installation" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.vendor="WAIaaS" \
+      org.opencontainers.image.base.name="debian:bookworm-slim" \
+      com.centurylinklabs.watchtower.enable="true"
+
+# A fixed, unprivileged uid/gid, so a volume's owner survives image upgrades.
+# /data is created here, owned by that user (mode 0700, as `init` makes a data
+# dir): a new named volume starts as a copy of it and so belongs to the user.
+RUN groupadd --system --gid 10001 waiaas \
+    && useradd --system --no-log-init --uid 10001 --gid waiaas \
+       --home-dir /data --no-create-home --shell /usr/sbin/nologin waiaas \
+    && install -d -o waiaas -g waiaas -m 0700 /data
+
+# TLS roots for the version check (rustls reads the system bundle); taken from
+# the build stage so the runtime stage needs no package manager run.
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# Both programs in one folder: in the container the launcher runs the daemon
+# beside it, not `current/` (which belongs to npm/systemd installations).
+COPY --from=builder /out/waiaas-launcher /out/waiaas-daemon /usr/local/bin/
+
+# WAIAAS_CONTAINER=1: supervise the daemon beside the launcher and refuse
+# `upgrade`. Every config key can be set as WAIAAS_{SECTION}_{KEY}; the
+# daemon listens on all of the container's interfaces so a published port
+# reaches it (docker-compose.yml publishes it on the host's loopback only).
+ENV WAIAAS_CONTAINER=1 \
+    WAIAAS_DATA_DIR=/data \
+    WAIAAS_DAEMON_HOSTNAME=0.0.0.0 \
+    WAIAAS_DAEMON_PORT=3100
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 3100
+
+# The launcher stops the daemon gracefully on SIGTERM (up to
+# [daemon] shutdown_timeout, 30 s by default): give it that long
+# (`docker stop -t 40`, compose's stop_grace_period).
+STOPSIGNAL SIGTERM
+
+# Exit 0 only while the supervisor runs and the daemon answers /health: no
+# curl in the image. The start period covers a migration at first start.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["waiaas-launcher", "status", "--quiet"]
+
+ENTRYPOINT ["waiaas-launcher", "run"]
