@@ -191,8 +191,27 @@ async function main() {
     if (!changelog || !changelog.includes(`## [${want}]`)) {
       fail(`${scenario.name}: CHANGELOG.md gets no "## [${want}]" section`);
     }
-    const tag = `v${want}`;
-    console.log(`${scenario.name}: ${scenario.commits.map(c => c.split('\n')[0]).join(' + ')} → ${got} (tag ${tag}, PR "${pr.title.toString()}")`);
+    // Gate 1: merging the Release PR makes release-please tag the merge and
+    // create the GitHub Release; an rc release is marked as a prerelease.
+    const [release] = await strategy.buildReleases({
+      headBranchName: pr.headRefName,
+      baseBranchName: 'main',
+      number: 1,
+      title: pr.title.toString(),
+      body: pr.body.toString(),
+      labels: pr.labels,
+      files: [],
+      sha: 'a'.repeat(40),
+    });
+    if (!release) fail(`${scenario.name}: merging the Release PR would create no release`);
+    const tag = release.tag.toString();
+    if (tag !== `v${want}`) fail(`${scenario.name}: the release is tagged ${tag}, expected v${want}`);
+    // As Manifest.buildReleases marks it (release-please's manifest.js).
+    const prerelease = Boolean(config.prerelease && (release.tag.version.preRelease || release.tag.version.major === 0));
+    if (prerelease !== want.includes('-')) {
+      fail(`${scenario.name}: the GitHub Release of ${want} would ${prerelease ? '' : 'not '}be marked as a prerelease`);
+    }
+    console.log(`${scenario.name}: ${scenario.commits.map(c => c.split('\n')[0]).join(' + ')} → ${got} (PR "${pr.title.toString()}", tag ${tag}${prerelease ? ', prerelease' : ''})`);
   }
   fs.writeFileSync(path.join(out, 'titles.txt'), titles.join('\n') + '\n');
 }

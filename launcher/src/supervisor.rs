@@ -52,7 +52,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a new daemon has to say hello on its control channel.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `status` waits for `/health`; the event loop waits with it.
+/// How long `status` waits for `/health`.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Extra time after the shutdown deadline before the daemon is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -306,8 +306,18 @@ impl Supervisor {
                 }
                 Event::Admin(call) => match call.request {
                     Request::Status => {
-                        let status = self.status().await;
-                        answer(call.reply, &Response::Status(status)).await;
+                        // The health probe runs on its own task: a daemon that just
+                        // died (its port held by us, so the probe waits) must not
+                        // hold up the loop that restarts it.
+                        let (mut status, alive) = self.status();
+                        let addr = self.health_addr;
+                        tokio::spawn(async move {
+                            if let Some(daemon) = status.daemon.as_mut() {
+                                daemon.healthy = alive
+                                    && probe::health(addr, STATUS_PROBE_TIMEOUT).await.is_ok();
+                            }
+                            answer(call.reply, &Response::Status(status)).await;
+                        });
                     }
                     Request::Restart => {
                         backoff_until = self.restart().await;
@@ -597,34 +607,29 @@ impl Supervisor {
         self.last_exit = Some(description);
     }
 
-    async fn status(&mut self) -> admin::Status {
-        let daemon = match &mut self.daemon {
-            Some(d) => {
-                // A daemon that just died is not probed: its port would hold the
-                // probe in the backlog, and the event loop with it.
-                let alive = matches!(d.child.try_wait(), Ok(None));
-                let healthy = alive
-                    && probe::health(self.health_addr, STATUS_PROBE_TIMEOUT)
-                        .await
-                        .is_ok();
-                Some(DaemonStatus {
-                    pid: d.pid,
-                    version: d.version.clone(),
-                    schema_version: d.schema_version,
-                    uptime: d.started.elapsed().as_secs(),
-                    healthy,
-                })
+    /// The status as known now (health not yet probed), and whether the
+    /// daemon process is still alive.
+    fn status(&mut self) -> (admin::Status, bool) {
+        let mut alive = false;
+        let daemon = self.daemon.as_mut().map(|d| {
+            alive = matches!(d.child.try_wait(), Ok(None));
+            DaemonStatus {
+                pid: d.pid,
+                version: d.version.clone(),
+                schema_version: d.schema_version,
+                uptime: d.started.elapsed().as_secs(),
+                healthy: false,
             }
-            None => None,
-        };
-        admin::Status {
+        });
+        let status = admin::Status {
             launcher_pid: std::process::id(),
             launcher_version: VERSION.to_string(),
             state: self.state.name().to_string(),
             daemon,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
-        }
+        };
+        (status, alive)
     }
 }
 

@@ -131,7 +131,7 @@ fn remove_stale_pack_dirs(e2e: &Path) {
     }
 }
 
-/// A 1.8.1 database of about 55 MB (real schema, 80 000 audit rows), made once
+/// A 1.8.1 database of about 100 MB (real schema, 150 000 audit rows), made once
 /// per process: backups and migrations of it take long enough to be killed
 /// inside.
 fn big_database() -> &'static Path {
@@ -149,7 +149,7 @@ fn big_database() -> &'static Path {
         assert!(migrate.status.success(), "{migrate:?}");
         let conn = Connection::open(dir.database()).unwrap();
         conn.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80000)
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
              INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details)
              SELECT 1700000000 + i, 'TX_SUBMITTED', 'master', NULL,
                     '{\"pad\":\"' || hex(randomblob(300)) || '\"}'
@@ -1181,16 +1181,34 @@ struct KillPoint {
     delay: Duration,
 }
 
-/// Starts an upgrade through a supervisor, kills the supervisor with SIGKILL
-/// at `point`, starts a new supervisor, and checks the installation is fully
-/// old or fully new — old if the kill left a journal (the upgrade was not
-/// committed), new if not. Returns what went wrong (empty if nothing).
-fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
+/// Who runs the upgrade that is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrader {
+    /// A running supervisor, asked by the command: the supervisor is killed.
+    Supervisor,
+    /// The command itself (no supervisor runs): the command is killed.
+    Standalone,
+}
+
+/// Starts an upgrade, kills the upgrading process with SIGKILL at `point`,
+/// starts a new supervisor (which must finish the change first), and checks
+/// that the installation is fully old or fully new — old if the kill left a
+/// journal (the upgrade was not committed), new if not. Returns what went
+/// wrong (empty if nothing), so that every kill point is tried.
+fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Vec<String> {
     let mut problems = Vec::new();
+    let what = format!("{} ({upgrader:?})", point.what);
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury", "payroll"]);
     let before = DbDigest::of(&site.dir.database());
+    let mut supervisor = match upgrader {
+        Upgrader::Supervisor => Some(supervisor),
+        Upgrader::Standalone => {
+            supervisor.stop(site);
+            None
+        }
+    };
 
     let (mut client, out, err) =
         spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
@@ -1207,27 +1225,30 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
         }
         if client.try_wait().unwrap().is_some() {
             panic!(
-                "{}: the upgrade ended before the kill point:\n{}\n{}\n{}",
-                point.what,
+                "{what}: the upgrade ended before the kill point:\n{}\n{}\n{}",
                 fs::read_to_string(&out).unwrap_or_default(),
                 fs::read_to_string(&err).unwrap_or_default(),
-                supervisor.log()
+                supervisor.as_ref().map(Supervisor::log).unwrap_or_default()
             );
         }
-        assert!(Instant::now() < deadline, "{}: never reached", point.what);
+        assert!(Instant::now() < deadline, "{what}: never reached");
         std::thread::sleep(Duration::from_millis(1));
     };
     std::thread::sleep(point.delay);
     let journal_at_kill = site.journal();
-    supervisor.kill9();
+    match supervisor.as_mut() {
+        Some(supervisor) => supervisor.kill9(),
+        None => {
+            signal(client.id() as i32, libc::SIGKILL);
+        }
+    }
     let uncommitted = site.dir.upgrade_journal().exists();
     let at_kill = processes_mentioning(site.dir.root());
     let killed_at = journal_at_kill.as_ref().map_or("none".to_string(), |j| {
         format!("step {} ({})", j["step"], j["step_name"])
     });
     eprintln!(
-        "{}: seen step {step}, killed at {killed_at}; journal left: {uncommitted}; running then: {:?}",
-        point.what,
+        "{what}: seen step {step}, killed at {killed_at}; journal left: {uncommitted}; running then: {:?}",
         at_kill.values().collect::<Vec<_>>()
     );
     let ended = wait_child(&mut client, Duration::from_secs(30), "the upgrade command");
@@ -1235,33 +1256,43 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
         !ended.success() || !uncommitted,
         "the command cannot report success for an uncommitted upgrade"
     );
+    drop(supervisor);
 
     // Whatever the killed launcher had started must die with it: a `migrate`
-    // or `check` left running would write to the database the next launcher
-    // is about to restore.
-    std::thread::sleep(Duration::from_millis(300));
+    // or `check` left running writes to the database the next launcher is
+    // about to restore. (A daemon gets SIGTERM and shuts down gracefully.)
+    std::thread::sleep(Duration::from_millis(50));
     let orphans: BTreeMap<i32, String> = processes_mentioning(site.dir.root())
         .into_iter()
         .filter(|(_, cmd)| !cmd.contains(" serve "))
         .collect();
     if !orphans.is_empty() {
         problems.push(format!(
-            "{}: processes of the killed launcher still running 300 ms after the kill: {orphans:?}",
-            point.what
+            "{what} (killed at {killed_at}): processes of the killed launcher still running 50 ms after the kill: {orphans:?}"
         ));
     }
-    // The daemon (PR_SET_PDEATHSIG) holds the port until it has gone.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processes_mentioning(site.dir.root())
-        .values()
-        .any(|cmd| cmd.contains(" serve "))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}: the daemon outlived its launcher",
-            point.what
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    // The next launcher starts as soon as the port is free, as systemd's
+    // Restart= would start it; a daemon holds the port until it is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let serving: Vec<String> = processes_mentioning(site.dir.root())
+            .into_values()
+            .filter(|cmd| cmd.contains(" serve "))
+            .collect();
+        if serving.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            problems.push(format!(
+                "{what} (killed at {killed_at}): a daemon outlived the killed launcher by 20 s: {serving:?}"
+            ));
+            for pid in processes_mentioning(site.dir.root()).into_keys() {
+                signal(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 
     let mut next = site.supervisor();
@@ -1270,8 +1301,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
     });
     if !healthy(&status) {
         problems.push(format!(
-            "{} (killed at {killed_at}): the next supervisor did not recover: {status:?}\n{}",
-            point.what,
+            "{what} (killed at {killed_at}): the next supervisor did not recover: {status:?}\n{}",
             next.log()
         ));
         return problems;
@@ -1295,24 +1325,23 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint) -> Vec<String> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
         problems.push(format!(
-            "{} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
-            point.what,
+            "{what} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
             next.log()
         ));
     }
     let log = next.log();
     if uncommitted && !log.contains("rolled back") {
-        problems.push(format!(
-            "{}: the recovery is not in the log:\n{log}",
-            point.what
-        ));
+        problems.push(format!("{what}: the recovery is not in the log:\n{log}"));
     }
     // Each daemon logs this once it serves (its stderr is the supervisor's).
     let launches = log.matches("ready: listening on").count();
     if launches > 1 {
         problems.push(format!(
-            "{} (killed at {killed_at}): the recovering supervisor started {launches} daemons:\n{log}",
-            point.what
+            "{what} (killed at {killed_at}): the recovering supervisor started {launches} daemons:\n{}",
+            log.lines()
+                .filter(|l| l.contains("ready") || l.contains("rolled back") || l.contains("daemon"))
+                .collect::<Vec<_>>()
+                .join("\n")
         ));
     }
     problems
@@ -1331,7 +1360,21 @@ fn kill_9_at_every_step_boundary_ends_fully_old_or_new() {
     let mut problems = Vec::new();
     for step in 2..=7 {
         let site = Site::new();
-        problems.extend(kill_during_upgrade(&site, &boundary(step)));
+        problems.extend(kill_during_upgrade(
+            &site,
+            &boundary(step),
+            Upgrader::Supervisor,
+        ));
+    }
+    // A standalone upgrade is the command itself: kill it where it runs
+    // other processes (the new daemon's migrate, then the new daemon).
+    for step in [5, 7] {
+        let site = Site::new();
+        problems.extend(kill_during_upgrade(
+            &site,
+            &boundary(step),
+            Upgrader::Standalone,
+        ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
@@ -1352,8 +1395,10 @@ fn kill_9_inside_steps_3_to_7() {
         },
         KillPoint {
             what: "kill just after the switch (step 4)".into(),
-            now: Box::new(|s, _| s == 4),
-            delay: Duration::from_millis(1),
+            now: Box::new(|s, d| {
+                s >= 4 && fs::read_link(d.current()).is_ok_and(|t| t.ends_with(B_VERSION))
+            }),
+            delay: Duration::ZERO,
         },
         KillPoint {
             what: "kill while the new daemon backs up before migrating (step 5)".into(),
@@ -1384,7 +1429,7 @@ fn kill_9_inside_steps_3_to_7() {
             big_db: true,
             ..Setup::default()
         });
-        problems.extend(kill_during_upgrade(&site, point));
+        problems.extend(kill_during_upgrade(&site, point, Upgrader::Supervisor));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
@@ -1581,7 +1626,7 @@ fn two_concurrent_upgrades_the_second_is_refused() {
     supervisor.stop(&site);
     let (mut first, out, err) =
         spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
-    // Step 3 (backing up 55 MB) leaves time; no daemon answers then.
+    // Step 3 (backing up 100 MB) leaves time; no daemon answers then.
     wait_for_journal(&site, 3, &mut first);
     let (second, report) = site.upgrade_json(&[]);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
