@@ -45,6 +45,19 @@ impl Notifier {
     }
 
     /// How often to send `WATCHDOG=1`, if systemd asked for it.
+    /// A second handle on the same socket, for a thread that feeds the
+    /// watchdog while the event loop is busy (an upgrade blocks it at times).
+    pub fn try_clone(&self) -> Option<Self> {
+        let target = match &self.target {
+            Some((socket, addr)) => Some((socket.try_clone().ok()?, addr.clone())),
+            None => None,
+        };
+        Some(Self {
+            target,
+            watchdog: self.watchdog,
+        })
+    }
+
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }

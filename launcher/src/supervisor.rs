@@ -405,7 +405,13 @@ impl Supervisor {
     /// the retry time is returned.
     async fn launch_daemon(&mut self) -> Option<tokio::time::Instant> {
         self.state = State::Starting;
-        match self.spawn_daemon().await {
+        // A daemon already running is adopted, not replaced: at start, the
+        // recovery of an interrupted upgrade may have started the old one.
+        let spawned = match self.daemon.take() {
+            Some(daemon) => Ok(daemon),
+            None => self.spawn_daemon().await,
+        };
+        match spawned {
             Ok(daemon) => {
                 self.daemon = Some(daemon);
                 self.state = State::Running;
@@ -521,7 +527,10 @@ impl Supervisor {
     /// Hello, then ready, then a healthy `/health` reporting the same version.
     async fn await_ready(&self, daemon: &mut Daemon) -> Result<(), String> {
         let health_timeout = Duration::from_secs(self.config.update.health_timeout);
-        match recv_or_exit(daemon, HELLO_TIMEOUT).await? {
+        // `health_timeout` bounds the whole start (hello, ready, healthy): it
+        // is the time a new daemon has to become healthy (SPEC §3).
+        let deadline = Instant::now() + health_timeout;
+        match recv_or_exit(daemon, HELLO_TIMEOUT.min(health_timeout)).await? {
             FromDaemon::Hello {
                 protocol, version, ..
             } if protocol == control::PROTOCOL_VERSION => {
@@ -541,7 +550,8 @@ impl Supervisor {
         }
         // Readiness can include a migration at start; it is bounded by the health timeout.
         loop {
-            match recv_or_exit(daemon, health_timeout).await? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match recv_or_exit(daemon, left).await? {
                 FromDaemon::Ready { schema_version } => {
                     daemon.schema_version = schema_version;
                     break;
@@ -552,7 +562,6 @@ impl Supervisor {
                 _ => {}
             }
         }
-        let deadline = Instant::now() + health_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match probe::health(self.health_addr, left.min(Duration::from_secs(2))).await {
@@ -659,6 +668,10 @@ impl Supervisor {
             let _ = progress_frames.send(Response::Progress(p));
         };
         let (dir, config) = (self.dir.clone(), self.config.clone());
+        // The engine blocks this event loop at times (copies, hashing, the
+        // new daemon's migrate): systemd's watchdog is fed from a thread
+        // meanwhile, or it would kill the launcher mid-upgrade.
+        let pinger = WatchdogPinger::start(&self.notifier);
         let report = Engine {
             dir: &dir,
             config: &config,
@@ -668,6 +681,7 @@ impl Supervisor {
         }
         .run(request)
         .await;
+        drop(pinger);
         info!("upgrade: {:?}: {}", report.outcome, report.message);
         let _ = frames.send(Response::Upgrade(report));
         drop(frames);
@@ -709,6 +723,44 @@ impl Host for Supervisor {
         self.daemon = Some(daemon);
         self.state = State::Upgrading;
         Ok(())
+    }
+}
+
+/// Sends `WATCHDOG=1` from its own thread until dropped.
+struct WatchdogPinger {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WatchdogPinger {
+    fn start(notifier: &Notifier) -> Self {
+        let (Some(every), Some(notifier)) = (notifier.watchdog_interval(), notifier.try_clone())
+        else {
+            return Self {
+                stop: None,
+                thread: None,
+            };
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                notifier.notify("WATCHDOG=1");
+            }
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for WatchdogPinger {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

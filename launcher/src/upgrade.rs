@@ -594,7 +594,7 @@ fn prune_backups(dir: &DataDir, config: &Config) {
 /// Runs `<version dir>/waiaas-daemon <args> --data-dir <dir>`; its stderr is the error.
 fn daemon_command(version_dir: &Path, dir: &DataDir, args: &[&str]) -> StepResult<String> {
     let program = version_dir.join("waiaas-daemon");
-    let out = Command::new(&program)
+    let out = die_with_launcher(&mut Command::new(&program), libc::SIGKILL)
         .args(args)
         .arg("--data-dir")
         .arg(dir.root())
@@ -612,10 +612,32 @@ fn daemon_command(version_dir: &Path, dir: &DataDir, args: &[&str]) -> StepResul
     }
 }
 
+/// Makes the process `command` starts get `signal` when this launcher dies,
+/// even by SIGKILL, so that no `migrate`, `check` or daemon started by an
+/// upgrade outlives it and races the next launcher's recovery (which restores
+/// the database under it). PR_SET_PDEATHSIG follows the *thread* that forks:
+/// the launcher's runtimes are current-thread, so that is the main thread.
+fn die_with_launcher(command: &mut Command, signal: libc::c_int) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the launcher died while starting it"));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The new binary's verdict on the database (`check --json`).
 fn check(version_dir: &Path, dir: &DataDir) -> StepResult<CompatReport> {
     let program = version_dir.join("waiaas-daemon");
-    let out = Command::new(&program)
+    let out = die_with_launcher(&mut Command::new(&program), libc::SIGKILL)
         .args(["check", "--json", "--data-dir"])
         .arg(dir.root())
         .output()
@@ -631,7 +653,7 @@ fn check(version_dir: &Path, dir: &DataDir) -> StepResult<CompatReport> {
 /// What `<version dir>/waiaas-daemon --version --json` says its version is.
 fn version_of(version_dir: &Path) -> StepResult<String> {
     let program = version_dir.join("waiaas-daemon");
-    let out = Command::new(&program)
+    let out = die_with_launcher(&mut Command::new(&program), libc::SIGKILL)
         .args(["--version", "--json"])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
@@ -720,7 +742,11 @@ impl Host for Standalone<'_> {
 
     async fn start_daemon(&mut self, version: &str) -> Result<(), String> {
         let program = self.dir.current().join("waiaas-daemon");
-        let mut child = tokio::process::Command::new(&program)
+        let mut command = Command::new(&program);
+        // A daemon started for the health check must not outlive a killed
+        // upgrade: it gets SIGTERM and shuts down gracefully.
+        die_with_launcher(&mut command, libc::SIGTERM);
+        let mut child = tokio::process::Command::from(command)
             .arg("serve")
             .arg("--data-dir")
             .arg(self.dir.root())

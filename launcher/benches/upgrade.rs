@@ -1,0 +1,1536 @@
+//! What an upgrade costs the people using WAIaaS, measured on two real builds
+//! (A = this workspace, 1.8.1; B = the same sources as 1.9.0 with a 17th
+//! migration, see `tests/support/builds.rs`), packed and signed like releases
+//! with a throwaway key, served by a registry on 127.0.0.1, installed with the
+//! real `init`, on a database of realistic size:
+//!
+//! 1. upgrade under load — `waiaas-launcher upgrade` (A → B, through a running
+//!    supervisor) while 32 keep-alive clients send `GET /health` without pause:
+//!    requests, failures, latency, the command's time, and the window without
+//!    a serving daemon, seen from the supervisor's log and from the clients;
+//! 2. `--rollback` under load — the same for B → A;
+//! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, copy,
+//!    `quick_check`, sha256, fsync, manifest) against `cp` + `sync` of the same
+//!    1 GiB database on the same disk, 3 runs each, and the backup's parts.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo build --release --workspace
+//! cargo bench -p waiaas-launcher --bench upgrade
+//! ```
+//!
+//! Builds. By default both builds are release builds: A is `target/release`
+//! (the launcher `cargo bench` built, the daemon beside it), and B is built in
+//! release from the 1.9.0 source copy `builds.rs` keeps in `target/e2e/`
+//! (`CARGO_TARGET_DIR=target/e2e/target`, under the same `build.lock`; the
+//! first build takes minutes, later ones are incremental).
+//! `WAIAAS_BENCH_PAIR=debug` uses debug builds for both instead: A is
+//! `target/debug` (run `cargo build --workspace` first) and B is `builds.rs`'s
+//! own debug build. The supervisor and every command are A's launcher.
+//!
+//! Settings: `WAIAAS_BENCH_PAIR` (`release` or `debug`), `WAIAAS_BENCH_DB_MB`
+//! (default 1024) is the database size of section 3.
+//!
+//! Prints readable lines, then one line of JSON with every figure. Every wait
+//! is bounded; the supervisor, its daemon and the registry are stopped and
+//! every file is removed when their owners are dropped, also on a panic.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "../tests/support/builds.rs"]
+mod builds;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Value, json};
+
+use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release};
+use support::registry::Registry;
+use support::{free_port, hermetic, run};
+use waiaas_packaging::Packed;
+use waiaas_shared::admin::{Envelope, Request, Response, Status};
+use waiaas_shared::backup::{self, Kind};
+use waiaas_shared::control::PROTOCOL_VERSION;
+use waiaas_shared::fsutil::sha256_file;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
+
+/// The installation's database for sections 1 and 2.
+const WALLETS: usize = 10_000;
+const AUDIT_ROWS: usize = 200_000;
+const LOAD_CLIENTS: usize = 32;
+/// Load before the command and after it.
+const LOAD_PAUSE: Duration = Duration::from_secs(2);
+/// A hard end for the load clients, whatever happens to the command.
+const LOAD_DEADLINE: Duration = Duration::from_secs(600);
+/// Each client's timeout per request: generous, so a request that waits in
+/// the listen backlog while no daemon runs counts as slow, not failed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests recorded per client at most (memory bound).
+const PER_CLIENT_CAP: usize = 2_000_000;
+/// Longest one `upgrade` command may take before it is killed.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Section 3.
+const BACKUP_RUNS: usize = 3;
+const DB_MB_DEFAULT: u64 = 1024;
+const DB_MB_MAX: u64 = 32 * 1024;
+/// Rows added to `audit_log` per statement while filling section 3's database.
+const FILL_BATCH_ROWS: u64 = 32_768;
+/// The longest B's release build may take (a first build on a busy machine).
+const RELEASE_BUILD_TIMEOUT: Duration = Duration::from_secs(2400);
+
+fn main() {
+    let began = Instant::now();
+    let profile = profile();
+    let db_mb = db_mb();
+    println!("waiaas-launcher upgrade bench");
+    println!(
+        "  cpus {}, load average {} (other work on the machine skews every figure)",
+        cpus(),
+        loadavg()
+    );
+    let pair = Pair::prepare(profile);
+    println!(
+        "  build pair: {} — A {} (schema {A_SCHEMA}) in {}, B {B_VERSION} (schema {B_SCHEMA}) in {}",
+        profile.name(),
+        builds::a_version(),
+        pair.a_bin.display(),
+        pair.b_bin.display()
+    );
+    if let Some(took) = pair.b_build {
+        println!("  B's {} build took {:.1} s", profile.name(), took);
+    }
+
+    let work = tempfile::tempdir().expect("a temp dir");
+    let releases = Releases::pack(work.path(), &pair);
+    let site = Site::new(work.path(), &releases);
+    println!(
+        "  install {} (port {}), registry {}",
+        site.dir.root().display(),
+        site.port,
+        site.registry.url()
+    );
+    let database = site.seed();
+    println!(
+        "  database: {WALLETS} wallets, {AUDIT_ROWS} audit_log rows (~0.35 KiB JSON details each): {} after a WAL checkpoint, made in {:.1} s",
+        mib(database.bytes),
+        database.seconds
+    );
+    println!();
+
+    let mut loads = vec![loadavg()];
+    let mut supervisor = Supervisor::start(&site);
+    let status = supervisor.wait_healthy();
+    println!(
+        "  supervisor pid {}, daemon {} pid {} healthy",
+        supervisor.pid(),
+        status.daemon.as_ref().map_or("?", |d| d.version.as_str()),
+        status.daemon.as_ref().map_or(0, |d| d.pid)
+    );
+    println!();
+    let upgrade = under_load(
+        &site,
+        &mut supervisor,
+        "1. upgrade under load",
+        &["upgrade"],
+        B_VERSION,
+    );
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[1]);
+    let rollback = under_load(
+        &site,
+        &mut supervisor,
+        "2. --rollback under load",
+        &["upgrade", "--rollback"],
+        builds::a_version(),
+    );
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[2]);
+    supervisor.stop();
+    drop(supervisor);
+
+    let backup = backup_vs_cp(work.path(), &pair.a_bin.join("waiaas-daemon"), db_mb);
+    loads.push(loadavg());
+    println!("  load average {}\n", loads[3]);
+
+    drop(site);
+    drop(releases);
+    drop(work);
+    let total = began.elapsed();
+    println!("total bench time {:.1} s", total.as_secs_f64());
+    let summary = json!({
+        "bench": "waiaas-launcher upgrade",
+        "pair": profile.name(),
+        "a": {"version": builds::a_version(), "bin": pair.a_bin, "schema": A_SCHEMA},
+        "b": {"version": B_VERSION, "bin": pair.b_bin, "schema": B_SCHEMA, "build_s": pair.b_build.map(round1)},
+        "cpus": cpus(),
+        "loadavg_before_and_after_each_section": loads,
+        "database": {
+            "wallets": WALLETS,
+            "audit_rows": AUDIT_ROWS,
+            "bytes": database.bytes,
+            "made_s": round1(database.seconds),
+        },
+        "upgrade_under_load": upgrade,
+        "rollback_under_load": rollback,
+        "backup_vs_cp": backup,
+        "total_s": round1(total.as_secs_f64()),
+    });
+    println!("{summary}");
+}
+
+fn db_mb() -> u64 {
+    match std::env::var("WAIAAS_BENCH_DB_MB") {
+        Err(_) => DB_MB_DEFAULT,
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(mb) if (1..=DB_MB_MAX).contains(&mb) => mb,
+            _ => {
+                eprintln!("WAIAAS_BENCH_DB_MB must be whole MiB, 1..={DB_MB_MAX}, not {text:?}");
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+// ---------------------------------------------------------------------------
+// The two builds
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Release,
+    Debug,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
+}
+
+fn profile() -> Profile {
+    match std::env::var("WAIAAS_BENCH_PAIR").as_deref() {
+        Err(_) | Ok("release") => Profile::Release,
+        Ok("debug") => Profile::Debug,
+        Ok(other) => {
+            eprintln!("WAIAAS_BENCH_PAIR must be `release` or `debug`, not {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Where the binaries of A and B are.
+struct Pair {
+    a_bin: PathBuf,
+    b_bin: PathBuf,
+    /// Seconds B's build took in this process.
+    b_build: Option<f64>,
+}
+
+impl Pair {
+    fn prepare(profile: Profile) -> Self {
+        let a_bin = match profile {
+            Profile::Release => Path::new(support::LAUNCHER)
+                .parent()
+                .expect("the launcher has a folder")
+                .to_path_buf(),
+            Profile::Debug => builds::repo_root().join("target").join("debug"),
+        };
+        for name in ["waiaas-launcher", "waiaas-daemon"] {
+            if !a_bin.join(name).is_file() {
+                eprintln!(
+                    "waiaas-launcher upgrade bench: {} is missing. Build A first:\n\n    {}\n    cargo bench -p waiaas-launcher --bench upgrade\n",
+                    a_bin.join(name).display(),
+                    match profile {
+                        Profile::Release => "cargo build --release --workspace",
+                        Profile::Debug => "cargo build --workspace",
+                    }
+                );
+                std::process::exit(2);
+            }
+        }
+        expect_version(&a_bin, builds::a_version(), A_SCHEMA).unwrap_or_else(|e| {
+            eprintln!("waiaas-launcher upgrade bench: build A: {e}");
+            std::process::exit(2);
+        });
+        println!(
+            "  building B ({B_VERSION}, {}); the debug build also syncs its source copy",
+            profile.name()
+        );
+        // The debug build syncs target/e2e/src-1.9.0 with this workspace.
+        let debug_b = builds::b_bin_dir().to_path_buf();
+        let (b_bin, b_build) = match profile {
+            Profile::Debug => (debug_b, builds::b_build_time().map(|d| d.as_secs_f64())),
+            Profile::Release => {
+                let started = Instant::now();
+                let bin = build_b_release().unwrap_or_else(|e| panic!("B's release build: {e}"));
+                (bin, Some(started.elapsed().as_secs_f64()))
+            }
+        };
+        Self {
+            a_bin,
+            b_bin,
+            b_build,
+        }
+    }
+}
+
+/// `bin/waiaas-daemon --version --json` reports `version` and `schema`.
+fn expect_version(bin: &Path, version: &str, schema: u32) -> Result<(), String> {
+    let daemon = bin.join("waiaas-daemon");
+    let out = Command::new(&daemon)
+        .args(["--version", "--json"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", daemon.display()))?;
+    let info: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} --version --json: {e}", daemon.display()))?;
+    if info["version"] != version || info["schema_version"] != schema {
+        return Err(format!(
+            "{} reports {info}, expected {version} with schema {schema}",
+            daemon.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Builds B in release from the source copy `builds::b_bin_dir` has just
+/// synced, in the same target dir and under the same lock.
+fn build_b_release() -> Result<PathBuf, String> {
+    let e2e = builds::e2e_dir();
+    let lock_path = e2e.join("build.lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
+    let src = e2e.join(format!("src-{B_VERSION}"));
+    let target = e2e.join("target");
+    let log_path = e2e.join(format!("build-release-{B_VERSION}.log"));
+    let log = File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    // `cargo bench` sets variables describing this package; none may reach B's build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        let ours = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name.as_str(),
+                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_TARGET_DIR"
+            );
+        if ours {
+            command.env_remove(&name);
+        }
+    }
+    let started = Instant::now();
+    let mut child = command
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "waiaas-daemon",
+            "-p",
+            "waiaas-launcher",
+        ])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if started.elapsed() > RELEASE_BUILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "cargo build --release did not finish within {RELEASE_BUILD_TIMEOUT:?}; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !status.success() {
+        let output = fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = output.lines().collect();
+        return Err(format!(
+            "`cargo build --release` in {} {status}:\n{}",
+            src.display(),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        ));
+    }
+    let bin = target.join("release");
+    expect_version(&bin, B_VERSION, B_SCHEMA)?;
+    Ok(bin)
+}
+
+// ---------------------------------------------------------------------------
+// Releases and the installation
+
+/// A and B packed and signed with a throwaway key.
+struct Releases {
+    key: Key,
+    /// A snapshot of A's binaries with A's signed `release.json` beside them,
+    /// as a release package holds them: `init`, the supervisor and every
+    /// command run from here.
+    a_bin: PathBuf,
+    a: Packed,
+    b: Packed,
+}
+
+impl Releases {
+    fn pack(work: &Path, pair: &Pair) -> Self {
+        let started = Instant::now();
+        let dir = work.join("packs");
+        fs::create_dir_all(&dir).unwrap();
+        let key = builds::generate_key(&dir.join("key"));
+        let a_bin = builds::copy_bin_dir(&pair.a_bin, &dir.join("a-bin"));
+        let b_bin = builds::copy_bin_dir(&pair.b_bin, &dir.join("b-bin"));
+        let a = pack_release(&a_bin, &dir.join("a"), &key);
+        let b = pack_release(&b_bin, &dir.join("b"), &key);
+        assert_eq!(a.manifest.version, builds::a_version());
+        assert_eq!(b.manifest.version, B_VERSION);
+        for (name, contents) in release_files(&a) {
+            fs::write(a_bin.join(name), contents).unwrap();
+        }
+        println!(
+            "  packed and signed A and B in {:.1} s (platform packages {} and {})",
+            started.elapsed().as_secs_f64(),
+            mib(file_len(&a.platform_tarball)),
+            mib(file_len(&b.platform_tarball))
+        );
+        Self { key, a_bin, a, b }
+    }
+
+    fn launcher(&self) -> PathBuf {
+        self.a_bin.join("waiaas-launcher")
+    }
+}
+
+/// `release.json` and its signature out of a packed platform tarball.
+fn release_files(packed: &Packed) -> Vec<(&'static str, Vec<u8>)> {
+    let entries = waiaas_packaging::read_package_tarball(&packed.platform_tarball).unwrap();
+    let find = |path: &str| {
+        entries
+            .iter()
+            .find_map(|e| match &e.kind {
+                waiaas_packaging::EntryKind::File { contents, .. } if e.path == path => {
+                    Some(contents.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{path} is not in the package"))
+    };
+    vec![
+        ("release.json", find("package/release.json")),
+        ("release.json.minisig", find("package/release.json.minisig")),
+    ]
+}
+
+/// An installation of A, initialised by A's `init`, whose config points at a
+/// registry on 127.0.0.1 offering A and B.
+struct Site {
+    home: PathBuf,
+    dir: DataDir,
+    port: u16,
+    launcher: PathBuf,
+    registry: Registry,
+}
+
+struct Database {
+    bytes: u64,
+    seconds: f64,
+}
+
+impl Site {
+    fn new(work: &Path, r: &Releases) -> Self {
+        let home = work.join("site");
+        fs::create_dir_all(&home).unwrap();
+        let dir = DataDir::new(home.join("waiaas"));
+        let init = run(hermetic(Command::new(r.launcher()), &home)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(dir.root()));
+        assert!(init.status.success(), "init failed: {init:?}");
+
+        let registry = Registry::start();
+        let target = this_target().expect("a shipped target");
+        for (packed, version) in [(&r.a, builds::a_version()), (&r.b, B_VERSION)] {
+            registry.publish(CLI_PACKAGE, version, fs::read(&packed.cli_tarball).unwrap());
+            registry.publish_with_integrity(
+                &platform_package(target),
+                version,
+                fs::read(&packed.platform_tarball).unwrap(),
+                &packed.platform_integrity,
+            );
+        }
+        let port = free_port();
+        fs::write(
+            dir.config(),
+            format!(
+                "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n\n\
+                 [update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+                registry.url(),
+                r.key.public
+            ),
+        )
+        .unwrap();
+        Self {
+            home,
+            dir,
+            port,
+            launcher: r.launcher(),
+            registry,
+        }
+    }
+
+    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic, A's launcher.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = hermetic(Command::new(&self.launcher), &self.home);
+        command.args(args).arg("--data-dir").arg(self.dir.root());
+        command
+    }
+
+    fn current(&self) -> Option<String> {
+        fs::read_link(self.dir.current())
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    /// The folders in `backups/`, by name.
+    fn backups(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.backups())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Creates the database with the installed daemon's `migrate`, then fills
+    /// it with [`WALLETS`] wallets and [`AUDIT_ROWS`] audit entries.
+    fn seed(&self) -> Database {
+        let started = Instant::now();
+        let migrate = run(hermetic(
+            Command::new(self.dir.current().join("waiaas-daemon")),
+            &self.home,
+        )
+        .args(["migrate", "--data-dir"])
+        .arg(self.dir.root()));
+        assert!(migrate.status.success(), "migrate: {migrate:?}");
+        let conn = Connection::open(self.dir.database()).unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {WALLETS})
+             INSERT INTO wallets (id, name, chain, network, public_key, owner_address, status,
+                                  created_at, updated_at)
+             SELECT lower(hex(randomblob(16))), printf('wallet-%05d', i),
+                    CASE i % 3 WHEN 0 THEN 'ethereum' ELSE 'solana' END,
+                    CASE i % 3 WHEN 0 THEN 'sepolia' ELSE 'devnet' END,
+                    lower(hex(randomblob(32))),
+                    CASE WHEN i % 4 = 0 THEN '0x' || lower(hex(randomblob(20))) END,
+                    CASE WHEN i % 50 = 0 THEN 'SUSPENDED' ELSE 'ACTIVE' END,
+                    1700000000 + i, 1700000000 + i
+             FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {AUDIT_ROWS})
+             INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details, severity)
+             SELECT 1700000000 + i * 30,
+                    CASE i % 10 WHEN 0 THEN 'WALLET_CREATED' WHEN 1 THEN 'SESSION_CREATED'
+                                WHEN 2 THEN 'TX_FAILED' WHEN 3 THEN 'POLICY_DENIED'
+                                ELSE 'TX_SUBMITTED' END,
+                    CASE i % 7 WHEN 0 THEN 'master' ELSE 'session:' || lower(hex(randomblob(8))) END,
+                    (SELECT id FROM wallets WHERE rowid = 1 + i % {WALLETS}),
+                    json_object('txId', lower(hex(randomblob(16))),
+                                'to', lower(hex(randomblob(32))),
+                                'amount', abs(random() % 1000000000),
+                                'memo', lower(hex(randomblob(96)))),
+                    CASE i % 10 WHEN 2 THEN 'warning' WHEN 3 THEN 'warning' ELSE 'info' END
+             FROM n;
+             COMMIT;"
+        ))
+        .expect("fill the database");
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        Database {
+            bytes: file_len(&self.dir.database()),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The supervisor as a process
+
+/// A `waiaas-launcher run` in the background; stopped on drop.
+struct Supervisor {
+    child: Option<Child>,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Supervisor {
+    fn start(site: &Site) -> Self {
+        let log = site.home.join("launcher.stderr");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the launcher's log");
+        let child = site
+            .command(&["run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn waiaas-launcher run");
+        Self {
+            child: Some(child),
+            log,
+            socket: site.dir.launcher_socket(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// The log from byte `offset` on.
+    fn log_since(&self, offset: u64) -> String {
+        let bytes = fs::read(&self.log).unwrap_or_default();
+        let from = (offset as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = self.log_since(0);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn assert_alive(&mut self, what: &str) {
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(exit) = exited {
+            panic!(
+                "the supervisor exited ({exit}) during {what}:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    fn status(&self) -> Option<Status> {
+        let mut stream = UnixStream::connect(&self.socket).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .ok()?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        let envelope = Envelope {
+            protocol: PROTOCOL_VERSION,
+            request: Request::Status,
+        };
+        let mut frame = serde_json::to_vec(&envelope).ok()?;
+        frame.push(b'\n');
+        stream.write_all(&frame).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream.take(1 << 20))
+            .read_line(&mut line)
+            .ok()?;
+        match serde_json::from_str(&line).ok()? {
+            Response::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    fn wait_healthy(&mut self) -> Status {
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            if let Some(status) = self.status()
+                && healthy(&status)
+            {
+                return status;
+            }
+            self.assert_alive("start-up");
+            assert!(
+                Instant::now() < deadline,
+                "no healthy daemon within {HEALTHY_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM (the supervisor stops its daemon gracefully), SIGKILL if it
+    /// has not exited within 30 s; the daemon dies with it either way.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: kill(2) on the supervisor this bench started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn healthy(status: &Status) -> bool {
+    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
+}
+
+// ---------------------------------------------------------------------------
+// 1 and 2. A command under load
+
+/// What one load client saw; times are microseconds since the load began.
+#[derive(Default)]
+struct ClientLog {
+    /// When each successful request completed.
+    done_us: Vec<u64>,
+    /// Every request, successful or not: (completed at, took).
+    requests: Vec<(u64, u64)>,
+    failed: u64,
+    /// The first failures: (completed at, took, error).
+    errors: Vec<(u64, u64, String)>,
+}
+
+/// A line some process wrote, with when the bench saw it (µs since origin).
+#[derive(Debug, Clone)]
+struct Seen {
+    at_us: i64,
+    line: String,
+}
+
+/// The supervisor's (and its daemons') log lines of one command, on the
+/// bench's clock.
+struct LogEvents {
+    /// `upgrade step N/M` lines: (N, at).
+    steps: Vec<(u8, i64, String)>,
+    /// The old daemon was told to stop ("…: stopping; finishing in-flight requests").
+    old_stopping: Option<i64>,
+    /// The supervisor reaped the old daemon ("daemon exited …").
+    old_exited: Option<i64>,
+    /// The new daemon listens ("ready: listening …").
+    new_listening: Option<i64>,
+    /// The engine's report ("upgrade: Upgraded: …"): step 7 done.
+    done: Option<i64>,
+    lines: Vec<String>,
+}
+
+fn under_load(
+    site: &Site,
+    supervisor: &mut Supervisor,
+    title: &str,
+    args: &[&str],
+    expect: &str,
+) -> Value {
+    println!(
+        "== {title}: `waiaas-launcher {}` ({} → {expect}) with {LOAD_CLIENTS} keep-alive clients on GET /health ==",
+        args.join(" "),
+        site.current().unwrap_or_default()
+    );
+    let before = supervisor.status();
+    let before_pid = before
+        .as_ref()
+        .and_then(|s| s.daemon.as_ref())
+        .map(|d| d.pid);
+    let url = format!("http://127.0.0.1:{}/health", site.port);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
+    let origin_unix_us = unix_us(SystemTime::now());
+    let deadline = origin + LOAD_DEADLINE;
+    let clients: Vec<_> = (0..LOAD_CLIENTS)
+        .map(|_| runtime.spawn(load_client(url.clone(), stop.clone(), origin, deadline)))
+        .collect();
+    std::thread::sleep(LOAD_PAUSE);
+
+    let log_offset = supervisor.log_len();
+    let start_us = micros(origin.elapsed());
+    let outcome = run_timed(site.command(args), origin, UPGRADE_TIMEOUT);
+    let end_us = outcome.end_us;
+    supervisor.assert_alive(title);
+    std::thread::sleep(LOAD_PAUSE);
+    stop.store(true, Ordering::Relaxed);
+    let logs: Vec<ClientLog> = runtime.block_on(async {
+        let mut logs = Vec::new();
+        for client in clients {
+            logs.push(client.await.unwrap_or_default());
+        }
+        logs
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let ran = origin.elapsed();
+    let after = supervisor.status();
+    let after_daemon = after.as_ref().and_then(|s| s.daemon.clone());
+    let events = log_events(&supervisor.log_since(log_offset), origin_unix_us);
+
+    // The clients' figures.
+    let requests: Vec<(u64, u64)> = logs
+        .iter()
+        .flat_map(|l| l.requests.iter().copied())
+        .collect();
+    let mut latencies: Vec<u64> = requests.iter().map(|&(_, took)| took).collect();
+    latencies.sort_unstable();
+    let mut done: Vec<u64> = logs
+        .iter()
+        .flat_map(|l| l.done_us.iter().copied())
+        .collect();
+    done.sort_unstable();
+    let sent = latencies.len() as u64;
+    let failed: u64 = logs.iter().map(|l| l.failed).sum();
+    let mut errors: Vec<&(u64, u64, String)> = logs.iter().flat_map(|l| l.errors.iter()).collect();
+    errors.sort_by_key(|e| e.0);
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    let p999 = percentile(&latencies, 0.999);
+    let worst = latencies.last().copied().unwrap_or(0);
+    let worst_request = requests.iter().max_by_key(|&&(_, took)| took).copied();
+    let overlaps = |&(done, took): &(u64, u64)| done >= start_us && done - took <= end_us;
+    let mut steady: Vec<u64> = requests
+        .iter()
+        .filter(|r| !overlaps(r))
+        .map(|&(_, took)| took)
+        .collect();
+    steady.sort_unstable();
+    let during = requests.len() - steady.len();
+    let (gap, gap_from, gap_to) = longest_gap(&done, start_us, end_us);
+
+    // The command's own view: when each `[n/M]` progress line arrived.
+    let progress: Vec<(u8, i64)> = outcome
+        .stderr
+        .iter()
+        .filter_map(|s| {
+            let rest = s.line.strip_prefix('[')?;
+            let (n, _) = rest.split_once('/')?;
+            Some((n.parse().ok()?, s.at_us))
+        })
+        .collect();
+    let of = outcome
+        .stderr
+        .iter()
+        .find_map(|s| {
+            let rest = s.line.strip_prefix('[')?;
+            let (_, rest) = rest.split_once('/')?;
+            rest.split_once(']')?.0.parse::<u8>().ok()
+        })
+        .unwrap_or(0);
+    let command_step2 = progress.iter().find(|(n, _)| *n == 2).map(|&(_, t)| t);
+    let command_window = command_step2.map(|t| end_us as i64 - t);
+
+    let ok = outcome.status.as_ref().is_some_and(|s| s.success());
+    println!(
+        "  command: {:.0} ms in all{}, {}; its output, timed as it arrived:",
+        (end_us - start_us) as f64 / 1000.0,
+        if ok { "" } else { " — FAILED" },
+        outcome
+            .status
+            .map_or("killed (timeout)".to_string(), |s| s.to_string())
+    );
+    let mut output: Vec<&Seen> = outcome.stdout.iter().chain(outcome.stderr.iter()).collect();
+    output.sort_by_key(|s| s.at_us);
+    for s in output {
+        println!(
+            "    +{:>7.1} ms  {}",
+            (s.at_us - start_us as i64) as f64 / 1000.0,
+            s.line
+        );
+    }
+
+    // Step durations, from the supervisor's log (its own clock).
+    let mut step_ms = BTreeMap::new();
+    for (i, (n, at, _)) in events.steps.iter().enumerate() {
+        let next = events
+            .steps
+            .get(i + 1)
+            .map(|s| s.1)
+            .or(events.done)
+            .unwrap_or(*at);
+        step_ms.insert(n.to_string(), round1((next - at) as f64 / 1000.0));
+    }
+    let step2 = events.steps.iter().find(|s| s.0 == 2).map(|s| s.1);
+    let window = match (step2, events.done) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    let no_daemon = match (events.old_exited, events.new_listening) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    let not_accepting = match (events.old_stopping, events.new_listening) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    println!(
+        "  steps (supervisor log): {}",
+        events
+            .steps
+            .iter()
+            .map(|(n, _, name)| format!("{n}/{of} {name} {} ms", step_ms[&n.to_string()]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // How late each progress line reached the command, against the
+    // supervisor's log line for the same step.
+    let lag = progress
+        .iter()
+        .filter_map(|&(n, seen)| {
+            let logged = events.steps.iter().find(|s| s.0 == n)?.1;
+            Some((seen - logged, n))
+        })
+        .max();
+    if let Some((lag, n)) = lag {
+        println!(
+            "  progress lag (the command's [n/{of}] line vs the supervisor's log line): worst {:.1} ms, at step {n}",
+            lag as f64 / 1000.0
+        );
+    }
+    println!(
+        "  window step 2 start → step {of} done: {} (supervisor log); {} (as the command saw its progress: [2/{of}] line → exit)",
+        fmt_ms(window),
+        fmt_ms(command_window)
+    );
+    println!(
+        "  old daemon exited → new daemon listening: {}; old daemon stopped accepting → new listening: {}",
+        fmt_ms(no_daemon),
+        fmt_ms(not_accepting)
+    );
+    println!(
+        "  clients: longest interval with no completed request during the command: {:.1} ms (t={:.1}..{:.1} ms after the command began)",
+        gap as f64 / 1000.0,
+        gap_from.saturating_sub(start_us) as f64 / 1000.0,
+        gap_to.saturating_sub(start_us) as f64 / 1000.0
+    );
+    println!(
+        "  {sent} requests in {:.1} s ({:.0}/s), {failed} failed (target 0)",
+        ran.as_secs_f64(),
+        sent as f64 / ran.as_secs_f64()
+    );
+    for (at, took, e) in errors.iter().take(8) {
+        println!(
+            "    failure at t={:.1} ms after the command began, after {:.1} ms: {e}",
+            (*at as i64 - start_us as i64) as f64 / 1000.0,
+            *took as f64 / 1000.0
+        );
+    }
+    println!(
+        "  latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.1} ms, worst {:.1} ms",
+        p50 as f64 / 1000.0,
+        p99 as f64 / 1000.0,
+        p999 as f64 / 1000.0,
+        worst as f64 / 1000.0
+    );
+    if let Some((done_at, took)) = worst_request {
+        println!(
+            "  the worst request ran from t={:.1} to t={:.1} ms after the command began",
+            (done_at as i64 - took as i64 - start_us as i64) as f64 / 1000.0,
+            (done_at as i64 - start_us as i64) as f64 / 1000.0
+        );
+    }
+    println!(
+        "  {during} requests overlapped the command; the other {}: p99 {:.2} ms, worst {:.1} ms",
+        steady.len(),
+        percentile(&steady, 0.99) as f64 / 1000.0,
+        steady.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    let replaced = after_daemon
+        .as_ref()
+        .is_some_and(|d| d.version == expect && d.healthy && Some(d.pid) != before_pid);
+    println!(
+        "  after: current → {}, supervisor {} with daemon {} pid {} healthy {}{}",
+        site.current().unwrap_or_default(),
+        after.as_ref().map_or("?", |s| s.state.as_str()),
+        after_daemon.as_ref().map_or("?", |d| d.version.as_str()),
+        after_daemon.as_ref().map_or(0, |d| d.pid),
+        after_daemon.as_ref().is_some_and(|d| d.healthy),
+        if replaced {
+            ""
+        } else {
+            " — NOT the expected state"
+        }
+    );
+    let backups = site.backups();
+    println!("  backups/ afterwards: {}", backups.join(", "));
+    if !ok || !replaced {
+        println!("  supervisor log of the command:");
+        for line in &events.lines {
+            println!("    {line}");
+        }
+    }
+    let to_ms = |t: Option<i64>| t.map(|t| round1((t - start_us as i64) as f64 / 1000.0));
+
+    json!({
+        "command": args.join(" "),
+        "ok": ok,
+        "expected_state": replaced,
+        "command_ms": round1((end_us - start_us) as f64 / 1000.0),
+        "window_step2_to_done_ms": window.map(|w| round1(w as f64 / 1000.0)),
+        "window_step2_to_done_command_view_ms": command_window.map(|w| round1(w as f64 / 1000.0)),
+        "old_exited_to_new_listening_ms": no_daemon.map(|w| round1(w as f64 / 1000.0)),
+        "old_stopping_to_new_listening_ms": not_accepting.map(|w| round1(w as f64 / 1000.0)),
+        "client_longest_no_completion_ms": round1(gap as f64 / 1000.0),
+        "step_ms": step_ms,
+        "progress_lag_worst_ms": lag.map(|(lag, _)| round1(lag as f64 / 1000.0)),
+        "progress_lag_worst_step": lag.map(|(_, n)| n),
+        "events_ms_after_command_start": {
+            "step2": to_ms(step2),
+            "old_stopping": to_ms(events.old_stopping),
+            "old_exited": to_ms(events.old_exited),
+            "new_listening": to_ms(events.new_listening),
+            "done": to_ms(events.done),
+        },
+        "clients": LOAD_CLIENTS,
+        "seconds": round1(ran.as_secs_f64()),
+        "sent": sent,
+        "failed": failed,
+        "errors": errors.iter().take(8).map(|(at, took, e)| json!({
+            "at_ms": round1((*at as i64 - start_us as i64) as f64 / 1000.0),
+            "took_ms": round1(*took as f64 / 1000.0),
+            "error": e,
+        })).collect::<Vec<_>>(),
+        "p50_ms": round3(p50 as f64 / 1000.0),
+        "p99_ms": round3(p99 as f64 / 1000.0),
+        "p999_ms": round1(p999 as f64 / 1000.0),
+        "worst_ms": round1(worst as f64 / 1000.0),
+        "overlapping_the_command": during,
+        "outside_the_command": {
+            "requests": steady.len(),
+            "p99_ms": round3(percentile(&steady, 0.99) as f64 / 1000.0),
+            "worst_ms": round1(steady.last().copied().unwrap_or(0) as f64 / 1000.0),
+        },
+        "after": {
+            "backups": backups,
+            "current": site.current(),
+            "daemon_version": after_daemon.as_ref().map(|d| d.version.clone()),
+            "daemon_schema": after_daemon.as_ref().map(|d| d.schema_version),
+            "healthy": after_daemon.as_ref().is_some_and(|d| d.healthy),
+        },
+    })
+}
+
+/// Sends `GET /health` on one keep-alive client until told to stop.
+async fn load_client(
+    url: String,
+    stop: Arc<AtomicBool>,
+    origin: Instant,
+    deadline: Instant,
+) -> ClientLog {
+    let mut log = ClientLog::default();
+    let client = reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .expect("an HTTP client");
+    while !stop.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+        && log.requests.len() < PER_CLIENT_CAP
+    {
+        let sent = Instant::now();
+        let outcome = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                r.bytes().await.map(drop).map_err(|e| format!("{e:?}"))
+            }
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        let now = Instant::now();
+        let (at, took) = (micros(now - origin), micros(now - sent));
+        log.requests.push((at, took));
+        match outcome {
+            Ok(()) => log.done_us.push(at),
+            Err(e) => {
+                log.failed += 1;
+                if log.errors.len() < 3 {
+                    log.errors.push((at, took, e));
+                }
+            }
+        }
+    }
+    log
+}
+
+/// A finished command with every line it wrote, timestamped as it arrived.
+struct Timed {
+    status: Option<std::process::ExitStatus>,
+    end_us: u64,
+    stdout: Vec<Seen>,
+    stderr: Vec<Seen>,
+}
+
+/// Runs `command`, reading its stdout and stderr line by line as they come;
+/// kills it after `timeout`.
+fn run_timed(mut command: Command, origin: Instant, timeout: Duration) -> Timed {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let reader = |pipe: Box<dyn Read + Send>| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let thread = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let at_us = micros(origin.elapsed()) as i64;
+                sink.lock().unwrap().push(Seen { at_us, line });
+            }
+        });
+        (seen, thread)
+    };
+    let (stdout, out_thread) = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let (stderr, err_thread) = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_micros(500)),
+            Err(e) => panic!("cannot wait for {command:?}: {e}"),
+        }
+    };
+    let end_us = micros(origin.elapsed());
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    let take = |seen: Arc<Mutex<Vec<Seen>>>| std::mem::take(&mut *seen.lock().unwrap());
+    Timed {
+        status,
+        end_us,
+        stdout: take(stdout),
+        stderr: take(stderr),
+    }
+}
+
+/// Finds the events of one command in the supervisor's log (which holds the
+/// daemons' lines too); timestamps are converted to the bench's clock.
+fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
+    let mut events = LogEvents {
+        steps: Vec::new(),
+        old_stopping: None,
+        old_exited: None,
+        new_listening: None,
+        done: None,
+        lines: Vec::new(),
+    };
+    for raw in text.lines() {
+        let line = strip_ansi(raw);
+        let Some(at) = line
+            .split_whitespace()
+            .next()
+            .and_then(parse_rfc3339_us)
+            .map(|t| t - origin_unix_us)
+        else {
+            events.lines.push(line);
+            continue;
+        };
+        if let Some(rest) = line.split("upgrade step ").nth(1) {
+            let n = rest.split('/').next().and_then(|n| n.parse::<u8>().ok());
+            let name = rest
+                .split_once(": ")
+                .map(|(_, r)| r.split(" — ").next().unwrap_or(r).to_string())
+                .unwrap_or_default();
+            if let Some(n) = n {
+                events.steps.push((n, at, name));
+            }
+        } else if line.contains("stopping; finishing in-flight requests") {
+            events.old_stopping.get_or_insert(at);
+        } else if line.contains("daemon exited") || line.contains("daemon was killed") {
+            events.old_exited.get_or_insert(at);
+        } else if line.contains("ready: listening") && events.old_exited.is_some() {
+            events.new_listening.get_or_insert(at);
+        } else if line.contains(": upgrade: ") {
+            events.done.get_or_insert(at);
+        }
+        events.lines.push(line);
+    }
+    events
+}
+
+/// Removes `ESC [ … m` colour sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `2025-11-26T07:19:53.123456Z` (any number of fraction digits) → µs since the epoch.
+fn parse_rfc3339_us(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut hms = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let digits: String = frac.chars().take(6).collect();
+    let micros = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10_i64.pow(6 - digits.len() as u32)
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + s) * 1_000_000) + micros)
+}
+
+/// The longest interval between consecutive completions (`done` sorted)
+/// that overlaps `[from, to]`: (length, start, end).
+fn longest_gap(done: &[u64], from: u64, to: u64) -> (u64, u64, u64) {
+    done.windows(2)
+        .filter(|w| w[1] >= from && w[0] <= to)
+        .map(|w| (w[1] - w[0], w[0], w[1]))
+        .max()
+        .unwrap_or((0, 0, 0))
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---------------------------------------------------------------------------
+// 3. Backup vs cp
+
+fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
+    println!(
+        "== 3. backup vs cp: a {mb} MiB database, {BACKUP_RUNS} runs each, on {} ==",
+        filesystem_of(work)
+    );
+    let home = work.join("backup-bench");
+    let dir = DataDir::new(home.join("waiaas"));
+    fs::create_dir_all(dir.data()).unwrap();
+    fs::write(
+        dir.config(),
+        "[daemon]\nport = 9\nhostname = \"127.0.0.1\"\nupdate_check = false\n",
+    )
+    .unwrap();
+    let migrate = run(hermetic(Command::new(a_daemon), &home)
+        .args(["migrate", "--data-dir"])
+        .arg(dir.root()));
+    assert!(migrate.status.success(), "migrate: {migrate:?}");
+    let db = dir.database();
+    let (rows, fill) = fill_database(&db, mb << 20);
+    let bytes = file_len(&db);
+    println!(
+        "  filled audit_log with {rows} rows of ~1 KiB: {} in {:.1} s",
+        mib(bytes),
+        fill
+    );
+    let cp_dir = home.join("cp");
+    fs::create_dir_all(&cp_dir).unwrap();
+    let cp_copy = cp_dir.join("waiaas.db");
+    let parts_copy = cp_dir.join("parts.db");
+
+    let mut backup_s = Vec::new();
+    let mut cp_s = Vec::new();
+    let mut parts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for run in 1..=BACKUP_RUNS {
+        // Every measurement starts with nothing dirty in the page cache.
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+        let started = Instant::now();
+        let made = backup::create(
+            &dir,
+            &backup::Request {
+                kind: Kind::PreUpgrade,
+                from_version: builds::a_version(),
+                to_version: B_VERSION,
+                schema_version: A_SCHEMA,
+            },
+        )
+        .expect("backup::create");
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(file_len(&made.path.join("waiaas.db")), bytes);
+        fs::remove_dir_all(&made.path).unwrap();
+        backup_s.push(took);
+
+        unsafe { libc::sync() };
+        let started = Instant::now();
+        let cp = Command::new("cp")
+            .arg(&db)
+            .arg(&cp_copy)
+            .status()
+            .expect("run cp");
+        assert!(cp.success(), "cp: {cp}");
+        let sync = Command::new("sync")
+            .arg(&cp_copy)
+            .status()
+            .expect("run sync");
+        assert!(sync.success(), "sync: {sync}");
+        let took_cp = started.elapsed().as_secs_f64();
+        assert_eq!(file_len(&cp_copy), bytes);
+        fs::remove_file(&cp_copy).unwrap();
+        cp_s.push(took_cp);
+
+        // The backup's parts, one by one, as backup::create does them.
+        unsafe { libc::sync() };
+        let (checkpoint, copy, check, sha) = backup_parts(&db, &parts_copy);
+        fs::remove_file(&parts_copy).unwrap();
+        for (name, s) in [
+            ("checkpoint", checkpoint),
+            ("copy_fsync", copy),
+            ("quick_check", check),
+            ("sha256", sha),
+        ] {
+            parts.entry(name).or_default().push(s);
+        }
+        println!(
+            "  run {run}: backup::create {took:.2} s, cp + sync {took_cp:.2} s; parts: checkpoint {:.3} s, copy + fsync {copy:.2} s, quick_check {check:.2} s, sha256 {sha:.2} s",
+            checkpoint
+        );
+    }
+    let backup_median = median(&backup_s);
+    let cp_median = median(&cp_s);
+    let ratio = backup_median / cp_median;
+    println!(
+        "  median: backup::create {backup_median:.2} s ({:.0} MiB/s), cp + sync {cp_median:.2} s ({:.0} MiB/s): backup / cp = {ratio:.2}×",
+        bytes as f64 / 1048576.0 / backup_median,
+        bytes as f64 / 1048576.0 / cp_median
+    );
+    let part_medians: BTreeMap<&str, f64> = parts.iter().map(|(k, v)| (*k, median(v))).collect();
+    println!(
+        "  median parts: copy + fsync {:.2} s, quick_check {:.2} s, sha256 {:.2} s, checkpoint {:.3} s (sum {:.2} s)",
+        part_medians["copy_fsync"],
+        part_medians["quick_check"],
+        part_medians["sha256"],
+        part_medians["checkpoint"],
+        part_medians.values().sum::<f64>()
+    );
+    println!(
+        "  (the source was just written, so it is read from the page cache in every run; each copy's fsync writes it to the disk)"
+    );
+    fs::remove_dir_all(&home).unwrap();
+    json!({
+        "db_mib_requested": mb,
+        "db_bytes": bytes,
+        "rows": rows,
+        "fill_s": round1(fill),
+        "filesystem": filesystem_of(work),
+        "runs": BACKUP_RUNS,
+        "backup_create_s": backup_s.iter().map(|s| round3(*s)).collect::<Vec<_>>(),
+        "cp_sync_s": cp_s.iter().map(|s| round3(*s)).collect::<Vec<_>>(),
+        "backup_median_s": round3(backup_median),
+        "cp_median_s": round3(cp_median),
+        "ratio": round3(ratio),
+        "parts_s": parts.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| round3(*s)).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
+        "parts_median_s": part_medians.iter().map(|(k, v)| (k.to_string(), round3(*v))).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Adds ~1 KiB `audit_log` rows until the database holds `target` bytes;
+/// returns the rows added and the seconds it took.
+fn fill_database(db: &Path, target: u64) -> (u64, f64) {
+    let started = Instant::now();
+    let conn = Connection::open(db).unwrap();
+    conn.pragma_update(None, "synchronous", "OFF").unwrap();
+    let size = |conn: &Connection| -> u64 {
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        (pages * page) as u64
+    };
+    let mut rows = 0;
+    // Bounded: each batch adds at least 32 MiB.
+    for _ in 0..(target / (32 << 20) + 4) {
+        if size(&conn) >= target {
+            break;
+        }
+        conn.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FILL_BATCH_ROWS})
+             INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details, severity)
+             SELECT 1700000000 + {rows} + i, 'TX_SUBMITTED', 'master', NULL,
+                    json_object('memo', lower(hex(randomblob(480)))), 'info'
+             FROM n;"
+        ))
+        .expect("fill audit_log");
+        rows += FILL_BATCH_ROWS;
+    }
+    assert!(size(&conn) >= target, "the database did not reach its size");
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    (rows, started.elapsed().as_secs_f64())
+}
+
+/// checkpoint, copy + fsync, quick_check, sha256 — timed one by one, the way
+/// `backup::create` does them (seconds each).
+fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64, f64) {
+    let started = Instant::now();
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0);
+    drop(conn);
+    let checkpoint = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    fs::copy(db, copy).unwrap();
+    File::open(copy).unwrap().sync_all().unwrap();
+    let copied = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let conn = Connection::open_with_flags(
+        format!("file:{}?immutable=1", copy.display()),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(verdict, "ok");
+    drop(conn);
+    let checked = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let digest = sha256_file(copy).unwrap();
+    assert_eq!(digest.len(), 64);
+    let hashed = started.elapsed().as_secs_f64();
+    (checkpoint, copied, checked, hashed)
+}
+
+/// The file system type and device `path` is on, from /proc/self/mountinfo.
+fn filesystem_of(path: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mount = *fields.get(4)?;
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let (fstype, source) = (fields.get(dash + 1)?, fields.get(dash + 2)?);
+            path.starts_with(mount)
+                .then(|| (mount.len(), format!("{fstype} ({source} at {mount})")))
+        })
+        .max()
+        .map_or("an unknown file system".into(), |(_, fs)| fs)
+}
+
+// ---------------------------------------------------------------------------
+// Units
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+fn fmt_ms(us: Option<i64>) -> String {
+    us.map_or("n/a".into(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
