@@ -39,7 +39,12 @@ enum Command {
     /// Serve the HTTP API (the default).
     Serve,
     /// Migrate the database to this build's schema, then exit.
-    Migrate,
+    Migrate {
+        /// Skip the pre-migrate backup: the caller (the launcher's upgrade)
+        /// has just made and verified one, and a second would only add downtime.
+        #[arg(long)]
+        no_backup: bool,
+    },
     /// Say whether this build can run on the database, then exit.
     Check {
         /// Print one JSON object.
@@ -92,14 +97,16 @@ fn run(cli: Cli, inherited: Result<Inherited, String>) -> i32 {
             Ok(inherited) => serve::run(&dir, &config, inherited),
             Err(e) => fail(code::FAILURE, &e),
         },
-        Command::Migrate => match serve::prepare_database(&dir, &config) {
-            Ok(conn) => {
-                let version = migrate::database_version(&conn).unwrap_or_default();
-                println!("database at schema {version}");
-                code::OK
+        Command::Migrate { no_backup } => {
+            match serve::prepare_database(&dir, &config, !no_backup) {
+                Ok(conn) => {
+                    let version = migrate::database_version(&conn).unwrap_or_default();
+                    println!("database at schema {version}");
+                    code::OK
+                }
+                Err(refusal) => fail(refusal.code, &refusal.message),
             }
-            Err(refusal) => fail(refusal.code, &refusal.message),
-        },
+        }
         Command::Check { json } => check(&dir, json),
     }
 }

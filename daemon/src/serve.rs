@@ -60,7 +60,7 @@ pub fn run(dir: &DataDir, config: &Config, inherited: Inherited) -> i32 {
 }
 
 fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Refusal> {
-    let conn = prepare_database(dir, config)?;
+    let conn = prepare_database(dir, config, true)?;
     let token = token::load_or_create(&dir.master_token()).map_err(|e| {
         Refusal::new(
             code::FAILURE,
@@ -89,8 +89,13 @@ fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Re
     runtime.block_on(serve(config, conn, token, listener, inherited.control))
 }
 
-/// Opens the database and brings it to this daemon's schema, or refuses.
-pub fn prepare_database(dir: &DataDir, config: &Config) -> Result<Connection, Refusal> {
+/// Opens the database and brings it to this daemon's schema, or refuses;
+/// with `backup`, a migration is preceded by a `pre-migrate-…` backup.
+pub fn prepare_database(
+    dir: &DataDir,
+    config: &Config,
+    backup: bool,
+) -> Result<Connection, Refusal> {
     let data = dir.data();
     std::fs::create_dir_all(&data).map_err(|e| {
         Refusal::new(
@@ -110,7 +115,7 @@ pub fn prepare_database(dir: &DataDir, config: &Config) -> Result<Connection, Re
         return Err(Refusal::new(refusal, report.message));
     }
     let backup = match report.verdict {
-        Verdict::Migrate => {
+        Verdict::Migrate if backup => {
             let from = kv::get(&conn, kv::LAST_RUN_VERSION)
                 .ok()
                 .flatten()

@@ -44,6 +44,11 @@ impl Notifier {
         Self { target, watchdog }
     }
 
+    /// Whether systemd gave us a notify socket (we run as a `Type=notify` service).
+    pub fn is_active(&self) -> bool {
+        self.target.is_some()
+    }
+
     /// How often to send `WATCHDOG=1`, if systemd asked for it.
     /// A second handle on the same socket, for a thread that feeds the
     /// watchdog while the event loop is busy (an upgrade blocks it at times).

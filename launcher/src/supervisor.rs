@@ -184,6 +184,8 @@ struct StartFailure {
     reason: String,
     /// It exited with a permanent refusal: starting it again would fail the same way.
     permanent: bool,
+    /// The daemon's exit code, if it exited on its own.
+    code: Option<i32>,
 }
 
 impl StartFailure {
@@ -191,6 +193,7 @@ impl StartFailure {
         Self {
             reason,
             permanent: false,
+            code: None,
         }
     }
 }
@@ -215,6 +218,8 @@ struct Supervisor {
     last_exit: Option<String>,
     backoff: Duration,
     ready_once: bool,
+    /// The permanent exit code of the last refused start.
+    refused_code: Option<i32>,
 }
 
 /// Why the event loop woke up.
@@ -257,6 +262,7 @@ impl Supervisor {
             last_exit: None,
             backoff: BACKOFF_FIRST,
             ready_once: false,
+            refused_code: None,
         })
     }
 
@@ -284,6 +290,20 @@ impl Supervisor {
             State::Refused => None,
             _ => self.launch_daemon().await,
         };
+        // Under systemd a service whose first start is refused must fail, with
+        // the daemon's code, so `RestartPreventExitStatus=` applies; elsewhere
+        // (a container) the supervisor stays up and reports the refusal.
+        if let (State::Refused, Some(code), true) =
+            (self.state, self.refused_code, self.notifier.is_active())
+        {
+            return Err(Failure {
+                code: u8::try_from(code).unwrap_or(1),
+                message: format!(
+                    "the daemon refused to start: {}",
+                    self.last_exit.clone().unwrap_or_default()
+                ),
+            });
+        }
         loop {
             let event = tokio::select! {
                 _ = term.recv() => Event::Signal("SIGTERM"),
@@ -427,6 +447,7 @@ impl Supervisor {
                 None
             }
             Err(failure) if failure.permanent => {
+                self.refused_code = failure.code;
                 error!(
                     "daemon did not start: {}; not restarting (fix the cause, then `waiaas-launcher restart`)",
                     failure.reason
@@ -510,8 +531,8 @@ impl Supervisor {
             Ok(()) => Ok(daemon),
             Err(reason) => {
                 let status = kill(&mut daemon).await;
-                let permanent =
-                    matches!(&status, Ok(s) if s.code().is_some_and(exit::daemon::is_permanent));
+                let code = status.as_ref().ok().and_then(ExitStatus::code);
+                let permanent = code.is_some_and(exit::daemon::is_permanent);
                 let reason = if reason.starts_with("the daemon exited")
                     || reason.starts_with("the daemon was killed")
                 {
@@ -519,7 +540,11 @@ impl Supervisor {
                 } else {
                     format!("{reason}; the daemon {}", describe_exit(&status))
                 };
-                Err(StartFailure { reason, permanent })
+                Err(StartFailure {
+                    reason,
+                    permanent,
+                    code,
+                })
             }
         }
     }

@@ -153,17 +153,10 @@ impl<H: Host> Engine<'_, H> {
                 3,
                 "backing up data/waiaas.db and config.toml",
             )?;
-            let made = backup::create(
-                self.dir,
-                &backup::Request {
-                    kind: Kind::PreUpgrade,
-                    from_version: &from,
-                    to_version: &to,
-                    schema_version: plan.database_schema,
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            journal.backup = Some(made.path.clone());
+            let made =
+                backup_off_thread(self.dir, Kind::PreUpgrade, &from, &to, plan.database_schema)
+                    .await?;
+            journal.backup = Some(made);
             prune_backups(self.dir, self.config);
 
             // 4. Switch `current` to the new version, atomically.
@@ -178,11 +171,14 @@ impl<H: Host> Engine<'_, H> {
                 5,
                 format!("migrating with {to}'s waiaas-daemon"),
             )?;
-            daemon_command(&plan.target.path, self.dir, &["migrate"])?;
+            // The backup of step 3 is the one to roll back to: no second one.
+            let (bin, dir) = (plan.target.path.clone(), self.dir.clone());
+            blocking(move || daemon_command(&bin, &dir, &["migrate", "--no-backup"])).await?;
 
             // 6. Verify: the database is at the new binary's latest schema.
             self.enter(&mut journal, steps, 6, "checking the schema")?;
-            let report = check(&plan.target.path, self.dir)?;
+            let (bin, dir) = (plan.target.path.clone(), self.dir.clone());
+            let report = blocking(move || check(&bin, &dir)).await?;
             if report.verdict != Verdict::Current
                 || report.database_version != plan.target.manifest.schema_version
             {
@@ -376,7 +372,10 @@ impl<H: Host> Engine<'_, H> {
             return Err(manual(&journal, format!("cannot stop the daemon: {e}")));
         }
         if let Some(path) = journal.backup.clone() {
-            let restored = restore::open(&path).and_then(|b| restore::restore(self.dir, &b));
+            let dir = self.dir.clone();
+            let restored =
+                blocking(move || restore::open(&path).and_then(|b| restore::restore(&dir, &b)))
+                    .await;
             if let Err(e) = restored {
                 return Err(manual(&journal, e.to_string()));
             }
@@ -455,17 +454,8 @@ impl<H: Host> Engine<'_, H> {
                 "saving the present state as a pre-rollback backup",
             )?;
             let schema = database_schema(self.dir);
-            let safety = backup::create(
-                self.dir,
-                &backup::Request {
-                    kind: Kind::PreRollback,
-                    from_version: &from,
-                    to_version: &to,
-                    schema_version: schema,
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            journal.backup = Some(safety.path);
+            let safety = backup_off_thread(self.dir, Kind::PreRollback, &from, &to, schema).await?;
+            journal.backup = Some(safety);
 
             self.enter(
                 &mut journal,
@@ -473,12 +463,16 @@ impl<H: Host> Engine<'_, H> {
                 4,
                 format!("restoring {}", chosen.path.display()),
             )?;
-            restore::restore(self.dir, &chosen).map_err(|e| e.to_string())?;
+            let (dir, backup) = (self.dir.clone(), chosen.clone());
+            blocking(move || restore::restore(&dir, &backup))
+                .await
+                .map_err(|e| e.to_string())?;
 
             self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;
             swap::point_current(self.dir, &to)
                 .map_err(|e| format!("cannot switch current: {e}"))?;
-            let report = check(&self.dir.version(&to), self.dir)?;
+            let (bin, dir) = (self.dir.version(&to), self.dir.clone());
+            let report = blocking(move || check(&bin, &dir)).await?;
             if report.refusal_code().is_some() {
                 return Err(format!(
                     "{to} refuses the restored database: {}",
@@ -591,6 +585,38 @@ fn prune_backups(dir: &DataDir, config: &Config) {
     }
 }
 
+/// Runs blocking work (copying, hashing, child processes) on tokio's blocking
+/// pool, so a supervisor hosting the upgrade keeps streaming progress and
+/// answering its admin socket meanwhile.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("a blocking upgrade step panicked")
+}
+
+/// [`backup::create`] on the blocking pool; returns the backup's folder.
+async fn backup_off_thread(
+    dir: &DataDir,
+    kind: Kind,
+    from: &str,
+    to: &str,
+    schema_version: u32,
+) -> StepResult<PathBuf> {
+    let (dir, from, to) = (dir.clone(), from.to_string(), to.to_string());
+    blocking(move || {
+        let request = backup::Request {
+            kind,
+            from_version: &from,
+            to_version: &to,
+            schema_version,
+        };
+        backup::create(&dir, &request)
+            .map(|b| b.path)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
 /// Runs `<version dir>/waiaas-daemon <args> --data-dir <dir>`; its stderr is the error.
 fn daemon_command(version_dir: &Path, dir: &DataDir, args: &[&str]) -> StepResult<String> {
     let program = version_dir.join("waiaas-daemon");
@@ -616,7 +642,8 @@ fn daemon_command(version_dir: &Path, dir: &DataDir, args: &[&str]) -> StepResul
 /// even by SIGKILL, so that no `migrate`, `check` or daemon started by an
 /// upgrade outlives it and races the next launcher's recovery (which restores
 /// the database under it). PR_SET_PDEATHSIG follows the *thread* that forks:
-/// the launcher's runtimes are current-thread, so that is the main thread.
+/// the main thread, or a blocking-pool thread that stays parked in `output()`
+/// until the child has exited.
 fn die_with_launcher(command: &mut Command, signal: libc::c_int) -> &mut Command {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;

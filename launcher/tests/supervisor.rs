@@ -588,3 +588,27 @@ fn a_socket_activated_launcher_hands_its_socket_on() {
         "the configured port stays unbound"
     );
 }
+
+/// Under systemd a first start that is refused fails the service with the
+/// daemon's code, so `RestartPreventExitStatus=` stops the restart loop.
+#[test]
+fn under_systemd_a_refused_first_start_exits_with_the_daemons_code() {
+    let install = Install::new();
+    install.ensure_database();
+    rusqlite::Connection::open(install.dir.database())
+        .unwrap()
+        .execute(
+            "INSERT INTO schema_version (version, applied_at, description, checksum) VALUES (99, 0, 'future', 'x')",
+            [],
+        )
+        .unwrap();
+    let path = install.home().join("notify.sock");
+    let _socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let out = support::run(install.launcher(&["run"]).env("NOTIFY_SOCKET", &path));
+    assert_eq!(
+        out.status.code(),
+        Some(waiaas_shared::exit::daemon::SCHEMA_TOO_NEW),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("refused to start"), "{}", out.stderr);
+}
