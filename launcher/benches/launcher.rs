@@ -26,20 +26,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Install;
-use waiaas_shared::admin::{Envelope, Request, Response, Status};
-use waiaas_shared::control::PROTOCOL_VERSION;
+use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, process_state, signal};
 
 /// The idle window unless `WAIAAS_BENCH_IDLE_SECONDS` says otherwise.
 const IDLE_DEFAULT_SECS: u64 = 60;
@@ -158,7 +155,7 @@ fn cpus() -> usize {
 fn idle_cost(install: &Install, secs: u64, launcher_log: Option<&str>) -> Value {
     println!("== 1. idle cost ({secs} s with a healthy daemon) ==");
     let started = Instant::now();
-    let mut supervisor = Supervisor::start(install, launcher_log);
+    let mut supervisor = start_supervisor(install, launcher_log);
     let status = supervisor.wait_healthy();
     let to_healthy = started.elapsed();
     let launcher = supervisor.pid();
@@ -441,7 +438,7 @@ struct CrashSample {
 /// the kill, racing the launcher's reaping of the daemon. None if no
 /// replacement came within the timeout.
 fn crash_sample(install: &Install, launcher_log: Option<&str>, eager: bool) -> Option<CrashSample> {
-    let mut supervisor = Supervisor::start(install, launcher_log);
+    let mut supervisor = start_supervisor(install, launcher_log);
     let before = daemon_pid(&supervisor.wait_healthy());
     let killed = Instant::now();
     signal(before, libc::SIGKILL);
@@ -489,7 +486,7 @@ fn crash_sample(install: &Install, launcher_log: Option<&str>, eager: bool) -> O
         _ => {
             println!(
                 "  daemon {before} NOT replaced by a healthy one within {CRASH_TIMEOUT:?}:\n{}",
-                supervisor.log_tail()
+                supervisor.log_tail(20)
             );
             None
         }
@@ -557,13 +554,6 @@ fn crash_summary(what: &str, series: &[Option<CrashSample>]) -> Value {
             .map(|s| s.as_ref().and_then(|s| s.eager_status).map(round1))
             .collect::<Vec<_>>(),
     })
-}
-
-/// The state letter of `pid` in /proc (`Z` for a zombie), None once it is
-/// gone (reaped).
-fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// The status code of a direct `GET /health` on the install's port.
@@ -641,7 +631,7 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
     println!(
         "== 3. restart under load ({LOAD_CLIENTS} keep-alive clients, {RESTARTS} restarts {LOAD_PAUSE:?} apart) =="
     );
-    let mut supervisor = Supervisor::start(install, launcher_log);
+    let mut supervisor = start_supervisor(install, launcher_log);
     supervisor.wait_healthy();
     let url = format!("http://127.0.0.1:{}/health", install.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -898,150 +888,21 @@ fn run_bounded(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, 
     result
 }
 
-// ---------------------------------------------------------------------------
-// The supervisor as a process
-
-/// A `waiaas-launcher run` in the background; stopped on drop. It borrows the
-/// install, so the temp folder outlives it.
-struct Supervisor<'a> {
-    install: &'a Install,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl<'a> Supervisor<'a> {
-    fn start(install: &'a Install, launcher_log: Option<&str>) -> Self {
-        let log = install.home().join("launcher.stderr");
-        let stderr = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the launcher's log");
-        let mut command = install.launcher(&["run"]);
-        if let Some(filter) = launcher_log {
-            command.env("WAIAAS_LOG", filter);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn waiaas-launcher run");
-        Self {
-            install,
-            child: Some(child),
-            log,
-        }
+/// A `waiaas-launcher run` for `install`, its stderr appended to
+/// `<home>/launcher.stderr`; stopped gracefully (15 s) on drop.
+fn start_supervisor(install: &Install, launcher_log: Option<&str>) -> Supervisor {
+    let mut command = install.launcher(&["run"]);
+    if let Some(filter) = launcher_log {
+        command.env("WAIAAS_LOG", filter);
     }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn assert_alive(&mut self, what: &str) {
-        let exited = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
-        if let Some(exit) = exited {
-            panic!(
-                "the supervisor exited ({exit}) during {what}:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-
-    /// One admin request over the socket.
-    fn ask(&self, request: Request) -> Option<Response> {
-        let mut stream = UnixStream::connect(self.install.dir.launcher_socket()).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .ok()?;
-        stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        let envelope = Envelope {
-            protocol: PROTOCOL_VERSION,
-            request,
-        };
-        let mut frame = serde_json::to_vec(&envelope).ok()?;
-        frame.push(b'\n');
-        stream.write_all(&frame).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream.take(1 << 20))
-            .read_line(&mut line)
-            .ok()?;
-        serde_json::from_str(&line).ok()
-    }
-
-    fn status(&self) -> Option<Status> {
-        match self.ask(Request::Status)? {
-            Response::Status(status) => Some(status),
-            _ => None,
-        }
-    }
-
-    fn wait_healthy(&mut self) -> Status {
-        let deadline = Instant::now() + HEALTHY_TIMEOUT;
-        loop {
-            if let Some(status) = self.status() {
-                if healthy(&status) {
-                    return status;
-                }
-            }
-            self.assert_alive("start-up");
-            assert!(
-                Instant::now() < deadline,
-                "no healthy daemon within {HEALTHY_TIMEOUT:?}:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM (the supervisor stops its daemon gracefully), SIGKILL if it
-    /// has not exited within 15 s; the daemon dies with it either way.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            signal(child.id() as i32, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Supervisor<'_> {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn healthy(status: &Status) -> bool {
-    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
-}
-
-fn daemon_pid(status: &Status) -> i32 {
-    status.daemon.as_ref().map_or(0, |d| d.pid as i32)
-}
-
-fn signal(pid: i32, signal: libc::c_int) {
-    if pid > 0 {
-        // SAFETY: kill(2) on a process this bench started (directly or through the launcher).
-        unsafe { libc::kill(pid, signal) };
-    }
+    Supervisor::spawn(
+        command,
+        install.home().join("launcher.stderr"),
+        install.dir.launcher_socket(),
+        LogFile::Append,
+    )
+    .with_healthy_within(HEALTHY_TIMEOUT)
+    .with_stop_grace(Duration::from_secs(15))
 }
 
 // ---------------------------------------------------------------------------

@@ -44,10 +44,9 @@ mod builds;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -56,13 +55,12 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
-use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release};
+use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
 use support::registry::Registry;
+use support::supervisor::{LogFile, Supervisor};
 use support::{free_port, hermetic, run};
 use waiaas_packaging::Packed;
-use waiaas_shared::admin::{Envelope, Request, Response, Status};
 use waiaas_shared::backup::{self, Kind};
-use waiaas_shared::control::PROTOCOL_VERSION;
 use waiaas_shared::fsutil::sha256_file;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
@@ -132,7 +130,7 @@ fn main() {
     println!();
 
     let mut loads = vec![loadavg()];
-    let mut supervisor = Supervisor::start(&site);
+    let mut supervisor = start_supervisor(&site);
     let status = supervisor.wait_healthy();
     println!(
         "  supervisor pid {}, daemon {} pid {} healthy",
@@ -445,26 +443,6 @@ impl Releases {
     }
 }
 
-/// `release.json` and its signature out of a packed platform tarball.
-fn release_files(packed: &Packed) -> Vec<(&'static str, Vec<u8>)> {
-    let entries = waiaas_packaging::read_package_tarball(&packed.platform_tarball).unwrap();
-    let find = |path: &str| {
-        entries
-            .iter()
-            .find_map(|e| match &e.kind {
-                waiaas_packaging::EntryKind::File { contents, .. } if e.path == path => {
-                    Some(contents.clone())
-                }
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{path} is not in the package"))
-    };
-    vec![
-        ("release.json", find("package/release.json")),
-        ("release.json.minisig", find("package/release.json.minisig")),
-    ]
-}
-
 /// An installation of A, initialised by A's `init`, whose config points at a
 /// registry on 127.0.0.1 offering A and B.
 struct Site {
@@ -602,139 +580,17 @@ impl Site {
 // ---------------------------------------------------------------------------
 // The supervisor as a process
 
-/// A `waiaas-launcher run` in the background; stopped on drop.
-struct Supervisor {
-    child: Option<Child>,
-    log: PathBuf,
-    socket: PathBuf,
-}
-
-impl Supervisor {
-    fn start(site: &Site) -> Self {
-        let log = site.home.join("launcher.stderr");
-        let stderr = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the launcher's log");
-        let child = site
-            .command(&["run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn waiaas-launcher run");
-        Self {
-            child: Some(child),
-            log,
-            socket: site.dir.launcher_socket(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    fn log_len(&self) -> u64 {
-        fs::metadata(&self.log).map_or(0, |m| m.len())
-    }
-
-    /// The log from byte `offset` on.
-    fn log_since(&self, offset: u64) -> String {
-        let bytes = fs::read(&self.log).unwrap_or_default();
-        let from = (offset as usize).min(bytes.len());
-        String::from_utf8_lossy(&bytes[from..]).into_owned()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = self.log_since(0);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn assert_alive(&mut self, what: &str) {
-        let exited = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
-        if let Some(exit) = exited {
-            panic!(
-                "the supervisor exited ({exit}) during {what}:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-
-    fn status(&self) -> Option<Status> {
-        let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .ok()?;
-        stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        let envelope = Envelope {
-            protocol: PROTOCOL_VERSION,
-            request: Request::Status,
-        };
-        let mut frame = serde_json::to_vec(&envelope).ok()?;
-        frame.push(b'\n');
-        stream.write_all(&frame).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream.take(1 << 20))
-            .read_line(&mut line)
-            .ok()?;
-        match serde_json::from_str(&line).ok()? {
-            Response::Status(status) => Some(status),
-            _ => None,
-        }
-    }
-
-    fn wait_healthy(&mut self) -> Status {
-        let deadline = Instant::now() + HEALTHY_TIMEOUT;
-        loop {
-            if let Some(status) = self.status()
-                && healthy(&status)
-            {
-                return status;
-            }
-            self.assert_alive("start-up");
-            assert!(
-                Instant::now() < deadline,
-                "no healthy daemon within {HEALTHY_TIMEOUT:?}:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM (the supervisor stops its daemon gracefully), SIGKILL if it
-    /// has not exited within 30 s; the daemon dies with it either way.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            // SAFETY: kill(2) on the supervisor this bench started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn healthy(status: &Status) -> bool {
-    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
+/// A `waiaas-launcher run` for `site`, its stderr appended to
+/// `<home>/launcher.stderr`; stopped gracefully (30 s) on drop.
+fn start_supervisor(site: &Site) -> Supervisor {
+    Supervisor::spawn(
+        site.command(&["run"]),
+        site.home.join("launcher.stderr"),
+        site.dir.launcher_socket(),
+        LogFile::Append,
+    )
+    .with_healthy_within(HEALTHY_TIMEOUT)
+    .with_stop_grace(Duration::from_secs(30))
 }
 
 // ---------------------------------------------------------------------------

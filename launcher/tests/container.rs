@@ -18,8 +18,6 @@ mod builds;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,7 +28,7 @@ use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use support::{Outcome, free_port, hermetic, run};
+use support::{Outcome, free_port, hermetic, http, run};
 
 /// How long a container may take to report healthy (a migration included).
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
@@ -321,41 +319,6 @@ impl Drop for Container {
             let _ = child.wait();
         }
     }
-}
-
-/// One HTTP/1.1 request on loopback: `(status, body)`.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    if !body.is_empty() {
-        request.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = answer.split_once("\r\n\r\n")?;
-    Some((status, body.to_string()))
 }
 
 /// A database's schema version and its wallets (id → name), read-only.

@@ -6,163 +6,12 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::Install;
-use waiaas_shared::admin::{Envelope, Request, Response, Status};
-use waiaas_shared::control::PROTOCOL_VERSION;
-
-/// A `waiaas-launcher run` in the background, killed on drop.
-struct Supervisor {
-    child: Child,
-    log: PathBuf,
-    socket: PathBuf,
-}
-
-impl Supervisor {
-    fn start(install: &Install) -> Self {
-        let log = install.home().join("launcher.stderr");
-        let stderr = std::fs::File::create(&log).unwrap();
-        let child = install
-            .launcher(&["run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            socket: install.dir.launcher_socket(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One admin request, straight over the socket.
-    fn ask(&self, request: Request) -> Option<Response> {
-        let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let envelope = Envelope {
-            protocol: PROTOCOL_VERSION,
-            request,
-        };
-        let mut frame = serde_json::to_vec(&envelope).unwrap();
-        frame.push(b'\n');
-        stream.write_all(&frame).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        serde_json::from_str(&line).ok()
-    }
-
-    fn status(&self) -> Option<Status> {
-        match self.ask(Request::Status)? {
-            Response::Status(status) => Some(status),
-            _ => None,
-        }
-    }
-
-    /// Polls status until `done` holds; panics with the log after `timeout`.
-    fn wait_for(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&Status) -> bool,
-    ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status()
-                && done(&status)
-            {
-                return status;
-            }
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                panic!(
-                    "supervisor exited ({exit}) while waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_healthy(&mut self) -> Status {
-        self.wait_for(Duration::from_secs(30), "healthy daemon", healthy)
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "supervisor did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn healthy(status: &Status) -> bool {
-    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
-}
-
-fn daemon_pid(status: &Status) -> i32 {
-    status.daemon.as_ref().expect("a daemon").pid as i32
-}
-
-fn signal(pid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a pid this test started (directly or through the launcher).
-    unsafe { libc::kill(pid, signal) };
-}
-
-/// Gone, or a zombie waiting for a reaper that is not us.
-fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
-}
-
-fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if process_gone(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
+use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, signal, wait_gone};
 
 #[test]
 fn status_reports_both_processes_and_the_http_port_serves() {
@@ -512,18 +361,12 @@ fn systemd_notify_ready_status_and_watchdog() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let log = install.home().join("launcher.stderr");
-    let child = install
-        .launcher(&["run"])
+    let mut command = install.launcher(&["run"]);
+    command
         .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "200000")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut supervisor = Supervisor {
-        child,
-        log,
-        socket: install.dir.launcher_socket(),
-    };
+        .env("WATCHDOG_USEC", "200000");
+    let mut supervisor =
+        Supervisor::spawn(command, log, install.dir.launcher_socket(), LogFile::Fresh);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = [0u8; 4096];
@@ -568,13 +411,13 @@ fn a_socket_activated_launcher_hands_its_socket_on() {
     let port = listener.local_addr().unwrap().port();
     assert_ne!(port, install.port);
     let mut command = install.launcher(&["run"]);
-    command.stderr(std::fs::File::create(install.home().join("launcher.stderr")).unwrap());
     waiaas_shared::listen_fds::pass_listener(&mut command, &listener);
-    let mut supervisor = Supervisor {
-        child: command.spawn().unwrap(),
-        log: install.home().join("launcher.stderr"),
-        socket: install.dir.launcher_socket(),
-    };
+    let mut supervisor = Supervisor::spawn(
+        command,
+        install.home().join("launcher.stderr"),
+        install.dir.launcher_socket(),
+        LogFile::Fresh,
+    );
     supervisor.wait_healthy();
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream

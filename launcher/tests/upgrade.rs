@@ -13,9 +13,7 @@ mod builds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -25,13 +23,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release};
+use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
 use support::registry::Registry;
-use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, run};
+use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, process_state, signal};
+use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
 use waiaas_packaging::Packed;
-use waiaas_shared::admin::{Envelope, Outcome, Request, Response, Status, UpgradeReport};
+use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
-use waiaas_shared::control::PROTOCOL_VERSION;
 use waiaas_shared::fsutil::sha256_file;
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
@@ -311,9 +309,29 @@ impl Site {
         (out, report)
     }
 
+    /// `waiaas-launcher run`, logging to `launcher-<n>.stderr` (a fresh
+    /// file per supervisor of this site).
     fn supervisor(&self) -> Supervisor {
+        self.supervisor_with(&[])
+    }
+
+    /// [`Site::supervisor`] with extra environment variables.
+    fn supervisor_with(&self, env: &[(&str, &str)]) -> Supervisor {
         let n = self.supervisors.fetch_add(1, Ordering::SeqCst);
-        Supervisor::start(self, n)
+        let mut command = self.launcher(&["run"]);
+        command.envs(env.iter().copied());
+        Supervisor::spawn(
+            command,
+            self.home.join(format!("launcher-{n}.stderr")),
+            self.dir.launcher_socket(),
+            LogFile::Fresh,
+        )
+        .with_healthy_within(Duration::from_secs(60))
+    }
+
+    /// `waiaas-launcher stop`, and `supervisor` gone.
+    fn stop(&self, supervisor: Supervisor) {
+        supervisor.stop_with(self.launcher(&["stop"]));
     }
 
     fn current(&self) -> Option<String> {
@@ -442,26 +460,6 @@ impl Site {
     }
 }
 
-/// `release.json` and its signature out of a packed platform tarball.
-fn release_files(packed: &Packed) -> Vec<(&'static str, Vec<u8>)> {
-    let entries = waiaas_packaging::read_package_tarball(&packed.platform_tarball).unwrap();
-    let find = |path: &str| {
-        entries
-            .iter()
-            .find_map(|e| match &e.kind {
-                waiaas_packaging::EntryKind::File { contents, .. } if e.path == path => {
-                    Some(contents.clone())
-                }
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{path} is not in the package"))
-    };
-    vec![
-        ("release.json", find("package/release.json")),
-        ("release.json.minisig", find("package/release.json.minisig")),
-    ]
-}
-
 fn names_in(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
         .into_iter()
@@ -551,176 +549,6 @@ impl DbDigest {
     }
 }
 
-/// One HTTP/1.1 request on loopback; `(status, body)`, or `None` if nothing answered.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    if !body.is_empty() {
-        request.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = answer.split_once("\r\n\r\n")?;
-    Some((status, body.to_string()))
-}
-
-// ---------------------------------------------------------------------------
-// The supervisor as a process (as in tests/supervisor.rs).
-
-/// A `waiaas-launcher run` in the background, killed on drop.
-struct Supervisor {
-    child: Child,
-    log: PathBuf,
-    socket: PathBuf,
-}
-
-impl Supervisor {
-    fn start(site: &Site, n: usize) -> Self {
-        Self::start_with(site, n, &[])
-    }
-
-    fn start_with(site: &Site, n: usize, env: &[(&str, &str)]) -> Self {
-        let log = site.home.join(format!("launcher-{n}.stderr"));
-        let stderr = fs::File::create(&log).unwrap();
-        let child = site
-            .launcher(&["run"])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            socket: site.dir.launcher_socket(),
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn status(&self) -> Option<Status> {
-        let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let envelope = Envelope {
-            protocol: PROTOCOL_VERSION,
-            request: Request::Status,
-        };
-        let mut frame = serde_json::to_vec(&envelope).unwrap();
-        frame.push(b'\n');
-        stream.write_all(&frame).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        match serde_json::from_str(&line).ok()? {
-            Response::Status(status) => Some(status),
-            _ => None,
-        }
-    }
-
-    /// Polls status until `done` holds; panics with the log after `timeout`.
-    fn wait_for(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&Status) -> bool,
-    ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status()
-                && done(&status)
-            {
-                return status;
-            }
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                panic!(
-                    "supervisor exited ({exit}) while waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_healthy(&mut self) -> Status {
-        self.wait_for(Duration::from_secs(60), "healthy daemon", healthy)
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn kill9(&mut self) {
-        signal(self.pid(), libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    /// `waiaas-launcher stop`, and the supervisor gone.
-    fn stop(mut self, site: &Site) {
-        let out = run(&mut site.launcher(&["stop"]));
-        assert!(out.status.success(), "stop: {out:?}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the supervisor did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn healthy(status: &Status) -> bool {
-    status.state == "running" && status.daemon.as_ref().is_some_and(|d| d.healthy)
-}
-
-fn daemon_pid(status: &Status) -> u32 {
-    status.daemon.as_ref().expect("a daemon").pid
-}
-
-fn signal(pid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) on a pid this test started.
-    unsafe { libc::kill(pid, signal) };
-}
-
 /// Live processes (not zombies) whose command line mentions `needle`: pid → command line.
 fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
     let needle = needle.to_string_lossy().into_owned();
@@ -733,13 +561,7 @@ fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(") ")
-                    .map(|(_, rest)| rest.starts_with(['Z', 'X']))
-            })
-            .unwrap_or(true);
+        let zombie = process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
         if !zombie && cmdline.contains(&needle) {
             found.insert(pid, cmdline.trim().to_string());
         }
@@ -875,7 +697,7 @@ fn standalone_upgrade_without_a_supervisor() {
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury", "payroll"]);
-    supervisor.stop(&site);
+    site.stop(supervisor);
     assert!(site.health().is_none(), "nothing serves");
 
     let (out, report) = site.upgrade_json(&[]);
@@ -1210,7 +1032,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
     let mut supervisor = match upgrader {
         Upgrader::Supervisor => Some(supervisor),
         Upgrader::Standalone => {
-            supervisor.stop(site);
+            site.stop(supervisor);
             None
         }
     };
@@ -1645,7 +1467,7 @@ fn two_concurrent_upgrades_the_second_is_refused() {
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury"]);
-    supervisor.stop(&site);
+    site.stop(supervisor);
     let (mut first, out, err) =
         spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "first");
     // Step 3 (backing up 100 MB) leaves time; no daemon answers then.
@@ -1854,19 +1676,14 @@ fn systemd_watchdog_is_fed_during_an_upgrade() {
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    let n = site.supervisors.fetch_add(1, Ordering::SeqCst);
     // Pings every 250 ms are due; systemd would act after 500 ms of silence
     // (the unit's 300 s scaled down to an upgrade of about a second).
     let watchdog = Duration::from_millis(500);
     let usec = watchdog.as_micros().to_string();
-    let mut supervisor = Supervisor::start_with(
-        &site,
-        n,
-        &[
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
-            ("WATCHDOG_USEC", &usec),
-        ],
-    );
+    let mut supervisor = site.supervisor_with(&[
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", &usec),
+    ]);
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury"]);
 

@@ -443,3 +443,24 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
     fs::set_permissions(&daemon, fs::Permissions::from_mode(0o755)).unwrap();
     dir.to_path_buf()
 }
+
+/// `release.json` and its signature out of a packed platform tarball:
+/// `(file name, contents)`.
+pub fn release_files(packed: &Packed) -> Vec<(&'static str, Vec<u8>)> {
+    let entries = waiaas_packaging::read_package_tarball(&packed.platform_tarball).unwrap();
+    let find = |path: &str| {
+        entries
+            .iter()
+            .find_map(|e| match &e.kind {
+                waiaas_packaging::EntryKind::File { contents, .. } if e.path == path => {
+                    Some(contents.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{path} is not in the package"))
+    };
+    vec![
+        ("release.json", find("package/release.json")),
+        ("release.json.minisig", find("package/release.json.minisig")),
+    ]
+}

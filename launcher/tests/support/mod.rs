@@ -15,15 +15,18 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
 pub mod registry;
+pub mod supervisor;
 
 /// The launcher binary under test.
 pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_waiaas-launcher");
@@ -157,7 +160,7 @@ impl Install {
     fn open_database(&self) -> Connection {
         self.ensure_database();
         let conn = Connection::open(self.dir.database()).expect("open the database");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        conn.busy_timeout(Duration::from_secs(5))
             .expect("busy_timeout");
         conn
     }
@@ -171,4 +174,39 @@ impl Install {
     pub fn kv(&self, key: &str) -> Option<String> {
         kv::get(&self.open_database(), key).expect("read the key-value store")
     }
+}
+
+/// One HTTP/1.1 request on loopback; `(status, body)`, or `None` if nothing answered.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
 }
