@@ -51,7 +51,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
@@ -322,80 +321,8 @@ fn expect_version(bin: &Path, version: &str, schema: u32) -> Result<(), String> 
 /// Builds B in release from the source copy `builds::b_bin_dir` has just
 /// synced, in the same target dir and under the same lock.
 fn build_b_release() -> Result<PathBuf, String> {
-    let e2e = builds::e2e_dir();
-    let lock_path = e2e.join("build.lock");
-    let lock_file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
-    let src = e2e.join(format!("src-{B_VERSION}"));
-    let target = e2e.join("target");
-    let log_path = e2e.join(format!("build-release-{B_VERSION}.log"));
-    let log = File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    // `cargo bench` sets variables describing this package; none may reach B's build.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        let ours = name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_MANIFEST_")
-            || name.starts_with("CARGO_CRATE_")
-            || name.starts_with("CARGO_BIN_")
-            || matches!(
-                name.as_str(),
-                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_TARGET_DIR"
-            );
-        if ours {
-            command.env_remove(&name);
-        }
-    }
-    let started = Instant::now();
-    let mut child = command
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "waiaas-daemon",
-            "-p",
-            "waiaas-launcher",
-        ])
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("CARGO_TERM_COLOR", "never")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if started.elapsed() > RELEASE_BUILD_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "cargo build --release did not finish within {RELEASE_BUILD_TIMEOUT:?}; see {}",
-                log_path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    if !status.success() {
-        let output = fs::read_to_string(&log_path).unwrap_or_default();
-        let lines: Vec<&str> = output.lines().collect();
-        return Err(format!(
-            "`cargo build --release` in {} {status}:\n{}",
-            src.display(),
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        ));
-    }
-    let bin = target.join("release");
+    let _lock = builds::lock_builds()?;
+    let (bin, _) = builds::cargo_build_b(builds::Profile::Release, RELEASE_BUILD_TIMEOUT)?;
     expect_version(&bin, B_VERSION, B_SCHEMA)?;
     Ok(bin)
 }

@@ -108,16 +108,18 @@ static BUILD_TIME: OnceLock<Duration> = OnceLock::new();
 /// included); beyond it the build is killed and the tests fail.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 
-fn build_b() -> Result<PathBuf, String> {
-    assert!(
-        semver::Version::parse(a_version()).unwrap() < semver::Version::parse(B_VERSION).unwrap(),
-        "build A ({}) must be older than B ({B_VERSION}): update B_VERSION in {}",
-        a_version(),
-        file!()
-    );
+/// Which cargo profile B is built in.
+#[derive(Clone, Copy)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+/// Takes the e2e build lock: one build of B at a time across test and bench
+/// processes; the kernel drops it with its holder.
+pub fn lock_builds() -> Result<Flock<fs::File>, String> {
     let e2e = e2e_dir();
     fs::create_dir_all(&e2e).map_err(|e| format!("cannot create {}: {e}", e2e.display()))?;
-    // One build at a time across test binaries; the lock dies with its holder.
     let lock_path = e2e.join("build.lock");
     let lock_file = fs::OpenOptions::new()
         .create(true)
@@ -125,25 +127,31 @@ fn build_b() -> Result<PathBuf, String> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
+    Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))
+}
 
+/// Runs `cargo build` of B's daemon and launcher in its synced source copy,
+/// into the shared e2e target dir, killed after `timeout`. Call it holding
+/// [`lock_builds`]. Returns B's bin dir and how long the build took.
+pub fn cargo_build_b(profile: Profile, timeout: Duration) -> Result<(PathBuf, Duration), String> {
+    let e2e = e2e_dir();
     let src = e2e.join(format!("src-{B_VERSION}"));
     let target = e2e.join("target");
-    let tree = b_sources()?;
-    let changed = sync_tree(&src, &tree)?;
-
-    let started = Instant::now();
-    let log_path = e2e.join(format!("build-{B_VERSION}.log"));
+    let (flag, folder) = match profile {
+        Profile::Debug => (None, "debug"),
+        Profile::Release => (Some("--release"), "release"),
+    };
+    let log_path = e2e.join(format!("build-{folder}-{B_VERSION}.log"));
     let log = fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    // The test runs under `cargo test`, which sets variables describing *this*
-    // package; none of them may leak into B's build.
+    // Tests and benches run under cargo, which sets variables describing
+    // *this* package; none of them may leak into B's build.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
-        let inherited_by_cargo_test = name.starts_with("CARGO_PKG_")
+        let inherited_from_cargo = name.starts_with("CARGO_PKG_")
             || name.starts_with("CARGO_MANIFEST_")
             || name.starts_with("CARGO_CRATE_")
             || name.starts_with("CARGO_BIN_")
@@ -151,12 +159,15 @@ fn build_b() -> Result<PathBuf, String> {
                 name.as_str(),
                 "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_TARGET_DIR"
             );
-        if inherited_by_cargo_test {
+        if inherited_from_cargo {
             command.env_remove(&name);
         }
     }
+    let started = Instant::now();
     let mut child = command
-        .args(["build", "-p", "waiaas-daemon", "-p", "waiaas-launcher"])
+        .arg("build")
+        .args(flag)
+        .args(["-p", "waiaas-daemon", "-p", "waiaas-launcher"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_TERM_COLOR", "never")
@@ -169,31 +180,45 @@ fn build_b() -> Result<PathBuf, String> {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break status;
         }
-        if started.elapsed() > BUILD_TIMEOUT {
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "cargo build did not finish within {BUILD_TIMEOUT:?}; see {}",
+                "cargo build of B did not finish within {timeout:?}; see {}",
                 log_path.display()
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let took = started.elapsed();
-    let output = fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() {
-        let tail: Vec<&str> = output.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let output = fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = output.lines().collect();
         return Err(format!(
             "`cargo build` in {} {status}:\n{}",
             src.display(),
-            tail.join("\n")
+            lines[lines.len().saturating_sub(60)..].join("\n")
         ));
     }
+    Ok((target.join(folder), took))
+}
+
+fn build_b() -> Result<PathBuf, String> {
+    assert!(
+        semver::Version::parse(a_version()).unwrap() < semver::Version::parse(B_VERSION).unwrap(),
+        "build A ({}) must be older than B ({B_VERSION}): update B_VERSION in {}",
+        a_version(),
+        file!()
+    );
+    let e2e = e2e_dir();
+    let _lock = lock_builds()?;
+    let src = e2e.join(format!("src-{B_VERSION}"));
+    let tree = b_sources()?;
+    let changed = sync_tree(&src, &tree)?;
+    let (bin, took) = cargo_build_b(Profile::Debug, BUILD_TIMEOUT)?;
     let _ = BUILD_TIME.set(took);
     eprintln!(
-        "build B ({B_VERSION}): {} source files changed, cargo build took {:.1} s",
-        changed,
+        "build B ({B_VERSION}): {changed} source files changed, cargo build took {:.1} s",
         took.as_secs_f64()
     );
     let _ = fs::write(
@@ -201,7 +226,6 @@ fn build_b() -> Result<PathBuf, String> {
         format!("{:.1} s ({changed} files changed)\n", took.as_secs_f64()),
     );
 
-    let bin = target.join("debug");
     let daemon = bin.join("waiaas-daemon");
     let out = Command::new(&daemon)
         .args(["--version", "--json"])
