@@ -271,9 +271,12 @@ impl<H: Host> Engine<'_, H> {
             UpgradeAction::To(text) => Version::parse(text.trim_start_matches('v'))
                 .map_err(|e| fail(format!("--to {text}: not a version ({e})")))?,
             UpgradeAction::FromFile(path) => {
-                let installed = package::install_file(self.dir, self.config, path, None)
-                    .map_err(|e| fail(e.to_string()))?;
-                installed.version
+                // Unpacking and hashing a release is blocking work.
+                let (dir, config, path) = (self.dir.clone(), self.config.clone(), path.clone());
+                blocking(move || package::install_file(&dir, &config, &path, None))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .version
             }
             UpgradeAction::Rollback => unreachable!("rollback has its own path"),
         };
@@ -281,7 +284,10 @@ impl<H: Host> Engine<'_, H> {
             return Ok(Preflight::UpToDate(from));
         }
         let installed = match action {
-            UpgradeAction::FromFile(_) => package::verify_installed(self.dir, self.config, &target),
+            UpgradeAction::FromFile(_) => {
+                let (dir, config, target) = (self.dir.clone(), self.config.clone(), target.clone());
+                blocking(move || package::verify_installed(&dir, &config, &target)).await
+            }
             _ => package::fetch(self.dir, self.config, &target, self.progress_bar).await,
         }
         .map_err(|e| fail(e.to_string()))?;

@@ -1737,3 +1737,38 @@ fn systemd_watchdog_is_fed_during_an_upgrade() {
         ended - started
     );
 }
+
+/// `--from FILE`: an air-gapped site upgrades from the platform tarball on
+/// disk, with every check but the registry's integrity field, and no registry.
+#[test]
+fn offline_upgrade_from_a_tarball_on_disk() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    site.stop(supervisor);
+    // No registry at all: a closed loopback port.
+    let config = fs::read_to_string(site.dir.config()).unwrap();
+    let offline: String = config
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("registry") {
+                "registry = \"http://127.0.0.1:9/\"".to_string()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(site.dir.config(), offline).unwrap();
+
+    let tarball = releases().b.platform_tarball.to_string_lossy().into_owned();
+    let (out, report) = site.upgrade_json(&["--from", &tarball]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    site.assert_fully_new(&wallets);
+}
