@@ -11,7 +11,7 @@ use waiaas_shared::config::Config;
 use waiaas_shared::exit::daemon as code;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
-use waiaas_shared::version::VERSION;
+use waiaas_shared::version::{DaemonVersion, VERSION};
 
 #[derive(Parser)]
 #[command(
@@ -64,12 +64,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
         if cli.json {
-            let info = serde_json::json!({
-                "version": VERSION,
-                "schema_version": migrate::LATEST_SCHEMA_VERSION,
-                "min_compatible_schema_version": compat::min_compatible_schema_version(),
-            });
-            println!("{info}");
+            let info = DaemonVersion {
+                version: VERSION.to_string(),
+                schema_version: migrate::LATEST_SCHEMA_VERSION,
+                min_compatible_schema_version: compat::min_compatible_schema_version(),
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&info).expect("a version serialises")
+            );
         } else {
             println!(
                 "waiaas-daemon {VERSION} (schema {})",

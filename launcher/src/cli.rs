@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
 
+use crate::failure::{Failure, load_config};
 use crate::upgrade_command::{self, UpgradeArgs};
 use crate::{client, init, notice, supervisor};
 
@@ -52,24 +52,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
 }
 
-/// What a command failed with: a message for the operator and an exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
+/// The command line as given.
+pub fn parse() -> Cli {
+    Cli::parse()
 }
 
-impl Failure {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
-
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs a parsed command line; the one place a [`Failure`] becomes an exit code.
+pub fn run(cli: Cli) -> ExitCode {
     let dir = match DataDir::resolve(cli.data_dir.as_deref()) {
         Ok(dir) => dir,
         Err(e) => return report(Err(Failure::new(e))),
@@ -101,22 +90,6 @@ fn dispatch(command: Command, dir: &DataDir) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-/// The config, or a failure naming the bad key.
-/// The config, or a failure naming the bad key. Its exit code is the
-/// daemon's `CONFIG_INVALID`, which systemd is told not to restart on.
-pub fn load_config(dir: &DataDir) -> Result<Config, Failure> {
-    Config::load(&dir.config()).map_err(|e| Failure {
-        code: waiaas_shared::exit::daemon::CONFIG_INVALID as u8,
-        message: e.to_string(),
-    })
-}
-
-/// Whether this launcher runs inside the WAIaaS container image
-/// (`WAIAAS_CONTAINER=1`), where the image, not `versions/`, holds the programs.
-pub fn in_container() -> bool {
-    std::env::var_os("WAIAAS_CONTAINER").is_some_and(|v| v == "1")
 }
 
 fn report(result: Result<(), Failure>) -> ExitCode {

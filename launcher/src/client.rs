@@ -13,7 +13,7 @@ use waiaas_shared::config::Config;
 use waiaas_shared::control::{MAX_FRAME, PROTOCOL_VERSION};
 use waiaas_shared::layout::DataDir;
 
-use crate::cli::{Failure, load_config};
+use crate::failure::{Failure, load_config};
 use crate::pidfile::PidFile;
 
 /// Exit code of `status` when no supervisor runs (the LSB convention).
@@ -30,7 +30,7 @@ fn not_running(dir: &DataDir) -> Failure {
 }
 
 fn require_initialised(dir: &DataDir) -> Result<(), Failure> {
-    if crate::cli::in_container() || dir.current().join("waiaas-daemon").exists() {
+    if crate::daemon_binary::in_container() || dir.current().join("waiaas-daemon").exists() {
         Ok(())
     } else {
         Err(Failure::new(format!(

@@ -24,7 +24,7 @@ use waiaas_shared::fsutil::fsync_dir;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version::VERSION;
 
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 const DAEMON_BIN: &str = "waiaas-daemon";
 const LAUNCHER_BIN: &str = "waiaas-launcher";

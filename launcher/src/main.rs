@@ -1,22 +1,5 @@
-//! `waiaas-launcher`: supervises the versioned WAIaaS daemon and upgrades it.
-//! Thin entry point; each command lives in its own module.
-
-mod cli;
-mod client;
-mod init;
-mod journal;
-mod lock;
-mod notice;
-mod package;
-mod pidfile;
-mod probe;
-mod restore;
-mod sdnotify;
-mod supervisor;
-mod swap;
-mod upgrade;
-mod upgrade_command;
+//! `waiaas-launcher`: the work is in the library (`src/lib.rs` gives the tour).
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    waiaas_launcher::cli::run(waiaas_launcher::cli::parse())
 }

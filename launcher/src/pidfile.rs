@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use waiaas_shared::layout::DataDir;
 
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 /// The held lock; released (and the file emptied) on drop.
 pub struct PidFile {

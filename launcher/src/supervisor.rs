@@ -14,7 +14,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -39,7 +39,8 @@ use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
 use waiaas_shared::version::VERSION;
 
-use crate::cli::Failure;
+use crate::daemon_binary::{self, describe_exit};
+use crate::failure::Failure;
 use crate::pidfile::PidFile;
 use crate::probe;
 use crate::sdnotify::Notifier;
@@ -64,7 +65,7 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     init_logging(&config.daemon.log_level);
     let inherited = listen_fds::take_listener().map_err(|e| Failure::new(e.to_string()))?;
 
-    let daemon = daemon_program(dir)?;
+    let daemon = daemon_binary::program(dir)?;
     let pidfile = PidFile::acquire(dir)?;
     let listener = match inherited {
         Some(listener) => listener,
@@ -89,34 +90,6 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     });
     drop(pidfile);
     result
-}
-
-/// The daemon to supervise: `current/waiaas-daemon`, or in the container image
-/// the one beside this launcher — there a new image brings a new daemon, which
-/// backs up and migrates the volume's database itself at start (SPEC §9).
-fn daemon_program(dir: &DataDir) -> Result<PathBuf, Failure> {
-    if crate::cli::in_container() {
-        let exe = std::env::current_exe()
-            .map_err(|e| Failure::new(format!("cannot find this program's path: {e}")))?;
-        let beside = exe.with_file_name("waiaas-daemon");
-        return if beside.is_file() {
-            Ok(beside)
-        } else {
-            Err(Failure::new(format!(
-                "the image has no {}",
-                beside.display()
-            )))
-        };
-    }
-    let current = dir.current().join("waiaas-daemon");
-    if current.exists() {
-        Ok(dir.current().join("waiaas-daemon"))
-    } else {
-        Err(Failure::new(format!(
-            "not initialised: {} is missing; run `waiaas-launcher init` first",
-            current.display()
-        )))
-    }
 }
 
 fn init_logging(level: &str) {
@@ -819,18 +792,6 @@ async fn recv_or_exit(daemon: &mut Daemon, timeout: Duration) -> Result<FromDaem
         },
         status = daemon.child.wait() => Err(format!("the daemon {}", describe_exit(&status))),
         _ = tokio::time::sleep(timeout) => Err(format!("no message from the daemon within {timeout:?}")),
-    }
-}
-
-/// "exited with 20 (refused: …)" / "was killed by signal 9".
-pub fn describe_exit(status: &std::io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("exited with {code} ({})", exit::daemon::describe(code)),
-            (None, Some(sig)) => format!("was killed by signal {sig}"),
-            _ => "ended".to_string(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
     }
 }
 

@@ -28,6 +28,8 @@ use crate::restore;
 use crate::swap;
 
 /// Who stops and starts the daemon: the supervisor, or nobody (standalone).
+// The engine is polled on the launcher's one thread, never sent to another.
+#[allow(async_fn_in_trait)]
 pub trait Host {
     /// Whether a daemon runs now (a rollback starts one again only if so).
     fn daemon_running(&self) -> bool;
@@ -638,7 +640,7 @@ fn daemon_command(version_dir: &Path, dir: &DataDir, args: &[&str]) -> StepResul
         Err(format!(
             "`waiaas-daemon {}` {}: {}",
             args.join(" "),
-            crate::supervisor::describe_exit(&Ok(out.status)),
+            crate::daemon_binary::describe_exit(&Ok(out.status)),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -795,7 +797,7 @@ impl Host for Standalone<'_> {
             if let Ok(Some(status)) = child.try_wait() {
                 break Err(format!(
                     "the daemon {}",
-                    crate::supervisor::describe_exit(&Ok(status))
+                    crate::daemon_binary::describe_exit(&Ok(status))
                 ));
             }
             match crate::probe::health(addr, Duration::from_millis(500)).await {

@@ -17,7 +17,7 @@ use waiaas_shared::exit;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
 
-use crate::cli::{Failure, load_config};
+use crate::failure::{Failure, load_config};
 use crate::upgrade::{Engine, Standalone, health_addr};
 use crate::{package, probe, swap};
 
@@ -49,7 +49,7 @@ const CONTAINER_MESSAGE: &str = "this WAIaaS runs in a container, where the imag
      the daemon backs up and migrates its database at start";
 
 pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
-    if crate::cli::in_container() {
+    if crate::daemon_binary::in_container() {
         return Err(Failure {
             code: exit::upgrade::USAGE as u8,
             message: CONTAINER_MESSAGE.into(),

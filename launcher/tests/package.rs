@@ -4,15 +4,8 @@
 //! this build, and small hostile variants. Every refusal must name the check
 //! that failed and leave the data dir exactly as it was: nothing new under
 //! `versions/` (no `.partial`, no download), `current` unchanged.
-//!
-//! The launcher is a binary crate, so its `package` module is compiled into
-//! this test by path.
 
 mod support;
-
-#[path = "../src/package.rs"]
-#[allow(dead_code)]
-mod package;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,10 +15,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use package::{Installed, Limits, PackageError};
 use semver::Version;
 use sha2::{Digest as _, Sha256};
 use support::registry::{Registry, Reply};
+use waiaas_launcher::package::{self, Installed, Limits, PackageError};
 use waiaas_packaging::{Entry, EntryKind, PackOptions};
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::PackError;
 
 /// How long a binary gets to answer `--version`.
@@ -18,13 +16,7 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// The targets we ship, in npm's `<os>-<cpu>` words.
 pub const SUPPORTED_TARGETS: [&str; 4] = ["linux-x64", "linux-arm64", "darwin-x64", "darwin-arm64"];
 
-/// `waiaas-daemon --version --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DaemonVersion {
-    pub version: String,
-    pub schema_version: u32,
-    pub min_compatible_schema_version: u32,
-}
+pub use waiaas_shared::version::DaemonVersion;
 
 pub(crate) fn check_target(target: &str) -> Result<(), PackError> {
     if SUPPORTED_TARGETS.contains(&target) {
@@ -123,19 +115,7 @@ pub(crate) fn daemon_version(path: &Path) -> Result<DaemonVersion, PackError> {
         output: output.clone(),
         detail,
     };
-    let info: DaemonVersion = serde_json::from_str(output.trim()).map_err(|e| {
-        bad(format!(
-            "expected {{\"version\",\"schema_version\",\"min_compatible_schema_version\"}}: {e}"
-        ))
-    })?;
-    semver::Version::parse(&info.version)
-        .map_err(|e| bad(format!("version is not semver: {e}")))?;
-    if info.min_compatible_schema_version > info.schema_version || info.schema_version == 0 {
-        return Err(bad(
-            "need 0 < min_compatible_schema_version <= schema_version".into(),
-        ));
-    }
-    Ok(info)
+    DaemonVersion::parse(&output).map_err(bad)
 }
 
 /// Runs `waiaas-launcher --version` (`waiaas-launcher 1.8.1`) and returns the version.

@@ -1,6 +1,7 @@
 //! Versions: the one the workspace was built as, and how releases compare.
 
 use semver::Version;
+use serde::{Deserialize, Serialize};
 
 /// This build's version (one version for the whole workspace).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -21,6 +22,35 @@ pub fn is_newer(latest: &str, running: &str) -> bool {
     match (Version::parse(latest), Version::parse(running)) {
         (Ok(latest), Ok(running)) => latest > running,
         _ => false,
+    }
+}
+
+/// What `waiaas-daemon --version --json` prints: one JSON object, read by
+/// the launcher (is this folder the version it claims?) and by packaging
+/// (which schema does this release migrate to?).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonVersion {
+    pub version: String,
+    /// The schema this build migrates to.
+    pub schema_version: u32,
+    /// The oldest schema this build still runs on without migrating.
+    pub min_compatible_schema_version: u32,
+}
+
+impl DaemonVersion {
+    /// Parses the printed line, checking that it is sane: a semver version and
+    /// `0 < min_compatible_schema_version <= schema_version`.
+    pub fn parse(printed: &str) -> Result<Self, String> {
+        let info: Self = serde_json::from_str(printed.trim()).map_err(|e| {
+            format!(
+                "expected {{\"version\",\"schema_version\",\"min_compatible_schema_version\"}}: {e}"
+            )
+        })?;
+        Version::parse(&info.version).map_err(|e| format!("version is not semver: {e}"))?;
+        if info.min_compatible_schema_version > info.schema_version || info.schema_version == 0 {
+            return Err("need 0 < min_compatible_schema_version <= schema_version".into());
+        }
+        Ok(info)
     }
 }
 
@@ -45,6 +75,26 @@ mod tests {
         assert!(!allowed_on_channel(&rc, "latest"));
         assert!(allowed_on_channel(&rc, "rc"));
         assert!(allowed_on_channel(&fin, "latest"));
+    }
+
+    #[test]
+    fn daemon_version_round_trips_and_rejects_nonsense() {
+        let info = DaemonVersion {
+            version: "1.9.0".into(),
+            schema_version: 17,
+            min_compatible_schema_version: 12,
+        };
+        let printed = serde_json::to_string(&info).unwrap();
+        assert_eq!(DaemonVersion::parse(&printed).unwrap(), info);
+        for bad in [
+            "",
+            "1.9.0",
+            r#"{"version":"x","schema_version":17,"min_compatible_schema_version":12}"#,
+            r#"{"version":"1.9.0","schema_version":11,"min_compatible_schema_version":12}"#,
+            r#"{"version":"1.9.0","schema_version":0,"min_compatible_schema_version":0}"#,
+        ] {
+            assert!(DaemonVersion::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! Running `waiaas-daemon` binaries: which one to supervise, spawning one so
+//! it cannot outlive the launcher, and the short-lived subcommands the
+//! upgrade engine asks (`--version --json`, `check --json`, `migrate`), each
+//! with a deadline after which it is killed. The supervisor and the engine
+//! both go through here.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use waiaas_shared::compat::CompatReport;
+use waiaas_shared::exit;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::version::DaemonVersion;
+
+use crate::failure::Failure;
+
+/// How long `--version` and `check` may take: they read a few pages.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Whether this launcher runs inside the WAIaaS container image
+/// (`WAIAAS_CONTAINER=1`), where the image, not `versions/`, holds the programs.
+pub fn in_container() -> bool {
+    std::env::var_os("WAIAAS_CONTAINER").is_some_and(|v| v == "1")
+}
+
+/// The daemon to supervise: `current/waiaas-daemon`, or in the container image
+/// the one beside this launcher — there a new image brings a new daemon, which
+/// backs up and migrates the volume's database itself at start (SPEC §9).
+pub fn program(dir: &DataDir) -> Result<PathBuf, Failure> {
+    if in_container() {
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find this program's path: {e}")))?;
+        let beside = exe.with_file_name("waiaas-daemon");
+        return if beside.is_file() {
+            Ok(beside)
+        } else {
+            Err(Failure::new(format!(
+                "the image has no {}",
+                beside.display()
+            )))
+        };
+    }
+    let current = dir.current().join("waiaas-daemon");
+    if current.exists() {
+        Ok(current)
+    } else {
+        Err(Failure::new(format!(
+            "not initialised: {} is missing; run `waiaas-launcher init` first",
+            current.display()
+        )))
+    }
+}
+
+/// Why running a daemon binary did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`waiaas-daemon {args}` did not finish within {after:?} and was killed")]
+    Deadline { args: String, after: Duration },
+    #[error("`waiaas-daemon {args}` {exit}: {stderr}")]
+    Failed {
+        args: String,
+        exit: String,
+        stderr: String,
+    },
+    #[error("`waiaas-daemon check` gave no verdict: {stderr}")]
+    NoVerdict { stderr: String },
+    #[error("{program} --version --json printed no usable version: {detail}")]
+    NoVersion { program: PathBuf, detail: String },
+}
+
+/// A `waiaas-daemon` command that dies with this launcher: on Linux the
+/// parent-death signal (`signal` when the launcher dies, even by SIGKILL),
+/// so no `migrate`, `check` or daemon outlives it and races the next
+/// launcher's recovery. The signal follows the *thread* that forks: call from
+/// the thread that lives as long as the process (the runtime's, which is
+/// current-thread). Elsewhere (macOS) a supervised daemon stops when its
+/// control channel closes, and a short-lived subcommand finishes on its own.
+pub fn command(program: &Path, signal: libc::c_int) -> Command {
+    let mut command = std::process::Command::new(program);
+    die_with_launcher(&mut command, signal);
+    let mut command = Command::from(command);
+    command.kill_on_drop(true);
+    command
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_launcher(command: &mut std::process::Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the launcher died while starting it"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_launcher(_command: &mut std::process::Command, _signal: libc::c_int) {}
+
+/// Runs `<version dir>/waiaas-daemon <args>` to completion within `deadline`
+/// (killed after it), and returns its stdout and stderr.
+async fn output(
+    version_dir: &Path,
+    args: &[&str],
+    data_dir: Option<&DataDir>,
+    deadline: Duration,
+) -> Result<std::process::Output, RunError> {
+    let program = version_dir.join("waiaas-daemon");
+    let mut command = command(&program, libc::SIGKILL);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir.root());
+    }
+    let child = command.spawn().map_err(|source| RunError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    // Dropping the child on the deadline kills it (`kill_on_drop`).
+    tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .map_err(|_| RunError::Deadline {
+            args: args.join(" "),
+            after: deadline,
+        })?
+        .map_err(|source| RunError::Spawn { program, source })
+}
+
+/// `waiaas-daemon migrate --no-backup`: the caller has just made a verified
+/// backup, and a second one would only add downtime.
+pub async fn migrate(
+    version_dir: &Path,
+    dir: &DataDir,
+    deadline: Duration,
+) -> Result<(), RunError> {
+    let args = ["migrate", "--no-backup"];
+    let out = output(version_dir, &args, Some(dir), deadline).await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RunError::Failed {
+            args: args.join(" "),
+            exit: describe_exit(&Ok(out.status)),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// The binary's verdict on the database (`check --json`).
+pub async fn check(version_dir: &Path, dir: &DataDir) -> Result<CompatReport, RunError> {
+    let out = output(version_dir, &["check", "--json"], Some(dir), QUERY_DEADLINE).await?;
+    serde_json::from_slice(&out.stdout).map_err(|_| RunError::NoVerdict {
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// What `<version dir>/waiaas-daemon --version --json` says about itself.
+pub async fn version_of(version_dir: &Path) -> Result<DaemonVersion, RunError> {
+    let out = output(version_dir, &["--version", "--json"], None, QUERY_DEADLINE).await?;
+    DaemonVersion::parse(&String::from_utf8_lossy(&out.stdout)).map_err(|detail| {
+        RunError::NoVersion {
+            program: version_dir.join("waiaas-daemon"),
+            detail,
+        }
+    })
+}
+
+/// "exited with 20 (refused: …)" / "was killed by signal 9".
+pub fn describe_exit(status: &io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with {code} ({})", exit::daemon::describe(code)),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => "ended".to_string(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+/// Whether the daemon exited with a permanent refusal: starting it again
+/// would fail the same way.
+pub fn is_permanent(status: &io::Result<ExitStatus>) -> bool {
+    matches!(status, Ok(s) if s.code().is_some_and(exit::daemon::is_permanent))
+}
