@@ -2,15 +2,12 @@
 //! `start`, `stop`, `restart`, `status`.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use waiaas_shared::admin::{Envelope, Request, Response, Status};
+use waiaas_shared::admin::{Request, Response, Status, client};
 use waiaas_shared::config::Config;
-use waiaas_shared::control::{MAX_FRAME, PROTOCOL_VERSION};
 use waiaas_shared::layout::DataDir;
 
 use crate::failure::{Failure, load_config};
@@ -43,52 +40,7 @@ fn require_initialised(dir: &DataDir) -> Result<(), Failure> {
 /// Sends one request and reads one response. `Ok(None)` when no supervisor
 /// listens on the socket.
 fn call(dir: &DataDir, request: Request, timeout: Duration) -> Result<Option<Response>, Failure> {
-    let path = dir.launcher_socket();
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => {
-            return Err(Failure::new(format!(
-                "cannot reach {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    let io_failed = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Failure::new(
-            "the supervisor closed the connection without answering \
-             (it only answers its own user and root; see its log)",
-        ),
-        _ => Failure::new(format!("talking to the supervisor failed: {e}")),
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(io_failed)?;
-    let envelope = Envelope {
-        protocol: PROTOCOL_VERSION,
-        request,
-    };
-    let mut frame = serde_json::to_vec(&envelope).expect("a request serialises");
-    frame.push(b'\n');
-    stream.write_all(&frame).map_err(io_failed)?;
-    let mut line = String::new();
-    BufReader::new(stream.take(MAX_FRAME as u64))
-        .read_line(&mut line)
-        .map_err(io_failed)?;
-    if line.is_empty() {
-        return Err(Failure::new(
-            "the supervisor closed the connection without answering \
-             (it only answers its own user and root; see its log)",
-        ));
-    }
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|e| Failure::new(format!("the supervisor's answer is malformed: {e}")))
+    client::call(&dir.launcher_socket(), request, timeout).map_err(|e| Failure::new(e.to_string()))
 }
 
 /// Long enough for a graceful stop plus a start.

@@ -86,11 +86,9 @@ pub enum RunError {
 /// the thread that lives as long as the process (the runtime's, which is
 /// current-thread). Elsewhere (macOS) a supervised daemon stops when its
 /// control channel closes, and a short-lived subcommand finishes on its own.
-pub fn command(program: &Path, signal: libc::c_int) -> Command {
+pub fn command(program: &Path, signal: libc::c_int) -> std::process::Command {
     let mut command = std::process::Command::new(program);
     die_with_launcher(&mut command, signal);
-    let mut command = Command::from(command);
-    command.kill_on_drop(true);
     command
 }
 
@@ -124,8 +122,9 @@ async fn output(
     deadline: Duration,
 ) -> Result<std::process::Output, RunError> {
     let program = version_dir.join("waiaas-daemon");
-    let mut command = command(&program, libc::SIGKILL);
+    let mut command = Command::from(command(&program, libc::SIGKILL));
     command
+        .kill_on_drop(true)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

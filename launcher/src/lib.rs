@@ -10,7 +10,8 @@
 //!   `stop`, `restart`, `status` over the admin socket), [`upgrade_command`]
 //!   (`upgrade`, through a running supervisor or standalone), [`notice`]
 //!   (the update notice).
-//! - [`supervisor`]: `run`, the long-lived process.
+//! - [`supervisor`]: `run`, the long-lived process — a state machine with
+//!   one event loop; [`logging`] sets up its log.
 //! - [`upgrade`]: the engine — preflight and seven journaled steps, rollback,
 //!   recovery after a crash — and the [`upgrade::Host`] that stops and starts
 //!   the daemon for it.
@@ -30,6 +31,7 @@ pub mod failure;
 pub mod init;
 pub mod journal;
 pub mod lock;
+pub mod logging;
 pub mod notice;
 pub mod package;
 pub mod pidfile;

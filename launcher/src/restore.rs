@@ -53,10 +53,19 @@ pub fn restore(dir: &DataDir, backup: &Backup) -> Result<(), RestoreError> {
         }
     }
     for (file, target) in [("waiaas.db", dir.database()), ("config.toml", dir.config())] {
+        let parent = target.parent().unwrap_or(dir.root()).to_path_buf();
         if !backup.manifest.files.contains_key(file) {
+            // A backup taken before the first start has no database: the
+            // state it records is "no database", so any database goes.
+            if file == "waiaas.db" {
+                remove_database_sidecars(&target)?;
+                remove_if_present(&target)?;
+                if parent.exists() {
+                    fsync_dir(&parent).map_err(io_at(&parent))?;
+                }
+            }
             continue;
         }
-        let parent = target.parent().unwrap_or(dir.root()).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
         let staged = parent.join(format!(".{file}.restore"));
         std::fs::copy(backup.path.join(file), &staged).map_err(io_at(&staged))?;
@@ -64,17 +73,26 @@ pub fn restore(dir: &DataDir, backup: &Backup) -> Result<(), RestoreError> {
             .and_then(|f| f.sync_all())
             .map_err(io_at(&staged))?;
         if file == "waiaas.db" {
-            for suffix in ["-wal", "-shm", "-journal"] {
-                let stale = PathBuf::from(format!("{}{suffix}", target.display()));
-                match std::fs::remove_file(&stale) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_at(&stale)(e)),
-                }
-            }
+            remove_database_sidecars(&target)?;
         }
         std::fs::rename(&staged, &target).map_err(io_at(&target))?;
         fsync_dir(&parent).map_err(io_at(&parent))?;
     }
     Ok(())
+}
+
+/// Removes the database's `-wal`, `-shm` and `-journal` files.
+fn remove_database_sidecars(database: &Path) -> Result<(), RestoreError> {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        remove_if_present(&PathBuf::from(format!("{}{suffix}", database.display())))?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path)(e)),
+    }
 }

@@ -2,17 +2,15 @@
 //! running supervisor (and renders the progress it streams back), or runs
 //! the engine itself when no supervisor is up. Exit codes: SPEC §6.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::net::UnixStream;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
 
 use waiaas_shared::admin::{
-    Envelope, Outcome, Progress, Request, Response, UpgradeAction, UpgradeReport, UpgradeRequest,
+    Outcome, Progress, Request, Response, UpgradeAction, UpgradeReport, UpgradeRequest, client,
 };
 use waiaas_shared::config::Config;
-use waiaas_shared::control::{MAX_FRAME, PROTOCOL_VERSION};
 use waiaas_shared::exit;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
@@ -78,15 +76,12 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
         action,
         no_start: args.no_start,
     };
-    let mut render = |p: Progress| {
-        if !args.json {
-            eprintln!("[{}/{}] {}: {}", p.step, p.of, p.name, p.message);
-        }
-    };
-    let report = match through_supervisor(dir, &request, &mut render)? {
+    let mut render = Render::new(args.json);
+    let report = match through_supervisor(dir, &request, &mut |p| render.show(p))? {
         Some(report) => report,
-        None => runtime.block_on(standalone(dir, &config, &request, &mut render, !args.json))?,
+        None => runtime.block_on(standalone(dir, &config, &request, &mut |p| render.show(p)))?,
     };
+    render.finish();
     finish(report, args.json)
 }
 
@@ -116,54 +111,103 @@ async fn check(dir: &DataDir, config: &Config, json: bool) -> Result<(), Failure
     Ok(())
 }
 
-/// Asks a running supervisor to do the upgrade; `None` if none runs.
+/// Asks a running supervisor to do the upgrade; `None` if none runs. The
+/// answer streams until the report: the supervisor's step deadlines bound it,
+/// and its death ends the connection.
 fn through_supervisor(
     dir: &DataDir,
     request: &UpgradeRequest,
     render: &mut dyn FnMut(Progress),
 ) -> Result<Option<UpgradeReport>, Failure> {
-    let Ok(stream) = UnixStream::connect(dir.launcher_socket()) else {
-        return Ok(None);
-    };
-    let io_failed = |e: std::io::Error| {
+    let lost = |e: client::ClientError| {
         Failure::new(format!(
             "lost the connection to the supervisor during the upgrade ({e}); \
              see `waiaas-launcher status` and its log"
         ))
     };
-    let envelope = Envelope {
-        protocol: PROTOCOL_VERSION,
-        request: Request::Upgrade(request.clone()),
+    let Some(mut connection) = client::send(
+        &dir.launcher_socket(),
+        Request::Upgrade(request.clone()),
+        None,
+    )
+    .map_err(lost)?
+    else {
+        return Ok(None);
     };
-    let mut frame = serde_json::to_vec(&envelope).expect("a request serialises");
-    frame.push(b'\n');
-    (&stream).write_all(&frame).map_err(io_failed)?;
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    // Bounded by the number of steps: each frame is one step or the end.
-    for _ in 0..64 {
-        line.clear();
-        let n = std::io::Read::take(&mut reader, MAX_FRAME as u64)
-            .read_line(&mut line)
-            .map_err(io_failed)?;
-        if n == 0 {
-            return Err(io_failed(std::io::ErrorKind::UnexpectedEof.into()));
+    loop {
+        match connection.next().map_err(lost)? {
+            Response::Progress(p) => render(p),
+            Response::Upgrade(report) => return Ok(Some(report)),
+            Response::Error { message } => return Err(Failure::new(message)),
+            other => return Err(Failure::new(format!("unexpected answer: {other:?}"))),
         }
-        match serde_json::from_str::<Response>(&line) {
-            Ok(Response::Progress(p)) => render(p),
-            Ok(Response::Upgrade(report)) => return Ok(Some(report)),
-            Ok(Response::Error { message }) => return Err(Failure::new(message)),
-            Ok(other) => return Err(Failure::new(format!("unexpected answer: {other:?}"))),
-            Err(e) => {
-                return Err(Failure::new(format!(
-                    "malformed answer from the supervisor: {e}"
-                )));
+    }
+}
+
+/// Shows progress: one line per step, and a byte-counting bar for a
+/// download on a terminal; nothing with `--json` (stdout is the report).
+struct Render {
+    json: bool,
+    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Render {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+
+    fn show(&mut self, p: Progress) {
+        if self.json {
+            return;
+        }
+        match p.bytes {
+            Some(bytes) if self.terminal => {
+                let bar = self
+                    .bar
+                    .get_or_insert_with(|| download_bar(bytes.total, &p.message));
+                if let Some(total) = bytes.total {
+                    bar.set_length(total);
+                }
+                bar.set_position(bytes.done);
+            }
+            // Plain output gets the total once, not a line per chunk.
+            Some(bytes) => {
+                if bytes.total == Some(bytes.done) {
+                    eprintln!("[{}/{}] {}: {} bytes", p.step, p.of, p.message, bytes.done);
+                }
+            }
+            None => {
+                self.finish();
+                eprintln!("[{}/{}] {}: {}", p.step, p.of, p.name, p.message);
             }
         }
     }
-    Err(Failure::new(
-        "the supervisor sent more progress than an upgrade has steps",
-    ))
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn download_bar(total: Option<u64>, message: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+    let template = if total.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+    } else {
+        "{msg} {spinner} {bytes} ({bytes_per_sec})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message.to_string());
+    bar
 }
 
 /// No supervisor: run the engine here, after making sure no daemon is serving
@@ -172,8 +216,7 @@ async fn standalone(
     dir: &DataDir,
     config: &Config,
     request: &UpgradeRequest,
-    render: &mut dyn FnMut(Progress),
-    progress_bar: bool,
+    render: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<UpgradeReport, Failure> {
     let addr = health_addr(config).map_err(Failure::new)?;
     if probe::health(addr, std::time::Duration::from_secs(1))
@@ -192,7 +235,6 @@ async fn standalone(
         config,
         host: &mut host,
         progress: render,
-        progress_bar: progress_bar && std::io::stderr().is_terminal(),
     }
     .run(request)
     .await;

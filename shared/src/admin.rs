@@ -47,13 +47,25 @@ pub enum UpgradeAction {
     Rollback,
 }
 
-/// One step of an upgrade or rollback, as it starts.
+/// One step of an upgrade or rollback, as it starts; during a download,
+/// repeated with the bytes received so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub step: u8,
     pub of: u8,
     pub name: String,
     pub message: String,
+    /// Set on the frames that report a download's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Bytes>,
+}
+
+/// How much of a download has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bytes {
+    pub done: u64,
+    /// The size the registry declared, if it did.
+    pub total: Option<u64>,
 }
 
 /// How an upgrade or rollback ended.
@@ -128,8 +140,12 @@ pub enum Response {
 pub struct Status {
     pub launcher_pid: u32,
     pub launcher_version: String,
-    /// `starting`, `running`, `backing-off`, `refused`, `stopping`.
+    /// `starting`, `running`, `backing-off`, `refused`, `stopped`,
+    /// `upgrading`, `stopping`.
     pub state: String,
+    /// The step an upgrade or rollback in progress is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Progress>,
     pub daemon: Option<DaemonStatus>,
     /// Daemon restarts after crashes since the supervisor started.
     pub restarts: u32,
@@ -145,4 +161,116 @@ pub struct DaemonStatus {
     pub schema_version: u32,
     pub uptime: u64,
     pub healthy: bool,
+}
+
+/// The one client of the admin socket, for the commands (blocking: they
+/// have nothing else to do meanwhile). One request per connection; the
+/// answers are read one frame at a time ([`Connection::next`]), so an upgrade's
+/// progress can be rendered as it streams.
+pub mod client {
+    use std::io::{self, BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{Envelope, Request, Response};
+    use crate::control::{MAX_FRAME, PROTOCOL_VERSION};
+
+    /// Why talking to the supervisor failed.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ClientError {
+        #[error("cannot reach {path}: {source}")]
+        Connect {
+            path: String,
+            #[source]
+            source: io::Error,
+        },
+        #[error(
+            "the supervisor closed the connection without answering \
+             (it only answers its own user and root; see its log)"
+        )]
+        Closed,
+        #[error("talking to the supervisor failed: {0}")]
+        Io(#[source] io::Error),
+        #[error("the supervisor's answer is malformed: {0}")]
+        Malformed(#[source] serde_json::Error),
+    }
+
+    /// A connection that has sent its request.
+    pub struct Connection {
+        reader: BufReader<UnixStream>,
+    }
+
+    /// Sends `request` to the supervisor listening on `socket`. `Ok(None)`
+    /// when none listens there. `timeout` bounds each read (`None`: the
+    /// supervisor's own deadlines bound the answer, and its death ends it).
+    pub fn send(
+        socket: &Path,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Connection>, ClientError> {
+        let mut stream = match UnixStream::connect(socket) {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(ClientError::Connect {
+                    path: socket.display().to_string(),
+                    source,
+                });
+            }
+        };
+        stream.set_read_timeout(timeout).map_err(io_error)?;
+        let envelope = Envelope {
+            protocol: PROTOCOL_VERSION,
+            request,
+        };
+        let mut frame = serde_json::to_vec(&envelope).expect("a request serialises");
+        frame.push(b'\n');
+        stream.write_all(&frame).map_err(io_error)?;
+        Ok(Some(Connection {
+            reader: BufReader::new(stream),
+        }))
+    }
+
+    /// [`send`], then the first answer.
+    pub fn call(
+        socket: &Path,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Option<Response>, ClientError> {
+        match send(socket, request, Some(timeout))? {
+            Some(mut connection) => connection.next().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    impl Connection {
+        /// The next answer frame (at most `MAX_FRAME` bytes are read for it).
+        #[allow(clippy::should_implement_trait)]
+        pub fn next(&mut self) -> Result<Response, ClientError> {
+            let mut line = String::new();
+            (&mut self.reader)
+                .take(MAX_FRAME as u64)
+                .read_line(&mut line)
+                .map_err(io_error)?;
+            if line.is_empty() {
+                return Err(ClientError::Closed);
+            }
+            serde_json::from_str(&line).map_err(ClientError::Malformed)
+        }
+    }
+
+    fn io_error(e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => ClientError::Closed,
+            _ => ClientError::Io(e),
+        }
+    }
 }

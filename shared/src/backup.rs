@@ -156,15 +156,19 @@ fn fill(
 ) -> Result<Manifest, BackupError> {
     fs::create_dir(partial).map_err(io_err(partial))?;
     let db = dir.database();
-    checkpoint(&db)?;
     let mut files = BTreeMap::new();
-    let db_copy = partial.join(DB_FILE);
-    copy_synced(&db, &db_copy)?;
-    quick_check(&db_copy)?;
-    files.insert(
-        DB_FILE.to_string(),
-        sha256_file(&db_copy).map_err(io_err(&db_copy))?,
-    );
+    // An installation never started has no database yet: the backup then
+    // holds the config alone, and restoring it removes any database.
+    if db.exists() {
+        checkpoint(&db)?;
+        let db_copy = partial.join(DB_FILE);
+        copy_synced(&db, &db_copy)?;
+        quick_check(&db_copy)?;
+        files.insert(
+            DB_FILE.to_string(),
+            sha256_file(&db_copy).map_err(io_err(&db_copy))?,
+        );
+    }
     let config = dir.config();
     if config.exists() {
         let copy = partial.join(CONFIG_FILE);

@@ -29,6 +29,9 @@ pub struct UpdateConfig {
     pub keep_backups: u32,
     /// Seconds a new daemon has to become healthy.
     pub health_timeout: u64,
+    /// Seconds `waiaas-daemon migrate` may take in an upgrade before it is
+    /// killed and the upgrade rolled back.
+    pub migrate_timeout: u64,
     /// Minisign public keys trusted in addition to the built-in release keys.
     pub trusted_keys: Vec<String>,
 }
@@ -56,6 +59,7 @@ impl Default for Config {
                 channel: "latest".into(),
                 keep_backups: 5,
                 health_timeout: 30,
+                migrate_timeout: 1800,
                 trusted_keys: Vec::new(),
             },
         }
@@ -74,6 +78,7 @@ pub const KEYS: &[&str] = &[
     "update.channel",
     "update.keep_backups",
     "update.health_timeout",
+    "update.migrate_timeout",
     "update.trusted_keys",
 ];
 
@@ -314,6 +319,7 @@ impl Config {
             }
             "update.keep_backups" => self.update.keep_backups = s.int(1, 100)? as u32,
             "update.health_timeout" => self.update.health_timeout = s.int(1, 600)?,
+            "update.migrate_timeout" => self.update.migrate_timeout = s.int(1, 86_400)?,
             "update.trusted_keys" => self.update.trusted_keys = s.strings()?,
             _ => {
                 return Err(ConfigError::UnknownKey {
@@ -342,6 +348,7 @@ impl Config {
              channel = \"{}\"             # the dist-tag followed\n\
              keep_backups = {}\n\
              health_timeout = {}            # seconds the new daemon has to become healthy\n\
+             migrate_timeout = {}         # seconds an upgrade's migration may take, 1..86400\n\
              # trusted_keys = [\"<minisign public key>\"]   # added to the built-in release keys\n",
             d.daemon.port,
             d.daemon.hostname,
@@ -352,6 +359,7 @@ impl Config {
             d.update.channel,
             d.update.keep_backups,
             d.update.health_timeout,
+            d.update.migrate_timeout,
         )
     }
 }

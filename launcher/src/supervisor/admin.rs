@@ -1,0 +1,107 @@
+//! The admin socket's server side: binds `run/launcher.sock` (0600), checks
+//! each peer's kernel credentials, reads one request and hands it to the
+//! event loop with the connection to answer on.
+
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use waiaas_shared::admin::{Envelope, Request, Response};
+use waiaas_shared::control::{self, read_frame, write_frame};
+use waiaas_shared::layout::DataDir;
+
+use crate::failure::Failure;
+
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An admin request with the connection to answer on.
+pub struct AdminCall {
+    pub request: Request,
+    pub reply: OwnedWriteHalf,
+}
+
+pub fn bind(dir: &DataDir) -> Result<UnixListener, Failure> {
+    let path = dir.launcher_socket();
+    // We hold the pid lock, so a socket file left here belongs to a dead launcher.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Failure::new(format!("cannot restrict {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the loop goes away.
+pub async fn accept(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCall>) {
+    let our_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!("admin socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            match read.as_ref().peer_cred().map(|c| c.uid()) {
+                Ok(uid) if uid == our_uid || uid == 0 => {}
+                Ok(uid) => {
+                    warn!("admin socket: refused a connection from uid {uid}");
+                    return;
+                }
+                Err(e) => {
+                    warn!("admin socket: cannot read the peer's credentials ({e}); refused");
+                    return;
+                }
+            }
+            let mut read = BufReader::new(read);
+            let frame =
+                tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Envelope, _>(&mut read)).await;
+            let request = match frame {
+                Ok(Ok(Some(envelope))) if envelope.protocol == control::PROTOCOL_VERSION => {
+                    envelope.request
+                }
+                Ok(Ok(Some(envelope))) => {
+                    let message = format!(
+                        "this launcher speaks admin protocol {}, the command {}; use the matching waiaas-launcher",
+                        control::PROTOCOL_VERSION,
+                        envelope.protocol
+                    );
+                    answer(write, &Response::Error { message }).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let message = e.to_string();
+                    answer(write, &Response::Error { message }).await;
+                    return;
+                }
+                Ok(Ok(None)) | Err(_) => return,
+            };
+            let _ = calls.send(AdminCall {
+                request,
+                reply: write,
+            });
+        });
+    }
+}
+
+/// Writes one answer; a client that went away is only logged.
+pub async fn answer(mut reply: OwnedWriteHalf, response: &Response) {
+    if let Err(e) = write_frame(&mut reply, response).await {
+        warn!("admin socket: could not answer: {e}");
+    }
+}
+
+/// Answers from a task of its own, so a slow client never holds up the loop.
+pub fn answer_later(reply: OwnedWriteHalf, response: Response) {
+    tokio::spawn(async move { answer(reply, &response).await });
+}

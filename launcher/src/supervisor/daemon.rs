@@ -1,0 +1,141 @@
+//! One supervised daemon process: spawned with the listener at fd 3 and its
+//! control channel at fd 4, its frames read into a channel (so the event loop
+//! never holds a half-read frame when another event wins), its exit awaited.
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Instant;
+
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use waiaas_shared::control::{
+    self, CONTROL_FD, CONTROL_FD_ENV, FromDaemon, FromLauncher, read_frame, write_frame,
+};
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::listen_fds;
+
+use crate::daemon_binary;
+
+/// A daemon process and its control channel.
+pub struct Daemon {
+    pub child: Child,
+    pub pid: u32,
+    /// From its hello; empty before.
+    pub version: String,
+    /// From its ready; 0 before.
+    pub schema_version: u32,
+    pub started: Instant,
+    control: OwnedWriteHalf,
+    frames: mpsc::UnboundedReceiver<FromDaemon>,
+    /// The daemon closed its channel: no more frames, its exit follows.
+    frames_closed: bool,
+}
+
+/// What a daemon did next.
+pub enum DaemonEvent {
+    Exited(std::io::Result<ExitStatus>),
+    Frame(FromDaemon),
+}
+
+impl Daemon {
+    /// Spawns `program serve` for `dir`, handing it `listener`. It gets
+    /// SIGTERM if the launcher dies (Linux), and its channel's end otherwise.
+    pub fn spawn(program: &Path, dir: &DataDir, listener: &TcpListener) -> Result<Self, String> {
+        let (ours, theirs) =
+            StdUnixStream::pair().map_err(|e| format!("cannot create the control channel: {e}"))?;
+        let mut command = daemon_binary::command(program, libc::SIGTERM);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.root())
+            .env(CONTROL_FD_ENV, CONTROL_FD.to_string())
+            .stdin(Stdio::null());
+        listen_fds::pass(&mut command, &[listener.as_raw_fd(), theirs.as_raw_fd()]);
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        drop(theirs);
+        let pid = child.id().unwrap_or_default();
+        let stream = ours
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(ours))
+            .map_err(|e| format!("control channel: {e}"))?;
+        let (read, control) = stream.into_split();
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        tokio::spawn(forward_frames(BufReader::new(read), frames_tx));
+        Ok(Self {
+            child,
+            pid,
+            version: String::new(),
+            schema_version: 0,
+            started: Instant::now(),
+            control,
+            frames,
+            frames_closed: false,
+        })
+    }
+
+    /// The next exit or frame. A daemon that closed its channel only exits.
+    pub async fn next_event(&mut self) -> DaemonEvent {
+        loop {
+            tokio::select! {
+                status = self.child.wait() => return DaemonEvent::Exited(status),
+                frame = self.frames.recv(), if !self.frames_closed => match frame {
+                    Some(frame) => return DaemonEvent::Frame(frame),
+                    None => self.frames_closed = true,
+                },
+            }
+        }
+    }
+
+    /// Orders a graceful shutdown within `deadline_secs`; SIGTERM if the
+    /// channel is gone.
+    pub async fn order_stop(&mut self, deadline_secs: u64) {
+        let order = FromLauncher::Shutdown { deadline_secs };
+        if let Err(e) = write_frame(&mut self.control, &order).await {
+            warn!("cannot order the daemon to stop ({e}); sending SIGTERM");
+            self.signal(libc::SIGTERM);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
+    /// Whether the process is still there (not yet exited).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet
+        // (the child is reaped only through `self.child`).
+        unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+    }
+}
+
+async fn forward_frames(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    tx: mpsc::UnboundedSender<FromDaemon>,
+) {
+    loop {
+        match read_frame::<FromDaemon, _>(&mut read).await {
+            Ok(Some(frame)) => {
+                if tx.send(frame).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(control::FrameError::Io(_)) => return,
+            Err(e) => warn!("ignoring a bad frame from the daemon: {e}"),
+        }
+    }
+}

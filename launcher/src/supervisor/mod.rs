@@ -1,0 +1,1080 @@
+//! `waiaas-launcher run`: the long-lived supervisor.
+//!
+//! It binds the HTTP listener once (or takes systemd's) and hands it to every
+//! daemon it starts, so while a daemon is replaced clients wait in the kernel's
+//! backlog instead of being refused. Each daemon gets one end of a socketpair
+//! as its control channel (`waiaas_shared::control`); readiness is the daemon's
+//! `ready` frame followed by a healthy `/health`.
+//!
+//! The supervisor is a state machine driven by one event loop
+//! ([`Supervisor::next_event`]) that never waits on one thing alone: the
+//! daemon's exit and frames, signals, admin requests, a health probe, the
+//! nearest deadline (hello, ready, healthy, stop, backoff) and a hosted
+//! upgrade ([`upgrading`]) are all raced in one `select!`. A probe of a daemon
+//! that has exited is dropped the moment its exit is seen.
+//!
+//! Everything runs on one thread: the daemon's parent-death signal
+//! (`PR_SET_PDEATHSIG`) fires when the *thread* that forked it exits, so the
+//! forking thread must live as long as the process.
+
+mod admin;
+mod daemon;
+mod upgrading;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use waiaas_shared::admin::{self as protocol, DaemonStatus, Request, Response, UpgradeReport};
+use waiaas_shared::config::Config;
+use waiaas_shared::control::{self, FromDaemon};
+use waiaas_shared::health::HealthResponse;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::listen_fds;
+use waiaas_shared::version::VERSION;
+
+use crate::daemon_binary::{self, describe_exit, is_permanent};
+use crate::failure::Failure;
+use crate::pidfile::PidFile;
+use crate::probe;
+use crate::sdnotify::Notifier;
+use crate::upgrade::HostError;
+use admin::AdminCall;
+use daemon::{Daemon, DaemonEvent};
+use upgrading::{HostCall, Upgrade, Work};
+
+/// Delay before the second start within the stability window; doubled per
+/// further failure up to [`BACKOFF_CAP`]. The first restart after a crash is
+/// immediate: clients already wait in the backlog.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A daemon that ran this long before crashing resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long a new daemon has to say hello on its control channel.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest single health probe while starting; probes repeat until the deadline.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between failed probes.
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
+/// How long `status` waits for `/health`.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Extra time after the shutdown deadline before the daemon is killed.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the supervisor until SIGTERM/SIGINT or an admin `stop`.
+pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
+    // Before any thread exists: both read and clear environment variables.
+    let notifier = Notifier::from_env();
+    crate::logging::init(&config.daemon.log_level);
+    let inherited = listen_fds::take_listener().map_err(|e| Failure::new(e.to_string()))?;
+
+    let program = daemon_binary::program(dir)?;
+    let pidfile = PidFile::acquire(dir)?;
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => TcpListener::bind((config.daemon.hostname.as_str(), config.daemon.port)).map_err(
+            |e| {
+                Failure::new(format!(
+                    "cannot listen on {}:{}: {e} (is another WAIaaS running? change [daemon] port)",
+                    config.daemon.hostname, config.daemon.port
+                ))
+            },
+        )?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the runtime: {e}")))?;
+    let result = runtime.block_on(async {
+        let socket = admin::bind(dir)?;
+        let supervisor = Supervisor::new(dir.clone(), config.clone(), listener, notifier, program)?;
+        supervisor.serve(socket).await
+    });
+    // An abandoned preflight may still be unpacking on the blocking pool: its
+    // leftovers are cleaned up by the next install, so do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(pidfile);
+    result
+}
+
+/// What the supervisor is doing, as `status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Running,
+    BackingOff,
+    /// The daemon exited with a permanent code: not restarted.
+    Refused,
+    /// Left stopped on purpose (`upgrade --no-start`, an upgrade's step 2).
+    Stopped,
+    Stopping,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::BackingOff => "backing-off",
+            State::Refused => "refused",
+            State::Stopped => "stopped",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+/// Who a start is for, and so what its failure means.
+enum Purpose {
+    /// The service: a failure is retried on the backoff schedule.
+    Service,
+    /// An upgrade's host call: a failure is reported to the engine, which
+    /// rolls back; the daemon must report `version`.
+    Engine {
+        version: String,
+        done: oneshot::Sender<Result<(), HostError>>,
+    },
+}
+
+/// How far a start has got.
+enum Stage {
+    /// Waiting for hello, due by `by`.
+    Hello {
+        by: Instant,
+    },
+    Ready,
+    /// Probing `/health`: a probe in flight, or the next one due at `next`.
+    Healthy {
+        next: Instant,
+        last_error: Option<String>,
+    },
+}
+
+/// What to do once a stopping daemon has exited.
+enum AfterStop {
+    Restart,
+    Exit,
+    Engine(oneshot::Sender<Result<(), HostError>>),
+    /// It was killed because its start failed for `reason`.
+    StartFailed {
+        reason: String,
+        purpose: Purpose,
+    },
+}
+
+/// The daemon slot.
+enum Slot {
+    Empty,
+    Starting {
+        daemon: Daemon,
+        stage: Stage,
+        deadline: Instant,
+        purpose: Purpose,
+    },
+    Running(Daemon),
+    Stopping {
+        daemon: Daemon,
+        kill_at: Instant,
+        killed: bool,
+        then: AfterStop,
+    },
+}
+
+impl Slot {
+    fn daemon(&mut self) -> Option<&mut Daemon> {
+        match self {
+            Slot::Empty => None,
+            Slot::Starting { daemon, .. }
+            | Slot::Running(daemon)
+            | Slot::Stopping { daemon, .. } => Some(daemon),
+        }
+    }
+}
+
+type Probe = Pin<Box<dyn Future<Output = Result<HealthResponse, String>>>>;
+
+/// Why the event loop woke up.
+enum Event {
+    Terminate(&'static str),
+    Hangup,
+    Admin(AdminCall),
+    Daemon(DaemonEvent),
+    Probed(Result<HealthResponse, String>),
+    Deadline,
+    Watchdog,
+    Host(HostCall),
+    Progress(protocol::Progress),
+    Upgraded(Option<UpgradeReport>),
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+struct Supervisor {
+    dir: DataDir,
+    /// The daemon binary started (see [`daemon_binary::program`]).
+    program: PathBuf,
+    config: Config,
+    listener: TcpListener,
+    health_addr: SocketAddr,
+    notifier: Notifier,
+    slot: Slot,
+    /// A health probe of the starting daemon, in flight.
+    probe: Option<Probe>,
+    /// When the next service start is due (backing off).
+    retry_at: Option<Instant>,
+    /// Starts that failed or crashed within the stability window.
+    failures: u32,
+    restarts: u32,
+    last_exit: Option<String>,
+    ready_once: bool,
+    /// The permanent exit code of the last refused start.
+    refused_code: Option<i32>,
+    /// No automatic starts: stopped on purpose, refused, or held by an upgrade.
+    held: Option<State>,
+    upgrade: Option<Upgrade>,
+    /// A stop was asked for while an upgrade could not be abandoned.
+    stop_after_upgrade: bool,
+    /// Connections waiting for a restart (or stop) to finish.
+    restart_replies: Vec<OwnedWriteHalf>,
+    stop_replies: Vec<OwnedWriteHalf>,
+    calls: mpsc::UnboundedReceiver<AdminCall>,
+    calls_tx: mpsc::UnboundedSender<AdminCall>,
+    watchdog: Option<tokio::time::Interval>,
+    /// Set when the loop should end, with how.
+    exit: Option<Result<(), Failure>>,
+}
+
+impl Supervisor {
+    fn new(
+        dir: DataDir,
+        config: Config,
+        listener: TcpListener,
+        notifier: Notifier,
+        program: PathBuf,
+    ) -> Result<Self, Failure> {
+        let local = listener
+            .local_addr()
+            .map_err(|e| Failure::new(format!("cannot read the listener's address: {e}")))?;
+        // A wildcard listener is probed on loopback.
+        let ip = if local.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            local.ip()
+        };
+        let (calls_tx, calls) = mpsc::unbounded_channel();
+        let watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+        Ok(Self {
+            dir,
+            program,
+            config,
+            listener,
+            health_addr: SocketAddr::new(ip, local.port()),
+            notifier,
+            slot: Slot::Empty,
+            probe: None,
+            retry_at: None,
+            failures: 0,
+            restarts: 0,
+            last_exit: None,
+            ready_once: false,
+            refused_code: None,
+            held: None,
+            upgrade: None,
+            stop_after_upgrade: false,
+            restart_replies: Vec::new(),
+            stop_replies: Vec::new(),
+            calls,
+            calls_tx,
+            watchdog,
+            exit: None,
+        })
+    }
+
+    async fn serve(mut self, socket: tokio::net::UnixListener) -> Result<(), Failure> {
+        tokio::spawn(admin::accept(socket, self.calls_tx.clone()));
+        let failure =
+            |e: std::io::Error| Failure::new(format!("cannot install signal handlers: {e}"));
+        let mut signals = Signals {
+            term: signal(SignalKind::terminate()).map_err(failure)?,
+            int: signal(SignalKind::interrupt()).map_err(failure)?,
+            hup: signal(SignalKind::hangup()).map_err(failure)?,
+        };
+        info!(version = VERSION, addr = %self.health_addr, "supervisor started");
+
+        // A change a crash left half-done is rolled back before anything else.
+        if self.dir.upgrade_journal().exists() {
+            self.held = Some(State::Stopped);
+            self.upgrade = Some(Upgrade::recovery(self.dir.clone(), self.config.clone()));
+        } else {
+            self.start(Purpose::Service);
+        }
+        loop {
+            if let Some(result) = self.exit.take() {
+                for reply in self.stop_replies.drain(..) {
+                    let done = Response::Done {
+                        message: "stopped".into(),
+                    };
+                    admin::answer(reply, &done).await;
+                }
+                return result;
+            }
+            let event = self.next_event(&mut signals).await;
+            self.handle(event).await;
+        }
+    }
+
+    /// The one place the supervisor waits.
+    async fn next_event(&mut self, signals: &mut Signals) -> Event {
+        let deadline = self.next_deadline();
+        let upgrade = self.upgrade.as_mut();
+        let (engine, host_calls, progress) = match upgrade {
+            Some(u) => (
+                Some(&mut u.engine),
+                Some(&mut u.calls),
+                Some(&mut u.progress),
+            ),
+            None => (None, None, None),
+        };
+        tokio::select! {
+            // Progress first, so every frame is forwarded before the report.
+            Some(p) = recv(progress) => Event::Progress(p),
+            Some(call) = recv(host_calls) => Event::Host(call),
+            report = poll(engine) => Event::Upgraded(report),
+            _ = signals.term.recv() => Event::Terminate("SIGTERM"),
+            _ = signals.int.recv() => Event::Terminate("SIGINT"),
+            _ = signals.hup.recv() => Event::Hangup,
+            Some(call) = self.calls.recv() => Event::Admin(call),
+            event = daemon_event(self.slot.daemon()) => Event::Daemon(event),
+            result = poll(self.probe.as_mut()) => Event::Probed(result),
+            _ = sleep_until(deadline) => Event::Deadline,
+            _ = tick(self.watchdog.as_mut()) => Event::Watchdog,
+        }
+    }
+
+    /// The nearest of: the start's deadline or next probe, the kill of a
+    /// stopping daemon, the next retry.
+    fn next_deadline(&self) -> Option<Instant> {
+        let slot = match &self.slot {
+            Slot::Starting {
+                stage: Stage::Healthy { next, .. },
+                deadline,
+                ..
+            } if self.probe.is_none() => Some((*next).min(*deadline)),
+            Slot::Starting {
+                stage: Stage::Hello { by },
+                ..
+            } => Some(*by),
+            Slot::Starting { deadline, .. } => Some(*deadline),
+            Slot::Stopping {
+                kill_at,
+                killed: false,
+                ..
+            } => Some(*kill_at),
+            _ => None,
+        };
+        match (slot, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Terminate(name) => self.terminate(name, None).await,
+            Event::Hangup => {
+                if self.upgrade.is_some() {
+                    warn!("SIGHUP: ignored while an upgrade runs");
+                } else {
+                    info!("SIGHUP: restarting the daemon");
+                    self.restart().await;
+                }
+            }
+            Event::Admin(call) => self.admin(call).await,
+            Event::Daemon(DaemonEvent::Exited(status)) => self.exited(status),
+            Event::Daemon(DaemonEvent::Frame(frame)) => self.frame(frame),
+            Event::Probed(result) => self.probed(result),
+            Event::Deadline => self.deadline().await,
+            Event::Watchdog => self.notifier.notify("WATCHDOG=1"),
+            Event::Host(call) => self.host_call(call).await,
+            Event::Progress(p) => {
+                if let Some(upgrade) = &mut self.upgrade {
+                    upgrade.progressed(p);
+                }
+            }
+            Event::Upgraded(report) => self.upgraded(report).await,
+        }
+    }
+
+    // ---- starting --------------------------------------------------------
+
+    /// Spawns a daemon for `purpose`; its readiness is then driven by events.
+    fn start(&mut self, purpose: Purpose) {
+        debug_assert!(matches!(self.slot, Slot::Empty));
+        self.retry_at = None;
+        if matches!(purpose, Purpose::Service) {
+            self.held = None;
+        }
+        match Daemon::spawn(&self.program, &self.dir, &self.listener) {
+            Ok(daemon) => {
+                let health_timeout = Duration::from_secs(self.config.update.health_timeout);
+                // `health_timeout` bounds the whole start (hello, ready,
+                // healthy): the time a new daemon has to become healthy (SPEC §3).
+                let now = Instant::now();
+                self.slot = Slot::Starting {
+                    daemon,
+                    stage: Stage::Hello {
+                        by: now + HELLO_TIMEOUT.min(health_timeout),
+                    },
+                    deadline: now + health_timeout,
+                    purpose,
+                };
+            }
+            Err(reason) => self.start_failed(purpose, NotReady::Spawn(reason)),
+        }
+    }
+
+    fn frame(&mut self, frame: FromDaemon) {
+        let Slot::Starting { daemon, stage, .. } = &mut self.slot else {
+            if let FromDaemon::Stopping { reason } = frame {
+                info!("daemon is stopping: {reason}");
+            }
+            return;
+        };
+        match (&*stage, frame) {
+            (
+                Stage::Hello { .. },
+                FromDaemon::Hello {
+                    protocol, version, ..
+                },
+            ) if protocol == control::PROTOCOL_VERSION => {
+                daemon.version = version;
+                *stage = Stage::Ready;
+            }
+            (Stage::Hello { .. }, FromDaemon::Hello { protocol, .. }) => self.fail_start(format!(
+                "the daemon speaks control protocol {protocol}, this launcher {}",
+                control::PROTOCOL_VERSION
+            )),
+            (Stage::Hello { .. }, other) => self.fail_start(format!(
+                "the daemon's first message was {other:?}, not hello"
+            )),
+            (Stage::Ready, FromDaemon::Ready { schema_version }) => {
+                daemon.schema_version = schema_version;
+                *stage = Stage::Healthy {
+                    next: Instant::now(),
+                    last_error: None,
+                };
+            }
+            (_, FromDaemon::Stopping { reason }) => {
+                self.fail_start(format!("the daemon stopped: {reason}"))
+            }
+            _ => {}
+        }
+    }
+
+    fn probed(&mut self, result: Result<HealthResponse, String>) {
+        self.probe = None;
+        let Slot::Starting { daemon, stage, .. } = &mut self.slot else {
+            return;
+        };
+        match result {
+            Ok(health) if health.version == daemon.version => self.became_ready(),
+            Ok(health) => {
+                let reason = format!(
+                    "/health reports version {}, but the daemon said {}",
+                    health.version, daemon.version
+                );
+                self.fail_start(reason);
+            }
+            Err(e) => {
+                *stage = Stage::Healthy {
+                    next: Instant::now() + PROBE_PAUSE,
+                    last_error: Some(e),
+                };
+            }
+        }
+    }
+
+    fn became_ready(&mut self) {
+        if let Slot::Starting {
+            daemon,
+            purpose: Purpose::Engine { version, .. },
+            ..
+        } = &self.slot
+            && daemon.version != *version
+        {
+            let reason = format!(
+                "the daemon that started is {}, not {version}",
+                daemon.version
+            );
+            self.fail_start(reason);
+            return;
+        }
+        let Slot::Starting {
+            daemon, purpose, ..
+        } = std::mem::replace(&mut self.slot, Slot::Empty)
+        else {
+            return;
+        };
+        if let Purpose::Engine { done, .. } = purpose {
+            let _ = done.send(Ok(()));
+        }
+        info!(pid = daemon.pid, version = %daemon.version, schema = daemon.schema_version, "daemon ready");
+        let status = format!(
+            "STATUS=serving {} (schema {})",
+            daemon.version, daemon.schema_version
+        );
+        if self.ready_once {
+            self.notifier.notify(&status);
+        } else {
+            self.ready_once = true;
+            self.notifier.notify(&format!("READY=1\n{status}"));
+        }
+        self.slot = Slot::Running(daemon);
+        for reply in self.restart_replies.drain(..) {
+            let done = Response::Done {
+                message: "daemon restarted".into(),
+            };
+            admin::answer_later(reply, done);
+        }
+    }
+
+    /// Kills a daemon whose start failed; the exit then says how it ended.
+    fn fail_start(&mut self, reason: String) {
+        self.probe = None;
+        let Slot::Starting {
+            mut daemon,
+            purpose,
+            ..
+        } = std::mem::replace(&mut self.slot, Slot::Empty)
+        else {
+            return;
+        };
+        daemon.kill();
+        self.slot = Slot::Stopping {
+            daemon,
+            kill_at: Instant::now(),
+            killed: true,
+            then: AfterStop::StartFailed { reason, purpose },
+        };
+    }
+
+    /// A start did not reach ready: report it, then retry, refuse, or (for
+    /// the engine) leave the daemon stopped.
+    fn start_failed(&mut self, purpose: Purpose, failure: NotReady) {
+        let reason = failure.to_string();
+        self.last_exit = Some(reason.clone());
+        for reply in self.restart_replies.drain(..) {
+            let message = format!("the daemon did not come back: {reason}");
+            admin::answer_later(reply, Response::Error { message });
+        }
+        let permanent = failure.status().is_some_and(is_permanent);
+        match purpose {
+            Purpose::Engine { done, .. } => {
+                let _ = done.send(Err(failure.into()));
+                self.held = Some(State::Stopped);
+            }
+            Purpose::Service if permanent => {
+                self.refused_code = failure.status().and_then(|s| s.as_ref().ok()?.code());
+                error!(
+                    "daemon did not start: {reason}; not restarting (fix the cause, then `waiaas-launcher restart`)"
+                );
+                self.notifier
+                    .notify(&format!("STATUS=daemon did not start: {reason}"));
+                self.held = Some(State::Refused);
+                // Under systemd a service whose first start is refused must
+                // fail, with the daemon's code, so `RestartPreventExitStatus=`
+                // applies; elsewhere (a container) the supervisor stays up.
+                if !self.ready_once && self.notifier.is_active() && self.upgrade.is_none() {
+                    let code = self.refused_code.and_then(|c| u8::try_from(c).ok());
+                    self.exit = Some(Err(Failure {
+                        code: code.unwrap_or(1),
+                        message: format!("the daemon refused to start: {reason}"),
+                    }));
+                }
+            }
+            Purpose::Service => {
+                let delay = self.next_delay();
+                warn!("daemon did not start: {reason}; retrying in {delay:?}");
+                self.restarts += 1;
+                self.retry_in(delay);
+            }
+        }
+    }
+
+    /// The delay before the next start: none for the first failure within the
+    /// stability window, then [`BACKOFF_FIRST`] doubling up to the cap.
+    fn next_delay(&mut self) -> Duration {
+        let n = self.failures;
+        self.failures = n.saturating_add(1);
+        match n {
+            0 => Duration::ZERO,
+            n => BACKOFF_FIRST
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(BACKOFF_CAP),
+        }
+    }
+
+    fn retry_in(&mut self, delay: Duration) {
+        if delay.is_zero() {
+            self.start(Purpose::Service);
+        } else {
+            self.retry_at = Some(Instant::now() + delay);
+        }
+    }
+
+    // ---- exits -----------------------------------------------------------
+
+    fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        self.probe = None;
+        let description = describe_exit(&status);
+        match std::mem::replace(&mut self.slot, Slot::Empty) {
+            Slot::Empty => {}
+            Slot::Starting { purpose, .. } => self.start_failed(purpose, NotReady::Died(status)),
+            Slot::Running(daemon) => self.crashed(&daemon, &status),
+            Slot::Stopping { then, .. } => {
+                info!("daemon {description}");
+                match then {
+                    AfterStop::StartFailed { reason, purpose } => {
+                        self.start_failed(purpose, NotReady::Killed { reason, status });
+                    }
+                    AfterStop::Restart if self.held.is_none() => {
+                        self.last_exit = Some(description);
+                        self.start(Purpose::Service);
+                    }
+                    AfterStop::Restart => self.last_exit = Some(description),
+                    AfterStop::Engine(done) => {
+                        self.last_exit = Some(description);
+                        let _ = done.send(Ok(()));
+                    }
+                    AfterStop::Exit => {
+                        self.last_exit = Some(description);
+                        self.exit_now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A running daemon ended on its own.
+    fn crashed(&mut self, daemon: &Daemon, status: &std::io::Result<ExitStatus>) {
+        let description = describe_exit(status);
+        self.last_exit = Some(description.clone());
+        if daemon.started.elapsed() >= STABLE_AFTER {
+            self.failures = 0;
+        }
+        if is_permanent(status) {
+            error!(
+                "daemon {description}; not restarting (fix the cause, then `waiaas-launcher restart`)"
+            );
+            self.held = Some(State::Refused);
+            self.notifier
+                .notify(&format!("STATUS=daemon {description}"));
+            return;
+        }
+        if self.held.is_some() {
+            warn!("daemon {description}; left stopped while an upgrade holds it");
+            return;
+        }
+        let delay = self.next_delay();
+        warn!("daemon {description}; restarting in {delay:?}");
+        self.restarts += 1;
+        self.notifier
+            .notify(&format!("STATUS=daemon {description}; restarting"));
+        self.retry_in(delay);
+    }
+
+    async fn deadline(&mut self) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| at <= now) && matches!(self.slot, Slot::Empty) {
+            self.start(Purpose::Service);
+            return;
+        }
+        match &mut self.slot {
+            Slot::Starting {
+                stage: Stage::Hello { by },
+                ..
+            } if *by <= now => {
+                self.fail_start(format!(
+                    "no hello from the daemon within {:?}",
+                    HELLO_TIMEOUT.min(Duration::from_secs(self.config.update.health_timeout))
+                ));
+            }
+            Slot::Starting {
+                stage, deadline, ..
+            } if *deadline <= now => {
+                let reason = match stage {
+                    Stage::Hello { .. } => "no hello from the daemon in time".to_string(),
+                    Stage::Ready => "the daemon did not say ready in time".to_string(),
+                    Stage::Healthy { last_error, .. } => format!(
+                        "never became healthy: {}",
+                        last_error.as_deref().unwrap_or("no answer")
+                    ),
+                };
+                self.fail_start(reason);
+            }
+            Slot::Starting {
+                stage: Stage::Healthy { next, .. },
+                deadline,
+                ..
+            } if *next <= now && self.probe.is_none() => {
+                let left = deadline.saturating_duration_since(now).min(PROBE_TIMEOUT);
+                self.probe = Some(Box::pin(probe::health(self.health_addr, left)));
+            }
+            Slot::Stopping {
+                daemon,
+                kill_at,
+                killed,
+                ..
+            } if *kill_at <= now && !*killed => {
+                warn!("daemon did not stop in time; killing it");
+                daemon.kill();
+                *killed = true;
+            }
+            _ => {}
+        }
+    }
+
+    // ---- stopping --------------------------------------------------------
+
+    /// Orders the daemon to stop (killed after the deadline), then `then`.
+    /// Without a daemon, `then` happens at once.
+    async fn stop_daemon(&mut self, then: AfterStop) {
+        self.probe = None;
+        self.retry_at = None;
+        let deadline = Duration::from_secs(self.config.daemon.shutdown_timeout);
+        match std::mem::replace(&mut self.slot, Slot::Empty) {
+            Slot::Empty => self.after_stop_now(then),
+            Slot::Starting {
+                mut daemon,
+                purpose,
+                ..
+            } => {
+                // A start is abandoned: one that was for the engine is told so.
+                if let Purpose::Engine { done, .. } = purpose {
+                    let _ = done.send(Err(HostError::ShuttingDown));
+                }
+                daemon.order_stop(deadline.as_secs()).await;
+                self.slot = Slot::Stopping {
+                    daemon,
+                    kill_at: Instant::now() + deadline + KILL_GRACE,
+                    killed: false,
+                    then,
+                };
+            }
+            Slot::Running(mut daemon) => {
+                daemon.order_stop(deadline.as_secs()).await;
+                self.slot = Slot::Stopping {
+                    daemon,
+                    kill_at: Instant::now() + deadline + KILL_GRACE,
+                    killed: false,
+                    then,
+                };
+            }
+            Slot::Stopping {
+                daemon,
+                kill_at,
+                killed,
+                then: before,
+            } => {
+                // Already on its way out: an engine's failed start is told so.
+                if let AfterStop::StartFailed {
+                    purpose: Purpose::Engine { done, .. },
+                    reason,
+                } = before
+                {
+                    let _ = done.send(Err(HostError::NotReady(reason)));
+                }
+                self.slot = Slot::Stopping {
+                    daemon,
+                    kill_at,
+                    killed,
+                    then,
+                };
+            }
+        }
+    }
+
+    fn after_stop_now(&mut self, then: AfterStop) {
+        match then {
+            AfterStop::Restart => self.start(Purpose::Service),
+            AfterStop::Exit => self.exit_now(),
+            AfterStop::Engine(done) => {
+                let _ = done.send(Ok(()));
+            }
+            AfterStop::StartFailed { .. } => {
+                unreachable!("a failed start has a daemon to wait for")
+            }
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.failures = 0;
+        self.held = None;
+        self.stop_daemon(AfterStop::Restart).await;
+    }
+
+    /// SIGTERM, SIGINT or an admin `stop`: abandon a preflight, let a begun
+    /// upgrade finish or roll back first, then stop the daemon and exit.
+    async fn terminate(&mut self, why: &str, reply: Option<OwnedWriteHalf>) {
+        self.stop_replies.extend(reply);
+        if let Some(upgrade) = &self.upgrade {
+            if upgrade.past_preflight() {
+                info!(
+                    "{why}: stopping once the upgrade has finished or rolled back \
+                     (bounded by its step deadlines)"
+                );
+                self.stop_after_upgrade = true;
+                return;
+            }
+            info!("{why}: abandoning the upgrade's preflight; nothing was changed");
+            let upgrade = self.upgrade.take().expect("checked above");
+            let from = crate::swap::current_version(&self.dir).ok().flatten();
+            upgrade.finish(crate::upgrade::report::abandoned(from.as_deref()));
+        }
+        info!("{why}: stopping");
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        self.notifier.notify("STOPPING=1");
+        self.held = Some(State::Stopping);
+        self.stop_daemon(AfterStop::Exit).await;
+    }
+
+    /// Ends the loop (whoever asked for the stop is answered on the way out).
+    fn exit_now(&mut self) {
+        self.exit.get_or_insert(Ok(()));
+    }
+
+    // ---- admin requests and the hosted upgrade ---------------------------
+
+    async fn admin(&mut self, call: AdminCall) {
+        let AdminCall { request, reply } = call;
+        let refuse = |reply, message: &str| {
+            let message = message.to_string();
+            admin::answer_later(reply, Response::Error { message });
+        };
+        let stopping = self.held == Some(State::Stopping);
+        match request {
+            Request::Status => {
+                // The probe runs on its own task: a daemon that just died (its
+                // port held by us, so the probe waits) must not hold up the loop.
+                let mut status = self.status();
+                let addr = self.health_addr;
+                tokio::spawn(async move {
+                    if let Some(daemon) = status.daemon.as_mut().filter(|d| d.healthy) {
+                        daemon.healthy = probe::health(addr, STATUS_PROBE_TIMEOUT).await.is_ok();
+                    }
+                    admin::answer(reply, &Response::Status(status)).await;
+                });
+            }
+            Request::Stop => self.terminate("stop requested", Some(reply)).await,
+            _ if stopping => refuse(reply, "the supervisor is stopping"),
+            Request::Restart if self.upgrade.is_some() => refuse(
+                reply,
+                "an upgrade or rollback is in progress; wait for it to finish",
+            ),
+            Request::Restart => {
+                self.restart_replies.push(reply);
+                self.restart().await;
+            }
+            Request::Upgrade(_) if self.upgrade.is_some() => refuse(
+                reply,
+                "another upgrade or rollback is in progress; wait for it to finish",
+            ),
+            Request::Upgrade(request) => {
+                let (dir, config) = (self.dir.clone(), self.config.clone());
+                self.upgrade = Some(Upgrade::request(dir, config, request, reply));
+            }
+        }
+    }
+
+    async fn host_call(&mut self, call: HostCall) {
+        match call {
+            HostCall::Running(answer) => {
+                let _ = answer.send(self.wants_daemon());
+            }
+            HostCall::Stop(done) => {
+                // From here the upgrade decides when a daemon runs.
+                self.held = Some(State::Stopped);
+                self.stop_daemon(AfterStop::Engine(done)).await;
+            }
+            HostCall::Start { version, done } => {
+                if matches!(self.slot, Slot::Empty) {
+                    self.start(Purpose::Engine { version, done });
+                } else {
+                    let reason = "another daemon is still running".to_string();
+                    let _ = done.send(Err(HostError::NotReady(reason)));
+                }
+            }
+        }
+    }
+
+    async fn upgraded(&mut self, report: Option<UpgradeReport>) {
+        let upgrade = self.upgrade.take().expect("an upgrade ended");
+        let recovery = matches!(upgrade.work, Work::Recovery);
+        match (report, recovery) {
+            (Some(report), false) => upgrade.finish(report),
+            (None, false) => unreachable!("a request always reports"),
+            (Some(report), true) => {
+                error!(
+                    "{} Manual steps: {}",
+                    report.message,
+                    report.manual_steps.join(" ")
+                );
+                self.last_exit = Some(report.message);
+                self.held = Some(State::Refused);
+            }
+            (None, true) => {}
+        }
+        if !matches!(self.slot, Slot::Empty) {
+            self.held = None;
+        }
+        if self.stop_after_upgrade {
+            self.shutdown().await;
+        } else if recovery && self.held == Some(State::Stopped) {
+            // Recovered (or nothing ran before the crash): the first start.
+            self.start(Purpose::Service);
+        }
+    }
+
+    /// Whether a daemon is meant to be running (a rollback starts it again).
+    fn wants_daemon(&self) -> bool {
+        match &self.slot {
+            Slot::Starting { .. } | Slot::Running(_) => true,
+            Slot::Stopping { then, .. } => matches!(then, AfterStop::Restart),
+            Slot::Empty => self.retry_at.is_some(),
+        }
+    }
+
+    fn state(&self) -> State {
+        match &self.slot {
+            Slot::Starting { .. } => State::Starting,
+            Slot::Running(_) => State::Running,
+            Slot::Stopping { .. } => State::Stopping,
+            Slot::Empty if self.retry_at.is_some() => State::BackingOff,
+            Slot::Empty => self.held.unwrap_or(State::Stopped),
+        }
+    }
+
+    /// The status as known now; `healthy` means "alive and ready", to be
+    /// confirmed by a probe.
+    fn status(&mut self) -> protocol::Status {
+        let state = match &self.upgrade {
+            Some(u) if u.past_preflight() => "upgrading",
+            _ => self.state().name(),
+        };
+        let ready = matches!(self.slot, Slot::Running(_));
+        let daemon = self.slot.daemon().map(|d| DaemonStatus {
+            pid: d.pid,
+            version: d.version.clone(),
+            schema_version: d.schema_version,
+            uptime: d.started.elapsed().as_secs(),
+            healthy: ready && d.alive(),
+        });
+        protocol::Status {
+            launcher_pid: std::process::id(),
+            launcher_version: VERSION.to_string(),
+            state: state.to_string(),
+            upgrade: self.upgrade.as_ref().and_then(|u| u.step.clone()),
+            daemon,
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+}
+
+/// Why a start did not reach ready.
+enum NotReady {
+    /// It could not be spawned.
+    Spawn(String),
+    /// It ended on its own while starting.
+    Died(std::io::Result<ExitStatus>),
+    /// It was killed for `reason`, and then ended.
+    Killed {
+        reason: String,
+        status: std::io::Result<ExitStatus>,
+    },
+}
+
+impl NotReady {
+    fn status(&self) -> Option<&std::io::Result<ExitStatus>> {
+        match self {
+            NotReady::Spawn(_) => None,
+            NotReady::Died(status) | NotReady::Killed { status, .. } => Some(status),
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Spawn(reason) => f.write_str(reason),
+            NotReady::Died(status) => write!(f, "the daemon {}", describe_exit(status)),
+            NotReady::Killed { reason, status } => {
+                write!(f, "{reason}; the daemon {}", describe_exit(status))
+            }
+        }
+    }
+}
+
+impl From<NotReady> for HostError {
+    fn from(failure: NotReady) -> Self {
+        match failure {
+            NotReady::Spawn(reason) => HostError::Spawn(reason),
+            NotReady::Died(status) => HostError::Exited(describe_exit(&status)),
+            killed @ NotReady::Killed { .. } => HostError::NotReady(killed.to_string()),
+        }
+    }
+}
+
+/// The next item of an optional channel; never, without one.
+async fn recv<T>(rx: Option<&mut mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An optional future's output; never, without one.
+async fn poll<T>(future: Option<&mut Pin<Box<dyn Future<Output = T>>>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn daemon_event(daemon: Option<&mut Daemon>) -> DaemonEvent {
+    match daemon {
+        Some(daemon) => daemon.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

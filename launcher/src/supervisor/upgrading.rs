@@ -1,0 +1,196 @@
+//! An upgrade (or rollback, or crash recovery) hosted by the supervisor. The
+//! engine runs as a future the event loop polls beside everything else; it
+//! reaches the supervisor's daemon only through [`ChannelHost`], whose calls
+//! the loop answers when the daemon has actually stopped or become healthy.
+//! Progress streams to the requesting connection from a task of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use waiaas_shared::admin::{Progress, Response, UpgradeReport, UpgradeRequest};
+use waiaas_shared::config::Config;
+use waiaas_shared::control::write_frame;
+use waiaas_shared::layout::DataDir;
+
+use crate::upgrade::{Engine, Host, HostError};
+
+/// What the engine asks of the supervisor.
+pub enum HostCall {
+    Running(oneshot::Sender<bool>),
+    Stop(oneshot::Sender<Result<(), HostError>>),
+    Start {
+        version: String,
+        done: oneshot::Sender<Result<(), HostError>>,
+    },
+}
+
+/// The engine's side: every call is a message to the loop and a wait for
+/// its answer (a loop that went away answers "shutting down").
+struct ChannelHost {
+    calls: mpsc::UnboundedSender<HostCall>,
+}
+
+impl Host for ChannelHost {
+    async fn daemon_running(&mut self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.calls.send(HostCall::Running(tx));
+        rx.await.unwrap_or(false)
+    }
+
+    async fn stop_daemon(&mut self) -> Result<(), HostError> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.calls.send(HostCall::Stop(tx));
+        rx.await.unwrap_or(Err(HostError::ShuttingDown))
+    }
+
+    async fn start_daemon(&mut self, version: &str) -> Result<(), HostError> {
+        let (done, rx) = oneshot::channel();
+        let version = version.to_string();
+        let _ = self.calls.send(HostCall::Start { version, done });
+        rx.await.unwrap_or(Err(HostError::ShuttingDown))
+    }
+}
+
+/// What the upgrade is doing, for the event loop.
+pub enum Work {
+    /// An operator's `upgrade`: its report goes to the requesting connection.
+    Request,
+    /// Rolling back what a crash left half-done, before the first start.
+    Recovery,
+}
+
+/// A running upgrade, as the event loop sees it.
+pub struct Upgrade {
+    pub work: Work,
+    /// The engine: a report for a request; for a recovery, the report of a
+    /// failed one (`None` when it succeeded or had nothing to do).
+    pub engine: Pin<Box<dyn Future<Output = Option<UpgradeReport>>>>,
+    pub calls: mpsc::UnboundedReceiver<HostCall>,
+    pub progress: mpsc::UnboundedReceiver<Progress>,
+    /// The last step announced (step 1 is the preflight, which may be abandoned).
+    pub step: Option<Progress>,
+    reply: Option<mpsc::UnboundedSender<Response>>,
+}
+
+impl Upgrade {
+    /// Starts `request`; its progress and report stream to `reply`.
+    pub fn request(
+        dir: DataDir,
+        config: Config,
+        request: UpgradeRequest,
+        reply: OwnedWriteHalf,
+    ) -> Self {
+        let (mut host, progress, calls, progress_rx) = channels();
+        let engine = Box::pin(async move {
+            let mut progress = move |p: Progress| drop(progress.send(p));
+            let mut engine = Engine {
+                dir: &dir,
+                config: &config,
+                host: &mut host,
+                progress: &mut progress,
+            };
+            Some(engine.run(&request).await)
+        });
+        Self::new(Work::Request, engine, calls, progress_rx, Some(reply))
+    }
+
+    /// Finishes the rollback of a change a crash interrupted.
+    pub fn recovery(dir: DataDir, config: Config) -> Self {
+        let (mut host, progress, calls, progress_rx) = channels();
+        let engine = Box::pin(async move {
+            let mut progress = move |p: Progress| drop(progress.send(p));
+            let mut engine = Engine {
+                dir: &dir,
+                config: &config,
+                host: &mut host,
+                progress: &mut progress,
+            };
+            engine.recover().await.err()
+        });
+        Self::new(Work::Recovery, engine, calls, progress_rx, None)
+    }
+
+    fn new(
+        work: Work,
+        engine: Pin<Box<dyn Future<Output = Option<UpgradeReport>>>>,
+        calls: mpsc::UnboundedReceiver<HostCall>,
+        progress: mpsc::UnboundedReceiver<Progress>,
+        reply: Option<OwnedWriteHalf>,
+    ) -> Self {
+        Self {
+            work,
+            engine,
+            calls,
+            progress,
+            step: None,
+            reply: reply.map(stream_to),
+        }
+    }
+
+    /// Whether the change has begun (step 2 on): from then on it is finished
+    /// or rolled back, never abandoned.
+    pub fn past_preflight(&self) -> bool {
+        self.step.as_ref().is_some_and(|p| p.step >= 2)
+    }
+
+    /// Records and forwards a progress frame.
+    pub fn progressed(&mut self, p: Progress) {
+        if p.bytes.is_none() {
+            info!(
+                "upgrade step {}/{}: {} — {}",
+                p.step, p.of, p.name, p.message
+            );
+            self.step = Some(p.clone());
+        }
+        self.send(Response::Progress(p));
+    }
+
+    /// Sends the final answer; the writer task ends after it.
+    pub fn finish(mut self, report: UpgradeReport) {
+        info!("upgrade: {:?}: {}", report.outcome, report.message);
+        self.send(Response::Upgrade(report));
+    }
+
+    fn send(&mut self, response: Response) {
+        if let Some(reply) = &self.reply {
+            let _ = reply.send(response);
+        }
+    }
+}
+
+type Channels = (
+    ChannelHost,
+    mpsc::UnboundedSender<Progress>,
+    mpsc::UnboundedReceiver<HostCall>,
+    mpsc::UnboundedReceiver<Progress>,
+);
+
+fn channels() -> Channels {
+    let (calls_tx, calls) = mpsc::unbounded_channel();
+    let (progress_tx, progress) = mpsc::unbounded_channel();
+    (
+        ChannelHost { calls: calls_tx },
+        progress_tx,
+        calls,
+        progress,
+    )
+}
+
+/// Writes responses to the connection from a task of its own; a command that
+/// went away does not stop the upgrade.
+fn stream_to(mut reply: OwnedWriteHalf) -> mpsc::UnboundedSender<Response> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if write_frame(&mut reply, &frame).await.is_err() {
+                while rx.recv().await.is_some() {}
+                return;
+            }
+        }
+    });
+    tx
+}

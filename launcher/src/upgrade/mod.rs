@@ -1,0 +1,442 @@
+//! The upgrade engine (SPEC §6). One engine for both ways in: the supervisor
+//! runs it for `waiaas-launcher upgrade` when it is up, and the command runs
+//! it itself when it is not. The difference is only in the [`Host`] — who
+//! stops and starts the daemon.
+//!
+//! An upgrade is a preflight that may fail without any downtime
+//! ([`preflight`]), then seven journaled steps ([`Engine::upgrade`], top to
+//! bottom), committed only once the new daemon answers `/health`. Any failure
+//! after the preflight rolls back from the journal; so does the next launcher
+//! start after a crash ([`Engine::recover`]). The installation always ends
+//! fully old or fully new. [`report`] builds the one result; [`standalone`]
+//! is the host when no supervisor runs.
+//!
+//! The engine is a future polled on the launcher's one thread: the supervisor
+//! races it against signals and its daemon, and drops it to abandon a
+//! preflight. Blocking work (copies, hashing) runs on tokio's blocking pool,
+//! child processes under deadlines ([`crate::daemon_binary`]).
+
+mod error;
+mod preflight;
+pub mod report;
+mod standalone;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use waiaas_shared::admin::{Bytes, Progress, UpgradeAction, UpgradeReport, UpgradeRequest};
+use waiaas_shared::backup::{self, Kind};
+use waiaas_shared::compat::Verdict;
+use waiaas_shared::config::Config;
+use waiaas_shared::layout::DataDir;
+
+pub use error::{HostError, Refusal, StepError};
+pub use standalone::{Standalone, health_addr};
+
+use crate::daemon_binary;
+use crate::journal::{Journal, Operation, Phase};
+use crate::lock::UpgradeLock;
+use crate::restore;
+use crate::swap;
+use preflight::{Preflight, check_free_space, usable_version};
+
+/// Who stops and starts the daemon: the supervisor, or nobody (standalone).
+/// A lifecycle with a null implementation ([`Standalone`]) in the manner of
+/// shellflip's; tests drive the engine with a fake one.
+// The engine is polled on the launcher's one thread, never sent to another.
+#[allow(async_fn_in_trait)]
+pub trait Host {
+    /// Whether a daemon runs now (a rollback starts one again only if so).
+    async fn daemon_running(&mut self) -> bool;
+    /// Stops the daemon gracefully; returns once it has exited.
+    async fn stop_daemon(&mut self) -> Result<(), HostError>;
+    /// Starts the daemon `current` points at and waits until `/health`
+    /// reports `version`.
+    async fn start_daemon(&mut self, version: &str) -> Result<(), HostError>;
+}
+
+/// Steps of an upgrade, in order (SPEC §6); step 1 is the preflight.
+pub const UPGRADE_STEPS: [&str; 7] = [
+    "check the registry and verify the release",
+    "stop the daemon",
+    "back up the database and config",
+    "switch to the new version",
+    "migrate the database",
+    "verify the schema",
+    "start the daemon",
+];
+
+/// Steps of `--rollback`.
+pub const ROLLBACK_STEPS: [&str; 6] = [
+    "choose the backup",
+    "stop the daemon",
+    "back up the present state",
+    "restore the database and config",
+    "switch to the backup's version",
+    "start the daemon",
+];
+
+/// A progress frame for step `step` of `steps`.
+fn progress(steps: &[&str], step: u8, message: String, bytes: Option<Bytes>) -> Progress {
+    Progress {
+        step,
+        of: steps.len() as u8,
+        name: steps[usize::from(step) - 1].to_string(),
+        message,
+        bytes,
+    }
+}
+
+/// Everything the engine works with.
+pub struct Engine<'a, H: Host> {
+    pub dir: &'a DataDir,
+    pub config: &'a Config,
+    pub host: &'a mut H,
+    /// Called as each step starts, and with the bytes of a download.
+    pub progress: &'a mut (dyn FnMut(Progress) + Send),
+}
+
+impl<H: Host> Engine<'_, H> {
+    fn announce(&mut self, steps: &[&str], step: u8, message: impl Into<String>) {
+        (self.progress)(progress(steps, step, message.into(), None));
+    }
+
+    /// Runs `request` under the upgrade lock, after finishing any change a
+    /// crash left half-done.
+    pub async fn run(&mut self, request: &UpgradeRequest) -> UpgradeReport {
+        let _lock = match UpgradeLock::acquire(self.dir) {
+            Ok(lock) => lock,
+            Err(message) => return report::refused(None, None, &Refusal::Locked(message)),
+        };
+        if let Err(report) = self.recover_locked().await {
+            return report;
+        }
+        match &request.action {
+            UpgradeAction::Rollback => self.rollback(request.no_start).await,
+            action => self.upgrade(action, request.no_start).await,
+        }
+    }
+
+    /// Finishes the rollback of a change a crash left half-done, before
+    /// anything else runs. Without a journal this does nothing.
+    pub async fn recover(&mut self) -> Result<(), UpgradeReport> {
+        if !self.dir.upgrade_journal().exists() {
+            return Ok(());
+        }
+        let _lock = UpgradeLock::acquire(self.dir)
+            .map_err(|e| report::refused(None, None, &Refusal::Locked(e)))?;
+        self.recover_locked().await
+    }
+
+    /// [`Engine::recover`] for callers that already hold the lock.
+    async fn recover_locked(&mut self) -> Result<(), UpgradeReport> {
+        let journal = match Journal::load(self.dir) {
+            Ok(Some(journal)) => journal,
+            Ok(None) => return Ok(()),
+            Err(source) => {
+                let error = Refusal::Journal {
+                    path: self.dir.upgrade_journal(),
+                    source,
+                };
+                return Err(report::refused(None, None, &error));
+            }
+        };
+        let failed = format!(
+            "an interrupted {:?} from {} to {} (at step {}: {})",
+            journal.operation, journal.from, journal.to, journal.step, journal.step_name
+        );
+        self.roll_back(journal).await?;
+        tracing::warn!("rolled back {failed}");
+        Ok(())
+    }
+
+    /// The seven steps of an upgrade, top to bottom.
+    async fn upgrade(&mut self, action: &UpgradeAction, no_start: bool) -> UpgradeReport {
+        let steps = &UPGRADE_STEPS;
+        // 1. Preflight: everything that can fail without downtime.
+        self.announce(steps, 1, "resolving the target version");
+        let from = match self.current_version() {
+            Ok(from) => from,
+            Err(e) => return report::refused(None, None, &e),
+        };
+        let plan = match self.preflight(action, &from).await {
+            Ok(Preflight::UpToDate(version)) => return report::up_to_date(&version),
+            Ok(Preflight::Go(plan)) => plan,
+            Err(e) => return report::refused(Some(&from), None, &e),
+        };
+        let to = plan.target.version.to_string();
+        let running = self.host.daemon_running().await;
+        let mut journal = Journal::new(Operation::Upgrade, &from, &to, running);
+
+        let result: Result<(), StepError> = async {
+            // 2. Stop the daemon: graceful, waited for, killed after the timeout.
+            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            self.host.stop_daemon().await?;
+
+            // 3. Back up the database (if there is one yet) and config, verified, then prune.
+            let what = match plan.database_schema {
+                Some(_) => "backing up data/waiaas.db and config.toml",
+                None => "no database yet (never started): backing up config.toml",
+            };
+            self.enter(&mut journal, steps, 3, what)?;
+            let schema = plan.database_schema.unwrap_or(0);
+            let made = make_backup(self.dir, Kind::PreUpgrade, &from, &to, schema).await?;
+            journal.backup = Some(made);
+            prune_backups(self.dir, self.config);
+
+            // 4. Switch `current` to the new version, atomically.
+            self.enter(&mut journal, steps, 4, format!("pointing current at {to}"))?;
+            point_current(self.dir, &to)?;
+
+            // 5. Migrate, with the new version's own binary, within its deadline.
+            let message = format!("migrating with {to}'s waiaas-daemon");
+            self.enter(&mut journal, steps, 5, message)?;
+            let deadline = Duration::from_secs(self.config.update.migrate_timeout);
+            daemon_binary::migrate(&plan.target.path, self.dir, deadline).await?;
+
+            // 6. Verify: the database is at the new binary's latest schema.
+            self.enter(&mut journal, steps, 6, "checking the schema")?;
+            let report = daemon_binary::check(&plan.target.path, self.dir).await?;
+            let expected = plan.target.manifest.schema_version;
+            if report.verdict != Verdict::Current || report.database_version != expected {
+                return Err(StepError::Schema {
+                    version: to.clone(),
+                    found: report.database_version,
+                    expected,
+                    detail: report.message,
+                });
+            }
+
+            // 7. Start the new daemon and wait for a healthy /health.
+            if no_start {
+                self.enter(&mut journal, steps, 7, "left stopped (--no-start)")?;
+            } else {
+                self.enter(&mut journal, steps, 7, format!("starting {to}"))?;
+                self.host.start_daemon(&to).await?;
+            }
+
+            // Health-check-then-commit: only now is the old state let go of.
+            commit(self.dir)
+        }
+        .await;
+
+        match result {
+            Ok(()) => report::upgraded(
+                &from,
+                &to,
+                journal.backup.as_deref(),
+                plan.database_schema.is_some(),
+            ),
+            Err(error) => self.fail(journal, error).await,
+        }
+    }
+
+    /// Records the step in the journal (durably) and announces it.
+    fn enter(
+        &mut self,
+        journal: &mut Journal,
+        steps: &[&str],
+        step: u8,
+        message: impl Into<String>,
+    ) -> Result<(), StepError> {
+        journal
+            .enter(self.dir, step, steps[usize::from(step) - 1])
+            .map_err(StepError::Journal)?;
+        self.announce(steps, step, message);
+        Ok(())
+    }
+
+    /// Undoes a failed change and reports how that went.
+    async fn fail(&mut self, journal: Journal, error: StepError) -> UpgradeReport {
+        let failed_step = format!("{} ({})", journal.step, journal.step_name);
+        tracing::error!("step {failed_step} failed: {error}; rolling back");
+        match self.roll_back(journal.clone()).await {
+            Ok(()) => {
+                let running = self.host.daemon_running().await;
+                report::rolled_back(&journal, failed_step, error.to_string(), running)
+            }
+            Err(mut report) => {
+                report.message = format!("Step {failed_step} failed: {error}. {}", report.message);
+                report.failed_step = Some(failed_step);
+                report
+            }
+        }
+    }
+
+    /// Puts the installation back to the state before the journaled change:
+    /// the backup (if one was completed), `current`, and the daemon (if it ran).
+    async fn roll_back(&mut self, mut journal: Journal) -> Result<(), UpgradeReport> {
+        let from = journal.from.clone();
+        let dir = self.dir;
+        let failed =
+            |journal: &Journal, error: String| report::rollback_failed(dir, journal, error);
+        journal.phase = Phase::RollingBack;
+        if let Err(e) = journal.save(self.dir) {
+            return Err(failed(&journal, format!("cannot write the journal: {e}")));
+        }
+        if let Err(e) = self.host.stop_daemon().await {
+            return Err(failed(&journal, format!("cannot stop the daemon: {e}")));
+        }
+        if let Some(path) = journal.backup.clone() {
+            let dir = self.dir.clone();
+            let restored =
+                blocking(move || restore::open(&path).and_then(|b| restore::restore(&dir, &b)))
+                    .await;
+            if let Err(e) = restored {
+                return Err(failed(&journal, e.to_string()));
+            }
+        }
+        if swap::current_version(self.dir).ok().flatten().as_deref() != Some(from.as_str())
+            && let Err(e) = point_current(self.dir, &from)
+        {
+            return Err(failed(&journal, e.to_string()));
+        }
+        if journal.daemon_was_running
+            && let Err(e) = self.host.start_daemon(&from).await
+        {
+            return Err(failed(
+                &journal,
+                format!("{from} is restored but does not start: {e}"),
+            ));
+        }
+        Journal::remove(self.dir)
+            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))
+    }
+
+    /// `--rollback`: back to the state before the last upgrade.
+    async fn rollback(&mut self, no_start: bool) -> UpgradeReport {
+        let steps = &ROLLBACK_STEPS;
+        self.announce(steps, 1, "finding the newest pre-upgrade backup");
+        let from = match self.current_version() {
+            Ok(from) => from,
+            Err(e) => return report::refused(None, None, &e),
+        };
+        let chosen = match backup::list(self.dir) {
+            Ok(list) => list
+                .into_iter()
+                .rev()
+                .find(|b| b.manifest.kind == Kind::PreUpgrade),
+            Err(e) => return report::refused(Some(&from), None, &Refusal::ListBackups(e)),
+        };
+        let Some(chosen) = chosen else {
+            return report::refused(Some(&from), None, &Refusal::NoBackup);
+        };
+        let to = chosen.manifest.from_version.clone();
+        if let Err(reason) = usable_version(self.dir, self.config, &to).await {
+            let error = Refusal::UnusableVersion {
+                path: self.dir.version(&to),
+                version: to.clone(),
+                reason,
+            };
+            return report::refused(Some(&from), Some(&to), &error);
+        }
+        if let Err(e) = check_free_space(self.dir) {
+            return report::refused(Some(&from), Some(&to), &e);
+        }
+        let running = self.host.daemon_running().await;
+        let mut journal = Journal::new(Operation::Rollback, &from, &to, running);
+        let result: Result<PathBuf, StepError> = async {
+            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            self.host.stop_daemon().await?;
+
+            let message = "saving the present state as a pre-rollback backup";
+            self.enter(&mut journal, steps, 3, message)?;
+            let schema = database_schema(self.dir).await;
+            let safety = make_backup(self.dir, Kind::PreRollback, &from, &to, schema).await?;
+            journal.backup = Some(safety.clone());
+
+            let message = format!("restoring {}", chosen.path.display());
+            self.enter(&mut journal, steps, 4, message)?;
+            let (dir, backup) = (self.dir.clone(), chosen.clone());
+            blocking(move || restore::restore(&dir, &backup)).await?;
+
+            self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;
+            point_current(self.dir, &to)?;
+            let report = daemon_binary::check(&self.dir.version(&to), self.dir).await?;
+            if report.refusal_code().is_some() {
+                return Err(StepError::RestoredRefused {
+                    version: to.clone(),
+                    detail: report.message,
+                });
+            }
+
+            if no_start {
+                self.enter(&mut journal, steps, 6, "left stopped (--no-start)")?;
+            } else {
+                self.enter(&mut journal, steps, 6, format!("starting {to}"))?;
+                self.host.start_daemon(&to).await?;
+            }
+            commit(self.dir)?;
+            Ok(safety)
+        }
+        .await;
+        match result {
+            Ok(safety) => report::restored(
+                &from,
+                &to,
+                &chosen.path,
+                &chosen.manifest.created_at,
+                &safety,
+            ),
+            Err(error) => self.fail(journal, error).await,
+        }
+    }
+}
+
+/// Ends the journal: the change is committed.
+fn commit(dir: &DataDir) -> Result<(), StepError> {
+    Journal::remove(dir).map_err(|source| StepError::Commit {
+        path: dir.upgrade_journal(),
+        source,
+    })
+}
+
+fn point_current(dir: &DataDir, version: &str) -> Result<(), StepError> {
+    swap::point_current(dir, version).map_err(|source| StepError::Swap {
+        version: version.to_string(),
+        source,
+    })
+}
+
+fn prune_backups(dir: &DataDir, config: &Config) {
+    if let Err(e) = backup::prune(dir, config.update.keep_backups as usize) {
+        tracing::warn!("could not prune old backups: {e}");
+    }
+}
+
+/// Runs blocking work (copying, hashing, unpacking) on tokio's blocking pool,
+/// so a supervisor hosting the upgrade keeps answering meanwhile.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("a blocking upgrade step panicked")
+}
+
+/// [`backup::create`] on the blocking pool; returns the backup's folder.
+async fn make_backup(
+    dir: &DataDir,
+    kind: Kind,
+    from: &str,
+    to: &str,
+    schema_version: u32,
+) -> Result<PathBuf, StepError> {
+    let (dir, from, to) = (dir.clone(), from.to_string(), to.to_string());
+    let made = blocking(move || {
+        let request = backup::Request {
+            kind,
+            from_version: &from,
+            to_version: &to,
+            schema_version,
+        };
+        backup::create(&dir, &request)
+    })
+    .await?;
+    Ok(made.path)
+}
+
+/// The database's schema version as the installed daemon reports it (0 if unknown).
+async fn database_schema(dir: &DataDir) -> u32 {
+    daemon_binary::check(&dir.current(), dir)
+        .await
+        .map_or(0, |r| r.database_version)
+}

@@ -1,0 +1,194 @@
+//! Step 1 of an upgrade, and the checks a rollback makes before it starts:
+//! everything that can fail without any downtime and without changing
+//! anything but a verified new folder under `versions/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use semver::Version;
+
+use waiaas_shared::admin::{Bytes, UpgradeAction};
+use waiaas_shared::compat::Verdict;
+use waiaas_shared::config::Config;
+use waiaas_shared::layout::DataDir;
+
+use super::{Engine, Host, Refusal, UPGRADE_STEPS, blocking};
+use crate::daemon_binary;
+use crate::package::{self, Installed};
+use crate::swap;
+
+pub(super) enum Preflight {
+    UpToDate(String),
+    Go(Plan),
+}
+
+/// What the preflight established.
+pub(super) struct Plan {
+    pub target: Installed,
+    /// The database's schema before the upgrade; `None` when there is no
+    /// database yet (never started).
+    pub database_schema: Option<u32>,
+}
+
+/// How often a download's progress is reported.
+const BYTES_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl<H: Host> Engine<'_, H> {
+    /// The version `current` points at, or why there is none.
+    pub(super) fn current_version(&self) -> Result<String, Refusal> {
+        match swap::current_version(self.dir) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Refusal::NotInitialised(self.dir.root().to_path_buf())),
+            Err(source) => Err(Refusal::Current {
+                path: self.dir.current(),
+                source,
+            }),
+        }
+    }
+
+    pub(super) async fn preflight(
+        &mut self,
+        action: &UpgradeAction,
+        from: &str,
+    ) -> Result<Preflight, Refusal> {
+        let target = match action {
+            UpgradeAction::Latest => package::latest(self.config).await?,
+            UpgradeAction::To(text) => {
+                Version::parse(text.trim_start_matches('v')).map_err(|source| {
+                    Refusal::NotAVersion {
+                        given: text.clone(),
+                        source,
+                    }
+                })?
+            }
+            UpgradeAction::FromFile(path) => {
+                // Unpacking and hashing a release is blocking work.
+                let (dir, config, path) = (self.dir.clone(), self.config.clone(), path.clone());
+                blocking(move || package::install_file(&dir, &config, &path, None))
+                    .await?
+                    .version
+            }
+            UpgradeAction::Rollback => unreachable!("rollback has its own path"),
+        };
+        if target.to_string() == from {
+            return Ok(Preflight::UpToDate(from.to_string()));
+        }
+        let installed = match action {
+            UpgradeAction::FromFile(_) => {
+                let (dir, config, target) = (self.dir.clone(), self.config.clone(), target.clone());
+                blocking(move || package::verify_installed(&dir, &config, &target)).await?
+            }
+            _ => self.download(&target).await?,
+        };
+        let reported = daemon_binary::version_of(&installed.path).await?.version;
+        if reported != installed.version.to_string() {
+            return Err(Refusal::VersionMismatch {
+                path: installed.path.clone(),
+                reported,
+                expected: installed.version.to_string(),
+            });
+        }
+        // The new binary judges the database: a downgrade below its schema is refused here.
+        let database_schema = if self.dir.database().exists() {
+            let report = daemon_binary::check(&installed.path, self.dir).await?;
+            match report.verdict {
+                Verdict::TooNew => {
+                    return Err(Refusal::DatabaseTooNew {
+                        version: installed.version.to_string(),
+                        database: report.database_version,
+                        latest: report.latest,
+                    });
+                }
+                Verdict::TooOld { .. } | Verdict::ChecksumMismatch { .. } => {
+                    return Err(Refusal::Incompatible(report.message));
+                }
+                _ => Some(report.database_version),
+            }
+        } else {
+            None
+        };
+        check_free_space(self.dir)?;
+        Ok(Preflight::Go(Plan {
+            target: installed,
+            database_schema,
+        }))
+    }
+
+    /// Downloads and installs `version`, reporting the bytes as they arrive
+    /// (at most every [`BYTES_EVERY`], and the last).
+    async fn download(&mut self, version: &Version) -> Result<Installed, Refusal> {
+        let progress = &mut *self.progress;
+        let message = format!("downloading {version}");
+        let mut last: Option<Instant> = None;
+        let mut on_bytes = |done: u64, total: Option<u64>| {
+            let finished = total == Some(done);
+            if last.is_some_and(|t| t.elapsed() < BYTES_EVERY) && !finished {
+                return;
+            }
+            last = Some(Instant::now());
+            progress(super::progress(
+                &UPGRADE_STEPS,
+                1,
+                message.clone(),
+                Some(Bytes { done, total }),
+            ));
+        };
+        let _ = &mut on_bytes;
+        Ok(package::fetch(self.dir, self.config, version, false).await?)
+    }
+}
+
+/// Whether `versions/<version>` can be gone back to: a signed release is
+/// verified again; a folder `init` installed from a local build (no
+/// `release.json`) must at least be the version it claims.
+pub(super) async fn usable_version(
+    dir: &DataDir,
+    config: &Config,
+    version: &str,
+) -> Result<(), String> {
+    let path = dir.version(version);
+    if path.join(waiaas_shared::release::MANIFEST).exists() {
+        let parsed =
+            Version::parse(version).map_err(|e| format!("{version} is not a version: {e}"))?;
+        let (dir, config) = (dir.clone(), config.clone());
+        return blocking(move || package::verify_installed(&dir, &config, &parsed))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
+    match daemon_binary::version_of(&path).await {
+        Ok(info) if info.version == version => Ok(()),
+        Ok(info) => Err(format!(
+            "{}/waiaas-daemon reports {}",
+            path.display(),
+            info.version
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Free space for a backup: the database (with its WAL) and config, plus a margin.
+pub(super) fn check_free_space(dir: &DataDir) -> Result<(), Refusal> {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let db = dir.database();
+    let needed = size(&db)
+        + size(&PathBuf::from(format!("{}-wal", db.display())))
+        + size(&dir.config())
+        + (16 << 20);
+    let backups = dir.backups();
+    let unreadable = |reason: String| Refusal::FreeSpace {
+        path: backups.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&backups).map_err(|e| unreadable(e.to_string()))?;
+    let stat = nix::sys::statvfs::statvfs(&backups).map_err(|e| unreadable(e.to_string()))?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < needed {
+        return Err(Refusal::NoSpace {
+            path: backups,
+            free_mib: free >> 20,
+            needed_mib: needed.div_ceil(1 << 20),
+        });
+    }
+    Ok(())
+}
