@@ -290,7 +290,7 @@ impl<H: Host> Engine<'_, H> {
                 let (dir, config, target) = (self.dir.clone(), self.config.clone(), target.clone());
                 blocking(move || package::verify_installed(&dir, &config, &target)).await
             }
-            _ => package::fetch(self.dir, self.config, &target, self.progress_bar).await,
+            _ => package::fetch(self.dir, self.config, &target, &mut |_| {}).await,
         }
         .map_err(|e| fail(e.to_string()))?;
         let reported = version_of(&installed.path).map_err(&fail)?;
