@@ -18,7 +18,7 @@ use std::time::Duration;
 use semver::Version;
 use sha2::{Digest as _, Sha256};
 use support::registry::{Registry, Reply};
-use waiaas_launcher::package::{self, Installed, Limits, PackageError};
+use waiaas_launcher::package::{self, Downloaded, Installed, Limits, PackageError};
 use waiaas_packaging::{Entry, EntryKind, PackOptions};
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
@@ -313,11 +313,11 @@ impl Scenario {
     }
 
     async fn fetch(&self) -> Result<Installed, PackageError> {
-        package::fetch(&self.dir, &self.config, &version(), false).await
+        package::fetch(&self.dir, &self.config, &version(), &mut |_| {}).await
     }
 
     async fn fetch_with(&self, limits: &Limits) -> Result<Installed, PackageError> {
-        package::fetch_with_limits(&self.dir, &self.config, &version(), false, limits).await
+        package::fetch_with_limits(&self.dir, &self.config, &version(), &mut |_| {}, limits).await
     }
 
     /// Writes `bytes` outside the data dir and returns the file's path.
@@ -428,6 +428,47 @@ async fn a_good_release_is_fetched_verified_and_installed() {
     // It verifies as installed.
     let again = package::verify_installed(&s.dir, &s.config, &version()).unwrap();
     assert_eq!(again, installed);
+}
+
+#[tokio::test]
+async fn download_progress_counts_every_byte() {
+    let fx = fixture();
+    // The real package: large enough to arrive in many chunks.
+    let size = fx.real.len() as u64;
+    let fetch_counting = |s: Scenario| async move {
+        let mut calls: Vec<Downloaded> = Vec::new();
+        package::fetch(&s.dir, &s.config, &version(), &mut |d| calls.push(d))
+            .await
+            .expect("a good release installs");
+        (s, calls)
+    };
+    let assert_counted = |calls: &[Downloaded], total: Option<u64>| {
+        assert!(calls.len() > 2, "{} calls", calls.len());
+        assert_eq!(calls[0], Downloaded { done: 0, total });
+        assert!(
+            calls.windows(2).all(|w| w[0].done <= w[1].done),
+            "done went backwards"
+        );
+        assert_eq!(calls.last().unwrap().done, size);
+        assert!(calls.iter().all(|c| c.total == total), "total changed");
+    };
+
+    // With a Content-Length, `total` is the tarball's size from the start.
+    let s = Scenario::new();
+    s.publish(fx.real.clone());
+    let (s, calls) = fetch_counting(s).await;
+    assert_counted(&calls, Some(size));
+    // A good installed version is reused: nothing downloaded, nothing reported.
+    let (_, calls) = fetch_counting(s).await;
+    assert!(calls.is_empty(), "{calls:?}");
+
+    // Without one, every byte is counted all the same.
+    let s = Scenario::new();
+    s.publish(fx.real.clone());
+    s.registry
+        .serve(&s.tarball_path(), Reply::NoLength(fx.real.clone()));
+    let (_, calls) = fetch_counting(s).await;
+    assert_counted(&calls, None);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use waiaas_shared::layout::DataDir;
 
 use super::{Engine, Host, Refusal, UPGRADE_STEPS, blocking};
 use crate::daemon_binary;
-use crate::package::{self, Installed};
+use crate::package::{self, Downloaded, Installed};
 use crate::swap;
 
 pub(super) enum Preflight {
@@ -120,21 +120,24 @@ impl<H: Host> Engine<'_, H> {
         let progress = &mut *self.progress;
         let message = format!("downloading {version}");
         let mut last: Option<Instant> = None;
-        let mut on_bytes = |done: u64, total: Option<u64>| {
-            let finished = total == Some(done);
+        let mut on_bytes = |bytes: Downloaded| {
+            let finished = bytes.total == Some(bytes.done);
             if last.is_some_and(|t| t.elapsed() < BYTES_EVERY) && !finished {
                 return;
             }
             last = Some(Instant::now());
+            let bytes = Bytes {
+                done: bytes.done,
+                total: bytes.total,
+            };
             progress(super::progress(
                 &UPGRADE_STEPS,
                 1,
                 message.clone(),
-                Some(Bytes { done, total }),
+                Some(bytes),
             ));
         };
-        let _ = &mut on_bytes;
-        Ok(package::fetch(self.dir, self.config, version, false).await?)
+        Ok(package::fetch(self.dir, self.config, version, &mut on_bytes).await?)
     }
 }
 

@@ -1,0 +1,235 @@
+//! The registry over HTTP: packuments, the `dist.integrity` they promise, and
+//! the tarball streamed to disk within its size cap, hashed on the way and
+//! reported byte by byte through [`Downloaded`].
+
+use std::path::Path;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha512};
+use waiaas_shared::registry::{self, Packument};
+use waiaas_shared::version::VERSION;
+
+use super::error::{PackageError, io_error};
+use super::limits::Limits;
+
+/// How far a download has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    pub done: u64,
+    /// The size the registry declared, if it did.
+    pub total: Option<u64>,
+}
+
+pub(super) fn http_client(limits: &Limits) -> Result<reqwest::Client, PackageError> {
+    reqwest::Client::builder()
+        .connect_timeout(limits.connect_timeout)
+        .read_timeout(limits.read_timeout)
+        // A registry or its CDN may redirect once or twice; more is a loop.
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(format!("waiaas/{VERSION}"))
+        .build()
+        .map_err(|e| PackageError::Internal(format!("cannot set up HTTP: {}", describe(&e))))
+}
+
+/// A reqwest error with its causes ("… : connection refused"), without URLs
+/// (which may carry credentials; the caller names what was fetched).
+fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if error.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut text = String::new();
+    let mut next: Option<&dyn std::error::Error> = error.source();
+    text.push_str(&strip_url(error));
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+fn strip_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match text.find(" for url (") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// A URL fit for messages: without user name or password.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+pub(super) async fn get_packument(
+    client: &reqwest::Client,
+    registry_url: &str,
+    name: &str,
+    limits: &Limits,
+) -> Result<Packument, PackageError> {
+    let url = registry::packument_url(registry_url, name);
+    let what = format!("the packument of {name}");
+    let request_failed = |e: reqwest::Error| PackageError::Request {
+        what: what.clone(),
+        reason: describe(&e),
+    };
+    let mut response = client
+        .get(&url)
+        .header(reqwest::header::ACCEPT, registry::PACKUMENT_ACCEPT)
+        .timeout(limits.packument_timeout)
+        .send()
+        .await
+        .map_err(request_failed)?;
+    if !response.status().is_success() {
+        return Err(PackageError::Status {
+            what,
+            url: shown_url(&url),
+            status: response.status().as_u16(),
+        });
+    }
+    let too_large = || PackageError::PackumentTooLarge {
+        what: what.clone(),
+        cap: limits.packument_bytes,
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > limits.packument_bytes)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
+        if (body.len() + chunk.len()) as u64 > limits.packument_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Packument::parse(&body, name).map_err(|source| PackageError::Packument {
+        what: what.clone(),
+        source,
+    })
+}
+
+/// The sha512 digests an SRI string allows (any one may match).
+pub(super) fn sri_sha512(
+    integrity: Option<&str>,
+    package: &str,
+    version: &str,
+) -> Result<Vec<Vec<u8>>, PackageError> {
+    let Some(integrity) = integrity.filter(|i| !i.trim().is_empty()) else {
+        return Err(PackageError::Integrity(format!(
+            "the registry gives no dist.integrity for {package}@{version}; a package without a sha512 integrity is not accepted"
+        )));
+    };
+    let hashes: Vec<Vec<u8>> = integrity
+        .split_whitespace()
+        .filter_map(|token| token.strip_prefix("sha512-"))
+        .filter_map(|b64| {
+            let b64 = b64.split('?').next().unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .filter(|hash| hash.len() == 64)
+        .collect();
+    if hashes.is_empty() {
+        return Err(PackageError::Integrity(format!(
+            "dist.integrity of {package}@{version} has no sha512 hash (`{integrity}`); only sha512 is accepted"
+        )));
+    }
+    Ok(hashes)
+}
+
+/// Streams `url` into the new file `dest`, within the size cap, and returns
+/// the sha512 of what was written. `on_bytes` hears of the start (0 bytes)
+/// and of every chunk written; it is called as often as chunks arrive, so a
+/// caller that draws or sends it throttles.
+pub(super) async fn download_to(
+    client: &reqwest::Client,
+    url: &str,
+    dest: &Path,
+    limits: &Limits,
+    on_bytes: &mut (dyn FnMut(Downloaded) + Send),
+) -> Result<Vec<u8>, PackageError> {
+    use tokio::io::AsyncWriteExt as _;
+    let shown = shown_url(url);
+    let failed = |reason: String| PackageError::Download {
+        url: shown.clone(),
+        reason,
+    };
+    let mut response = client
+        .get(url)
+        .timeout(limits.download_timeout)
+        .send()
+        .await
+        .map_err(|e| failed(describe(&e)))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("HTTP {}", response.status().as_u16())));
+    }
+    let cap = limits.tarball_bytes;
+    let declared = response.content_length();
+    if declared.is_some_and(|len| len > cap) {
+        return Err(PackageError::TooLarge { cap });
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .await
+        .map_err(io_error("create", dest))?;
+    on_bytes(Downloaded {
+        done: 0,
+        total: declared,
+    });
+    let mut hasher = Sha512::new();
+    let mut done: u64 = 0;
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(describe(&e)))? {
+        done += chunk.len() as u64;
+        if done > cap {
+            return Err(PackageError::TooLarge { cap });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(io_error("write", dest))?;
+        on_bytes(Downloaded {
+            done,
+            total: declared,
+        });
+    }
+    if let Some(len) = declared.filter(|len| *len != done) {
+        return Err(failed(format!(
+            "the download ended after {done} of {len} bytes"
+        )));
+    }
+    file.flush().await.map_err(io_error("write", dest))?;
+    Ok(hasher.finalize().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sri_sha512_is_read() {
+        let digest = Sha512::digest(b"abc");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        let sri = format!("sha1-AAAA sha512-{b64}?opt");
+        let hashes = sri_sha512(Some(&sri), "p", "1.0.0").unwrap();
+        assert_eq!(hashes, [digest.to_vec()]);
+        for bad in [None, Some(""), Some("sha1-AAAA"), Some("sha512-%%%")] {
+            let msg = sri_sha512(bad, "p", "1.0.0").unwrap_err().to_string();
+            assert!(msg.starts_with("integrity check failed"), "{msg}");
+        }
+    }
+}

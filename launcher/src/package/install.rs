@@ -1,0 +1,320 @@
+//! Installing a release: unpack into a fresh `versions/<v>.partial`, verify
+//! it, and only then rename it to `versions/<v>` — or remove it and leave
+//! `versions/` as it was. Also the re-check of an installed `versions/<v>`,
+//! which decides whether a fetch reuses it, replaces it, or (if `current`
+//! points at it) refuses to touch it.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use waiaas_shared::fsutil::{fsync_dir, sha256_file};
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::release::{MANIFEST, ReleaseManifest, SIGNATURE};
+
+use super::archive::{Unpacked, peek_version, unpack};
+use super::error::{PackageError, io_error};
+use super::keys::KeyRing;
+use super::limits::{Limits, human};
+use super::manifest::{
+    MANIFEST_CAP, PACKAGE_JSON, check_manifest, compare_hash, installed_path, mode_for,
+};
+
+/// A verified release in `versions/<version>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub version: Version,
+    /// `versions/<version>`.
+    pub path: PathBuf,
+    /// Its verified `release.json`.
+    pub manifest: ReleaseManifest,
+}
+
+/// Paths removed when dropped, unless disarmed: every way out of a failed
+/// install (errors, panics, a cancelled future) leaves nothing behind.
+#[derive(Default)]
+pub(super) struct Leftovers(Vec<PathBuf>);
+
+impl Leftovers {
+    pub(super) fn add(&mut self, path: PathBuf) {
+        self.0.push(path);
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = remove_path(path);
+        }
+    }
+}
+
+/// Removes a file or folder tree if it exists (never following a link).
+pub(super) fn remove_path(path: &Path) -> Result<(), PackageError> {
+    let result = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    result.map_err(io_error("remove", path))
+}
+
+pub(super) fn ensure_versions_dir(dir: &DataDir) -> Result<PathBuf, PackageError> {
+    let versions = dir.versions();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&versions)
+        .map_err(io_error("create", &versions))?;
+    Ok(versions)
+}
+
+/// What `versions/<v>` holds now.
+pub(super) enum Existing {
+    Absent,
+    Good(Installed),
+    Bad(String),
+}
+
+pub(super) fn existing(
+    dir: &DataDir,
+    ring: &KeyRing,
+    version: &Version,
+    target: &str,
+) -> Result<Existing, PackageError> {
+    let path = dir.version(&version.to_string());
+    match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Absent),
+        Err(e) => return Err(io_error("read", &path)(e)),
+        Ok(meta) if !meta.is_dir() => {
+            return bad_unless_current(dir, &path, "not a folder".into());
+        }
+        Ok(_) => {}
+    }
+    match verify_dir(&path, ring, version, target) {
+        Ok(installed) => Ok(Existing::Good(installed)),
+        Err(problem) => bad_unless_current(dir, &path, problem.to_string()),
+    }
+}
+
+/// A bad `versions/<v>` may be replaced, unless it is the one running.
+fn bad_unless_current(
+    dir: &DataDir,
+    path: &Path,
+    problem: String,
+) -> Result<Existing, PackageError> {
+    let current = fs::canonicalize(dir.current()).ok();
+    if current.is_some() && current == fs::canonicalize(path).ok() {
+        return Err(PackageError::CurrentIsBad {
+            path: path.to_path_buf(),
+            problem,
+        });
+    }
+    Ok(Existing::Bad(problem))
+}
+
+/// Unpacks `tarball` into `versions/<v>.partial`, verifies it, and renames it
+/// to `versions/<v>` (replacing a bad one, reusing a good one).
+pub(super) fn install_tarball(
+    dir: &DataDir,
+    ring: &KeyRing,
+    tarball: &Path,
+    asked: Option<&Version>,
+    target: &str,
+    limits: &Limits,
+) -> Result<Installed, PackageError> {
+    let version = match asked {
+        Some(version) => version.clone(),
+        None => peek_version(tarball, limits)?,
+    };
+    let name = version.to_string();
+    let versions = ensure_versions_dir(dir)?;
+    let partial = versions.join(format!("{name}.partial"));
+    let aside = versions.join(format!("{name}.replaced"));
+    remove_path(&partial)?;
+    remove_path(&aside)?;
+    let mut leftovers = Leftovers::default();
+    leftovers.add(partial.clone());
+
+    let unpacked = unpack(tarball, &partial, limits)?;
+    let manifest = verify_unpacked(&unpacked, ring, &version, target)?;
+
+    let final_dir = dir.version(&name);
+    match existing(dir, ring, &version, target)? {
+        // Verified already (a second run, or `--from` of what is installed).
+        Existing::Good(installed) => return Ok(installed),
+        Existing::Absent => {
+            fs::rename(&partial, &final_dir).map_err(io_error("rename", &partial))?;
+        }
+        Existing::Bad(problem) => {
+            tracing::warn!(
+                "{} fails verification ({problem}); replacing it with the verified package",
+                final_dir.display()
+            );
+            leftovers.add(aside.clone());
+            fs::rename(&final_dir, &aside).map_err(io_error("move aside", &final_dir))?;
+            if let Err(e) = fs::rename(&partial, &final_dir) {
+                let _ = fs::rename(&aside, &final_dir);
+                return Err(io_error("rename", &partial)(e));
+            }
+        }
+    }
+    leftovers.0.retain(|path| *path != partial);
+    fsync_dir(&versions).map_err(io_error("sync", &versions))?;
+    Ok(Installed {
+        version,
+        path: final_dir,
+        manifest,
+    })
+}
+
+/// Checks what [`unpack`] found: the signature, the manifest, and that the
+/// files are exactly those it lists, with their hashes.
+fn verify_unpacked(
+    unpacked: &Unpacked,
+    ring: &KeyRing,
+    version: &Version,
+    target: &str,
+) -> Result<ReleaseManifest, PackageError> {
+    let manifest_bytes = unpacked
+        .manifest
+        .as_deref()
+        .ok_or_else(|| PackageError::NoManifest {
+            place: "the package".into(),
+        })?;
+    ring.verify(manifest_bytes, unpacked.signature.as_deref())?;
+    let manifest = check_manifest(manifest_bytes, version, target)?;
+    for (path, expected) in &manifest.files {
+        let actual = unpacked.files.get(path).ok_or_else(|| {
+            PackageError::Files(format!(
+                "{MANIFEST} lists {path}, which is not in the package"
+            ))
+        })?;
+        compare_hash(path, actual, expected)?;
+    }
+    if let Some(extra) = unpacked
+        .files
+        .keys()
+        .find(|path| *path != PACKAGE_JSON && !manifest.files.contains_key(*path))
+    {
+        return Err(PackageError::Files(format!(
+            "the package holds {extra}, which {MANIFEST} does not list"
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Verifies an installed folder: signature, manifest, every file's hash and
+/// mode, and no file the manifest does not account for.
+pub(super) fn verify_dir(
+    path: &Path,
+    ring: &KeyRing,
+    version: &Version,
+    target: &str,
+) -> Result<Installed, PackageError> {
+    let manifest_path = path.join(MANIFEST);
+    let manifest_bytes = read_small(&manifest_path)?.ok_or_else(|| PackageError::NoManifest {
+        place: path.display().to_string(),
+    })?;
+    let signature = read_small(&path.join(SIGNATURE))?;
+    if signature.is_none() {
+        return Err(PackageError::Signature(format!(
+            "{} has no {SIGNATURE}: its {MANIFEST} is unsigned",
+            path.display()
+        )));
+    }
+    ring.verify(&manifest_bytes, signature.as_deref())?;
+    let manifest = check_manifest(&manifest_bytes, version, target)?;
+
+    let mut expected: BTreeSet<String> = [MANIFEST.to_string(), SIGNATURE.to_string()].into();
+    for (package_path, hash) in &manifest.files {
+        let Some(dest_rel) = installed_path(package_path) else {
+            continue;
+        };
+        let dest = path.join(&dest_rel);
+        let meta = fs::symlink_metadata(&dest).map_err(|_| {
+            PackageError::Files(format!("{dest_rel} is missing from {}", path.display()))
+        })?;
+        if !meta.is_file() {
+            return Err(PackageError::Files(format!(
+                "{dest_rel} in {} is not a plain file",
+                path.display()
+            )));
+        }
+        if mode_for(package_path) & 0o111 != 0 && meta.permissions().mode() & 0o111 == 0 {
+            return Err(PackageError::Files(format!(
+                "{dest_rel} in {} is not executable",
+                path.display()
+            )));
+        }
+        let actual = sha256_file(&dest).map_err(io_error("read", &dest))?;
+        compare_hash(&dest_rel, &actual, hash)?;
+        expected.insert(dest_rel);
+    }
+    let mut found = Vec::new();
+    list_files(path, "", &mut found)?;
+    for (rel, plain) in found {
+        if !plain {
+            return Err(PackageError::Files(format!(
+                "{rel} in {} is a link or special file",
+                path.display()
+            )));
+        }
+        if !expected.contains(&rel) {
+            return Err(PackageError::Files(format!(
+                "{} holds {rel}, which {MANIFEST} does not list",
+                path.display()
+            )));
+        }
+    }
+    Ok(Installed {
+        version: version.clone(),
+        path: path.to_path_buf(),
+        manifest,
+    })
+}
+
+/// Every non-folder below `dir`, by relative path, and whether it is a plain file.
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<(String, bool)>) -> Result<(), PackageError> {
+    for entry in fs::read_dir(dir).map_err(io_error("read", dir))? {
+        let entry = entry.map_err(io_error("read", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry.file_type().map_err(io_error("read", &entry.path()))?;
+        if kind.is_dir() {
+            list_files(&entry.path(), &rel, out)?;
+        } else {
+            out.push((rel, kind.is_file()));
+        }
+    }
+    Ok(())
+}
+
+/// A small file's bytes, `None` if it does not exist.
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>, PackageError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MANIFEST_CAP + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("read", path))?;
+    if bytes.len() as u64 > MANIFEST_CAP {
+        return Err(PackageError::Manifest(format!(
+            "{} is larger than {}",
+            path.display(),
+            human(MANIFEST_CAP)
+        )));
+    }
+    Ok(Some(bytes))
+}
