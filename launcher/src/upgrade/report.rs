@@ -1,7 +1,7 @@
 //! The one result of an upgrade or rollback ([`UpgradeReport`]), built here
 //! for each way it can end, and the manual steps for when undoing failed too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::layout::DataDir;
@@ -145,7 +145,7 @@ fn manual_steps(dir: &DataDir, journal: &Journal) -> Vec<String> {
     steps
 }
 
-fn restore_step(dir: &DataDir, backup: &PathBuf) -> String {
+fn restore_step(dir: &DataDir, backup: &Path) -> String {
     let db = dir.database().display().to_string();
     let database = if backup.join("waiaas.db").exists() {
         format!(
