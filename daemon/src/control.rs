@@ -51,9 +51,11 @@ pub fn take_and_greet() -> Result<Option<UnixStream>, String> {
     };
     let mut frame = serde_json::to_vec(&hello).expect("a message serialises");
     frame.push(b'\n');
+    crate::failpoint::hit("before-hello");
     stream
         .write_all(&frame)
         .map_err(|e| format!("cannot greet the launcher on the control channel: {e}"))?;
+    crate::failpoint::hit("after-hello");
     Ok(Some(stream))
 }
 
@@ -93,6 +95,9 @@ pub fn spawn(
                     let Some(message) = message else { break };
                     if let Err(e) = write_frame(&mut write, &message).await {
                         debug!("control channel write failed: {e}");
+                    }
+                    if matches!(message, FromDaemon::Ready { .. }) {
+                        crate::failpoint::hit("after-ready");
                     }
                 }
                 frame = read_frame::<FromLauncher, _>(&mut read) => match frame {

@@ -4,6 +4,7 @@
 pub mod compat;
 pub mod control;
 pub mod db;
+pub mod failpoint;
 pub mod http;
 pub mod migrate;
 pub mod serve;

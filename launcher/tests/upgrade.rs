@@ -98,9 +98,11 @@ fn releases() -> &'static Releases {
 fn fault_release(fault: Fault) -> &'static Packed {
     static CRASH: OnceLock<Packed> = OnceLock::new();
     static HANG: OnceLock<Packed> = OnceLock::new();
+    static HANG_MIGRATE: OnceLock<Packed> = OnceLock::new();
     let cell = match fault {
         Fault::Crash => &CRASH,
         Fault::Hang => &HANG,
+        Fault::HangMigrate => &HANG_MIGRATE,
     };
     cell.get_or_init(|| {
         let r = releases();
@@ -185,6 +187,7 @@ struct Setup {
     /// Install here (a folder that exists) instead of in a fresh temp dir.
     home: Option<PathBuf>,
     health_timeout: u64,
+    migrate_timeout: u64,
     keep_backups: u32,
     /// Start from [`big_database`].
     big_db: bool,
@@ -198,6 +201,7 @@ impl Default for Setup {
             tamper: false,
             home: None,
             health_timeout: 30,
+            migrate_timeout: 600,
             keep_backups: 5,
             big_db: false,
         }
@@ -267,10 +271,11 @@ impl Site {
         let port = free_port();
         let config = format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = 10\n\n\
-             [update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\nhealth_timeout = {}\nkeep_backups = {}\n",
+             [update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\nhealth_timeout = {}\nmigrate_timeout = {}\nkeep_backups = {}\n",
             registry.url(),
             r.key.public,
             setup.health_timeout,
+            setup.migrate_timeout,
             setup.keep_backups
         );
         fs::write(dir.config(), config).unwrap();
@@ -725,6 +730,42 @@ fn standalone_upgrade_without_a_supervisor() {
 }
 
 #[test]
+fn an_installation_never_started_is_upgraded_and_rolled_back() {
+    let site = Site::new();
+    assert!(!site.dir.database().exists(), "init makes no database");
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    assert!(
+        report.message.contains("never been started")
+            && report.message.contains("config.toml alone"),
+        "{}",
+        report.message
+    );
+    let backup = PathBuf::from(report.backup.expect("a backup"));
+    assert!(backup.join("config.toml").is_file());
+    assert!(
+        !backup.join("waiaas.db").exists(),
+        "there was no database to copy"
+    );
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert_eq!(DbDigest::of(&site.dir.database()).schema_version, B_SCHEMA);
+
+    // Back to the state before: A, and no database (as before the upgrade).
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    assert_eq!(site.current().as_deref(), Some(a()));
+    // "No database" was restored; the check start of A made a fresh one.
+    assert_eq!(DbDigest::of(&site.dir.database()).schema_version, A_SCHEMA);
+    let mut supervisor = site.supervisor();
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.daemon.unwrap().version, a());
+    assert!(site.wallets().is_empty());
+}
+
+#[test]
 fn scenario_09_backup_holds_database_and_config() {
     let site = Site::new();
     let mut supervisor = site.supervisor();
@@ -964,6 +1005,23 @@ fn a_new_daemon_that_never_becomes_healthy_rolls_back() {
     // `health_timeout` is the time the new daemon has (SPEC §3): it is given
     // up on after about 3 s, not after the supervisor's own 10 s hello timeout.
     assert!(took < Duration::from_secs(3 + 6), "took {took:?}");
+}
+
+#[test]
+fn a_hung_migration_fails_step_5_at_its_deadline_and_rolls_back() {
+    let setup = Setup {
+        offer: Offer::Faulty(Fault::HangMigrate),
+        migrate_timeout: 3,
+        ..Setup::default()
+    };
+    let (_site, report, took) = expect_rollback(setup, 5, &["treasury", "payroll"]);
+    eprintln!("a hung migrate was killed and rolled back in {took:?}");
+    assert!(
+        report.message.contains("did not finish within 3s"),
+        "{}",
+        report.message
+    );
+    assert!(took < Duration::from_secs(3 + 10), "took {took:?}");
 }
 
 #[test]

@@ -352,12 +352,16 @@ impl<H: Host> Engine<'_, H> {
 
             self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;
             point_current(self.dir, &to)?;
-            let report = daemon_binary::check(&self.dir.version(&to), self.dir).await?;
-            if report.refusal_code().is_some() {
-                return Err(StepError::RestoredRefused {
-                    version: to.clone(),
-                    detail: report.message,
-                });
+            // A backup from before the first start restores "no database":
+            // there is nothing for the old version to judge.
+            if self.dir.database().exists() {
+                let report = daemon_binary::check(&self.dir.version(&to), self.dir).await?;
+                if report.refusal_code().is_some() {
+                    return Err(StepError::RestoredRefused {
+                        version: to.clone(),
+                        detail: report.message,
+                    });
+                }
             }
 
             if no_start {

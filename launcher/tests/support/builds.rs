@@ -435,12 +435,14 @@ pub enum Fault {
     Crash,
     /// Never answers: `exec sleep 3600`.
     Hang,
+    /// `serve` works, but `migrate` never finishes: `exec sleep 3600`.
+    HangMigrate,
 }
 
 /// Makes `dir` (created) the bin dir of a release of B whose daemon fails at
-/// start: `waiaas-launcher` is B's launcher; `waiaas-daemon` is a script that
-/// runs B's real daemon (by absolute path) for everything — `--version`,
-/// `migrate`, `check` — except `serve`. Packed with [`pack_release`] it is a
+/// `serve` (or `migrate`): `waiaas-launcher` is B's launcher; `waiaas-daemon`
+/// is a script that runs B's real daemon (by absolute path) for everything
+/// else — `--version`, `migrate`, `check`, `serve`. Packed with [`pack_release`] it is a
 /// real, signed, verifiable package.
 pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
     let b = b_bin_dir();
@@ -448,14 +450,18 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
     let launcher = dir.join("waiaas-launcher");
     fs::copy(b.join("waiaas-launcher"), &launcher).unwrap();
     let real = b.join("waiaas-daemon");
-    let on_serve = match fault {
-        Fault::Crash => "echo 'waiaas-daemon (test fault): crashing at start' >&2; exit 1",
-        Fault::Hang => "exec sleep 3600",
+    let (command, fails) = match fault {
+        Fault::Crash => (
+            "serve",
+            "echo 'waiaas-daemon (test fault): crashing at start' >&2; exit 1",
+        ),
+        Fault::Hang => ("serve", "exec sleep 3600"),
+        Fault::HangMigrate => ("migrate", "exec sleep 3600"),
     };
     let script = format!(
         "#!/bin/sh\n\
-         # A release of {B_VERSION} whose daemon fails at start (test fault: {fault:?}).\n\
-         if [ \"$1\" = serve ]; then {on_serve}; fi\n\
+         # A release of {B_VERSION} whose daemon fails at {command} (test fault: {fault:?}).\n\
+         if [ \"$1\" = {command} ]; then {fails}; fi\n\
          exec '{}' \"$@\"\n",
         real.display()
     );

@@ -7,7 +7,8 @@
 //! [`Registry::publish`] adds a version with the tarball's real
 //! `dist.integrity`; [`Registry::publish_with_integrity`] lets a test lie.
 //! [`Registry::serve`] overrides any path with a canned [`Reply`]: an HTTP
-//! status, garbage, a body cut short, or one sent without a Content-Length.
+//! status, garbage, a body cut short, one sent without a Content-Length, or
+//! one sent a byte at a time.
 //!
 //! One thread accepts connections and one thread answers each; every answer
 //! closes its connection, so no client keeps state between requests.
@@ -38,6 +39,13 @@ pub enum Reply {
     /// `200` declaring `body.len() * 2` bytes, sending `body`, then nothing
     /// for `silence` before the connection closes.
     Stall { body: Vec<u8>, silence: Duration },
+    /// `200` declaring `body.len()` bytes, then `chunk` bytes per `every`
+    /// until the body is sent or the client hangs up.
+    Trickle {
+        body: Vec<u8>,
+        chunk: usize,
+        every: Duration,
+    },
 }
 
 #[derive(Default)]
@@ -317,6 +325,19 @@ fn send(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
             stream.write_all(&body)?;
             stream.flush()?;
             std::thread::sleep(silence);
+            Ok(())
+        }
+        Reply::Trickle { body, chunk, every } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            for piece in body.chunks(chunk.max(1)) {
+                stream.write_all(piece)?;
+                stream.flush()?;
+                std::thread::sleep(every);
+            }
             Ok(())
         }
     }?;
