@@ -1,6 +1,7 @@
 //! systemd's notify protocol: `READY=1`, `STATUS=…`, `STOPPING=1` and watchdog
 //! pings on the datagram socket named by `NOTIFY_SOCKET`. Without that
-//! variable every call is a no-op, so the supervisor can call it unconditionally.
+//! variable every call is a no-op, so the supervisor can call it unconditionally
+//! (and on macOS, which has no systemd, it always is).
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -27,10 +28,7 @@ impl Notifier {
         let target = socket.and_then(|path| {
             let path = path.to_string_lossy().into_owned();
             let addr = match path.strip_prefix('@') {
-                Some(name) => {
-                    use std::os::linux::net::SocketAddrExt;
-                    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?
-                }
+                Some(name) => abstract_address(name)?,
                 None => std::os::unix::net::SocketAddr::from_pathname(&path).ok()?,
             };
             Some((UnixDatagram::unbound().ok()?, addr))
@@ -74,4 +72,16 @@ impl Notifier {
             let _ = socket.send_to_addr(state.as_bytes(), addr);
         }
     }
+}
+
+/// An abstract socket address (`@name`): Linux only, as systemd is.
+#[cfg(target_os = "linux")]
+fn abstract_address(name: &str) -> Option<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abstract_address(_name: &str) -> Option<std::os::unix::net::SocketAddr> {
+    None
 }
