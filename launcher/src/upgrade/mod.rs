@@ -231,7 +231,8 @@ impl<H: Host> Engine<'_, H> {
         }
     }
 
-    /// Records the step in the journal (durably) and announces it.
+    /// Announces the step and records it in the journal (durably) before it
+    /// runs; a journal that cannot be written fails the step it announced.
     fn enter(
         &mut self,
         journal: &mut Journal,
@@ -239,11 +240,10 @@ impl<H: Host> Engine<'_, H> {
         step: u8,
         message: impl Into<String>,
     ) -> Result<(), StepError> {
+        self.announce(steps, step, message);
         journal
             .enter(self.dir, step, steps[usize::from(step) - 1])
-            .map_err(StepError::Journal)?;
-        self.announce(steps, step, message);
-        Ok(())
+            .map_err(StepError::Journal)
     }
 
     /// Undoes a failed change and reports how that went.
@@ -271,8 +271,10 @@ impl<H: Host> Engine<'_, H> {
         let failed =
             |journal: &Journal, error: String| report::rollback_failed(dir, journal, error);
         journal.phase = Phase::RollingBack;
+        // Only a record: the entry already on disk (if any) lets a crash be
+        // recovered, so an unwritable journal (a full disk) must not stop the undo.
         if let Err(e) = journal.save(self.dir) {
-            return Err(failed(&journal, format!("cannot write the journal: {e}")));
+            tracing::warn!("cannot record the rollback in the journal ({e}); rolling back anyway");
         }
         if let Err(e) = self.host.stop_daemon().await {
             return Err(failed(&journal, format!("cannot stop the daemon: {e}")));
