@@ -152,8 +152,10 @@ fn init_logging(level: &str) {
             "waiaas_daemon={level},waiaas_shared={level},warn"
         ))
     });
+    // Colour only on a terminal: a log file or journald gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

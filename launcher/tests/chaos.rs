@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::Install;
 use support::registry::Registry;
-use support::supervisor::{process_gone, signal};
+use support::supervisor::{processes_mentioning, signal};
 use waiaas_shared::admin::Status;
 use waiaas_shared::release::CLI_PACKAGE;
 
@@ -36,23 +36,13 @@ impl Rng {
     }
 }
 
-/// Live (not zombie) `waiaas-daemon serve` processes of this data dir.
+/// Live `waiaas-daemon serve` processes of this data dir.
 fn daemons(dir: &Path) -> Vec<i32> {
-    let needle = format!("serve --data-dir {}", dir.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("waiaas-daemon") && cmdline.contains(&needle) && !process_gone(pid) {
-            found.push(pid);
-        }
-    }
-    found
+    processes_mentioning(dir)
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("waiaas-daemon serve"))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 fn status(install: &Install) -> Option<Status> {

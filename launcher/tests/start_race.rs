@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::Install;
-use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, signal};
+use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 
 const RUNS: usize = 20;
 /// `shutdown_timeout` of these installs (the smallest allowed).
@@ -76,25 +76,6 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Every process whose command line names `dir` (daemons of this install).
-fn processes_of(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && !support::supervisor::process_gone(pid) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
-
 /// Kills the daemon at its first healthy answer (polled every 2 ms); returns
 /// the instant of the kill.
 fn kill_at_first_healthy_answer(install: &Install, supervisor: &Supervisor) -> Instant {
@@ -115,27 +96,22 @@ fn kill_at_first_healthy_answer(install: &Install, supervisor: &Supervisor) -> I
     }
 }
 
+/// Starts `run` and kills its first daemon at `point`; returns the instant.
+fn fault_at(install: &Install, point: &str) -> (Supervisor, Instant) {
+    if point == "first-healthy-answer" {
+        let supervisor = Supervisor::start(install);
+        let at = kill_at_first_healthy_answer(install, &supervisor);
+        return (supervisor, at);
+    }
+    let (supervisor, token) = armed(install, point, "kill");
+    let at = wait_taken(&token, &supervisor);
+    (supervisor, at)
+}
+
 /// One run: the fault fires, and a replacement is healthy within the bound.
 fn replaced_after(point: &str) -> Duration {
     let install = install();
-    let (supervisor, killed_at) = match point {
-        "first-healthy-answer" => {
-            let command = install.launcher(&["run"]);
-            let supervisor = Supervisor::spawn(
-                command,
-                install.home().join("launcher.stderr"),
-                install.dir.launcher_socket(),
-                LogFile::Fresh,
-            );
-            let at = kill_at_first_healthy_answer(&install, &supervisor);
-            (supervisor, at)
-        }
-        point => {
-            let (supervisor, token) = armed(&install, point, "kill");
-            let at = wait_taken(&token, &supervisor);
-            (supervisor, at)
-        }
-    };
+    let (supervisor, killed_at) = fault_at(&install, point);
     let mut supervisor = supervisor.with_healthy_within(REPLACED_WITHIN * 10);
     let status = supervisor.wait_healthy();
     let took = killed_at.elapsed();
@@ -157,24 +133,7 @@ fn replaced_after(point: &str) -> Duration {
 /// in time and leave no daemon.
 fn sigterm_at(point: &str) -> Duration {
     let install = install();
-    let (mut supervisor, at) = match point {
-        "first-healthy-answer" => {
-            let command = install.launcher(&["run"]);
-            let supervisor = Supervisor::spawn(
-                command,
-                install.home().join("launcher.stderr"),
-                install.dir.launcher_socket(),
-                LogFile::Fresh,
-            );
-            let at = kill_at_first_healthy_answer(&install, &supervisor);
-            (supervisor, at)
-        }
-        point => {
-            let (supervisor, token) = armed(&install, point, "kill");
-            let at = wait_taken(&token, &supervisor);
-            (supervisor, at)
-        }
-    };
+    let (mut supervisor, at) = fault_at(&install, point);
     signal(supervisor.pid(), libc::SIGTERM);
     let bound = SHUTDOWN_TIMEOUT + Duration::from_secs(2);
     let status = supervisor.wait_exit(bound + Duration::from_secs(10));
@@ -185,7 +144,7 @@ fn sigterm_at(point: &str) -> Duration {
         supervisor.log()
     );
     assert!(status.success(), "{point}: {status}\n{}", supervisor.log());
-    let left = processes_of(install.data_dir());
+    let left = processes_mentioning(install.data_dir());
     assert!(left.is_empty(), "{point}: left running: {left:?}");
     took
 }
@@ -272,7 +231,7 @@ fn sigterm_with_a_daemon_frozen_mid_start_ends_the_launcher() {
             supervisor.log()
         );
         assert!(status.success(), "{point}: {status}\n{}", supervisor.log());
-        let left = processes_of(install.data_dir());
+        let left = processes_mentioning(install.data_dir());
         assert!(left.is_empty(), "{point}: left running: {left:?}");
     }
 }

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
 use support::registry::Registry;
-use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, process_state, signal};
+use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
@@ -552,26 +552,6 @@ impl DbDigest {
             tables,
         }
     }
-}
-
-/// Live processes (not zombies) whose command line mentions `needle`: pid → command line.
-fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
-    let needle = needle.to_string_lossy().into_owned();
-    let mut found = BTreeMap::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
-        if !zombie && cmdline.contains(&needle) {
-            found.insert(pid, cmdline.trim().to_string());
-        }
-    }
-    found
 }
 
 /// Spawns `command` with stdout and stderr into files under `home`.

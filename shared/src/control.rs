@@ -120,15 +120,20 @@ where
         .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// One frame's bytes: the message as JSON and its newline.
+pub fn encode<T: Serialize>(message: &T) -> std::io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// Writes one frame and flushes it.
 pub async fn write_frame<T, W>(writer: &mut W, message: &T) -> std::io::Result<()>
 where
     T: Serialize,
     W: AsyncWrite + Unpin,
 {
-    let mut bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    writer.write_all(&bytes).await?;
+    writer.write_all(&encode(message)?).await?;
     writer.flush().await
 }
 

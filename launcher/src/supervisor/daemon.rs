@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use waiaas_shared::control::{
-    self, CONTROL_FD, CONTROL_FD_ENV, FromDaemon, FromLauncher, read_frame, write_frame,
+    self, CONTROL_FD, CONTROL_FD_ENV, FromDaemon, FromLauncher, read_frame,
 };
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
@@ -97,11 +97,20 @@ impl Daemon {
         }
     }
 
-    /// Orders a graceful shutdown within `deadline_secs`; SIGTERM if the
-    /// channel is gone.
-    pub async fn order_stop(&mut self, deadline_secs: u64) {
+    /// Orders a graceful shutdown within `deadline_secs`, without waiting:
+    /// the frame goes into the socket's buffer, or SIGTERM is sent instead
+    /// (a daemon that does not drain its channel must not stall the loop).
+    pub fn order_stop(&mut self, deadline_secs: u64) {
         let order = FromLauncher::Shutdown { deadline_secs };
-        if let Err(e) = write_frame(&mut self.control, &order).await {
+        let sent = control::encode(&order).and_then(|frame| {
+            let n = self.control.try_write(&frame)?;
+            if n == frame.len() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("the frame did not fit"))
+            }
+        });
+        if let Err(e) = sent {
             warn!("cannot order the daemon to stop ({e}); sending SIGTERM");
             self.signal(libc::SIGTERM);
         }

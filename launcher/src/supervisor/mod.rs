@@ -67,6 +67,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_PAUSE: Duration = Duration::from_millis(20);
 /// How long `status` waits for `/health`.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the last answer (to `stop`) may take to write.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Extra time after the shutdown deadline before the daemon is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -326,12 +328,13 @@ impl Supervisor {
                     let done = Response::Done {
                         message: "stopped".into(),
                     };
-                    admin::answer(reply, &done).await;
+                    // Bounded: a client that does not read must not hold the exit.
+                    let _ = tokio::time::timeout(REPLY_TIMEOUT, admin::answer(reply, &done)).await;
                 }
                 return result;
             }
             let event = self.next_event(&mut signals).await;
-            self.handle(event).await;
+            self.handle(event);
         }
     }
 
@@ -390,30 +393,30 @@ impl Supervisor {
         }
     }
 
-    async fn handle(&mut self, event: Event) {
+    fn handle(&mut self, event: Event) {
         match event {
-            Event::Terminate(name) => self.terminate(name, None).await,
+            Event::Terminate(name) => self.terminate(name, None),
             Event::Hangup => {
                 if self.upgrade.is_some() {
                     warn!("SIGHUP: ignored while an upgrade runs");
                 } else {
                     info!("SIGHUP: restarting the daemon");
-                    self.restart().await;
+                    self.restart();
                 }
             }
-            Event::Admin(call) => self.admin(call).await,
+            Event::Admin(call) => self.admin(call),
             Event::Daemon(DaemonEvent::Exited(status)) => self.exited(status),
             Event::Daemon(DaemonEvent::Frame(frame)) => self.frame(frame),
             Event::Probed(result) => self.probed(result),
-            Event::Deadline => self.deadline().await,
+            Event::Deadline => self.deadline(),
             Event::Watchdog => self.notifier.notify("WATCHDOG=1"),
-            Event::Host(call) => self.host_call(call).await,
+            Event::Host(call) => self.host_call(call),
             Event::Progress(p) => {
                 if let Some(upgrade) = &mut self.upgrade {
                     upgrade.progressed(p);
                 }
             }
-            Event::Upgraded(report) => self.upgraded(report).await,
+            Event::Upgraded(report) => self.upgraded(report),
         }
     }
 
@@ -695,7 +698,7 @@ impl Supervisor {
         self.retry_in(delay);
     }
 
-    async fn deadline(&mut self) {
+    fn deadline(&mut self) {
         let now = Instant::now();
         if self.retry_at.is_some_and(|at| at <= now) && matches!(self.slot, Slot::Empty) {
             self.start(Purpose::Service);
@@ -750,38 +753,21 @@ impl Supervisor {
 
     /// Orders the daemon to stop (killed after the deadline), then `then`.
     /// Without a daemon, `then` happens at once.
-    async fn stop_daemon(&mut self, then: AfterStop) {
+    fn stop_daemon(&mut self, then: AfterStop) {
         self.probe = None;
         self.retry_at = None;
-        let deadline = Duration::from_secs(self.config.daemon.shutdown_timeout);
         match std::mem::replace(&mut self.slot, Slot::Empty) {
             Slot::Empty => self.after_stop_now(then),
             Slot::Starting {
-                mut daemon,
-                purpose,
-                ..
+                daemon, purpose, ..
             } => {
                 // A start is abandoned: one that was for the engine is told so.
                 if let Purpose::Engine { done, .. } = purpose {
                     let _ = done.send(Err(HostError::ShuttingDown));
                 }
-                daemon.order_stop(deadline.as_secs()).await;
-                self.slot = Slot::Stopping {
-                    daemon,
-                    kill_at: Instant::now() + deadline + KILL_GRACE,
-                    killed: false,
-                    then,
-                };
+                self.order_stop(daemon, then);
             }
-            Slot::Running(mut daemon) => {
-                daemon.order_stop(deadline.as_secs()).await;
-                self.slot = Slot::Stopping {
-                    daemon,
-                    kill_at: Instant::now() + deadline + KILL_GRACE,
-                    killed: false,
-                    then,
-                };
-            }
+            Slot::Running(daemon) => self.order_stop(daemon, then),
             Slot::Stopping {
                 daemon,
                 kill_at,
@@ -806,6 +792,18 @@ impl Supervisor {
         }
     }
 
+    /// Orders `daemon` to stop, to be killed after `shutdown_timeout` + grace.
+    fn order_stop(&mut self, mut daemon: Daemon, then: AfterStop) {
+        let deadline = Duration::from_secs(self.config.daemon.shutdown_timeout);
+        daemon.order_stop(deadline.as_secs());
+        self.slot = Slot::Stopping {
+            daemon,
+            kill_at: Instant::now() + deadline + KILL_GRACE,
+            killed: false,
+            then,
+        };
+    }
+
     fn after_stop_now(&mut self, then: AfterStop) {
         match then {
             AfterStop::Restart => self.start(Purpose::Service),
@@ -819,15 +817,15 @@ impl Supervisor {
         }
     }
 
-    async fn restart(&mut self) {
+    fn restart(&mut self) {
         self.failures = 0;
         self.held = None;
-        self.stop_daemon(AfterStop::Restart).await;
+        self.stop_daemon(AfterStop::Restart);
     }
 
     /// SIGTERM, SIGINT or an admin `stop`: abandon a preflight, let a begun
     /// upgrade finish or roll back first, then stop the daemon and exit.
-    async fn terminate(&mut self, why: &str, reply: Option<OwnedWriteHalf>) {
+    fn terminate(&mut self, why: &str, reply: Option<OwnedWriteHalf>) {
         self.stop_replies.extend(reply);
         if let Some(upgrade) = &self.upgrade {
             if upgrade.past_preflight() {
@@ -844,13 +842,13 @@ impl Supervisor {
             upgrade.finish(crate::upgrade::report::abandoned(from.as_deref()));
         }
         info!("{why}: stopping");
-        self.shutdown().await;
+        self.shutdown();
     }
 
-    async fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
         self.held = Some(State::Stopping);
-        self.stop_daemon(AfterStop::Exit).await;
+        self.stop_daemon(AfterStop::Exit);
     }
 
     /// Ends the loop (whoever asked for the stop is answered on the way out).
@@ -860,7 +858,7 @@ impl Supervisor {
 
     // ---- admin requests and the hosted upgrade ---------------------------
 
-    async fn admin(&mut self, call: AdminCall) {
+    fn admin(&mut self, call: AdminCall) {
         let AdminCall { request, reply } = call;
         let refuse = |reply, message: &str| {
             let message = message.to_string();
@@ -880,7 +878,7 @@ impl Supervisor {
                     admin::answer(reply, &Response::Status(status)).await;
                 });
             }
-            Request::Stop => self.terminate("stop requested", Some(reply)).await,
+            Request::Stop => self.terminate("stop requested", Some(reply)),
             _ if stopping => refuse(reply, "the supervisor is stopping"),
             Request::Restart if self.upgrade.is_some() => refuse(
                 reply,
@@ -888,7 +886,7 @@ impl Supervisor {
             ),
             Request::Restart => {
                 self.restart_replies.push(reply);
-                self.restart().await;
+                self.restart();
             }
             Request::Upgrade(_) if self.upgrade.is_some() => refuse(
                 reply,
@@ -901,7 +899,7 @@ impl Supervisor {
         }
     }
 
-    async fn host_call(&mut self, call: HostCall) {
+    fn host_call(&mut self, call: HostCall) {
         match call {
             HostCall::Running(answer) => {
                 let _ = answer.send(self.wants_daemon());
@@ -909,7 +907,7 @@ impl Supervisor {
             HostCall::Stop(done) => {
                 // From here the upgrade decides when a daemon runs.
                 self.held = Some(State::Stopped);
-                self.stop_daemon(AfterStop::Engine(done)).await;
+                self.stop_daemon(AfterStop::Engine(done));
             }
             HostCall::Start { version, done } => {
                 if matches!(self.slot, Slot::Empty) {
@@ -922,7 +920,7 @@ impl Supervisor {
         }
     }
 
-    async fn upgraded(&mut self, report: Option<UpgradeReport>) {
+    fn upgraded(&mut self, report: Option<UpgradeReport>) {
         let upgrade = self.upgrade.take().expect("an upgrade ended");
         let recovery = matches!(upgrade.work, Work::Recovery);
         match (report, recovery) {
@@ -943,7 +941,7 @@ impl Supervisor {
             self.held = None;
         }
         if self.stop_after_upgrade {
-            self.shutdown().await;
+            self.shutdown();
         } else if recovery && self.held == Some(State::Stopped) {
             // Recovered (or nothing ran before the crash): the first start.
             self.start(Purpose::Service);

@@ -84,46 +84,27 @@ impl Upgrade {
         request: UpgradeRequest,
         reply: OwnedWriteHalf,
     ) -> Self {
-        let (mut host, progress, calls, progress_rx) = channels();
-        let engine = Box::pin(async move {
-            let mut progress = move |p: Progress| drop(progress.send(p));
-            let mut engine = Engine {
-                dir: &dir,
-                config: &config,
-                host: &mut host,
-                progress: &mut progress,
-            };
-            Some(engine.run(&request).await)
-        });
-        Self::new(Work::Request, engine, calls, progress_rx, Some(reply))
+        Self::new(Work::Request, dir, config, Some(request), Some(reply))
     }
 
     /// Finishes the rollback of a change a crash interrupted.
     pub fn recovery(dir: DataDir, config: Config) -> Self {
-        let (mut host, progress, calls, progress_rx) = channels();
-        let engine = Box::pin(async move {
-            let mut progress = move |p: Progress| drop(progress.send(p));
-            let mut engine = Engine {
-                dir: &dir,
-                config: &config,
-                host: &mut host,
-                progress: &mut progress,
-            };
-            engine.recover().await.err()
-        });
-        Self::new(Work::Recovery, engine, calls, progress_rx, None)
+        Self::new(Work::Recovery, dir, config, None, None)
     }
 
     fn new(
         work: Work,
-        engine: Pin<Box<dyn Future<Output = Option<UpgradeReport>>>>,
-        calls: mpsc::UnboundedReceiver<HostCall>,
-        progress: mpsc::UnboundedReceiver<Progress>,
+        dir: DataDir,
+        config: Config,
+        request: Option<UpgradeRequest>,
         reply: Option<OwnedWriteHalf>,
     ) -> Self {
+        let (calls_tx, calls) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = mpsc::unbounded_channel();
+        let host = ChannelHost { calls: calls_tx };
         Self {
             work,
-            engine,
+            engine: Box::pin(drive(dir, config, host, progress_tx, request)),
             calls,
             progress,
             step: None,
@@ -162,22 +143,26 @@ impl Upgrade {
     }
 }
 
-type Channels = (
-    ChannelHost,
-    mpsc::UnboundedSender<Progress>,
-    mpsc::UnboundedReceiver<HostCall>,
-    mpsc::UnboundedReceiver<Progress>,
-);
-
-fn channels() -> Channels {
-    let (calls_tx, calls) = mpsc::unbounded_channel();
-    let (progress_tx, progress) = mpsc::unbounded_channel();
-    (
-        ChannelHost { calls: calls_tx },
-        progress_tx,
-        calls,
-        progress,
-    )
+/// Runs the engine over owned copies: `request`, or without one a recovery
+/// (whose report is `None` when it succeeded or had nothing to do).
+async fn drive(
+    dir: DataDir,
+    config: Config,
+    mut host: ChannelHost,
+    progress: mpsc::UnboundedSender<Progress>,
+    request: Option<UpgradeRequest>,
+) -> Option<UpgradeReport> {
+    let mut progress = move |p: Progress| drop(progress.send(p));
+    let mut engine = Engine {
+        dir: &dir,
+        config: &config,
+        host: &mut host,
+        progress: &mut progress,
+    };
+    match request {
+        Some(request) => Some(engine.run(&request).await),
+        None => engine.recover().await.err(),
+    }
 }
 
 /// Writes responses to the connection from a task of its own; a command that

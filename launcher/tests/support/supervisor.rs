@@ -12,12 +12,13 @@
 //!   `waiaas-launcher stop`). On drop the supervisor is killed at once, or
 //!   stopped with [`Supervisor::with_stop_grace`]'s grace if one was set.
 //! - [`healthy`], [`daemon_pid`], [`signal`], [`process_state`],
-//!   [`process_gone`], [`wait_gone`] — free helpers.
+//!   [`process_gone`], [`wait_gone`], [`processes_mentioning`] — free helpers.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -319,4 +320,24 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// Live processes (not zombies) whose command line mentions `needle`: pid → command line.
+pub fn processes_mentioning(needle: &Path) -> BTreeMap<i32, String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+        if !zombie && cmdline.contains(&needle) {
+            found.insert(pid, cmdline.trim().to_string());
+        }
+    }
+    found
 }
