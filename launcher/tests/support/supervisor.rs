@@ -16,14 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use waiaas_shared::admin::{Envelope, Request, Response, Status};
-use waiaas_shared::control::PROTOCOL_VERSION;
+use waiaas_shared::admin::{Request, Response, Status, client};
 
 use super::{Install, run};
 
@@ -143,28 +140,12 @@ impl Supervisor {
         }
     }
 
-    /// One admin request, straight over the socket; `None` if nothing
-    /// (readable) answered.
+    /// One admin request, through the commands' own client; `None` if
+    /// nothing (readable) answered.
     pub fn ask(&self, request: Request) -> Option<Response> {
-        let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .ok()?;
-        stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        let envelope = Envelope {
-            protocol: PROTOCOL_VERSION,
-            request,
-        };
-        let mut frame = serde_json::to_vec(&envelope).ok()?;
-        frame.push(b'\n');
-        stream.write_all(&frame).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream.take(1 << 20))
-            .read_line(&mut line)
-            .ok()?;
-        serde_json::from_str(&line).ok()
+        client::call(&self.socket, request, Duration::from_secs(60))
+            .ok()
+            .flatten()
     }
 
     pub fn status(&self) -> Option<Status> {
