@@ -26,18 +26,20 @@ pub fn spawn(config: &Config, db: Db) -> tokio::task::JoinHandle<()> {
         return tokio::spawn(async {});
     }
     let configured = config.update.registry.clone();
+    let insecure = config.update.allow_insecure_registry;
     let channel = config.update.channel.clone();
     let period = Duration::from_secs(config.daemon.update_check_interval);
     tokio::spawn(work(
         move || registry::resolve(configured.as_deref()),
         channel,
+        insecure,
         period,
         db,
     ))
 }
 
 /// Resolves the registry, then checks on schedule forever.
-async fn work<R>(resolve: R, channel: String, period: Duration, db: Db)
+async fn work<R>(resolve: R, channel: String, insecure: bool, period: Duration, db: Db)
 where
     R: FnOnce() -> Option<(String, Source)> + Send + 'static,
 {
@@ -56,13 +58,17 @@ where
             return;
         }
     };
+    if let Err(e) = registry::check_source(&url, insecure) {
+        tracing::warn!("version check skipped: {e}");
+        return;
+    }
     tracing::info!(
         registry = %redacted(&url),
         ?source,
         "version check: following dist-tag `{channel}` every {} s",
         period.as_secs()
     );
-    every(period, || check_and_log(&url, &channel, &db)).await;
+    every(period, || check_and_log(&url, &channel, insecure, &db)).await;
 }
 
 /// Runs `run` now and then every `period`, forever. A tick that comes due
@@ -93,8 +99,8 @@ where
 }
 
 /// One check, logged: info when a newer version is known, one warning on failure.
-async fn check_and_log(url: &str, channel: &str, db: &Db) {
-    match check(url, channel, db).await {
+async fn check_and_log(url: &str, channel: &str, insecure: bool, db: &Db) {
+    match check(url, channel, insecure, db).await {
         Ok(latest) if version::is_newer(&latest.to_string(), version::VERSION) => {
             tracing::info!(
                 "version check: {latest} is available (running {}); \
@@ -119,8 +125,8 @@ enum Failure {
 }
 
 /// Asks the registry and stores the answer; on any failure nothing is written.
-async fn check(url: &str, channel: &str, db: &Db) -> Result<Version, Failure> {
-    let latest = registry::latest_version(url, channel)
+async fn check(url: &str, channel: &str, insecure: bool, db: &Db) -> Result<Version, Failure> {
+    let latest = registry::latest_version(url, channel, insecure)
         .await
         .map_err(Failure::Registry)?;
     let text = latest.to_string();
@@ -258,7 +264,7 @@ mod tests {
         let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
         let (_dir, db) = temp_db();
         let before = UtcTime::now().unix_seconds();
-        let latest = check(&reg.url, "latest", &db).await.unwrap();
+        let latest = check(&reg.url, "latest", false, &db).await.unwrap();
         assert_eq!(latest.to_string(), "1.9.0");
         let (stored_latest, checked_at) = stored(&db).await;
         assert_eq!(stored_latest.as_deref(), Some("1.9.0"));
@@ -276,9 +282,9 @@ mod tests {
     async fn a_newer_check_replaces_the_older_answer() {
         let (_dir, db) = temp_db();
         let first = TestRegistry::start(Behaviour::latest("1.9.0"));
-        check(&first.url, "latest", &db).await.unwrap();
+        check(&first.url, "latest", false, &db).await.unwrap();
         let second = TestRegistry::start(Behaviour::latest("1.10.0"));
-        check(&second.url, "latest", &db).await.unwrap();
+        check(&second.url, "latest", false, &db).await.unwrap();
         assert_eq!(stored(&db).await.0.as_deref(), Some("1.10.0"));
     }
 
@@ -286,7 +292,7 @@ mod tests {
     async fn a_prerelease_channel_accepts_its_prerelease() {
         let reg = TestRegistry::start(Behaviour::DistTags(r#"{"rc":"2.0.0-rc.1"}"#.into()));
         let (_dir, db) = temp_db();
-        check(&reg.url, "rc", &db).await.unwrap();
+        check(&reg.url, "rc", false, &db).await.unwrap();
         assert_eq!(stored(&db).await.0.as_deref(), Some("2.0.0-rc.1"));
     }
 
@@ -334,7 +340,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-                check_and_log(&url, "latest", &db).await;
+                check_and_log(&url, "latest", false, &db).await;
                 let after = stored(&db).await;
                 (name, url, reason, after)
             });
@@ -371,7 +377,7 @@ mod tests {
         let db = Db::new(crate::db::open(&dir.path().join("empty.db")).unwrap());
         let log = Captured::default();
         let _guard = log.install();
-        check_and_log(&reg.url, "latest", &db).await;
+        check_and_log(&reg.url, "latest", false, &db).await;
         let lines = log.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
@@ -393,6 +399,7 @@ mod tests {
             work(
                 || None,
                 "latest".into(),
+                false,
                 Duration::from_secs(3600),
                 db.clone(),
             ),
@@ -406,6 +413,30 @@ mod tests {
             "{}",
             lines[0]
         );
+        assert_eq!(stored(&db).await, (None, None));
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_registry_off_loopback_is_refused_before_any_connection() {
+        let (_dir, db) = temp_db();
+        let log = Captured::default();
+        let _guard = log.install();
+        // A non-loopback address: the worker must return without connecting.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            work(
+                || Some(("http://192.0.2.1:9/".to_string(), Source::Config)),
+                "latest".into(),
+                false,
+                Duration::from_secs(3600),
+                db.clone(),
+            ),
+        )
+        .await
+        .expect("the worker stops at once");
+        let lines = log.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("allow_insecure_registry"), "{}", lines[0]);
         assert_eq!(stored(&db).await, (None, None));
     }
 

@@ -36,6 +36,10 @@ pub struct UpgradeArgs {
     /// Upgrade from a release tarball on disk (offline).
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
+    /// Let --to or --from install a release older than the installed one,
+    /// on the present data (the new binary's schema check still applies).
+    #[arg(long, conflicts_with = "rollback")]
+    allow_downgrade: bool,
     /// Print one machine-readable JSON result on stdout.
     #[arg(long)]
     json: bool,
@@ -75,6 +79,7 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
     let request = UpgradeRequest {
         action,
         no_start: args.no_start,
+        allow_downgrade: args.allow_downgrade,
     };
     let mut render = Render::new(args.json);
     let report = match through_supervisor(dir, &request, &mut |p| render.show(p))? {

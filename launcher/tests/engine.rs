@@ -35,6 +35,8 @@ use support::{Install, LAUNCHER, daemon_binary};
 const OLD: &str = env!("CARGO_PKG_VERSION");
 /// The fake release's version.
 const NEW: &str = "1.9.0";
+/// A fake release older than this build, for the anti-rollback rules.
+const OLDER: &str = "1.8.0";
 
 /// Flag files beside the data dir (in `Install::home`) that make the fake
 /// daemon fail: read by its script on every run, so a test can raise one
@@ -59,16 +61,30 @@ struct Release {
     /// test writes its own copy, so nothing outlives the process.
     file_name: String,
     bytes: Vec<u8>,
-    public_key: String,
+    /// The CLI package's bytes, for a registry that offers the release.
+    cli_bytes: Vec<u8>,
 }
 
-fn release() -> &'static Release {
-    static RELEASE: OnceLock<Release> = OnceLock::new();
-    RELEASE.get_or_init(pack_release)
+/// The fake release `version` ([`NEW`] or [`OLDER`]), packed once.
+fn release(version: &'static str) -> &'static Release {
+    static NEWER: OnceLock<Release> = OnceLock::new();
+    static OLDER_ONE: OnceLock<Release> = OnceLock::new();
+    let cell = if version == NEW { &NEWER } else { &OLDER_ONE };
+    cell.get_or_init(|| pack_release(version))
 }
 
-fn pack_release() -> Release {
-    assert_ne!(OLD, NEW, "the fake release must differ from this build");
+/// The one signing key of the fake releases: (secret key file, public key).
+fn key() -> &'static (tempfile::TempDir, PathBuf, String) {
+    static KEY: OnceLock<(tempfile::TempDir, PathBuf, String)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let (secret, public) = waiaas_packaging::generate_keypair(tmp.path()).unwrap();
+        (tmp, secret, public)
+    })
+}
+
+fn pack_release(version: &'static str) -> Release {
+    assert_ne!(OLD, version, "a fake release must differ from this build");
     let started = Instant::now();
     let real = daemon_binary();
     let out = Command::new(&real)
@@ -79,7 +95,7 @@ fn pack_release() -> Release {
     // The same schema as this build: the real `migrate` and `check` then
     // agree with what the release claims.
     let new = DaemonVersion {
-        version: NEW.into(),
+        version: version.into(),
         ..old.clone()
     };
     let wrong_schema = CompatReport {
@@ -91,7 +107,7 @@ fn pack_release() -> Release {
     };
     let daemon = format!(
         r#"#!/bin/sh
-# waiaas-daemon {NEW} of tests/engine.rs: this build's daemon under another
+# waiaas-daemon {version} of tests/engine.rs: this build's daemon under another
 # version, failing on purpose while a flag file sits beside the data dir.
 flags=/nonexistent
 prev=
@@ -100,7 +116,7 @@ for arg in "$@"; do
   prev=$arg
 done
 case "$1" in
---version) echo '{version}'; exit 0 ;;
+--version) echo '{claims}'; exit 0 ;;
 migrate)
   if [ -e "$flags/{FAIL_MIGRATE}" ]; then echo '{MIGRATE_FAULT}' >&2; exit 1; fi
   if [ -e "$flags/{HANG_MIGRATE}" ]; then exec sleep 600; fi ;;
@@ -109,12 +125,13 @@ check)
 esac
 exec '{real}' "$@"
 "#,
-        version = serde_json::to_string(&new).unwrap(),
+        version = version,
+        claims = serde_json::to_string(&new).unwrap(),
         check = serde_json::to_string(&wrong_schema).unwrap(),
         real = real.display(),
     );
     let launcher = format!(
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'waiaas-launcher {NEW}'; exit 0; fi\n\
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'waiaas-launcher {version}'; exit 0; fi\n\
          exec '{LAUNCHER}' \"$@\"\n"
     );
 
@@ -125,24 +142,23 @@ exec '{real}' "$@"
         fs::write(bin.join(name), script).unwrap();
         fs::set_permissions(bin.join(name), fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let (secret, public_key) = waiaas_packaging::generate_keypair(tmp.path()).unwrap();
     let packed = waiaas_packaging::pack(&PackOptions {
         bin_dir: bin,
         out_dir: tmp.path().join("out"),
-        sign_key: secret,
+        sign_key: key().1.clone(),
         target: waiaas_shared::release::this_target().unwrap().into(),
         also_targets: Vec::new(),
     })
     .unwrap();
     let tarball = &packed.platform_tarball;
     eprintln!(
-        "packed the fake {NEW} release in {:.0} ms",
+        "packed the fake {version} release in {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
     Release {
         file_name: tarball.file_name().unwrap().to_string_lossy().into(),
         bytes: fs::read(tarball).unwrap(),
-        public_key,
+        cli_bytes: fs::read(&packed.cli_tarball).unwrap(),
     }
 }
 
@@ -211,18 +227,27 @@ struct Setup {
     install: Install,
     config: Config,
     tarball: PathBuf,
+    /// Sent with every request (`--allow-downgrade`).
+    allow_downgrade: bool,
 }
 
 impl Setup {
     /// A real `init` of this build that trusts the fake release's key; with
     /// `started`, also a database holding [`MARKER`] = "before".
     fn new(started: bool) -> Self {
-        let release = release();
+        Self::offering(NEW, started, "")
+    }
+
+    /// [`Setup::new`] offering the fake release `version`, with `more` lines
+    /// in `[update]`.
+    fn offering(version: &'static str, started: bool, more: &str) -> Self {
+        let release = release(version);
         let install = Install::new();
         let text = format!(
             "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\n\
-             [update]\ntrusted_keys = [\"{}\"]\n",
-            install.port, release.public_key
+             [update]\ntrusted_keys = [\"{}\"]\n{more}",
+            install.port,
+            key().2
         );
         install.write_config(&text);
         // Parsed without the environment, like the rest of the test is hermetic.
@@ -236,6 +261,7 @@ impl Setup {
             install,
             config,
             tarball,
+            allow_downgrade: false,
         }
     }
 
@@ -279,6 +305,7 @@ impl Setup {
         let request = UpgradeRequest {
             action,
             no_start: false,
+            allow_downgrade: self.allow_downgrade,
         };
         let report = engine.run(&request).await;
         (report, steps)
@@ -660,4 +687,52 @@ async fn an_unwritable_journal_at_step_2_is_rolled_back_not_given_up_on() {
     // Nothing was changed: the daemon was never stopped.
     assert!(host.running, "the daemon was stopped: {:?}", host.calls);
     setup.assert_rolled_back(&result, 2, "cannot write the journal");
+}
+
+// ---------------------------------------------------------------------------
+// Anti-rollback: an upgrade never moves back by itself.
+
+/// `--from` an older release is refused with nothing changed, and installed
+/// with `--allow-downgrade` (same schema: the new binary's check allows it).
+#[tokio::test(flavor = "current_thread")]
+async fn an_older_release_needs_allow_downgrade() {
+    let mut setup = Setup::offering(OLDER, true, "");
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.message.contains("--allow-downgrade"), "{report:#?}");
+    assert!(host.calls.is_empty(), "nothing stopped: {:?}", host.calls);
+    setup.assert_old_state();
+
+    setup.allow_downgrade = true;
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    assert_eq!(setup.current(), OLDER);
+}
+
+/// A channel whose newest release is older than the installed one is not
+/// followed: "up to date", and nothing is downloaded.
+#[tokio::test(flavor = "current_thread")]
+async fn a_channel_naming_an_older_release_is_not_followed() {
+    let registry = support::registry::Registry::start();
+    let release = release(OLDER);
+    let cli = waiaas_shared::release::CLI_PACKAGE;
+    let platform =
+        waiaas_shared::release::platform_package(waiaas_shared::release::this_target().unwrap());
+    registry.publish(cli, OLDER, release.cli_bytes.clone());
+    registry.publish(&platform, OLDER, release.bytes.clone());
+    let more = format!("registry = \"{}\"\n", registry.url());
+    let setup = Setup::offering(OLDER, true, &more);
+    let mut host = FakeHost::running();
+    let (report, _) = setup.run(&mut host, UpgradeAction::Latest, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::UpToDate, "{report:#?}");
+    assert!(report.message.contains("is older"), "{report:#?}");
+    assert!(host.calls.is_empty(), "{:?}", host.calls);
+    assert!(
+        !setup.install.dir.version(OLDER).exists(),
+        "nothing installed"
+    );
+    let tarball = support::registry::Registry::tarball_path(&platform, OLDER);
+    assert_eq!(registry.hits(&tarball), 0, "nothing downloaded");
+    setup.assert_old_state();
 }

@@ -32,6 +32,9 @@ pub struct UpgradeRequest {
     pub action: UpgradeAction,
     /// Leave the daemon stopped afterwards.
     pub no_start: bool,
+    /// `--to`/`--from` may name a release older than the installed one.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

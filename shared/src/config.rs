@@ -34,6 +34,8 @@ pub struct UpdateConfig {
     pub migrate_timeout: u64,
     /// Minisign public keys trusted in addition to the built-in release keys.
     pub trusted_keys: Vec<String>,
+    /// Accept a plain `http://` registry on a non-loopback host.
+    pub allow_insecure_registry: bool,
 }
 
 /// A whole configuration.
@@ -61,6 +63,7 @@ impl Default for Config {
                 health_timeout: 30,
                 migrate_timeout: 1800,
                 trusted_keys: Vec::new(),
+                allow_insecure_registry: false,
             },
         }
     }
@@ -80,6 +83,7 @@ pub const KEYS: &[&str] = &[
     "update.health_timeout",
     "update.migrate_timeout",
     "update.trusted_keys",
+    "update.allow_insecure_registry",
 ];
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -321,6 +325,9 @@ impl Config {
             "update.health_timeout" => self.update.health_timeout = s.int(1, 600)?,
             "update.migrate_timeout" => self.update.migrate_timeout = s.int(1, 86_400)?,
             "update.trusted_keys" => self.update.trusted_keys = s.strings()?,
+            "update.allow_insecure_registry" => {
+                self.update.allow_insecure_registry = s.boolean()?
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.clone(),
@@ -349,7 +356,8 @@ impl Config {
              keep_backups = {}\n\
              health_timeout = {}            # seconds the new daemon has to become healthy\n\
              migrate_timeout = {}         # seconds an upgrade's migration may take, 1..86400\n\
-             # trusted_keys = [\"<minisign public key>\"]   # added to the built-in release keys\n",
+             # trusted_keys = [\"<minisign public key>\"]   # added to the built-in release keys\n\
+             # allow_insecure_registry = false   # plain http:// only on loopback unless true\n",
             d.daemon.port,
             d.daemon.hostname,
             d.daemon.log_level,

@@ -49,6 +49,69 @@ pub fn resolve(configured: Option<&str>) -> Option<(String, Source)> {
         .map(|url| (url, Source::NpmCli))
 }
 
+/// Why a registry URL is not used as a release source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsecureSource {
+    #[error(
+        "the registry {0} is plain http:// on a non-loopback host, where anyone on the path can \
+         serve or change releases; use an https:// URL, or set \
+         `allow_insecure_registry = true` in [update] to accept it"
+    )]
+    PlainHttp(String),
+    #[error("the registry URL {0} is not an http:// or https:// URL")]
+    NotHttp(String),
+}
+
+/// Whether `url` may be a release source: `https://`; `http://` on a
+/// loopback address (tests, a local mirror); any `http://` only with
+/// `allow_insecure`. Decided on the URL's text alone: no lookup, no connection.
+pub fn check_source(url: &str, allow_insecure: bool) -> Result<(), InsecureSource> {
+    let shown = || redact(url);
+    let parsed = reqwest::Url::parse(url).map_err(|_| InsecureSource::NotHttp(shown()))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure || is_loopback(&parsed) => Ok(()),
+        "http" => Err(InsecureSource::PlainHttp(shown())),
+        _ => Err(InsecureSource::NotHttp(shown())),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// A URL for messages: scheme, host and port only (a URL may carry credentials).
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// Redirects within the same rule as the source: at most `max` hops, and never
+/// to a URL [`check_source`] would refuse (https → http is a downgrade).
+pub fn redirect_policy(max: usize, allow_insecure: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= max {
+            attempt.error(format!("more than {max} redirects"))
+        } else if let Err(e) = check_source(attempt.url().as_str(), allow_insecure) {
+            attempt.error(format!("refused a redirect: {e}"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// How to configure the registry, for the one log line when none was found.
 pub const HOW_TO_CONFIGURE: &str = "set `registry` in the [update] section of config.toml \
      (or WAIAAS_UPDATE_REGISTRY, npm_config_registry, or a registry= line in ~/.npmrc)";
@@ -136,11 +199,15 @@ pub enum CheckError {
 /// The version `dist-tags.<channel>` of [`CLI_PACKAGE`] names, fetched with the
 /// limits of SPEC §4: 5 s in all, 1 MiB body, and a User-Agent that carries
 /// only our version.
-pub async fn latest_version(registry: &str, channel: &str) -> Result<Version, CheckError> {
+pub async fn latest_version(
+    registry: &str,
+    channel: &str,
+    allow_insecure: bool,
+) -> Result<Version, CheckError> {
     let client = reqwest::Client::builder()
         .timeout(CHECK_TIMEOUT)
         // A registry mirror may redirect once or twice; more is a loop or a trap.
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(redirect_policy(3, allow_insecure))
         .user_agent(format!("waiaas/{}", crate::version::VERSION))
         .build()
         .map_err(CheckError::Request)?;
@@ -286,6 +353,38 @@ impl Packument {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_sources_are_https_or_loopback_http() {
+        for ok in [
+            "https://registry.example/",
+            "http://127.0.0.1:4873/",
+            "http://127.9.9.9/",
+            "http://localhost:4873",
+            "http://[::1]:4873/",
+        ] {
+            assert_eq!(check_source(ok, false), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/",
+            "http://mirror.example/",
+            "http://[::2]/",
+        ] {
+            assert!(
+                matches!(check_source(bad, false), Err(InsecureSource::PlainHttp(_))),
+                "{bad}"
+            );
+            assert_eq!(check_source(bad, true), Ok(()), "{bad} allowed explicitly");
+        }
+        assert!(matches!(
+            check_source("ftp://x/", true),
+            Err(InsecureSource::NotHttp(_))
+        ));
+        // Credentials never reach a message.
+        let e = check_source("http://user:secret@mirror.example:8080/path", false).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("mirror.example:8080"), "{e}");
+    }
 
     #[test]
     fn tags_are_picked_and_validated() {

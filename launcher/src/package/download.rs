@@ -20,12 +20,16 @@ pub struct Downloaded {
     pub total: Option<u64>,
 }
 
-pub(super) fn http_client(limits: &Limits) -> Result<reqwest::Client, PackageError> {
+pub(super) fn http_client(
+    limits: &Limits,
+    allow_insecure: bool,
+) -> Result<reqwest::Client, PackageError> {
     reqwest::Client::builder()
         .connect_timeout(limits.connect_timeout)
         .read_timeout(limits.read_timeout)
-        // A registry or its CDN may redirect once or twice; more is a loop.
-        .redirect(reqwest::redirect::Policy::limited(5))
+        // A registry or its CDN may redirect once or twice; more is a loop,
+        // and one to plain http:// a downgrade.
+        .redirect(registry::redirect_policy(5, allow_insecure))
         .user_agent(format!("waiaas/{VERSION}"))
         .build()
         .map_err(|e| PackageError::Internal(format!("cannot set up HTTP: {}", describe(&e))))

@@ -18,6 +18,8 @@ pub enum PackageError {
     },
     #[error("no package registry is configured: {}", registry::HOW_TO_CONFIGURE)]
     NoRegistry,
+    #[error(transparent)]
+    InsecureRegistry(#[from] registry::InsecureSource),
     #[error("cannot learn the latest version from the registry: {0}")]
     Latest(#[source] CheckError),
     #[error("registry request for {what} failed: {reason}")]

@@ -64,11 +64,20 @@ use keys::KeyRing;
 /// The version `dist-tags.<channel>` of `@waiaas/cli` names (a prerelease
 /// under `latest` is refused, as in the daemon's version check).
 pub async fn latest(config: &Config) -> Result<Version, PackageError> {
-    let (url, _) =
-        registry::resolve(config.update.registry.as_deref()).ok_or(PackageError::NoRegistry)?;
-    registry::latest_version(&url, &config.update.channel)
+    let url = source(config)?;
+    let insecure = config.update.allow_insecure_registry;
+    registry::latest_version(&url, &config.update.channel, insecure)
         .await
         .map_err(PackageError::Latest)
+}
+
+/// The registry to fetch releases from, if it is one that may be (see
+/// [`registry::check_source`]): decided before any lookup or connection.
+fn source(config: &Config) -> Result<String, PackageError> {
+    let (url, _) =
+        registry::resolve(config.update.registry.as_deref()).ok_or(PackageError::NoRegistry)?;
+    registry::check_source(&url, config.update.allow_insecure_registry)?;
+    Ok(url)
 }
 
 /// Downloads, verifies and installs `version` as `versions/<version>`, with
@@ -107,9 +116,8 @@ pub async fn fetch_with_limits(
         return Ok(installed);
     }
 
-    let (registry_url, _) =
-        registry::resolve(config.update.registry.as_deref()).ok_or(PackageError::NoRegistry)?;
-    let client = http_client(limits)?;
+    let registry_url = source(config)?;
+    let client = http_client(limits, config.update.allow_insecure_registry)?;
     let cli = get_packument(&client, &registry_url, CLI_PACKAGE, limits).await?;
     if !cli.has_version(&name) {
         return Err(PackageError::NoSuchRelease {

@@ -56,6 +56,12 @@ pub enum Refusal {
     Package(#[from] PackageError),
     #[error(transparent)]
     Daemon(#[from] RunError),
+    #[error(
+        "{to} is older than the installed {from}: an upgrade never moves back by itself. To return \
+         to the state before the last upgrade use `waiaas-launcher upgrade --rollback`; to install \
+         {to} on the present data anyway, add --allow-downgrade"
+    )]
+    Downgrade { from: String, to: String },
     #[error("{path}/waiaas-daemon reports version {reported}, not {expected}")]
     VersionMismatch {
         path: PathBuf,

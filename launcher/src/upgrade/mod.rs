@@ -113,7 +113,10 @@ impl<H: Host> Engine<'_, H> {
         }
         match &request.action {
             UpgradeAction::Rollback => self.rollback(request.no_start).await,
-            action => self.upgrade(action, request.no_start).await,
+            action => {
+                self.upgrade(action, request.allow_downgrade, request.no_start)
+                    .await
+            }
         }
     }
 
@@ -151,7 +154,12 @@ impl<H: Host> Engine<'_, H> {
     }
 
     /// The seven steps of an upgrade, top to bottom.
-    async fn upgrade(&mut self, action: &UpgradeAction, no_start: bool) -> UpgradeReport {
+    async fn upgrade(
+        &mut self,
+        action: &UpgradeAction,
+        allow_downgrade: bool,
+        no_start: bool,
+    ) -> UpgradeReport {
         let steps = &UPGRADE_STEPS;
         // 1. Preflight: everything that can fail without downtime.
         self.announce(steps, 1, "resolving the target version");
@@ -159,8 +167,11 @@ impl<H: Host> Engine<'_, H> {
             Ok(from) => from,
             Err(e) => return report::refused(None, None, &e),
         };
-        let plan = match self.preflight(action, &from).await {
-            Ok(Preflight::UpToDate(version)) => return report::up_to_date(&version),
+        let plan = match self.preflight(action, allow_downgrade, &from).await {
+            Ok(Preflight::UpToDate {
+                installed,
+                channel_older,
+            }) => return report::up_to_date(&installed, channel_older.as_deref()),
             Ok(Preflight::Go(plan)) => plan,
             Err(e) => return report::refused(Some(&from), None, &e),
         };

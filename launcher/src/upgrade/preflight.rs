@@ -18,7 +18,12 @@ use crate::package::{self, Downloaded, Installed};
 use crate::swap;
 
 pub(super) enum Preflight {
-    UpToDate(String),
+    /// At the target already, or the channel's newest is older (`Some`):
+    /// following a channel never moves back.
+    UpToDate {
+        installed: String,
+        channel_older: Option<String>,
+    },
     Go(Plan),
 }
 
@@ -46,9 +51,13 @@ impl<H: Host> Engine<'_, H> {
         }
     }
 
+    /// Resolves, fetches and judges the target. A release older than the
+    /// installed one is never the target of a channel, and of `--to`/`--from`
+    /// only with `allow_downgrade`.
     pub(super) async fn preflight(
         &mut self,
         action: &UpgradeAction,
+        allow_downgrade: bool,
         from: &str,
     ) -> Result<Preflight, Refusal> {
         let target = match action {
@@ -70,8 +79,29 @@ impl<H: Host> Engine<'_, H> {
             }
             UpgradeAction::Rollback => unreachable!("rollback has its own path"),
         };
+        let installed = Version::parse(from).ok();
         if target.to_string() == from {
-            return Ok(Preflight::UpToDate(from.to_string()));
+            return Ok(Preflight::UpToDate {
+                installed: from.to_string(),
+                channel_older: None,
+            });
+        }
+        if installed
+            .as_ref()
+            .is_some_and(|installed| target < *installed)
+        {
+            if matches!(action, UpgradeAction::Latest) {
+                return Ok(Preflight::UpToDate {
+                    installed: from.to_string(),
+                    channel_older: Some(target.to_string()),
+                });
+            }
+            if !allow_downgrade {
+                return Err(Refusal::Downgrade {
+                    from: from.to_string(),
+                    to: target.to_string(),
+                });
+            }
         }
         let installed = match action {
             UpgradeAction::FromFile(_) => {

@@ -50,13 +50,17 @@ pub fn abandoned(from: Option<&str>) -> UpgradeReport {
     )
 }
 
-pub fn up_to_date(version: &str) -> UpgradeReport {
-    report(
-        Outcome::UpToDate,
-        Some(version),
-        Some(version),
-        format!("Already up to date ({version})"),
-    )
+/// Nothing to do; `channel_older` is the channel's newest when it is older
+/// than the installed version (which is then kept).
+pub fn up_to_date(version: &str, channel_older: Option<&str>) -> UpgradeReport {
+    let message = match channel_older {
+        None => format!("Already up to date ({version})"),
+        Some(older) => format!(
+            "Already up to date ({version}); the channel's newest release, {older}, is older and \
+             is not installed"
+        ),
+    };
+    report(Outcome::UpToDate, Some(version), Some(version), message)
 }
 
 /// Committed. `backup` is `None` only when there was nothing to back up.
