@@ -106,7 +106,8 @@ pub fn run(dir: &DataDir) -> Result<(), Failure> {
             source.display()
         );
     }
-    point_current(dir)?;
+    crate::swap::point_current(dir, VERSION)
+        .map_err(|e| io_failure("point at the new version", &dir.current(), e))?;
     println!("Linked {} -> versions/{VERSION}", dir.current().display());
     println!(
         "Initialised WAIaaS {VERSION} in {}. Start it with `waiaas-launcher start` (or `run` in the foreground).",
@@ -369,20 +370,6 @@ fn reported_version(output: &str) -> Option<&str> {
     let mut words = output.split_whitespace();
     (words.next() == Some(DAEMON_BIN)).then_some(())?;
     words.next()
-}
-
-/// Points `current` at `versions/<VERSION>`: a new relative symlink renamed
-/// over the old name, so `current` is never missing or half-written.
-fn point_current(dir: &DataDir) -> Result<(), Failure> {
-    let tmp = dir.root().join(".current.init");
-    let _ = fs::remove_file(&tmp);
-    let relative = Path::new("versions").join(VERSION);
-    std::os::unix::fs::symlink(&relative, &tmp).map_err(|e| io_failure("create", &tmp, e))?;
-    fs::rename(&tmp, dir.current()).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_failure("rename into place", &dir.current(), e)
-    })?;
-    fsync_dir(dir.root()).map_err(|e| io_failure("sync", dir.root(), e))
 }
 
 fn io_failure(action: &str, path: &Path, e: io::Error) -> Failure {

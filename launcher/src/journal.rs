@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use waiaas_shared::fsutil::{fsync_dir, write_atomic};
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::time::UtcTime;
+use waiaas_shared::version::parse_local;
 
 /// What the journal is the record of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,19 +69,44 @@ impl Journal {
     /// error, never "no journal": guessing could leave a half-done change.
     pub fn load(dir: &DataDir) -> io::Result<Option<Self>> {
         let path = dir.upgrade_journal();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is unreadable ({e}); inspect it, fix or remove it by hand",
-                        path.display()
-                    ),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let unusable = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is unusable ({why}); inspect it, fix or remove it by hand",
+                    path.display()
+                ),
+            )
+        };
+        let journal: Self = serde_json::from_slice(&bytes).map_err(|e| unusable(e.to_string()))?;
+        journal.check(dir).map_err(unusable)?;
+        Ok(Some(journal))
+    }
+
+    /// Local state is data, not paths: the versions must be versions and the
+    /// backup a folder of `backups/`, or recovery would act elsewhere.
+    fn check(&self, dir: &DataDir) -> Result<(), String> {
+        for version in [&self.from, &self.to] {
+            parse_local(version).map_err(|e| e.to_string())?;
         }
+        if let Some(backup) = &self.backup {
+            let name = backup.file_name().map(|n| n.to_string_lossy().into_owned());
+            let inside = backup.parent() == Some(dir.backups().as_path())
+                && name.is_some_and(|n| !n.starts_with('.'));
+            if !inside {
+                return Err(format!(
+                    "its backup {} is not a folder of {}",
+                    backup.display(),
+                    dir.backups().display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the journal durably.
@@ -130,6 +156,28 @@ mod tests {
         let dir = DataDir::new(tmp.path());
         std::fs::write(dir.upgrade_journal(), b"{\"operation\":").unwrap();
         let err = Journal::load(&dir).unwrap_err();
-        assert!(err.to_string().contains("unreadable"), "{err}");
+        assert!(err.to_string().contains("unusable"), "{err}");
+    }
+
+    #[test]
+    fn a_journal_naming_paths_instead_of_versions_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let journal = Journal::new(Operation::Upgrade, "../../evil", "1.9.0", true);
+        journal.save(&dir).unwrap();
+        let err = Journal::load(&dir).unwrap_err();
+        assert!(
+            err.to_string().contains("`../../evil` is not a version"),
+            "{err}"
+        );
+
+        let mut journal = Journal::new(Operation::Upgrade, "1.8.1", "1.9.0", true);
+        journal.backup = Some(tmp.path().join("elsewhere"));
+        journal.save(&dir).unwrap();
+        let err = Journal::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("is not a folder of"), "{err}");
+        journal.backup = Some(dir.backups().join("pre-upgrade-1.8.1-x"));
+        journal.save(&dir).unwrap();
+        assert_eq!(Journal::load(&dir).unwrap(), Some(journal));
     }
 }

@@ -30,7 +30,6 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use semver::Version;
 
 use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
@@ -117,10 +116,9 @@ fn due(latest: &str, running: &str, notified_at: Option<&str>, now: u64) -> bool
 
 /// The version `current` points at, else this launcher's own.
 fn running_version(dir: &DataDir) -> String {
-    std::fs::read_link(dir.current())
+    crate::swap::current_version(dir)
         .ok()
-        .and_then(|target| target.file_name()?.to_str().map(str::to_string))
-        .filter(|name| Version::parse(name).is_ok())
+        .flatten()
         .unwrap_or_else(|| VERSION.to_string())
 }
 

@@ -8,14 +8,33 @@ use std::path::Path;
 use waiaas_shared::fsutil::fsync_dir;
 use waiaas_shared::layout::DataDir;
 
-/// The version `current` points at (the name of its `versions/<v>` target).
+/// The version `current` points at. The link must name `versions/<version>`
+/// (as [`point_current`] writes it, or absolute under this data dir): a link
+/// anywhere else is refused, never followed.
 pub fn current_version(dir: &DataDir) -> io::Result<Option<String>> {
-    match std::fs::read_link(dir.current()) {
-        Ok(target) => Ok(target
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let target = match std::fs::read_link(dir.current()) {
+        Ok(target) => target,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+    let inside = target
+        .parent()
+        .is_some_and(|parent| parent == Path::new("versions") || parent == dir.versions());
+    match name {
+        Some(name) if inside && waiaas_shared::version::parse_local(&name).is_ok() => {
+            Ok(Some(name))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} points at {}, not at versions/<version>; point it at an installed version \
+                 (ln -sfn versions/<version> {})",
+                dir.current().display(),
+                target.display(),
+                dir.current().display()
+            ),
+        )),
     }
 }
 
@@ -56,5 +75,22 @@ mod tests {
         );
         assert!(point_current(&dir, "2.0.0").is_err(), "no such version");
         assert_eq!(current_version(&dir).unwrap().as_deref(), Some("1.10.0"));
+    }
+
+    #[test]
+    fn a_current_pointing_outside_versions_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        for target in [
+            "../../evil/1.9.0",
+            "/tmp/1.9.0",
+            "versions/../..",
+            "versions/evil",
+        ] {
+            let _ = std::fs::remove_file(dir.current());
+            std::os::unix::fs::symlink(target, dir.current()).unwrap();
+            let e = current_version(&dir).unwrap_err();
+            assert!(e.to_string().contains("not at versions/"), "{target}: {e}");
+        }
     }
 }

@@ -736,3 +736,50 @@ async fn a_channel_naming_an_older_release_is_not_followed() {
     assert_eq!(registry.hits(&tarball), 0, "nothing downloaded");
     setup.assert_old_state();
 }
+
+// ---------------------------------------------------------------------------
+// Local state is data, not paths.
+
+/// A journal naming a path instead of a version: recovery refuses it and
+/// runs nothing; `current` is untouched.
+#[tokio::test(flavor = "current_thread")]
+async fn a_journal_naming_a_path_is_refused_and_nothing_runs() {
+    let setup = Setup::new(true);
+    let evil = serde_json::json!({
+        "operation": "upgrade", "phase": "forward", "from": "../../evil", "to": NEW,
+        "step": 5, "step_name": "migrate the database", "backup": null,
+        "daemon_was_running": true, "started_at": "2026-01-01T00:00:00Z", "pid": 1,
+    });
+    fs::write(setup.install.dir.upgrade_journal(), evil.to_string()).unwrap();
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.message.contains("is not a version"), "{report:#?}");
+    assert!(host.calls.is_empty(), "{:?}", host.calls);
+    assert_eq!(setup.current(), OLD);
+    assert!(setup.recover(&mut host).await.is_err());
+    assert!(host.calls.is_empty(), "{:?}", host.calls);
+}
+
+/// A backup whose `backup.json` names a path: `--rollback` refuses it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_backup_naming_a_path_is_refused_by_rollback() {
+    let setup = Setup::new(true);
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    let newest = newest_backup(&setup);
+    let mut manifest = newest.manifest.clone();
+    manifest.from_version = "../../evil".into();
+    fs::write(
+        newest.path.join(backup::MANIFEST),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let calls_before = host.calls.len();
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.message.contains("unusable"), "{report:#?}");
+    assert_eq!(host.calls.len(), calls_before, "nothing stopped");
+    assert_eq!(setup.current(), NEW, "current untouched");
+}

@@ -6,6 +6,18 @@ use serde::{Deserialize, Serialize};
 /// This build's version (one version for the whole workspace).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A version read from local state (`upgrade.json`, `backup.json`, a folder
+/// or link name) that is not one. Such state is refused, never used as a path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a version")]
+pub struct NotAVersion(pub String);
+
+/// Parses a version from local state. Semver has no `/` and no empty
+/// identifiers, so `versions/<v>` made from it stays inside `versions/`.
+pub fn parse_local(text: &str) -> Result<Version, NotAVersion> {
+    Version::parse(text).map_err(|_| NotAVersion(text.to_string()))
+}
+
 /// This build's version, parsed.
 pub fn current() -> Version {
     Version::parse(VERSION).expect("the workspace version is semver")
@@ -94,6 +106,14 @@ mod tests {
             r#"{"version":"1.9.0","schema_version":0,"min_compatible_schema_version":0}"#,
         ] {
             assert!(DaemonVersion::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_versions_are_semver_or_refused() {
+        assert!(parse_local("1.9.0-rc.1").is_ok());
+        for bad in ["../../evil", "1.9.0/..", "", "1.9", "1.9.0-..", "/abs"] {
+            assert_eq!(parse_local(bad), Err(NotAVersion(bad.into())), "{bad}");
         }
     }
 

@@ -96,6 +96,14 @@ pub enum Refusal {
     #[error("there is no pre-upgrade backup to roll back to")]
     NoBackup,
     #[error(
+        "the newest pre-upgrade backup, {path}, is unusable: {source}; move it away to use an older one"
+    )]
+    BadBackup {
+        path: PathBuf,
+        #[source]
+        source: waiaas_shared::version::NotAVersion,
+    },
+    #[error(
         "the backup is from {version}, but {path} cannot be used ({reason}); put the files of \
          {version} back there (for example from its @waiaas/cli-<platform> package) and run \
          `waiaas-launcher upgrade --rollback` again"

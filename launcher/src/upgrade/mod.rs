@@ -335,6 +335,11 @@ impl<H: Host> Engine<'_, H> {
             return report::refused(Some(&from), None, &Refusal::NoBackup);
         };
         let to = chosen.manifest.from_version.clone();
+        // A backup's manifest is local state, not a path: it must name a version.
+        if let Err(source) = waiaas_shared::version::parse_local(&to) {
+            let path = chosen.path.clone();
+            return report::refused(Some(&from), None, &Refusal::BadBackup { path, source });
+        }
         if let Err(reason) = usable_version(self.dir, self.config, &to).await {
             let error = Refusal::UnusableVersion {
                 path: self.dir.version(&to),
