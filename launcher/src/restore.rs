@@ -43,9 +43,22 @@ pub fn open(path: &Path) -> Result<Backup, RestoreError> {
     })
 }
 
+/// The trust settings of `[update]`: a rollback never brings back a key or a
+/// registry the config in use no longer has (one removed after a key
+/// compromise must stay removed).
+const TRUST_SETTINGS: [&str; 3] = ["trusted_keys", "registry", "allow_insecure_registry"];
+
+/// What a restore did beyond copying files back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// `[update]` settings kept from the config in use instead of the backup's.
+    pub kept: Vec<&'static str>,
+}
+
 /// Restores `backup` into `dir`. Idempotent: running it again after a crash
 /// part-way gives the same result.
-pub fn restore(dir: &DataDir, backup: &Backup) -> Result<(), RestoreError> {
+pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError> {
+    let mut restored = Restored::default();
     for (file, sha) in &backup.manifest.files {
         let path = backup.path.join(file);
         if sha256_file(&path).map_err(io_at(&path))? != *sha {
@@ -68,17 +81,80 @@ pub fn restore(dir: &DataDir, backup: &Backup) -> Result<(), RestoreError> {
         }
         std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
         let staged = parent.join(format!(".{file}.restore"));
-        std::fs::copy(backup.path.join(file), &staged).map_err(io_at(&staged))?;
-        std::fs::File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .map_err(io_at(&staged))?;
-        if file == "waiaas.db" {
+        let source = backup.path.join(file);
+        if file == "config.toml" {
+            let saved = std::fs::read_to_string(&source).map_err(io_at(&source))?;
+            let in_use = std::fs::read_to_string(&target).ok();
+            let (text, kept) = keep_trust_settings(&saved, in_use.as_deref());
+            restored.kept = kept;
+            write_synced(&staged, text.as_bytes())?;
+        } else {
+            std::fs::copy(&source, &staged).map_err(io_at(&staged))?;
+            std::fs::File::open(&staged)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&staged))?;
             remove_database_sidecars(&target)?;
         }
         std::fs::rename(&staged, &target).map_err(io_at(&target))?;
         fsync_dir(&parent).map_err(io_at(&parent))?;
     }
-    Ok(())
+    Ok(restored)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_at(path))
+}
+
+/// The backup's config with [`TRUST_SETTINGS`] as the config in use has
+/// them, and which of them that changed. Unchanged (byte for byte) when they
+/// agree, or when either file does not parse (a broken config in use is what
+/// a rollback is for; a backup's own text is then restored as it was).
+fn keep_trust_settings(saved: &str, in_use: Option<&str>) -> (String, Vec<&'static str>) {
+    let parse = |text: &str| text.parse::<toml::Table>().ok();
+    let (Some(mut table), Some(current)) = (parse(saved), in_use.and_then(parse)) else {
+        return (saved.to_string(), Vec::new());
+    };
+    let update = |t: &toml::Table, key: &str| {
+        t.get("update")
+            .and_then(toml::Value::as_table)
+            .and_then(|u| u.get(key))
+            .cloned()
+    };
+    let kept: Vec<&'static str> = TRUST_SETTINGS
+        .into_iter()
+        .filter(|key| update(&table, key) != update(&current, key))
+        .collect();
+    if kept.is_empty() {
+        return (saved.to_string(), kept);
+    }
+    let section = table
+        .entry("update")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(section) = section.as_table_mut() {
+        for key in &kept {
+            match update(&current, key) {
+                Some(value) => section.insert((*key).to_string(), value),
+                None => section.remove(*key),
+            };
+        }
+    }
+    let text = format!(
+        "# Restored from a backup by a rollback; [update] {} kept from the config in use.\n{}",
+        kept.join(", "),
+        toml::to_string(&table).unwrap_or_else(|_| saved.to_string())
+    );
+    (text, kept)
 }
 
 /// Removes the database's `-wal`, `-shm` and `-journal` files.
@@ -94,5 +170,40 @@ fn remove_if_present(path: &Path) -> Result<(), RestoreError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_never_brings_back_a_removed_key_or_registry() {
+        let saved = "[daemon]\nport = 3100\n\n[update]\nregistry = \"https://old.example/\"\n\
+                     trusted_keys = [\"RWOLD\", \"RWNEW\"]\nkeep_backups = 3\n";
+        let in_use = "[daemon]\nport = 4000\n\n[update]\ntrusted_keys = [\"RWNEW\"]\n";
+        let (text, kept) = keep_trust_settings(saved, Some(in_use));
+        assert_eq!(kept, ["trusted_keys", "registry"]);
+        let table: toml::Table = text.parse().unwrap();
+        assert_eq!(
+            table["daemon"]["port"].as_integer(),
+            Some(3100),
+            "the rest is the backup's"
+        );
+        assert_eq!(table["update"]["keep_backups"].as_integer(), Some(3));
+        assert_eq!(table["update"]["trusted_keys"].as_array().unwrap().len(), 1);
+        assert!(
+            table["update"].get("registry").is_none(),
+            "the removed registry stays removed"
+        );
+        // Agreeing settings, or a config that does not parse: restored byte for byte.
+        assert_eq!(
+            keep_trust_settings(saved, Some(saved)),
+            (saved.to_string(), vec![])
+        );
+        assert_eq!(
+            keep_trust_settings(saved, Some("[[[")),
+            (saved.to_string(), vec![])
+        );
     }
 }

@@ -783,3 +783,26 @@ async fn a_backup_naming_a_path_is_refused_by_rollback() {
     assert_eq!(host.calls.len(), calls_before, "nothing stopped");
     assert_eq!(setup.current(), NEW, "current untouched");
 }
+
+/// A key removed from the config after the upgrade (a compromise) is not
+/// brought back by `--rollback`; the report says what was kept.
+#[tokio::test(flavor = "current_thread")]
+async fn a_rollback_keeps_the_trust_settings_in_use() {
+    let setup = Setup::new(true);
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    let config = setup.install.dir.config();
+    let rotated = fs::read_to_string(&config)
+        .unwrap()
+        .replace(&key().2, "RWQrotatedkey");
+    fs::write(&config, &rotated).unwrap();
+
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Restored, "{report:#?}");
+    assert!(report.message.contains("trusted_keys kept"), "{report:#?}");
+    let restored = fs::read_to_string(&config).unwrap();
+    assert!(!restored.contains(&key().2), "the removed key came back:\n{restored}");
+    assert!(restored.contains("RWQrotatedkey"), "{restored}");
+    assert_eq!(setup.current(), OLD);
+}

@@ -295,8 +295,13 @@ impl<H: Host> Engine<'_, H> {
             let restored =
                 blocking(move || restore::open(&path).and_then(|b| restore::restore(&dir, &b)))
                     .await;
-            if let Err(e) = restored {
-                return Err(failed(&journal, e.to_string()));
+            match restored {
+                Ok(restored) if !restored.kept.is_empty() => tracing::warn!(
+                    "kept [update] {} of the config in use",
+                    restored.kept.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => return Err(failed(&journal, e.to_string())),
             }
         }
         if swap::current_version(self.dir).ok().flatten().as_deref() != Some(from.as_str())
@@ -353,6 +358,7 @@ impl<H: Host> Engine<'_, H> {
         }
         let running = self.host.daemon_running().await;
         let mut journal = Journal::new(Operation::Rollback, &from, &to, running);
+        let mut kept = Vec::new();
         let result: Result<PathBuf, StepError> = async {
             self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
             self.host.stop_daemon().await?;
@@ -366,7 +372,8 @@ impl<H: Host> Engine<'_, H> {
             let message = format!("restoring {}", chosen.path.display());
             self.enter(&mut journal, steps, 4, message)?;
             let (dir, backup) = (self.dir.clone(), chosen.clone());
-            blocking(move || restore::restore(&dir, &backup)).await?;
+            let restored = blocking(move || restore::restore(&dir, &backup)).await?;
+            kept = restored.kept;
 
             self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;
             point_current(self.dir, &to)?;
@@ -399,6 +406,7 @@ impl<H: Host> Engine<'_, H> {
                 &chosen.path,
                 &chosen.manifest.created_at,
                 &safety,
+                &kept,
             ),
             Err(error) => self.fail(journal, error).await,
         }

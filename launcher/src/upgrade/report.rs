@@ -79,12 +79,26 @@ pub fn upgraded(from: &str, to: &str, backup: Option<&Path>, database: bool) -> 
 }
 
 /// `--rollback` done.
-pub fn restored(from: &str, to: &str, chosen: &Path, taken: &str, safety: &Path) -> UpgradeReport {
-    let message = format!(
+pub fn restored(
+    from: &str,
+    to: &str,
+    chosen: &Path,
+    taken: &str,
+    safety: &Path,
+    kept: &[&str],
+) -> UpgradeReport {
+    let mut message = format!(
         "Rolled back {from} → {to} from the backup taken {taken}. Changes made after that \
          moment are not in it; the state just before this rollback is saved in {}.",
         safety.display()
     );
+    if !kept.is_empty() {
+        message.push_str(&format!(
+            " [update] {} kept from the config in use: a rollback never brings back a removed \
+             key or registry.",
+            kept.join(", ")
+        ));
+    }
     UpgradeReport {
         backup: shown(Some(chosen)),
         ..report(Outcome::Restored, Some(from), Some(to), message)
