@@ -89,6 +89,26 @@ fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Re
     runtime.block_on(serve(config, conn, token, listener, inherited.control))
 }
 
+/// The database and its `-wal`/`-shm` are the owner's alone (0600): created
+/// so, and narrowed if an older release left them wider. SQLite gives new
+/// `-wal`/`-shm` files the main file's mode.
+fn private_database(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for file in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{file}", path.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Opens the database and brings it to this daemon's schema, or refuses;
 /// with `backup`, a migration is preceded by a `pre-migrate-…` backup.
 pub fn prepare_database(
@@ -97,18 +117,26 @@ pub fn prepare_database(
     backup: bool,
 ) -> Result<Connection, Refusal> {
     let data = dir.data();
-    std::fs::create_dir_all(&data).map_err(|e| {
-        Refusal::new(
-            code::FAILURE,
-            format!("cannot create {}: {e}", data.display()),
-        )
-    })?;
+    std::fs::create_dir_all(&data)
+        .and_then(|()| dir.make_private())
+        .map_err(|e| {
+            Refusal::new(
+                code::FAILURE,
+                format!("cannot create {} as a private folder: {e}", data.display()),
+            )
+        })?;
     let open_failed = |e: rusqlite::Error| {
         Refusal::new(
             code::FAILURE,
             format!("cannot open {}: {e}", dir.database().display()),
         )
     };
+    private_database(&dir.database()).map_err(|e| {
+        Refusal::new(
+            code::FAILURE,
+            format!("cannot make {} private: {e}", dir.database().display()),
+        )
+    })?;
     let mut conn = db::open(&dir.database()).map_err(open_failed)?;
     let report = compat::check(&conn).map_err(open_failed)?;
     if let Some(refusal) = report.refusal_code() {

@@ -676,7 +676,10 @@ async fn an_unwritable_journal_at_step_2_is_rolled_back_not_given_up_on() {
     // The data dir stops taking writes once the preflight has passed (a full
     // or read-only file system; a folder where the journal's temp file goes
     // stands in for it): the journal entry of step 2 cannot be written.
-    let tmp = setup.install.data_dir().join(".upgrade.json.tmp");
+    let tmp = setup
+        .install
+        .data_dir()
+        .join(waiaas_shared::fsutil::temp_name("upgrade.json"));
     let result = setup
         .upgrade(&mut host, |step| {
             if step == 1 {
@@ -802,7 +805,10 @@ async fn a_rollback_keeps_the_trust_settings_in_use() {
     assert_eq!(report.outcome, Outcome::Restored, "{report:#?}");
     assert!(report.message.contains("trusted_keys kept"), "{report:#?}");
     let restored = fs::read_to_string(&config).unwrap();
-    assert!(!restored.contains(&key().2), "the removed key came back:\n{restored}");
+    assert!(
+        !restored.contains(&key().2),
+        "the removed key came back:\n{restored}"
+    );
     assert!(restored.contains("RWQrotatedkey"), "{restored}");
     assert_eq!(setup.current(), OLD);
 }

@@ -197,6 +197,8 @@ pub mod client {
         Io(#[source] io::Error),
         #[error("the supervisor's answer is malformed: {0}")]
         Malformed(#[source] serde_json::Error),
+        #[error("{path} belongs to uid {owner}, not to this user or root: refusing to talk to it")]
+        NotOurs { path: String, owner: u32 },
     }
 
     /// A connection that has sent its request.
@@ -212,6 +214,7 @@ pub mod client {
         request: Request,
         timeout: Option<Duration>,
     ) -> Result<Option<Connection>, ClientError> {
+        check_owner(socket)?;
         let mut stream = match UnixStream::connect(socket) {
             Ok(stream) => stream,
             Err(e)
@@ -267,6 +270,25 @@ pub mod client {
                 return Err(ClientError::Closed);
             }
             serde_json::from_str(&line).map_err(ClientError::Malformed)
+        }
+    }
+
+    /// A socket someone else made (another user, in a folder made wider)
+    /// is not our supervisor: nothing is sent to it.
+    fn check_owner(socket: &Path) -> Result<(), ClientError> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::symlink_metadata(socket) else {
+            return Ok(()); // connect says "not running"
+        };
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let ours = unsafe { libc::geteuid() };
+        if meta.uid() == ours || meta.uid() == 0 {
+            Ok(())
+        } else {
+            Err(ClientError::NotOurs {
+                path: socket.display().to_string(),
+                owner: meta.uid(),
+            })
         }
     }
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -154,7 +155,11 @@ fn fill(
     request: &Request<'_>,
     now: UtcTime,
 ) -> Result<Manifest, BackupError> {
-    fs::create_dir(partial).map_err(io_err(partial))?;
+    // Backups hold the whole database: the owner's alone (0700 / 0600).
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(partial)
+        .map_err(io_err(partial))?;
     let db = dir.database();
     let mut files = BTreeMap::new();
     // An installation never started has no database yet: the backup then
@@ -207,7 +212,9 @@ fn checkpoint(db: &Path) -> Result<(), BackupError> {
 
 /// `fs::copy` (copy_file_range: a reflink where the file system supports it), then fsync.
 fn copy_synced(from: &Path, to: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::PermissionsExt;
     fs::copy(from, to).map_err(io_err(from))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o600)).map_err(io_err(to))?;
     fs::File::open(to)
         .and_then(|f| f.sync_all())
         .map_err(io_err(to))
@@ -338,6 +345,13 @@ mod tests {
         let on_disk: Manifest =
             serde_json::from_slice(&fs::read(backup.path.join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(&on_disk, m);
+        // The whole database, so the owner's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&backup.path), 0o700);
+        for file in [DB_FILE, "config.toml", MANIFEST] {
+            assert_eq!(mode(&backup.path.join(file)), 0o600, "{file}");
+        }
         assert_eq!(list(&dir).unwrap(), vec![backup]);
     }
 

@@ -13,18 +13,26 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes `bytes` to `path` through a temp file in the same folder, fsynced and
-/// renamed into place, then fsyncs the folder.
+/// renamed into place, then fsyncs the folder. The temp file is this
+/// process's own (its pid in the name), created new (`O_EXCL`) without
+/// following a link, so nothing planted at that name is written through.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = dir.join(temp_name(&name.to_string_lossy()));
+    // A leftover of this pid (a crash, then pid reuse) goes; a link goes
+    // itself, not its target; a folder there is an error.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(&tmp)?;
     file.write_all(bytes)?;
@@ -32,6 +40,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     drop(file);
     std::fs::rename(&tmp, path)?;
     fsync_dir(dir)
+}
+
+/// The temp file [`write_atomic`] uses for `name` in this process.
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.{}.tmp", std::process::id())
 }
 
 /// The SHA-256 of a file's contents, as lowercase hex.
@@ -69,5 +82,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["a.json"], "no temp file left behind");
+    }
+
+    #[test]
+    fn a_link_planted_at_the_temp_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let path = dir.path().join("a.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join(temp_name("a.json"))).unwrap();
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

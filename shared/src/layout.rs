@@ -37,6 +37,31 @@ impl DataDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Forces the data dir and its private folders (`data/`, `run/`,
+    /// `logs/`, `backups/`) that exist to 0700: called at every start, so a
+    /// folder left or made wider (by hand, an image, an older release) is
+    /// narrowed again. Links are not followed.
+    pub fn make_private(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for folder in [
+            self.root.clone(),
+            self.data(),
+            self.run(),
+            self.logs(),
+            self.backups(),
+        ] {
+            match std::fs::symlink_metadata(&folder) {
+                Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o777 != 0o700 => {
+                    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
     }

@@ -47,8 +47,39 @@ pub fn pass(command: &mut Command, fds: &[RawFd]) {
                 }
                 libc::close(fd);
             }
+            close_on_exec_from(above);
             Ok(())
         });
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so nothing the
+/// launcher inherited (a descriptor its own parent leaked) reaches the
+/// daemon. Marked, not closed: the spawner's own error pipe must live until
+/// the exec. Async-signal-safe (called between fork and exec).
+fn close_on_exec_from(first: RawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: close_range(2) only changes descriptor flags.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        } == 0;
+        if done {
+            return;
+        }
+    }
+    // Older kernels and other systems: one fcntl per possible descriptor.
+    // SAFETY: sysconf and fcntl are async-signal-safe; fcntl on a closed
+    // descriptor fails harmlessly.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(0, 1 << 16) as RawFd;
+    for fd in first..max {
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

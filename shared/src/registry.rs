@@ -177,11 +177,40 @@ pub fn escape_name(name: &str) -> String {
     name.replace('/', "%2f")
 }
 
+/// A reqwest error with its causes ("… : connection refused"), without URLs
+/// (which may carry credentials; the caller names what was fetched).
+pub fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if error.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut text = String::new();
+    let mut next: Option<&dyn std::error::Error> = error.source();
+    text.push_str(&strip_url(error));
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+fn strip_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match text.find(" for url (") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
 /// Why a version check found nothing usable.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("registry request failed: {0}")]
-    Request(#[source] reqwest::Error),
+    #[error("registry request failed: {}", describe(.0))]
+    Request(reqwest::Error),
     #[error("registry answered HTTP {0}")]
     Status(u16),
     #[error("registry answer is larger than {CHECK_BODY_CAP} bytes")]

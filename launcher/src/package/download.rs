@@ -32,36 +32,9 @@ pub(super) fn http_client(
         .redirect(registry::redirect_policy(5, allow_insecure))
         .user_agent(format!("waiaas/{VERSION}"))
         .build()
-        .map_err(|e| PackageError::Internal(format!("cannot set up HTTP: {}", describe(&e))))
-}
-
-/// A reqwest error with its causes ("… : connection refused"), without URLs
-/// (which may carry credentials; the caller names what was fetched).
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    if error.is_timeout() {
-        return "timed out".to_string();
-    }
-    let mut text = String::new();
-    let mut next: Option<&dyn std::error::Error> = error.source();
-    text.push_str(&strip_url(error));
-    while let Some(cause) = next {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
-}
-
-fn strip_url(error: &reqwest::Error) -> String {
-    let text = error.to_string();
-    match text.find(" for url (") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
+        .map_err(|e| {
+            PackageError::Internal(format!("cannot set up HTTP: {}", registry::describe(&e)))
+        })
 }
 
 /// A URL fit for messages: without user name or password.
@@ -86,7 +59,7 @@ pub(super) async fn get_packument(
     let what = format!("the packument of {name}");
     let request_failed = |e: reqwest::Error| PackageError::Request {
         what: what.clone(),
-        reason: describe(&e),
+        reason: registry::describe(&e),
     };
     let mut response = client
         .get(&url)
@@ -175,7 +148,7 @@ pub(super) async fn download_to(
         .timeout(limits.download_timeout)
         .send()
         .await
-        .map_err(|e| failed(describe(&e)))?;
+        .map_err(|e| failed(registry::describe(&e)))?;
     if !response.status().is_success() {
         return Err(failed(format!("HTTP {}", response.status().as_u16())));
     }
@@ -197,7 +170,11 @@ pub(super) async fn download_to(
     });
     let mut hasher = Sha512::new();
     let mut done: u64 = 0;
-    while let Some(chunk) = response.chunk().await.map_err(|e| failed(describe(&e)))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| failed(registry::describe(&e)))?
+    {
         done += chunk.len() as u64;
         if done > cap {
             return Err(PackageError::TooLarge { cap });

@@ -29,12 +29,12 @@ pub fn bind(dir: &DataDir) -> Result<UnixListener, Failure> {
     let path = dir.launcher_socket();
     // We hold the pid lock, so a socket file left here belongs to a dead launcher.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Failure::new(format!("cannot restrict {}: {e}", path.display())))?;
-    Ok(listener)
+    // 0600 from the moment it exists: the umask is narrowed around `bind`
+    // (the process has one thread here), not chmodded after.
+    let wider = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&path);
+    nix::sys::stat::umask(wider);
+    bound.map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Accepts connections until the loop goes away.

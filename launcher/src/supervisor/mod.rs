@@ -81,6 +81,12 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
 
     let program = daemon_binary::program(dir)?;
     let pidfile = PidFile::acquire(dir)?;
+    dir.make_private().map_err(|e| {
+        Failure::new(format!(
+            "cannot make {} and its folders private (0700): {e}",
+            dir.root().display()
+        ))
+    })?;
     let listener = match inherited {
         Some(listener) => listener,
         None => TcpListener::bind((config.daemon.hostname.as_str(), config.daemon.port)).map_err(

@@ -39,6 +39,8 @@ pub enum Reply {
     /// `200` declaring `body.len() * 2` bytes, sending `body`, then nothing
     /// for `silence` before the connection closes.
     Stall { body: Vec<u8>, silence: Duration },
+    /// `302` to this location.
+    Redirect(String),
     /// `200` declaring `body.len()` bytes, then `chunk` bytes per `every`
     /// until the body is sent or the client hangs up.
     Trickle {
@@ -327,6 +329,10 @@ fn send(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
             std::thread::sleep(silence);
             Ok(())
         }
+        Reply::Redirect(location) => write!(
+            stream,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
         Reply::Trickle { body, chunk, every } => {
             write!(
                 stream,
