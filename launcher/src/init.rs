@@ -276,6 +276,7 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("cannot find this launcher's own file: {e}")))?;
     copy_synced(&source.join(DAEMON_BIN), &partial.join(DAEMON_BIN), 0o755)?;
     copy_synced(&launcher, &partial.join(LAUNCHER_BIN), 0o755)?;
+    let mut signed = false;
     for name in RELEASE_FILES {
         let beside = source.join(name);
         let above = source.parent().map(|p| p.join(name));
@@ -285,7 +286,14 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
             .find(|p| p.is_file())
         {
             copy_synced(&from, &partial.join(name), 0o644)?;
+            signed = true;
         }
+    }
+    // A local build has no signed release.json: record what was installed,
+    // so a rollback can check the folder before running anything from it.
+    if !signed {
+        crate::install_record::write(partial, VERSION, &[DAEMON_BIN, LAUNCHER_BIN])
+            .map_err(|e| io_failure("record what was installed in", partial, e))?;
     }
     fsync_dir(partial).map_err(|e| io_failure("sync", partial, e))?;
     check_daemon_version(&partial.join(DAEMON_BIN)).map_err(|problem| {

@@ -19,7 +19,8 @@
 //!   install into `versions/<v>`.
 //! - Low-level pieces both sides use: [`daemon_binary`] (running
 //!   `waiaas-daemon`), [`probe`] (`GET /health`), [`sdnotify`], [`pidfile`]
-//!   and [`lock`], [`journal`], [`swap`] (`current`), [`restore`].
+//!   and [`lock`], [`journal`], [`swap`] (`current`), [`restore`],
+//!   [`install_record`] (what `init` installed from a local build).
 //!
 //! Contracts spoken with the daemon and between commands and the supervisor
 //! live in `waiaas-shared`.
@@ -29,6 +30,7 @@ pub mod client;
 pub mod daemon_binary;
 pub mod failure;
 pub mod init;
+pub mod install_record;
 pub mod journal;
 pub mod lock;
 pub mod logging;

@@ -812,3 +812,23 @@ async fn a_rollback_keeps_the_trust_settings_in_use() {
     assert!(restored.contains("RWQrotatedkey"), "{restored}");
     assert_eq!(setup.current(), OLD);
 }
+
+/// A version folder `init` installed from a local build (no signed
+/// release.json) whose daemon changed since: `--rollback` refuses to run it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_rollback_refuses_an_old_version_whose_files_changed() {
+    let setup = Setup::new(true);
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    let daemon = setup.install.dir.version(OLD).join("waiaas-daemon");
+    let mut bytes = fs::read(&daemon).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    fs::write(&daemon, bytes).unwrap();
+    let calls_before = host.calls.len();
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, |_| {}).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.message.contains("sha256 changed"), "{report:#?}");
+    assert_eq!(host.calls.len(), calls_before, "nothing stopped");
+    assert_eq!(setup.current(), NEW);
+}

@@ -173,7 +173,8 @@ impl<H: Host> Engine<'_, H> {
 
 /// Whether `versions/<version>` can be gone back to: a signed release is
 /// verified again; a folder `init` installed from a local build (no
-/// `release.json`) must at least be the version it claims.
+/// `release.json`) must still hold the files `init` recorded, and be the
+/// version it claims.
 pub(super) async fn usable_version(
     dir: &DataDir,
     config: &Config,
@@ -188,6 +189,15 @@ pub(super) async fn usable_version(
             .await
             .map(drop)
             .map_err(|e| e.to_string());
+    }
+    match crate::install_record::verify(&path, version) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "{} has no signed release.json and no record of what init installed; \
+             checking only the version it reports",
+            path.display()
+        ),
+        Err(problem) => return Err(problem),
     }
     match daemon_binary::version_of(&path).await {
         Ok(info) if info.version == version => Ok(()),
