@@ -7,12 +7,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use semver::Version;
@@ -360,6 +361,50 @@ impl Scenario {
     }
 }
 
+/// Records every path that appears under a folder while it runs, to show
+/// what a refusal wrote before it was refused (a failed install removes it).
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeSet<String>>,
+}
+
+impl Watcher {
+    fn start(root: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut seen = BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    seen.extend(snapshot(&root).into_iter().map(|(path, _)| path));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                seen
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Every path seen below the folder, relative to it.
+    fn seen(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The unsigned bomb of issue 10 (no `.minisig`, 256 MiB of zeros, 20,000
+/// empty files; about 250 KB), made once per test process.
+fn bomb() -> &'static [u8] {
+    static BOMB: OnceLock<Vec<u8>> = OnceLock::new();
+    BOMB.get_or_init(|| {
+        let files = payload();
+        let manifest = serde_json::to_vec_pretty(&manifest_of(&files)).unwrap();
+        let path = fixture().secret.with_file_name("bomb.tgz");
+        support::hostile::unsigned_bomb(&path, &manifest, 256 << 20, 20_000);
+        fs::read(&path).unwrap()
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The good path.
 
@@ -615,17 +660,30 @@ async fn a_file_whose_hash_differs_is_refused() {
 }
 
 #[tokio::test]
-async fn an_extra_file_is_refused() {
-    let s = Scenario::new();
-    s.publish(small_with(vec![Entry::file(
-        "package/bin/helper.sh",
-        b"#!/bin/sh\n".to_vec(),
-        0o755,
-    )]));
-    s.assert_refused(
-        s.fetch().await,
-        "file check failed: the package holds bin/helper.sh, which release.json does not list",
-    );
+async fn an_extra_file_is_refused_without_being_written() {
+    // Whether it comes before or after release.json in the archive.
+    let files = payload();
+    let extra = || Entry::file("package/bin/helper.sh", b"#!/bin/sh\n".to_vec(), 0o755);
+    let signed = package_entries(&files, &manifest_of(&files), Signed::Trusted);
+    let mut first = vec![extra()];
+    first.extend(signed.iter().cloned());
+    for entries in [first, [signed.clone(), vec![extra()]].concat()] {
+        let s = Scenario::new();
+        s.publish(tgz(&entries));
+        let watcher = Watcher::start(s.dir.versions());
+        let result = s.fetch().await;
+        let seen = watcher.seen();
+        s.assert_refused(
+            result,
+            "file check failed: the package holds bin/helper.sh, which release.json does not list",
+        );
+        // Only the download itself: no partial folder, no file of the package.
+        assert!(
+            seen.iter()
+                .all(|p| p.starts_with("1.8.0") || p.ends_with(".download.tgz")),
+            "{seen:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -776,6 +834,92 @@ async fn an_oversized_packument_is_refused() {
     s.assert_refused(
         s.fetch_with(&limits).await,
         "the registry's answer for the packument of @waiaas/cli is larger than the 64 bytes cap",
+    );
+}
+
+#[tokio::test]
+async fn the_unsigned_bomb_is_refused_before_anything_is_written() {
+    // As it is, the entry-count cap stops it; with that cap raised out of the
+    // way, the missing signature does — in both cases before any write.
+    let roomy = Limits {
+        entries: 30_000,
+        ..Limits::default()
+    };
+    let cases = [
+        (
+            Limits::default(),
+            "the package has more than 1024 entries (the cap on the number of entries)",
+        ),
+        (
+            roomy,
+            "signature check failed: the package has no release.json.minisig: release.json is unsigned",
+        ),
+    ];
+    for (limits, expected) in cases {
+        // Through the registry: only the download is ever written.
+        let s = Scenario::new();
+        s.publish(bomb().to_vec());
+        let watcher = Watcher::start(s.dir.versions());
+        let result = s.fetch_with(&limits).await;
+        let seen = watcher.seen();
+        s.assert_refused(result, expected);
+        assert!(
+            seen.iter()
+                .all(|p| p.starts_with("1.8.0") || p.ends_with(".download.tgz")),
+            "{seen:?}"
+        );
+
+        // From a file (`upgrade --from`): nothing at all.
+        let s = Scenario::new();
+        let file = s.file("bomb.tgz", bomb());
+        let watcher = Watcher::start(s.dir.versions());
+        let result = package::install_file_with_limits(&s.dir, &s.config, &file, None, &limits);
+        let seen = watcher.seen();
+        s.assert_refused(result, expected);
+        assert!(seen.iter().all(|p| p.starts_with("1.8.0")), "{seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn each_cap_on_the_archive_is_named() {
+    // A good small package: five entries, names up to 28 bytes, ~8 KiB.
+    let cases = [
+        (
+            Limits {
+                entries: 4,
+                ..Limits::default()
+            },
+            "the package has more than 4 entries (the cap on the number of entries)",
+        ),
+        (
+            Limits {
+                entry_name_bytes: 20,
+                ..Limits::default()
+            },
+            "an entry's name is longer than the 20-byte cap on entry names: package/",
+        ),
+        (
+            Limits {
+                unpacked_bytes: 4096,
+                ..Limits::default()
+            },
+            "the unpacked package is larger than the 4 KiB cap",
+        ),
+    ];
+    for (limits, expected) in cases {
+        let s = Scenario::new();
+        s.publish(good_small());
+        s.assert_refused(s.fetch_with(&limits).await, expected);
+    }
+    // The defaults.
+    let limits = Limits::default();
+    assert_eq!(
+        (
+            limits.entries,
+            limits.entry_name_bytes,
+            limits.unpacked_bytes
+        ),
+        (1024, 256, 2048 << 20)
     );
 }
 

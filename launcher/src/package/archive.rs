@@ -1,39 +1,52 @@
-//! The release tarball, read safely. The archive is read entry by entry and
-//! every file is written by this module (never by `tar`'s own unpacking):
-//! each entry must be a plain file or folder under `package/` — absolute
-//! paths, `..`, links, devices, fifos and duplicate paths are refused — and
-//! the decompressed stream is capped, so a small gzip cannot fill the disk.
-//! `package/bin/<name>` is written as `<name>` (mode 0755) and any other
-//! `package/<path>` keeps its path (mode 0644); `package.json` is hashed but
-//! not written. Nothing is verified here: [`Unpacked`] is what was found.
+//! The release tarball, read safely and in two passes, so that nothing of a
+//! package is written before its `release.json` is verified (SPEC §12):
+//!
+//! 1. [`scan`] reads the whole archive and writes nothing: it keeps
+//!    `release.json` and `release.json.minisig` in memory, skips every other
+//!    file's contents and notes its path;
+//! 2. once the caller has verified those, [`unpack`] reads the archive again
+//!    and writes only the files `release.json` lists, each hashed as it is
+//!    written; any other file is refused before a byte of it is written.
+//!
+//! Both passes check every entry alike: the caps on entry count, entry name
+//! length and unpacked size ([`Limits`]), and a plain file or folder under
+//! `package/` — absolute paths, `..`, links, devices, fifos and duplicate
+//! paths are refused. The archive's order proves nothing (a hostile one puts
+//! `release.json` last), and the decompressed stream is capped too, so a
+//! small gzip cannot fill the disk or the memory. `package/bin/<name>` is
+//! written as `<name>` (mode 0755) and any other `package/<path>` keeps its
+//! path (mode 0644); `package.json` is hashed but not written.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use semver::Version;
 use sha2::{Digest, Sha256};
 use waiaas_shared::fsutil::fsync_dir;
-use waiaas_shared::release::{MANIFEST, SIGNATURE};
+use waiaas_shared::release::{MANIFEST, ReleaseManifest, SIGNATURE};
 
 use super::error::{PackageError, io_error};
 use super::limits::{Limits, MIB, human};
-use super::manifest::{MANIFEST_CAP, installed_path, mode_for};
+use super::manifest::{
+    MANIFEST_CAP, check_listing, compare_hash, installed_path, listed_hash, mode_for,
+};
 
 /// The folder every npm tarball keeps its files in.
 const PACKAGE_ROOT: &str = "package";
+/// How much of an over-long entry name a refusal quotes.
+const NAME_QUOTED: usize = 64;
 
-/// What the archive held: the hash of every file (by package-relative path),
-/// and the manifest and signature bytes.
+/// What the first pass found: the bytes of `release.json` and its signature,
+/// and the package-relative path of every other file.
 #[derive(Debug, Default)]
-pub(super) struct Unpacked {
-    pub(super) files: BTreeMap<String, String>,
+pub(super) struct Scanned {
     pub(super) manifest: Option<Vec<u8>>,
     pub(super) signature: Option<Vec<u8>>,
+    pub(super) files: BTreeSet<String>,
 }
 
 /// A tar entry's path relative to `package/`, or why it is unsafe.
@@ -110,61 +123,56 @@ fn read_error<'a>(
     }
 }
 
-/// The version a tarball's `release.json` names (for `--from` without a
-/// version): only to name the partial folder; everything is checked later.
-pub(super) fn peek_version(tarball: &Path, limits: &Limits) -> Result<Version, PackageError> {
-    let (mut archive, hit) = open_archive(tarball, limits)?;
-    let archive_error = read_error(&hit, limits);
-    for entry in archive.entries().map_err(archive_error)? {
-        let entry = entry.map_err(archive_error)?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        if package_relative(&raw).ok().as_deref() != Some(MANIFEST)
-            || entry.header().entry_type() != tar::EntryType::Regular
-        {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        entry
-            .take(MANIFEST_CAP + 1)
-            .read_to_end(&mut bytes)
-            .map_err(archive_error)?;
-        #[derive(serde::Deserialize)]
-        struct VersionOnly {
-            version: String,
-        }
-        let named: VersionOnly =
-            serde_json::from_slice(&bytes).map_err(|e| PackageError::Manifest(e.to_string()))?;
-        return Version::parse(&named.version).map_err(|_| {
-            PackageError::Manifest(format!("version `{}` is not semver", named.version))
-        });
-    }
-    Err(PackageError::NoManifest {
-        place: "the package".into(),
-    })
+/// The checks both passes make of each entry, and what they have seen.
+struct Checker<'a> {
+    limits: &'a Limits,
+    entries: u64,
+    total: u64,
+    seen: BTreeSet<String>,
+    destinations: BTreeSet<String>,
 }
 
-/// Writes every file of the archive into the new folder `partial`, checking
-/// each entry first; returns what was found. Nothing is verified yet.
-pub(super) fn unpack(
-    tarball: &Path,
-    partial: &Path,
-    limits: &Limits,
-) -> Result<Unpacked, PackageError> {
-    let (mut archive, hit) = open_archive(tarball, limits)?;
-    let archive_error = read_error(&hit, limits);
-    fs::DirBuilder::new()
-        .mode(0o755)
-        .create(partial)
-        .map_err(io_error("create", partial))?;
+/// A file entry that passed the checks.
+struct FileEntry<'a> {
+    /// Its path relative to `package/`.
+    rel: String,
+    size: u64,
+    data: &'a mut dyn Read,
+}
 
-    let mut unpacked = Unpacked::default();
-    let mut seen = BTreeSet::new();
-    let mut destinations = BTreeSet::new();
-    let mut dirs = BTreeSet::from([partial.to_path_buf()]);
-    let mut total: u64 = 0;
-    for entry in archive.entries().map_err(archive_error)? {
-        let mut entry = entry.map_err(archive_error)?;
-        let raw = match String::from_utf8(entry.path_bytes().into_owned()) {
+impl<'a> Checker<'a> {
+    fn new(limits: &'a Limits) -> Self {
+        Self {
+            limits,
+            entries: 0,
+            total: 0,
+            seen: BTreeSet::new(),
+            destinations: BTreeSet::new(),
+        }
+    }
+
+    /// Checks one entry: its package-relative path if it is a file, `None`
+    /// for a folder.
+    fn check<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<Option<String>, PackageError> {
+        let limits = self.limits;
+        self.entries += 1;
+        if self.entries > limits.entries {
+            return Err(PackageError::TooManyEntries {
+                cap: limits.entries,
+            });
+        }
+        let bytes = entry.path_bytes();
+        if bytes.len() > limits.entry_name_bytes {
+            let quoted = &bytes[..NAME_QUOTED.min(bytes.len())];
+            return Err(PackageError::EntryNameTooLong {
+                cap: limits.entry_name_bytes,
+                start: String::from_utf8_lossy(quoted).into_owned(),
+            });
+        }
+        let raw = match String::from_utf8(bytes.into_owned()) {
             Ok(raw) => raw,
             Err(e) => {
                 return Err(PackageError::UnsafeEntry {
@@ -178,12 +186,12 @@ pub(super) fn unpack(
             why: why.to_string(),
         };
         let rel = package_relative(&raw)?;
-        if !seen.insert(rel.clone()) {
+        if !self.seen.insert(rel.clone()) {
             return Err(unsafe_entry("the path appears twice in the archive"));
         }
         use tar::EntryType;
         match entry.header().entry_type() {
-            EntryType::Directory => continue,
+            EntryType::Directory => return Ok(None),
             EntryType::Regular => {}
             EntryType::Symlink | EntryType::Link => {
                 return Err(unsafe_entry("links are not allowed"));
@@ -201,86 +209,192 @@ pub(super) fn unpack(
         if rel.is_empty() {
             return Err(unsafe_entry("a file in place of the package/ folder"));
         }
-        let size = entry.header().size().map_err(archive_error)?;
-        total = total.saturating_add(size);
-        if total > limits.unpacked_bytes {
+        // The size the reader will yield (a PAX header may override the ustar one).
+        self.total = self.total.saturating_add(entry.size());
+        if self.total > limits.unpacked_bytes {
             return Err(PackageError::UnpackedTooLarge {
                 cap: limits.unpacked_bytes,
             });
         }
+        if let Some(dest_rel) = installed_path(&rel)
+            && !self.destinations.insert(dest_rel.clone())
+        {
+            return Err(unsafe_entry(&format!("it would overwrite {dest_rel}")));
+        }
+        Ok(Some(rel))
+    }
+}
 
-        let memorised = rel == MANIFEST || rel == SIGNATURE;
-        if memorised && size > MANIFEST_CAP {
+/// Reads the archive once, checking every entry, and hands each file to
+/// `visit` with the error mapping of the archive's read errors. Contents
+/// `visit` does not read are skipped.
+fn each_file(
+    tarball: &Path,
+    limits: &Limits,
+    mut visit: impl FnMut(FileEntry<'_>, &dyn Fn(io::Error) -> PackageError) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    let (mut archive, hit) = open_archive(tarball, limits)?;
+    let archive_error = read_error(&hit, limits);
+    let mut checker = Checker::new(limits);
+    for entry in archive.entries().map_err(archive_error)? {
+        let mut entry = entry.map_err(archive_error)?;
+        let Some(rel) = checker.check(&entry)? else {
+            continue;
+        };
+        let size = entry.size();
+        visit(
+            FileEntry {
+                rel,
+                size,
+                data: &mut entry,
+            },
+            &archive_error,
+        )?;
+    }
+    Ok(())
+}
+
+/// The first pass: checks every entry and keeps `release.json` and its
+/// signature; writes nothing and reads no other file's contents.
+pub(super) fn scan(tarball: &Path, limits: &Limits) -> Result<Scanned, PackageError> {
+    let mut scanned = Scanned::default();
+    each_file(tarball, limits, |file, archive_error| {
+        let slot = match file.rel.as_str() {
+            MANIFEST => &mut scanned.manifest,
+            SIGNATURE => &mut scanned.signature,
+            _ => {
+                scanned.files.insert(file.rel);
+                return Ok(());
+            }
+        };
+        if file.size > MANIFEST_CAP {
             return Err(PackageError::Manifest(format!(
-                "{rel} is larger than {}",
+                "{} is larger than {}",
+                file.rel,
                 human(MANIFEST_CAP)
             )));
         }
-        let Some(dest_rel) = installed_path(&rel) else {
-            // package.json: hashed for the file check, not installed.
-            let hash = hash_reader(&mut entry, io::sink()).map_err(archive_error)?;
-            unpacked.files.insert(rel, hash);
-            continue;
-        };
-        if !destinations.insert(dest_rel.clone()) {
-            return Err(unsafe_entry(&format!("it would overwrite {dest_rel}")));
+        let mut bytes = Vec::new();
+        file.data
+            .take(MANIFEST_CAP)
+            .read_to_end(&mut bytes)
+            .map_err(archive_error)?;
+        *slot = Some(bytes);
+        Ok(())
+    })?;
+    Ok(scanned)
+}
+
+/// The second pass, after `scanned`'s `release.json` and signature were
+/// verified and `manifest` checked: writes those two from memory into the new
+/// folder `partial`, then reads the archive again and writes each file
+/// `manifest` lists, hashed as it is written. A file it does not list is
+/// refused before anything of it is written, one whose hash differs as soon
+/// as it is.
+pub(super) fn unpack(
+    tarball: &Path,
+    partial: &Path,
+    scanned: &Scanned,
+    manifest: &ReleaseManifest,
+    limits: &Limits,
+) -> Result<(), PackageError> {
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(partial)
+        .map_err(io_error("create", partial))?;
+    let mut writer = Writer {
+        root: partial,
+        dirs: BTreeSet::from([partial.to_path_buf()]),
+    };
+    // Reading bytes in memory cannot fail; the mapping is only for the type.
+    let from_memory = |e| PackageError::Internal(format!("reading memory failed: {e}"));
+    for (name, bytes) in [
+        (MANIFEST, &scanned.manifest),
+        (SIGNATURE, &scanned.signature),
+    ] {
+        if let Some(bytes) = bytes {
+            writer.write(name, mode_for(name), &mut &bytes[..], &from_memory)?;
         }
-        let dest = partial.join(&dest_rel);
-        if let Some(parent) = dest.parent().filter(|p| *p != partial) {
+    }
+
+    let mut written = BTreeSet::new();
+    each_file(tarball, limits, |file, archive_error| {
+        if file.rel == MANIFEST || file.rel == SIGNATURE {
+            // Written above, from the bytes that were verified.
+            return Ok(());
+        }
+        let Some(expected) = listed_hash(manifest, &file.rel)? else {
+            // npm's own package.json, unlisted: neither checked nor written.
+            return Ok(());
+        };
+        let hash = match installed_path(&file.rel) {
+            None => hash_reader(file.data, io::sink()).map_err(archive_error)?,
+            Some(dest_rel) => {
+                writer.write(&dest_rel, mode_for(&file.rel), file.data, archive_error)?
+            }
+        };
+        compare_hash(&file.rel, &hash, expected)?;
+        written.insert(file.rel);
+        Ok(())
+    })?;
+    check_listing(manifest, &written)?;
+    // Deepest first, so each folder's entry is durable in its parent.
+    for dir in writer.dirs.iter().rev() {
+        fsync_dir(dir).map_err(io_error("sync", dir))?;
+    }
+    Ok(())
+}
+
+/// Writes files below `root`, creating their folders and noting them for
+/// the final sync.
+struct Writer<'a> {
+    root: &'a Path,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Writer<'_> {
+    /// Writes `data` as the new file `rel` with `mode`, synced; returns its
+    /// sha256 (hex). `read_error` maps a failure to read `data`.
+    fn write(
+        &mut self,
+        rel: &str,
+        mode: u32,
+        data: &mut dyn Read,
+        read_error: &dyn Fn(io::Error) -> PackageError,
+    ) -> Result<String, PackageError> {
+        let dest = self.root.join(rel);
+        if let Some(parent) = dest.parent().filter(|p| *p != self.root) {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(parent)
                 .map_err(io_error("create", parent))?;
-            let mut dir = parent;
-            while dir != partial {
-                dirs.insert(dir.to_path_buf());
-                match dir.parent() {
-                    Some(up) => dir = up,
-                    None => break,
-                }
-            }
+            self.dirs.extend(
+                parent
+                    .ancestors()
+                    .take_while(|dir| *dir != self.root)
+                    .map(Path::to_path_buf),
+            );
         }
-        let mode = mode_for(&rel);
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&dest)
             .map_err(io_error("create", &dest))?;
-        let mut kept = Vec::new();
-        let hash = if memorised {
-            entry.read_to_end(&mut kept).map_err(archive_error)?;
-            file.write_all(&kept).map_err(io_error("write", &dest))?;
-            sha256_hex(&kept)
-        } else {
-            hash_reader(&mut entry, Tee(&mut file)).map_err(|e| {
-                let ours = e.get_ref().is_some_and(|inner| inner.is::<WriteFailed>());
-                if ours && !hit.get() {
-                    io_error("write", &dest)(e)
-                } else {
-                    archive_error(e)
-                }
-            })?
-        };
+        let hash = hash_reader(data, Tee(&mut file)).map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<WriteFailed>()) {
+                io_error("write", &dest)(e)
+            } else {
+                read_error(e)
+            }
+        })?;
         // Not what the archive says, nor what the umask allows: what we decide.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_error("set the mode of", &dest))?;
         file.sync_all().map_err(io_error("sync", &dest))?;
-        match rel.as_str() {
-            MANIFEST => unpacked.manifest = Some(kept),
-            SIGNATURE => unpacked.signature = Some(kept),
-            _ => {}
-        }
-        unpacked.files.insert(rel, hash);
+        Ok(hash)
     }
-    // Deepest first, so each folder's entry is durable in its parent.
-    for dir in dirs.iter().rev() {
-        fsync_dir(dir).map_err(io_error("sync", dir))?;
-    }
-    unpacked.files.remove(MANIFEST);
-    unpacked.files.remove(SIGNATURE);
-    Ok(unpacked)
 }
 
 /// Marks an error as the destination's, not the archive's.
@@ -312,7 +426,7 @@ impl Write for Tee<'_> {
 }
 
 /// Copies `reader` into `writer`, returning the sha256 (hex) of the bytes.
-fn hash_reader(reader: &mut impl Read, mut writer: impl Write) -> io::Result<String> {
+fn hash_reader(reader: &mut (impl Read + ?Sized), mut writer: impl Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -325,10 +439,6 @@ fn hash_reader(reader: &mut impl Read, mut writer: impl Write) -> io::Result<Str
     }
     writer.flush()?;
     Ok(hex::encode(hasher.finalize()))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]
@@ -386,45 +496,97 @@ mod tests {
         path
     }
 
-    fn unpack_in(
-        entries: &[Raw<'_>],
-        limits: &Limits,
-    ) -> (tempfile::TempDir, Result<Unpacked, PackageError>) {
+    fn scan_of(entries: &[Raw<'_>], limits: &Limits) -> Result<Scanned, PackageError> {
         let tmp = tempfile::tempdir().unwrap();
-        let tgz = tarball(tmp.path(), entries);
-        let result = unpack(&tgz, &tmp.path().join("out.partial"), limits);
-        (tmp, result)
+        scan(&tarball(tmp.path(), entries), limits)
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
     }
 
     use tar::EntryType as T;
 
+    /// A package of a program, a licence, npm's package.json and
+    /// `release.json` last, as a hostile packer may order it.
+    const PLAIN: &[Raw<'static>] = &[
+        Raw("package/", T::Directory, b""),
+        Raw("package/package.json", T::Regular, b"{}"),
+        Raw("package/bin/waiaas-daemon", T::Regular, b"d"),
+        Raw("package/LICENSE", T::Regular, b"MIT"),
+        Raw("package/release.json.minisig", T::Regular, b"sig"),
+        Raw("package/release.json", T::Regular, b"{\"m\":1}"),
+    ];
+
+    fn listing(files: &[(&str, &[u8])]) -> ReleaseManifest {
+        ReleaseManifest {
+            name: "x".into(),
+            version: "1.0.0".into(),
+            target: "x".into(),
+            schema_version: 1,
+            min_compatible_schema_version: 1,
+            files: files
+                .iter()
+                .map(|(path, bytes)| (path.to_string(), sha256_hex(bytes)))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn a_plain_archive_is_unpacked_flat_with_our_modes() {
-        let (tmp, result) = unpack_in(
-            &[
-                Raw("package/", T::Directory, b""),
-                Raw("package/package.json", T::Regular, b"{}"),
-                Raw("package/bin/waiaas-daemon", T::Regular, b"d"),
-                Raw("package/release.json", T::Regular, b"{\"m\":1}"),
-                Raw("package/release.json.minisig", T::Regular, b"sig"),
-                Raw("package/LICENSE", T::Regular, b"MIT"),
-            ],
-            &Limits::default(),
-        );
-        let unpacked = result.unwrap();
-        let out = tmp.path().join("out.partial");
-        assert_eq!(unpacked.manifest.as_deref(), Some(&b"{\"m\":1}"[..]));
-        assert_eq!(unpacked.signature.as_deref(), Some(&b"sig"[..]));
+    fn the_first_pass_keeps_the_manifest_and_signature_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tarball(tmp.path(), PLAIN);
+        let scanned = scan(&tgz, &Limits::default()).unwrap();
+        assert_eq!(scanned.manifest.as_deref(), Some(&b"{\"m\":1}"[..]));
+        assert_eq!(scanned.signature.as_deref(), Some(&b"sig"[..]));
         assert_eq!(
-            unpacked.files.keys().collect::<Vec<_>>(),
+            scanned.files.iter().collect::<Vec<_>>(),
             ["LICENSE", "bin/waiaas-daemon", "package.json"]
         );
-        assert_eq!(unpacked.files["LICENSE"], sha256_hex(b"MIT"));
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the tarball: {left:?}");
+    }
+
+    #[test]
+    fn the_second_pass_writes_the_listed_files_flat_with_our_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tarball(tmp.path(), PLAIN);
+        let scanned = scan(&tgz, &Limits::default()).unwrap();
+        let manifest = listing(&[("bin/waiaas-daemon", b"d"), ("LICENSE", b"MIT")]);
+        let out = tmp.path().join("out.partial");
+        unpack(&tgz, &out, &scanned, &manifest, &Limits::default()).unwrap();
         let mode = |name: &str| fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("waiaas-daemon"), 0o755);
         assert_eq!(mode("LICENSE"), 0o644);
         assert_eq!(mode("release.json"), 0o644);
+        assert_eq!(fs::read(out.join("release.json.minisig")).unwrap(), b"sig");
         assert!(!out.join("package.json").exists() && !out.join("bin").exists());
+    }
+
+    #[test]
+    fn the_second_pass_refuses_an_unlisted_or_altered_file_before_writing_it() {
+        let cases: [(ReleaseManifest, &str); 2] = [
+            (
+                listing(&[("bin/waiaas-daemon", b"d")]),
+                "file check failed: the package holds LICENSE, which release.json does not list",
+            ),
+            (
+                listing(&[("bin/waiaas-daemon", b"d"), ("LICENSE", b"GPL")]),
+                "file check failed: LICENSE has sha256",
+            ),
+        ];
+        for (manifest, expected) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let tgz = tarball(tmp.path(), PLAIN);
+            let scanned = scan(&tgz, &Limits::default()).unwrap();
+            let out = tmp.path().join("out.partial");
+            let msg = unpack(&tgz, &out, &scanned, &manifest, &Limits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(expected), "{msg}");
+            // An unlisted file is never opened; an altered one is the caller's to remove.
+            assert_eq!(out.join("LICENSE").exists(), expected.contains("sha256"));
+        }
     }
 
     #[test]
@@ -465,8 +627,9 @@ mod tests {
             ),
         ];
         for (entries, expected) in cases {
-            let (_tmp, result) = unpack_in(entries, &Limits::default());
-            let msg = result.unwrap_err().to_string();
+            let msg = scan_of(entries, &Limits::default())
+                .unwrap_err()
+                .to_string();
             assert!(
                 msg.starts_with("unsafe entry in the package: ") && msg.contains(expected),
                 "{msg}"
@@ -475,15 +638,37 @@ mod tests {
     }
 
     #[test]
-    fn a_package_that_unpacks_too_large_is_refused() {
+    fn each_cap_is_named_when_it_is_reached() {
         let big = vec![0u8; 256 * 1024];
+        let long = format!("package/{}", "n".repeat(80));
+        let many: Vec<String> = (0..9).map(|i| format!("package/f{i}")).collect();
+        let many: Vec<Raw<'_>> = many.iter().map(|n| Raw(n, T::Regular, b"")).collect();
         let limits = Limits {
             unpacked_bytes: 64 * 1024,
+            entries: 8,
+            entry_name_bytes: 64,
             ..Limits::default()
         };
-        let (_tmp, result) = unpack_in(&[Raw("package/bin/x", T::Regular, &big)], &limits);
-        let msg = result.unwrap_err().to_string();
-        assert_eq!(msg, "the unpacked package is larger than the 64 KiB cap");
+        let cases: [(&[Raw<'_>], &str); 3] = [
+            (
+                &[Raw("package/bin/x", T::Regular, &big)],
+                "the unpacked package is larger than the 64 KiB cap",
+            ),
+            (
+                &many,
+                "the package has more than 8 entries (the cap on the number of entries)",
+            ),
+            (
+                &[Raw(&long, T::Regular, b"")],
+                "an entry's name is longer than the 64-byte cap on entry names: package/nnn",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let msg = scan_of(entries, &limits).unwrap_err().to_string();
+            assert!(msg.starts_with(expected), "{msg}");
+        }
+        // At the caps exactly, all is well.
+        assert!(scan_of(&many[..8], &limits).is_ok());
     }
 
     #[test]
@@ -491,9 +676,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("t.tgz");
         fs::write(&path, b"<html>not found</html>").unwrap();
-        let msg = unpack(&path, &tmp.path().join("p"), &Limits::default())
-            .unwrap_err()
-            .to_string();
+        let msg = scan(&path, &Limits::default()).unwrap_err().to_string();
         assert!(msg.contains("not a readable .tgz"), "{msg}");
     }
 }

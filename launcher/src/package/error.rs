@@ -78,6 +78,10 @@ pub enum PackageError {
     Archive(String),
     #[error("the unpacked package is larger than the {} cap", human(*cap))]
     UnpackedTooLarge { cap: u64 },
+    #[error("the package has more than {cap} entries (the cap on the number of entries)")]
+    TooManyEntries { cap: u64 },
+    #[error("an entry's name is longer than the {cap}-byte cap on entry names: {start}…")]
+    EntryNameTooLong { cap: usize, start: String },
     #[error("{} does not exist: WAIaaS {version} is not installed", path.display())]
     NotInstalled { version: String, path: PathBuf },
     #[error(

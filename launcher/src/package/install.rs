@@ -1,6 +1,7 @@
-//! Installing a release: unpack into a fresh `versions/<v>.partial`, verify
-//! it, and only then rename it to `versions/<v>` — or remove it and leave
-//! `versions/` as it was. Also the re-check of an installed `versions/<v>`,
+//! Installing a release: verify the tarball's `release.json` and listing
+//! (a first pass that writes nothing), write the files it lists into a fresh
+//! `versions/<v>.partial`, and only then rename it to `versions/<v>` — or
+//! remove it and leave `versions/` as it was. Also the re-check of an installed `versions/<v>`,
 //! which decides whether a fetch reuses it, replaces it, or (if `current`
 //! points at it) refuses to touch it.
 
@@ -15,12 +16,12 @@ use waiaas_shared::fsutil::{fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{MANIFEST, ReleaseManifest, SIGNATURE};
 
-use super::archive::{Unpacked, peek_version, unpack};
+use super::archive::{scan, unpack};
 use super::error::{PackageError, io_error};
 use super::keys::KeyRing;
 use super::limits::{Limits, human};
 use super::manifest::{
-    MANIFEST_CAP, PACKAGE_JSON, check_manifest, compare_hash, installed_path, mode_for,
+    MANIFEST_CAP, check_listing, check_manifest, compare_hash, installed_path, mode_for,
 };
 
 /// A verified release in `versions/<version>`.
@@ -117,8 +118,10 @@ fn bad_unless_current(
     Ok(Existing::Bad(problem))
 }
 
-/// Unpacks `tarball` into `versions/<v>.partial`, verifies it, and renames it
-/// to `versions/<v>` (replacing a bad one, reusing a good one).
+/// Verifies `tarball`'s `release.json`, signature and listing, writes what
+/// it lists into `versions/<v>.partial`, and renames that to `versions/<v>`
+/// (replacing a bad one, reusing a good one). Without `asked`, the version is
+/// the one the verified `release.json` names.
 pub(super) fn install_tarball(
     dir: &DataDir,
     ring: &KeyRing,
@@ -127,10 +130,17 @@ pub(super) fn install_tarball(
     target: &str,
     limits: &Limits,
 ) -> Result<Installed, PackageError> {
-    let version = match asked {
-        Some(version) => version.clone(),
-        None => peek_version(tarball, limits)?,
-    };
+    let scanned = scan(tarball, limits)?;
+    let manifest_bytes = scanned
+        .manifest
+        .as_deref()
+        .ok_or_else(|| PackageError::NoManifest {
+            place: "the package".into(),
+        })?;
+    ring.verify(manifest_bytes, scanned.signature.as_deref())?;
+    let (version, manifest) = check_manifest(manifest_bytes, asked, target)?;
+    check_listing(&manifest, &scanned.files)?;
+
     let name = version.to_string();
     let versions = ensure_versions_dir(dir)?;
     let partial = versions.join(format!("{name}.partial"));
@@ -140,8 +150,7 @@ pub(super) fn install_tarball(
     let mut leftovers = Leftovers::default();
     leftovers.add(partial.clone());
 
-    let unpacked = unpack(tarball, &partial, limits)?;
-    let manifest = verify_unpacked(&unpacked, ring, &version, target)?;
+    unpack(tarball, &partial, &scanned, &manifest, limits)?;
 
     let final_dir = dir.version(&name);
     match existing(dir, ring, &version, target)? {
@@ -172,42 +181,6 @@ pub(super) fn install_tarball(
     })
 }
 
-/// Checks what [`unpack`] found: the signature, the manifest, and that the
-/// files are exactly those it lists, with their hashes.
-fn verify_unpacked(
-    unpacked: &Unpacked,
-    ring: &KeyRing,
-    version: &Version,
-    target: &str,
-) -> Result<ReleaseManifest, PackageError> {
-    let manifest_bytes = unpacked
-        .manifest
-        .as_deref()
-        .ok_or_else(|| PackageError::NoManifest {
-            place: "the package".into(),
-        })?;
-    ring.verify(manifest_bytes, unpacked.signature.as_deref())?;
-    let manifest = check_manifest(manifest_bytes, version, target)?;
-    for (path, expected) in &manifest.files {
-        let actual = unpacked.files.get(path).ok_or_else(|| {
-            PackageError::Files(format!(
-                "{MANIFEST} lists {path}, which is not in the package"
-            ))
-        })?;
-        compare_hash(path, actual, expected)?;
-    }
-    if let Some(extra) = unpacked
-        .files
-        .keys()
-        .find(|path| *path != PACKAGE_JSON && !manifest.files.contains_key(*path))
-    {
-        return Err(PackageError::Files(format!(
-            "the package holds {extra}, which {MANIFEST} does not list"
-        )));
-    }
-    Ok(manifest)
-}
-
 /// Verifies an installed folder: signature, manifest, every file's hash and
 /// mode, and no file the manifest does not account for.
 pub(super) fn verify_dir(
@@ -228,7 +201,7 @@ pub(super) fn verify_dir(
         )));
     }
     ring.verify(&manifest_bytes, signature.as_deref())?;
-    let manifest = check_manifest(&manifest_bytes, version, target)?;
+    let (_, manifest) = check_manifest(&manifest_bytes, Some(version), target)?;
 
     let mut expected: BTreeSet<String> = [MANIFEST.to_string(), SIGNATURE.to_string()].into();
     for (package_path, hash) in &manifest.files {

@@ -20,6 +20,10 @@ pub struct Limits {
     pub tarball_bytes: u64,
     /// Largest total of the unpacked files (a small gzip can unpack to a lot).
     pub unpacked_bytes: u64,
+    /// Most tar entries (files and folders) in a package; a release has a handful.
+    pub entries: u64,
+    /// Longest entry name, in bytes.
+    pub entry_name_bytes: usize,
     /// Time to establish a connection.
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer.
@@ -36,6 +40,8 @@ impl Default for Limits {
             packument_bytes: registry::PACKUMENT_BODY_CAP,
             tarball_bytes: 512 * MIB,
             unpacked_bytes: 2048 * MIB,
+            entries: 1024,
+            entry_name_bytes: 256,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             packument_timeout: Duration::from_secs(120),

@@ -27,21 +27,25 @@ pub(super) fn compare_hash(path: &str, actual: &str, expected: &str) -> Result<(
     }
 }
 
-/// Parses a signature-checked `release.json` and checks what it names.
+/// Parses a signature-checked `release.json` and checks what it names: the
+/// version `asked` (any, without), this `target` and its package. Returns the
+/// version it names, and the manifest.
 pub(super) fn check_manifest(
     bytes: &[u8],
-    version: &Version,
+    asked: Option<&Version>,
     target: &str,
-) -> Result<ReleaseManifest, PackageError> {
+) -> Result<(Version, ReleaseManifest), PackageError> {
     let manifest: ReleaseManifest =
         serde_json::from_slice(bytes).map_err(|e| PackageError::Manifest(e.to_string()))?;
     let found = Version::parse(&manifest.version).map_err(|_| {
         PackageError::Manifest(format!("version `{}` is not semver", manifest.version))
     })?;
-    if found != *version {
+    if let Some(asked) = asked
+        && found != *asked
+    {
         return Err(PackageError::WrongVersion {
             found: manifest.version,
-            asked: version.to_string(),
+            asked: asked.to_string(),
         });
     }
     if manifest.target != target {
@@ -84,7 +88,39 @@ pub(super) fn check_manifest(
             )));
         }
     }
-    Ok(manifest)
+    Ok((found, manifest))
+}
+
+/// The sha256 `manifest` gives for the package file `path`, `None` for an
+/// unlisted `package.json` (npm's own); any other unlisted file is refused.
+pub(super) fn listed_hash<'m>(
+    manifest: &'m ReleaseManifest,
+    path: &str,
+) -> Result<Option<&'m str>, PackageError> {
+    match manifest.files.get(path) {
+        Some(hash) => Ok(Some(hash)),
+        None if path == PACKAGE_JSON => Ok(None),
+        None => Err(PackageError::Files(format!(
+            "the package holds {path}, which {MANIFEST} does not list"
+        ))),
+    }
+}
+
+/// Refuses unless the package files `found` are exactly those `manifest`
+/// lists (`package.json` may be there unlisted).
+pub(super) fn check_listing(
+    manifest: &ReleaseManifest,
+    found: &BTreeSet<String>,
+) -> Result<(), PackageError> {
+    if let Some(missing) = manifest.files.keys().find(|path| !found.contains(*path)) {
+        return Err(PackageError::Files(format!(
+            "{MANIFEST} lists {missing}, which is not in the package"
+        )));
+    }
+    for path in found {
+        listed_hash(manifest, path)?;
+    }
+    Ok(())
 }
 
 /// Where a package file goes in `versions/<v>/`: `bin/<name>` → `<name>`,
@@ -149,7 +185,8 @@ mod tests {
         let name = platform_package("linux-x64");
         let bins = [("bin/waiaas-launcher", "aa"), ("bin/waiaas-daemon", "bb")];
         let good = manifest("1.9.0", "linux-x64", &name, &bins);
-        assert!(check_manifest(&good, &v, "linux-x64").is_ok());
+        assert_eq!(check_manifest(&good, Some(&v), "linux-x64").unwrap().0, v);
+        assert_eq!(check_manifest(&good, None, "linux-x64").unwrap().0, v);
 
         let cases = [
             (
@@ -189,7 +226,7 @@ mod tests {
             (b"{\"name\":1}".to_vec(), "not a valid release manifest"),
         ];
         for (bytes, expected) in cases {
-            let msg = check_manifest(&bytes, &v, "linux-x64")
+            let msg = check_manifest(&bytes, Some(&v), "linux-x64")
                 .unwrap_err()
                 .to_string();
             assert!(msg.contains(expected), "{msg}");

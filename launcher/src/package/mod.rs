@@ -13,17 +13,23 @@
 //!    the package holds no other file (besides `package.json`, `release.json`
 //!    and `release.json.minisig`);
 //! 5. every tar entry is a plain file or folder under `package/`: absolute
-//!    paths, `..`, links, devices, fifos and duplicate paths are refused.
+//!    paths, `..`, links, devices, fifos and duplicate paths are refused, and
+//!    the entry count, entry name length and unpacked size are capped.
+//!
+//! 2, 3, 5 and the listing of 4 hold before any file of the package is
+//! written; each file is then hashed as it is written.
 //!
 //! The parts, in the order a fetch meets them:
 //! - `keys`: the trusted keys, and the signature check (2);
 //! - `download`: packuments, `dist.integrity` and the capped, hashed
 //!   download (1), reported through [`Downloaded`] for the caller to draw;
-//! - `archive`: reading the tarball entry by entry into a folder (5);
+//! - `archive`: the two passes over the tarball — the first reads only
+//!   `release.json` and its signature and writes nothing, the second writes
+//!   only the files the verified `release.json` lists (4, 5);
 //! - `manifest`: what `release.json` must say (3), and where each file it
 //!   lists is installed;
-//! - `install`: `versions/<v>.partial`, verified (4) and only then renamed
-//!   to `versions/<v>`; any failure removes the partial folder and the
+//! - `install`: the order of the checks, `versions/<v>.partial`, and only
+//!   then `versions/<v>`; any failure removes the partial folder and the
 //!   download. Also the re-check of an installed version;
 //! - `limits` and `error`: the caps and timeouts ([`Limits`]), and every
 //!   refusal ([`PackageError`]).

@@ -25,6 +25,7 @@ use rusqlite::Connection;
 use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
+pub mod hostile;
 pub mod registry;
 pub mod supervisor;
 
