@@ -1286,3 +1286,91 @@ async fn registry_garbage_is_a_clear_error() {
         "registry request for the packument of @waiaas/cli failed",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Interop with the reference `minisign` tool (Debian's package, installed by
+// `reference_minisign` when missing).
+
+/// A scenario that trusts only a key pair made by `minisign -G -W`: the
+/// tool, the scenario, the secret key's file and the public key (`RW…`).
+/// `None` when the tool cannot be had (see `reference_minisign`).
+fn reference_scenario() -> Option<(PathBuf, Scenario, PathBuf, String)> {
+    let minisign = waiaas_packaging::reference_minisign()?;
+    let mut s = Scenario::new();
+    let (secret, public) = (s.tmp.path().join("ref.key"), s.tmp.path().join("ref.pub"));
+    let made = Command::new(&minisign)
+        .args(["-G", "-W", "-s"])
+        .arg(&secret)
+        .arg("-p")
+        .arg(&public)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let public = fs::read_to_string(&public).unwrap();
+    let public = public.lines().nth(1).unwrap().to_string();
+    s.config.update.trusted_keys = vec![public.clone()];
+    Some((minisign, s, secret, public))
+}
+
+#[tokio::test]
+async fn a_key_made_by_the_reference_minisign_packs_a_release_the_launcher_accepts() {
+    let Some((_, s, secret, public)) = reference_scenario() else {
+        return;
+    };
+    let bin_dir = support::daemon_binary().parent().unwrap().to_path_buf();
+    let packed = waiaas_packaging::pack(&PackOptions {
+        bin_dir,
+        out_dir: s.tmp.path().join("out"),
+        sign_key: secret,
+        target: target().to_string(),
+        also_targets: Vec::new(),
+    })
+    .expect("the reference tool's key packs");
+    assert_eq!(packed.public_key, public);
+    let installed =
+        package::install_file(&s.dir, &s.config, &packed.platform_tarball, None).unwrap();
+    assert_eq!(installed.manifest, packed.manifest);
+}
+
+#[tokio::test]
+async fn a_signature_made_by_the_reference_minisign_verifies_with_the_launchers_keys() {
+    let Some((minisign, s, secret, _)) = reference_scenario() else {
+        return;
+    };
+    let files = payload();
+    let manifest = manifest_of(&files);
+    let entries = package_entries(&files, &manifest, Signed::Unsigned);
+    let manifest = s.file(MANIFEST, &serde_json::to_vec_pretty(&manifest).unwrap());
+    // Prehashed (minisign's default), then legacy (`-l`), which is refused.
+    for (legacy, outcome) in [(false, None), (true, Some("legacy (non-prehashed)"))] {
+        let mut sign = Command::new(&minisign);
+        sign.arg("-S")
+            .arg("-s")
+            .arg(&secret)
+            .arg("-m")
+            .arg(&manifest);
+        if legacy {
+            sign.arg("-l");
+        }
+        let signed = sign.stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(signed.status.success(), "{signed:?}");
+        let signature = fs::read(manifest.with_file_name(SIGNATURE)).unwrap();
+        let mut package = entries.clone();
+        package.push(Entry::file(
+            format!("package/{SIGNATURE}"),
+            signature,
+            0o644,
+        ));
+        let file = s.file("release.tgz", &tgz(&package));
+        let result = package::install_file(&s.dir, &s.config, &file, None);
+        match outcome {
+            None => assert_eq!(result.unwrap().version, version()),
+            Some(expected) => {
+                let msg = result.unwrap_err().to_string();
+                assert!(msg.contains(expected), "{msg}");
+            }
+        }
+        fs::remove_dir_all(s.dir.version(VERSION)).ok();
+    }
+}

@@ -17,13 +17,15 @@
 //! twice gives byte-identical tarballs (and the same `dist.integrity`).
 //!
 //! The rest of the API ([`generate_keypair`], [`sign`], [`Entry`],
-//! [`write_package_tarball`], [`read_package_tarball`]) is for tests and
-//! tooling: throwaway keys, and deliberately bad packages for the launcher's
-//! verification tests.
+//! [`write_package_tarball`], [`read_package_tarball`],
+//! [`reference_minisign`]) is for tests and tooling: throwaway keys,
+//! deliberately bad packages for the launcher's verification tests, and the
+//! reference `minisign` tool for interop tests.
 
 mod error;
 mod npm;
 mod probe;
+mod reference;
 mod sign;
 mod tarball;
 
@@ -37,6 +39,7 @@ use waiaas_shared::release::{BINARIES, CLI_PACKAGE, MANIFEST, SIGNATURE, platfor
 pub use crate::error::PackError;
 pub use crate::npm::{CLI_README, CLI_SHIM, CLI_SHIM_PATH, NODE_ENGINES};
 pub use crate::probe::SUPPORTED_TARGETS;
+pub use crate::reference::reference_minisign;
 pub use crate::sign::{
     PUBLIC_KEY_FILE, SECRET_KEY_FILE, generate_keypair, public_key, sign, sign_with_comment,
 };
@@ -128,7 +131,12 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
         &format!("file:{MANIFEST}\tpackage:{}@{version}", manifest.name),
     )?;
 
+    // release.json and its signature first, so a reader can verify before
+    // the large files (the launcher does not rely on it: hostile packages
+    // choose their own order).
     let platform_entries = [
+        Entry::file(format!("package/{MANIFEST}"), manifest_json, 0o644),
+        Entry::file(format!("package/{SIGNATURE}"), signature, 0o644),
         Entry::file(
             "package/package.json",
             npm::platform_package_json(&opts.target, version)?,
@@ -136,8 +144,6 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
         ),
         Entry::file(format!("package/{launcher_entry}"), launcher, 0o755),
         Entry::file(format!("package/{daemon_entry}"), daemon, 0o755),
-        Entry::file(format!("package/{MANIFEST}"), manifest_json, 0o644),
-        Entry::file(format!("package/{SIGNATURE}"), signature, 0o644),
     ];
     let cli_entries = [
         Entry::file(

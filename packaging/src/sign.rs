@@ -1,8 +1,9 @@
 //! Release keys and `release.json.minisig`.
 //!
-//! Key files are minisign's own format and are read and written with the
-//! `minisign` crate: `minisign -G -W` (or [`generate_keypair`]) makes one,
-//! `minisign -Vm release.json -P <public key>` checks a signature made here.
+//! Key files are minisign's own format: `minisign -G -W` (or
+//! [`generate_keypair`], with the `minisign` crate) makes one, read here by
+//! [`ReleaseKey::load`]; `minisign -Vm release.json -P <public key>` checks a
+//! signature made here.
 //!
 //! The signature itself is computed here, in minisign's prehashed format
 //! (`ED`: Ed25519 over the BLAKE2b-512 of the data, then Ed25519 over the
@@ -14,14 +15,15 @@
 
 use std::fs;
 use std::io::{Cursor, Write};
+use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use blake2::{Blake2b512, Digest as _};
+use blake2::{Blake2b256, Blake2b512, Digest as _};
 use ed25519_dalek::{Signer as _, SigningKey};
-use minisign::{PublicKey, SecretKey, SecretKeyBox, SignatureBox};
+use minisign::{PublicKey, SignatureBox};
 
 use crate::PackError;
 
@@ -34,9 +36,14 @@ const UNTRUSTED_COMMENT: &str = "signature from the waiaas release key";
 
 // Layout of minisign's decoded secret key: sig_alg(2) kdf_alg(2) chk_alg(2)
 // kdf_salt(32) opslimit(8) memlimit(8) keynum(8) sk(64: seed 32 + public 32) chk(32).
-const KEYNUM: std::ops::Range<usize> = 54..62;
-const SEED: std::ops::Range<usize> = 62..94;
-const PUBLIC: std::ops::Range<usize> = 94..126;
+const SIG_ALG: Range<usize> = 0..2;
+const KDF_ALG: Range<usize> = 2..4;
+const CHK_ALG: Range<usize> = 4..6;
+const KEYNUM: Range<usize> = 54..62;
+const SEED: Range<usize> = 62..94;
+const PUBLIC: Range<usize> = 94..126;
+const CHK: Range<usize> = 126..158;
+const SECRET_KEY_BYTES: usize = 158;
 
 /// An unencrypted minisign secret key, loaded and checked.
 pub(crate) struct ReleaseKey {
@@ -46,26 +53,56 @@ pub(crate) struct ReleaseKey {
 }
 
 impl ReleaseKey {
+    /// Reads the key file itself rather than through the `minisign` crate:
+    /// `minisign -G -W` (the reference tool, 0.11) stores an unencrypted key
+    /// with an all-zero checksum, which it never checks, while the crate
+    /// insists on the BLAKE2b-256 of sig_alg‖keynum‖sk and calls the key
+    /// corrupted. Both forms are accepted; what proves the key intact is that
+    /// its public half is the one its seed derives.
     pub(crate) fn load(path: &Path) -> Result<ReleaseKey, PackError> {
         let key_error = |detail: String| PackError::Key {
             path: path.to_path_buf(),
             detail,
+        };
+        let not_a_key = |why: &str| {
+            key_error(format!(
+                "not an unencrypted minisign secret key ({why}); waiaas-pack cannot prompt for a \
+                 password: use a key made with `minisign -G -W` or `waiaas-pack keygen`"
+            ))
         };
         let text = fs::read_to_string(path).map_err(|e| {
             key_error(format!(
                 "cannot read it ({e}); pass an unencrypted minisign secret key file (waiaas-pack keygen makes one)"
             ))
         })?;
-        let boxed = SecretKeyBox::from_string(&text).map_err(|e| key_error(e.to_string()))?;
-        let sk = SecretKey::from_unencrypted_box(boxed).map_err(|e| {
-            key_error(format!(
-                "not an unencrypted minisign secret key ({e}); waiaas-pack cannot prompt for a \
-                 password: use a key made with `minisign -G -W` or `waiaas-pack keygen`"
-            ))
-        })?;
-        let bytes = sk.to_bytes();
-        if bytes.len() < PUBLIC.end || &bytes[..2] != b"Ed" {
-            return Err(key_error("not an Ed25519 minisign secret key".into()));
+        // Line 1 is the untrusted comment, line 2 the key.
+        let line = text
+            .lines()
+            .nth(1)
+            .ok_or_else(|| not_a_key("no key line"))?;
+        let bytes = BASE64
+            .decode(line.trim())
+            .map_err(|_| not_a_key("its key line is not base64"))?;
+        if bytes.len() != SECRET_KEY_BYTES {
+            return Err(not_a_key(&format!(
+                "{} bytes where a key has {SECRET_KEY_BYTES}",
+                bytes.len()
+            )));
+        }
+        if &bytes[SIG_ALG] != b"Ed" || &bytes[CHK_ALG] != b"B2" {
+            return Err(not_a_key("not an Ed25519 key with a BLAKE2b checksum"));
+        }
+        if bytes[KDF_ALG] != [0, 0] {
+            return Err(not_a_key("it is encrypted with a password"));
+        }
+        let checksum = Blake2b256::new()
+            .chain_update(&bytes[SIG_ALG])
+            .chain_update(&bytes[KEYNUM])
+            .chain_update(&bytes[SEED.start..PUBLIC.end])
+            .finalize();
+        let stored = &bytes[CHK];
+        if stored != &checksum[..] && stored.iter().any(|b| *b != 0) {
+            return Err(key_error("corrupted: its checksum does not match".into()));
         }
         let seed: [u8; 32] = bytes[SEED].try_into().expect("32 bytes");
         let signing = SigningKey::from_bytes(&seed);
@@ -74,7 +111,9 @@ impl ReleaseKey {
                 "corrupted: its public half does not match its secret half".into(),
             ));
         }
-        let public = PublicKey::from_secret_key(&sk).map_err(|e| key_error(e.to_string()))?;
+        let public =
+            PublicKey::from_bytes(&[&bytes[SIG_ALG], &bytes[KEYNUM], &bytes[PUBLIC]].concat())
+                .map_err(|e| key_error(e.to_string()))?;
         Ok(ReleaseKey {
             keynum: bytes[KEYNUM].try_into().expect("8 bytes"),
             signing,
@@ -239,5 +278,61 @@ mod tests {
         fs::write(&bad, "untrusted comment: x\nnot base64\n").unwrap();
         let err = sign(&bad, b"x").unwrap_err().to_string();
         assert!(err.contains("unencrypted minisign secret key"), "{err}");
+    }
+
+    /// Rewrites the key line of the secret key file `key` with `edit` applied
+    /// to its decoded bytes, as `name` beside it.
+    fn edited(key: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+        let text = fs::read_to_string(key).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut bytes = BASE64.decode(&lines[1]).unwrap();
+        edit(&mut bytes);
+        lines[1] = BASE64.encode(&bytes);
+        let path = key.with_file_name(name);
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+
+    #[test]
+    fn the_reference_tools_zero_checksum_is_accepted_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = generate_keypair(dir.path()).unwrap();
+        // What `minisign -G -W` writes: the same key with a zero checksum.
+        let zero = edited(&key, "zero.key", |b| b[CHK].fill(0));
+        assert_eq!(public_key(&zero).unwrap(), public);
+        assert_eq!(sign(&zero, b"x").unwrap(), sign(&key, b"x").unwrap());
+
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage, &str); 4] = [
+            (
+                "sum.key",
+                |b| b[CHK.start] ^= 1,
+                "its checksum does not match",
+            ),
+            (
+                "half.key",
+                |b| {
+                    b[PUBLIC.start] ^= 1;
+                    b[CHK].fill(0);
+                },
+                "its public half does not match its secret half",
+            ),
+            (
+                "enc.key",
+                |b| b[KDF_ALG].copy_from_slice(b"Sc"),
+                "it is encrypted with a password",
+            ),
+            (
+                "short.key",
+                |b| b.truncate(100),
+                "100 bytes where a key has 158",
+            ),
+        ];
+        for (name, edit, expected) in cases {
+            let err = public_key(&edited(&key, name, edit))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{name}: {err}");
+        }
     }
 }

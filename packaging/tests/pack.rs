@@ -155,11 +155,11 @@ fn tarballs_are_named_like_npm_pack_and_hold_exactly_the_expected_entries() {
     expect(
         &f.packed.platform_tarball,
         &[
+            ("package/release.json", 0o644),
+            ("package/release.json.minisig", 0o644),
             ("package/package.json", 0o644),
             ("package/bin/waiaas-launcher", 0o755),
             ("package/bin/waiaas-daemon", 0o755),
-            ("package/release.json", 0o644),
-            ("package/release.json.minisig", 0o644),
         ],
     );
     expect(
@@ -461,6 +461,53 @@ fn keygen_makes_a_key_the_packer_accepts() {
         .unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn a_key_made_by_the_reference_minisign_packs_and_minisign_verifies_it() {
+    let Some(minisign) = waiaas_packaging::reference_minisign() else {
+        return;
+    };
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public_file) = (tmp.path().join("ref.key"), tmp.path().join("ref.pub"));
+    let made = Command::new(&minisign)
+        .args(["-G", "-W", "-s"])
+        .arg(&key)
+        .arg("-p")
+        .arg(&public_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let public = fs::read_to_string(&public_file).unwrap();
+    let public = public.lines().nth(1).unwrap();
+
+    let packed = pack(&PackOptions {
+        bin_dir: f.bins.clone(),
+        out_dir: tmp.path().join("out"),
+        sign_key: key,
+        target: f.target.clone(),
+        also_targets: vec![],
+    })
+    .unwrap();
+    assert_eq!(packed.public_key, public);
+    let entries = entries(&packed.platform_tarball);
+    let manifest = tmp.path().join("release.json");
+    fs::write(&manifest, contents(&entries, "package/release.json")).unwrap();
+    fs::write(
+        tmp.path().join("release.json.minisig"),
+        contents(&entries, "package/release.json.minisig"),
+    )
+    .unwrap();
+    let verified = Command::new(&minisign)
+        .arg("-Vm")
+        .arg(&manifest)
+        .args(["-P", public])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
 }
 
 // --- the Node shim -------------------------------------------------------------
