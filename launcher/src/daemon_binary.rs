@@ -113,16 +113,15 @@ fn die_with_launcher(command: &mut std::process::Command, signal: libc::c_int) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_launcher(_command: &mut std::process::Command, _signal: libc::c_int) {}
 
-/// Runs `<version dir>/waiaas-daemon <args>` to completion within `deadline`
-/// (killed after it), and returns its stdout and stderr.
+/// Runs `program <args>` (`--data-dir` last, with one) to completion within
+/// `deadline` (killed after it), and returns its stdout and stderr.
 async fn output(
-    version_dir: &Path,
+    program: &Path,
     args: &[&str],
     data_dir: Option<&DataDir>,
     deadline: Duration,
 ) -> Result<std::process::Output, RunError> {
-    let program = version_dir.join("waiaas-daemon");
-    let mut command = Command::from(command(&program, libc::SIGKILL));
+    let mut command = Command::from(command(program, libc::SIGKILL));
     command
         .kill_on_drop(true)
         .args(args)
@@ -132,10 +131,11 @@ async fn output(
     if let Some(dir) = data_dir {
         command.arg("--data-dir").arg(dir.root());
     }
-    let child = command.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
+    let spawn_failed = |source| RunError::Spawn {
+        program: program.to_path_buf(),
         source,
-    })?;
+    };
+    let child = command.spawn().map_err(spawn_failed)?;
     // Dropping the child on the deadline kills it (`kill_on_drop`).
     tokio::time::timeout(deadline, child.wait_with_output())
         .await
@@ -143,7 +143,11 @@ async fn output(
             args: args.join(" "),
             after: deadline,
         })?
-        .map_err(|source| RunError::Spawn { program, source })
+        .map_err(spawn_failed)
+}
+
+fn daemon(version_dir: &Path) -> PathBuf {
+    version_dir.join("waiaas-daemon")
 }
 
 /// `waiaas-daemon migrate --no-backup`: the caller has just made a verified
@@ -154,7 +158,7 @@ pub async fn migrate(
     deadline: Duration,
 ) -> Result<(), RunError> {
     let args = ["migrate", "--no-backup"];
-    let out = output(version_dir, &args, Some(dir), deadline).await?;
+    let out = output(&daemon(version_dir), &args, Some(dir), deadline).await?;
     if out.status.success() {
         Ok(())
     } else {
@@ -168,7 +172,13 @@ pub async fn migrate(
 
 /// The binary's verdict on the database (`check --json`).
 pub async fn check(version_dir: &Path, dir: &DataDir) -> Result<CompatReport, RunError> {
-    let out = output(version_dir, &["check", "--json"], Some(dir), QUERY_DEADLINE).await?;
+    let out = output(
+        &daemon(version_dir),
+        &["check", "--json"],
+        Some(dir),
+        QUERY_DEADLINE,
+    )
+    .await?;
     serde_json::from_slice(&out.stdout).map_err(|_| RunError::NoVerdict {
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
     })
@@ -176,13 +186,35 @@ pub async fn check(version_dir: &Path, dir: &DataDir) -> Result<CompatReport, Ru
 
 /// What `<version dir>/waiaas-daemon --version --json` says about itself.
 pub async fn version_of(version_dir: &Path) -> Result<DaemonVersion, RunError> {
-    let out = output(version_dir, &["--version", "--json"], None, QUERY_DEADLINE).await?;
+    let out = output(
+        &daemon(version_dir),
+        &["--version", "--json"],
+        None,
+        QUERY_DEADLINE,
+    )
+    .await?;
     DaemonVersion::parse(&String::from_utf8_lossy(&out.stdout)).map_err(|detail| {
         RunError::NoVersion {
             program: version_dir.join("waiaas-daemon"),
             detail,
         }
     })
+}
+
+/// What `<version dir>/waiaas-launcher --version` says its version is
+/// (`waiaas-launcher 1.9.0`), for the supervisor handing over to it.
+pub async fn launcher_version(version_dir: &Path) -> Result<String, RunError> {
+    let program = version_dir.join("waiaas-launcher");
+    let out = output(&program, &["--version"], None, QUERY_DEADLINE).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .last()
+        .filter(|v| semver::Version::parse(v).is_ok())
+        .map(str::to_string)
+        .ok_or_else(|| RunError::NoVersion {
+            program,
+            detail: format!("--version printed `{}`", text.trim()),
+        })
 }
 
 /// "exited with 20 (refused: …)" / "was killed by signal 9".

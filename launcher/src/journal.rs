@@ -45,6 +45,11 @@ pub struct Journal {
     pub backup: Option<PathBuf>,
     /// Whether a daemon was running before, so a rollback starts it again.
     pub daemon_was_running: bool,
+    /// Step 7 was handed to the target release's own launcher (same
+    /// process, after an exec): only that launcher, started with the
+    /// handover, may finish it; any other start rolls it back.
+    #[serde(default)]
+    pub handed_over: bool,
     pub started_at: String,
     pub pid: u32,
 }
@@ -60,6 +65,7 @@ impl Journal {
             step_name: "preflight".into(),
             backup: None,
             daemon_was_running,
+            handed_over: false,
             started_at: UtcTime::now().rfc3339(),
             pid: std::process::id(),
         }

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Notifier {
     target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
     watchdog: Option<Duration>,
+    /// The variables as systemd set them, for a launcher this one hands over to.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Notifier {
@@ -19,6 +21,17 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET");
         let usec = std::env::var("WATCHDOG_USEC").ok();
         let pid = std::env::var("WATCHDOG_PID").ok();
+        let env = [
+            (
+                "NOTIFY_SOCKET",
+                socket.as_ref().map(|s| s.to_string_lossy().into_owned()),
+            ),
+            ("WATCHDOG_USEC", usec.clone()),
+            ("WATCHDOG_PID", pid.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
         // SAFETY: called before any other thread exists.
         unsafe {
             for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
@@ -39,7 +52,17 @@ impl Notifier {
             .filter(|u| *u > 0 && ours)
             // Ping at half the deadline, as sd_watchdog_enabled(3) advises.
             .map(|u| Duration::from_micros(u / 2));
-        Self { target, watchdog }
+        Self {
+            target,
+            watchdog,
+            env,
+        }
+    }
+
+    /// systemd's variables as this process received them (the same PID
+    /// keeps them valid across an exec).
+    pub fn env(&self) -> &[(&'static str, String)] {
+        &self.env
     }
 
     /// Whether systemd gave us a notify socket (we run as a `Type=notify` service).
@@ -48,19 +71,6 @@ impl Notifier {
     }
 
     /// How often to send `WATCHDOG=1`, if systemd asked for it.
-    /// A second handle on the same socket, for a thread that feeds the
-    /// watchdog while the event loop is busy (an upgrade blocks it at times).
-    pub fn try_clone(&self) -> Option<Self> {
-        let target = match &self.target {
-            Some((socket, addr)) => Some((socket.try_clone().ok()?, addr.clone())),
-            None => None,
-        };
-        Some(Self {
-            target,
-            watchdog: self.watchdog,
-        })
-    }
-
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }

@@ -99,10 +99,12 @@ fn fault_release(fault: Fault) -> &'static Packed {
     static CRASH: OnceLock<Packed> = OnceLock::new();
     static HANG: OnceLock<Packed> = OnceLock::new();
     static HANG_MIGRATE: OnceLock<Packed> = OnceLock::new();
+    static LAUNCHER_DIES: OnceLock<Packed> = OnceLock::new();
     let cell = match fault {
         Fault::Crash => &CRASH,
         Fault::Hang => &HANG,
         Fault::HangMigrate => &HANG_MIGRATE,
+        Fault::LauncherDiesOnRun => &LAUNCHER_DIES,
     };
     cell.get_or_init(|| {
         let r = releases();
@@ -674,6 +676,71 @@ fn scenario_08_upgrade_runs_all_seven_steps() {
     // And the new version keeps working: a write through B's API.
     site.create_wallet("after-upgrade");
     assert_eq!(site.wallets().len(), wallets.len() + 1);
+}
+
+/// The supervisor replaces itself in place (same PID) with the new release's
+/// launcher, which starts its own daemon and sends the report.
+#[test]
+fn the_supervisor_becomes_the_new_releases_launcher_in_place() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    let before = supervisor.wait_healthy();
+    assert_eq!(before.launcher_version, a());
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    let after = supervisor.wait_healthy();
+    assert_eq!(after.launcher_pid, before.launcher_pid, "the same process");
+    assert_eq!(after.launcher_version, B_VERSION, "running B's launcher");
+    let exe = fs::read_link(format!("/proc/{}/exe", after.launcher_pid)).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!("took over from launcher {}", a())),
+        "{log}"
+    );
+    site.assert_fully_new(&wallets);
+
+    // The service started again by the old launcher binary (systemd's
+    // ExecStart, the PATH) hands itself to the installation's newer one.
+    site.stop(supervisor);
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+}
+
+/// Probation: a new launcher that dies instead of taking over leaves the
+/// journal unconfirmed; the next start (by whatever launcher the service
+/// names) rolls the whole release back and serves the old version.
+#[test]
+fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::LauncherDiesOnRun),
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    let out = site.upgrade(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("lost the connection"), "{}", out.stderr);
+    let exit = supervisor.wait_exit(Duration::from_secs(30));
+    assert!(!exit.success(), "{exit}");
+    let journal = site.journal().expect("an unconfirmed handover");
+    assert_eq!(journal["handed_over"], true, "{journal}");
+
+    // What systemd's restart does: the service's launcher runs again.
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(status.daemon.as_ref().unwrap().version, a());
+    assert_eq!(status.launcher_version, a());
+    assert!(site.journal().is_none());
+    site.assert_fully_old(&wallets);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod exit;
 pub mod fsutil;
+pub mod handover;
 pub mod health;
 pub mod kv;
 pub mod layout;

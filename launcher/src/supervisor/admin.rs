@@ -37,6 +37,17 @@ pub fn bind(dir: &DataDir) -> Result<UnixListener, Failure> {
     bound.map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))
 }
 
+/// The admin socket another launcher handed over (already bound, 0600).
+pub fn adopt(fd: std::os::fd::RawFd) -> Result<UnixListener, Failure> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the handover named this descriptor for this process alone.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|e| Failure::new(format!("cannot take over the admin socket: {e}")))
+}
+
 /// Accepts connections until the loop goes away.
 pub async fn accept(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCall>) {
     let our_uid = nix::unistd::geteuid().as_raw();

@@ -23,7 +23,8 @@ mod upgrading;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -34,9 +35,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use waiaas_shared::admin::{self as protocol, DaemonStatus, Request, Response, UpgradeReport};
+use semver::Version;
+use waiaas_shared::admin::{
+    self as protocol, DaemonStatus, Outcome, Request, Response, UpgradeReport,
+};
 use waiaas_shared::config::Config;
 use waiaas_shared::control::{self, FromDaemon};
+use waiaas_shared::handover::{HANDOVER_VERSION, Handover};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
@@ -76,7 +81,12 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     // Before any thread exists: both read and clear environment variables.
     let notifier = Notifier::from_env();
+    let handover = Handover::take();
     crate::logging::init(&config.daemon.log_level);
+    let handover = handover.unwrap_or_else(|e| {
+        warn!("{e}");
+        None
+    });
     let inherited = listen_fds::take_listener().map_err(|e| Failure::new(e.to_string()))?;
 
     let program = daemon_binary::program(dir)?;
@@ -87,25 +97,38 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
             dir.root().display()
         ))
     })?;
-    let listener = match inherited {
-        Some(listener) => listener,
-        None => TcpListener::bind((config.daemon.hostname.as_str(), config.daemon.port)).map_err(
-            |e| {
+    // SAFETY (both adoptions): the handover names descriptors this process
+    // was given alone, checked open when it was taken.
+    let listener = match (&handover, inherited) {
+        (Some(h), _) => unsafe { TcpListener::from_raw_fd(h.listener_fd) },
+        (None, Some(listener)) => listener,
+        (None, None) => TcpListener::bind((config.daemon.hostname.as_str(), config.daemon.port))
+            .map_err(|e| {
                 Failure::new(format!(
                     "cannot listen on {}:{}: {e} (is another WAIaaS running? change [daemon] port)",
                     config.daemon.hostname, config.daemon.port
                 ))
-            },
-        )?,
+            })?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
-        let socket = admin::bind(dir)?;
-        let supervisor = Supervisor::new(dir.clone(), config.clone(), listener, notifier, program)?;
-        supervisor.serve(socket).await
+        let socket = match &handover {
+            Some(h) => admin::adopt(h.admin_fd)?,
+            None => admin::bind(dir)?,
+        };
+        let mut supervisor =
+            Supervisor::new(dir.clone(), config.clone(), listener, notifier, program)?;
+        if let Some(h) = &handover {
+            info!("took over from launcher {}", h.from_launcher);
+            supervisor.ready_once = h.ready_sent;
+        }
+        let reply = handover
+            .and_then(|h| h.reply_fd)
+            .and_then(upgrading::adopt_reply);
+        supervisor.serve(socket, reply).await
     });
     // An abandoned preflight may still be unpacking on the blocking pool: its
     // leftovers are cleaned up by the next install, so do not wait for it.
@@ -262,6 +285,8 @@ struct Supervisor {
     watchdog: Option<tokio::time::Interval>,
     /// Set when the loop should end, with how.
     exit: Option<Result<(), Failure>>,
+    /// The admin socket's descriptor, for a handover.
+    admin_fd: RawFd,
 }
 
 impl Supervisor {
@@ -307,10 +332,16 @@ impl Supervisor {
             calls_tx,
             watchdog,
             exit: None,
+            admin_fd: -1,
         })
     }
 
-    async fn serve(mut self, socket: tokio::net::UnixListener) -> Result<(), Failure> {
+    async fn serve(
+        mut self,
+        socket: tokio::net::UnixListener,
+        reply: Option<OwnedWriteHalf>,
+    ) -> Result<(), Failure> {
+        self.admin_fd = socket.as_raw_fd();
         tokio::spawn(admin::accept(socket, self.calls_tx.clone()));
         let failure =
             |e: std::io::Error| Failure::new(format!("cannot install signal handlers: {e}"));
@@ -321,12 +352,17 @@ impl Supervisor {
         };
         info!(version = VERSION, addr = %self.health_addr, "supervisor started");
 
-        // A change a crash left half-done is rolled back before anything else.
+        // A step 7 handed to this launcher is finished first; any other change
+        // a crash left half-done is rolled back before anything else.
+        let (dir, config) = (self.dir.clone(), self.config.clone());
         if self.dir.upgrade_journal().exists() {
             self.held = Some(State::Stopped);
-            self.upgrade = Some(Upgrade::recovery(self.dir.clone(), self.config.clone()));
+            self.upgrade = Some(match reply {
+                Some(reply) => Upgrade::resume(dir, config, Some(reply)),
+                None => Upgrade::recovery(dir, config),
+            });
         } else {
-            self.start(Purpose::Service);
+            self.first_start().await;
         }
         loop {
             if let Some(result) = self.exit.take() {
@@ -340,7 +376,7 @@ impl Supervisor {
                 return result;
             }
             let event = self.next_event(&mut signals).await;
-            self.handle(event);
+            self.handle(event).await;
         }
     }
 
@@ -399,7 +435,7 @@ impl Supervisor {
         }
     }
 
-    fn handle(&mut self, event: Event) {
+    async fn handle(&mut self, event: Event) {
         match event {
             Event::Terminate(name) => self.terminate(name, None),
             Event::Hangup => {
@@ -416,13 +452,13 @@ impl Supervisor {
             Event::Probed(result) => self.probed(result),
             Event::Deadline => self.deadline(),
             Event::Watchdog => self.notifier.notify("WATCHDOG=1"),
-            Event::Host(call) => self.host_call(call),
+            Event::Host(call) => self.host_call(call).await,
             Event::Progress(p) => {
                 if let Some(upgrade) = &mut self.upgrade {
                     upgrade.progressed(p);
                 }
             }
-            Event::Upgraded(report) => self.upgraded(report),
+            Event::Upgraded(report) => self.upgraded(report).await,
         }
     }
 
@@ -905,7 +941,7 @@ impl Supervisor {
         }
     }
 
-    fn host_call(&mut self, call: HostCall) {
+    async fn host_call(&mut self, call: HostCall) {
         match call {
             HostCall::Running(answer) => {
                 let _ = answer.send(self.wants_daemon());
@@ -914,6 +950,21 @@ impl Supervisor {
                 // From here the upgrade decides when a daemon runs.
                 self.held = Some(State::Stopped);
                 self.stop_daemon(AfterStop::Engine(done));
+            }
+            HostCall::HandsOver { version, answer } => {
+                // Asked off the loop: running a binary takes a moment.
+                let target = self.dir.version(&version);
+                tokio::spawn(async move {
+                    let _ = answer.send(launcher_differs(&target).await);
+                });
+            }
+            HostCall::HandOver { version, failed } => {
+                let program = self.dir.version(&version).join("waiaas-launcher");
+                let error = self.hand_over(&program).await;
+                let _ = failed.send(HostError::NotReady(format!(
+                    "cannot hand over to {}: {error}",
+                    program.display()
+                )));
             }
             HostCall::Start { version, done } => {
                 if matches!(self.slot, Slot::Empty) {
@@ -926,13 +977,19 @@ impl Supervisor {
         }
     }
 
-    fn upgraded(&mut self, report: Option<UpgradeReport>) {
+    async fn upgraded(&mut self, report: Option<UpgradeReport>) {
         let upgrade = self.upgrade.take().expect("an upgrade ended");
-        let recovery = matches!(upgrade.work, Work::Recovery);
-        match (report, recovery) {
-            (Some(report), false) => upgrade.finish(report),
-            (None, false) => unreachable!("a request always reports"),
-            (Some(report), true) => {
+        let mut back_to = None;
+        match (&upgrade.work, report) {
+            (Work::Request, Some(report)) => upgrade.finish(report),
+            (Work::Resume, Some(report)) => {
+                // Rolled back: the old release's launcher starts the old daemon.
+                if report.outcome == Outcome::RolledBack {
+                    back_to = report.from.clone();
+                }
+                upgrade.finish_flushed(report).await;
+            }
+            (_, Some(report)) => {
                 error!(
                     "{} Manual steps: {}",
                     report.message,
@@ -941,17 +998,70 @@ impl Supervisor {
                 self.last_exit = Some(report.message);
                 self.held = Some(State::Refused);
             }
-            (None, true) => {}
+            (Work::Request, None) => unreachable!("a request always reports"),
+            (_, None) => {}
         }
         if !matches!(self.slot, Slot::Empty) {
             self.held = None;
         }
-        if self.stop_after_upgrade {
-            self.shutdown();
-        } else if recovery && self.held == Some(State::Stopped) {
-            // Recovered (or nothing ran before the crash): the first start.
+        if let Some(from) = back_to {
+            let program = self.dir.version(&from).join("waiaas-launcher");
+            self.hand_over(&program).await;
             self.start(Purpose::Service);
+        } else if self.stop_after_upgrade {
+            self.shutdown();
+        } else if self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
+            // Recovered, or resumed with nothing to resume: the first start.
+            self.first_start().await;
         }
+    }
+
+    /// The first start of a daemon — unless the data dir's current release
+    /// brings a newer launcher: then this process becomes that launcher,
+    /// which starts its own daemon (one installation, one version).
+    async fn first_start(&mut self) {
+        if let Some(program) = self.newer_current_launcher().await {
+            self.hand_over(&program).await;
+        }
+        self.start(Purpose::Service);
+    }
+
+    async fn newer_current_launcher(&self) -> Option<PathBuf> {
+        if daemon_binary::in_container() {
+            return None;
+        }
+        let current = crate::swap::current_version(&self.dir).ok().flatten()?;
+        let folder = self.dir.version(&current);
+        let theirs = daemon_binary::launcher_version(&folder).await.ok()?;
+        let newer = Version::parse(&theirs).ok()? > waiaas_shared::version::current();
+        newer.then(|| folder.join("waiaas-launcher"))
+    }
+
+    /// Becomes `program` (another release's launcher) in this process — same
+    /// PID — handing over the listener, the admin socket and an upgrade's
+    /// connection. Only with no daemon running. Returns only if the exec
+    /// failed, with why (then all is as before).
+    async fn hand_over(&mut self, program: &Path) -> std::io::Error {
+        let reply_fd = match &mut self.upgrade {
+            Some(upgrade) => upgrade.detach_reply().await,
+            None => None,
+        };
+        let handover = Handover {
+            version: HANDOVER_VERSION,
+            from_launcher: VERSION.to_string(),
+            listener_fd: self.listener.as_raw_fd(),
+            admin_fd: self.admin_fd,
+            reply_fd,
+            ready_sent: self.ready_once,
+        };
+        info!("handing over to {}", program.display());
+        let root = self.dir.root().to_string_lossy().into_owned();
+        let error = handover.exec(program, &["run", "--data-dir", &root], self.notifier.env());
+        error!("cannot hand over to {}: {error}", program.display());
+        if let (Some(fd), Some(upgrade)) = (reply_fd, &mut self.upgrade) {
+            upgrade.reattach_reply(fd);
+        }
+        error
     }
 
     /// Whether a daemon is meant to be running (a rollback starts it again).
@@ -1081,4 +1191,13 @@ async fn tick(interval: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Whether the launcher in `version_dir` is another version than this one
+/// (not in the image, where the image is the unit of upgrade).
+async fn launcher_differs(version_dir: &Path) -> bool {
+    !daemon_binary::in_container()
+        && daemon_binary::launcher_version(version_dir)
+            .await
+            .is_ok_and(|theirs| theirs != VERSION)
 }

@@ -2,10 +2,14 @@
 //! engine runs as a future the event loop polls beside everything else; it
 //! reaches the supervisor's daemon only through [`ChannelHost`], whose calls
 //! the loop answers when the daemon has actually stopped or become healthy.
-//! Progress streams to the requesting connection from a task of its own.
+//! Progress streams to the requesting connection from a task of its own; for
+//! a handover to another launcher the connection is detached, flushed, and
+//! passed on by its descriptor.
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +29,16 @@ pub enum HostCall {
     Start {
         version: String,
         done: oneshot::Sender<Result<(), HostError>>,
+    },
+    /// Whether release `version`'s launcher is another one than this.
+    HandsOver {
+        version: String,
+        answer: oneshot::Sender<bool>,
+    },
+    /// Become release `version`'s launcher; answered only if that failed.
+    HandOver {
+        version: String,
+        failed: oneshot::Sender<HostError>,
     },
 }
 
@@ -53,6 +67,20 @@ impl Host for ChannelHost {
         let _ = self.calls.send(HostCall::Start { version, done });
         rx.await.unwrap_or(Err(HostError::ShuttingDown))
     }
+
+    async fn hands_over_to(&mut self, version: &str) -> bool {
+        let (answer, rx) = oneshot::channel();
+        let version = version.to_string();
+        let _ = self.calls.send(HostCall::HandsOver { version, answer });
+        rx.await.unwrap_or(false)
+    }
+
+    async fn hand_over(&mut self, version: &str) -> HostError {
+        let (failed, rx) = oneshot::channel();
+        let version = version.to_string();
+        let _ = self.calls.send(HostCall::HandOver { version, failed });
+        rx.await.unwrap_or(HostError::ShuttingDown)
+    }
 }
 
 /// What the upgrade is doing, for the event loop.
@@ -61,6 +89,8 @@ pub enum Work {
     Request,
     /// Rolling back what a crash left half-done, before the first start.
     Recovery,
+    /// Finishing the step 7 another launcher handed to this one.
+    Resume,
 }
 
 /// A running upgrade, as the event loop sees it.
@@ -73,8 +103,18 @@ pub struct Upgrade {
     pub progress: mpsc::UnboundedReceiver<Progress>,
     /// The last step announced (step 1 is the preflight, which may be abandoned).
     pub step: Option<Progress>,
-    reply: Option<mpsc::UnboundedSender<Response>>,
+    reply: Option<Reply>,
 }
+
+/// The requesting connection, written by a task of its own.
+struct Reply {
+    frames: mpsc::UnboundedSender<Response>,
+    /// Gives the connection back once `frames` is closed and all is written.
+    writer: tokio::task::JoinHandle<Option<OwnedWriteHalf>>,
+}
+
+/// How long the last frames may take to reach a command before a handover.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Upgrade {
     /// Starts `request`; its progress and report stream to `reply`.
@@ -92,6 +132,12 @@ impl Upgrade {
         Self::new(Work::Recovery, dir, config, None, None)
     }
 
+    /// Finishes a handed-over step 7 (or rolls back); the report goes to the
+    /// command whose connection was handed over too.
+    pub fn resume(dir: DataDir, config: Config, reply: Option<OwnedWriteHalf>) -> Self {
+        Self::new(Work::Resume, dir, config, None, reply)
+    }
+
     fn new(
         work: Work,
         dir: DataDir,
@@ -102,9 +148,10 @@ impl Upgrade {
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let (progress_tx, progress) = mpsc::unbounded_channel();
         let host = ChannelHost { calls: calls_tx };
+        let resume = matches!(work, Work::Resume);
         Self {
             work,
-            engine: Box::pin(drive(dir, config, host, progress_tx, request)),
+            engine: Box::pin(drive(dir, config, host, progress_tx, request, resume)),
             calls,
             progress,
             step: None,
@@ -136,21 +183,52 @@ impl Upgrade {
         self.send(Response::Upgrade(report));
     }
 
+    /// Sends the final answer and waits (bounded) until it is written: this
+    /// process may become another launcher right after.
+    pub async fn finish_flushed(mut self, report: UpgradeReport) {
+        info!("upgrade: {:?}: {}", report.outcome, report.message);
+        self.send(Response::Upgrade(report));
+        let _ = self.detach_reply().await;
+    }
+
     fn send(&mut self, response: Response) {
         if let Some(reply) = &self.reply {
-            let _ = reply.send(response);
+            let _ = reply.frames.send(response);
         }
+    }
+
+    /// Detaches the requesting connection for a handover: what was sent is
+    /// written (bounded), and its descriptor stays open for the next
+    /// launcher. `None` without one (or if it could not be flushed).
+    pub async fn detach_reply(&mut self) -> Option<RawFd> {
+        let Reply { frames, writer } = self.reply.take()?;
+        drop(frames);
+        let half = tokio::time::timeout(FLUSH_TIMEOUT, writer)
+            .await
+            .ok()?
+            .ok()??;
+        let fd = half.as_ref().as_raw_fd();
+        // Dropping the half would shut the connection down for writing.
+        std::mem::forget(half);
+        Some(fd)
+    }
+
+    /// Takes the connection back after a handover that did not happen.
+    pub fn reattach_reply(&mut self, fd: RawFd) {
+        self.reply = adopt_reply(fd).map(stream_to);
     }
 }
 
-/// Runs the engine over owned copies: `request`, or without one a recovery
-/// (whose report is `None` when it succeeded or had nothing to do).
+/// Runs the engine over owned copies: `request`; without one, a resume of a
+/// handed-over step 7 or else a recovery (whose report is `None` when it
+/// succeeded or had nothing to do).
 async fn drive(
     dir: DataDir,
     config: Config,
     mut host: ChannelHost,
     progress: mpsc::UnboundedSender<Progress>,
     request: Option<UpgradeRequest>,
+    resume: bool,
 ) -> Option<UpgradeReport> {
     let mut progress = move |p: Progress| drop(progress.send(p));
     let mut engine = Engine {
@@ -161,21 +239,36 @@ async fn drive(
     };
     match request {
         Some(request) => Some(engine.run(&request).await),
+        None if resume => match engine.resume().await {
+            Some(report) => Some(report),
+            None => engine.recover().await.err(),
+        },
         None => engine.recover().await.err(),
     }
 }
 
 /// Writes responses to the connection from a task of its own; a command that
-/// went away does not stop the upgrade.
-fn stream_to(mut reply: OwnedWriteHalf) -> mpsc::UnboundedSender<Response> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
-    tokio::spawn(async move {
+/// went away does not stop the upgrade. The connection is given back at the end.
+fn stream_to(mut reply: OwnedWriteHalf) -> Reply {
+    let (frames, mut rx) = mpsc::unbounded_channel::<Response>();
+    let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if write_frame(&mut reply, &frame).await.is_err() {
                 while rx.recv().await.is_some() {}
-                return;
+                return None;
             }
         }
+        Some(reply)
     });
-    tx
+    Reply { frames, writer }
+}
+
+/// A connection handed over by descriptor, as the write half the writer takes.
+pub fn adopt_reply(fd: RawFd) -> Option<OwnedWriteHalf> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor was handed to this process alone, open.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    stream.set_nonblocking(true).ok()?;
+    let stream = tokio::net::UnixStream::from_std(stream).ok()?;
+    Some(stream.into_split().1)
 }

@@ -53,6 +53,19 @@ pub trait Host {
     /// Starts the daemon `current` points at and waits until `/health`
     /// reports `version`.
     async fn start_daemon(&mut self, version: &str) -> Result<(), HostError>;
+    /// Whether release `version` brings a launcher other than this one, to
+    /// which step 7 is handed over ([`Host::hand_over`]).
+    async fn hands_over_to(&mut self, _version: &str) -> bool {
+        false
+    }
+    /// Replaces this launcher by release `version`'s own, which finishes
+    /// step 7 ([`Engine::resume`]). Returns only if that could not happen,
+    /// with why.
+    async fn hand_over(&mut self, version: &str) -> HostError {
+        HostError::NotReady(format!(
+            "this host cannot hand over to {version}'s launcher"
+        ))
+    }
 }
 
 /// Steps of an upgrade, in order (SPEC §6); step 1 is the preflight.
@@ -129,6 +142,40 @@ impl<H: Host> Engine<'_, H> {
         let _lock = UpgradeLock::acquire(self.dir)
             .map_err(|e| report::refused(None, None, &Refusal::Locked(e)))?;
         self.recover_locked().await
+    }
+
+    /// In a launcher started by a handover: finishes the step 7 handed to it
+    /// (start the daemon, commit), or rolls back — leaving the old daemon to
+    /// the old launcher, which this process is to become next. `None` when
+    /// no handed-over step waits (then [`Engine::recover`] applies).
+    pub async fn resume(&mut self) -> Option<UpgradeReport> {
+        let journal = match Journal::load(self.dir) {
+            Ok(Some(journal)) if journal.handed_over && journal.step == 7 => journal,
+            _ => return None,
+        };
+        let _lock = match UpgradeLock::acquire(self.dir) {
+            Ok(lock) => lock,
+            Err(message) => return Some(report::refused(None, None, &Refusal::Locked(message))),
+        };
+        let (from, to) = (journal.from.clone(), journal.to.clone());
+        let message = format!("starting {to} under its own launcher");
+        self.announce(&UPGRADE_STEPS, 7, message);
+        let started = self.host.start_daemon(&to).await.map_err(StepError::from);
+        Some(match started.and_then(|()| commit(self.dir)) {
+            Ok(()) => {
+                let database = journal
+                    .backup
+                    .as_ref()
+                    .is_none_or(|b| b.join("waiaas.db").exists());
+                report::upgraded(&from, &to, journal.backup.as_deref(), database)
+            }
+            Err(error) => {
+                // The old launcher starts the old daemon once this process is it.
+                let mut journal = journal;
+                journal.daemon_was_running = false;
+                self.fail(journal, error).await
+            }
+        })
     }
 
     /// [`Engine::recover`] for callers that already hold the lock.
@@ -218,9 +265,21 @@ impl<H: Host> Engine<'_, H> {
                 });
             }
 
-            // 7. Start the new daemon and wait for a healthy /health.
+            // 7. Start the new daemon and wait for a healthy /health — under
+            //    the new release's own launcher when it brings one: this
+            //    process becomes it, and it finishes from here.
             if no_start {
                 self.enter(&mut journal, steps, 7, "left stopped (--no-start)")?;
+            } else if self.host.hands_over_to(&to).await {
+                self.enter(
+                    &mut journal,
+                    steps,
+                    7,
+                    format!("handing over to {to}'s launcher"),
+                )?;
+                journal.handed_over = true;
+                journal.save(self.dir).map_err(StepError::Journal)?;
+                return Err(self.host.hand_over(&to).await.into());
             } else {
                 self.enter(&mut journal, steps, 7, format!("starting {to}"))?;
                 self.host.start_daemon(&to).await?;

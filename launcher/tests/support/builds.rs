@@ -437,40 +437,54 @@ pub enum Fault {
     Hang,
     /// `serve` works, but `migrate` never finishes: `exec sleep 3600`.
     HangMigrate,
+    /// The daemon works; the launcher exits at once on `run` (a launcher
+    /// that cannot take over).
+    LauncherDiesOnRun,
 }
 
-/// Makes `dir` (created) the bin dir of a release of B whose daemon fails at
-/// `serve` (or `migrate`): `waiaas-launcher` is B's launcher; `waiaas-daemon`
-/// is a script that runs B's real daemon (by absolute path) for everything
-/// else — `--version`, `migrate`, `check`, `serve`. Packed with [`pack_release`] it is a
-/// real, signed, verifiable package.
+/// Makes `dir` (created) the bin dir of a release of B with a fault: one of
+/// its two programs is a `#!/bin/sh` script that fails at one command and
+/// runs B's real program (by absolute path) for everything else — so
+/// `--version`, `migrate`, `check` and `serve` work unless the fault is
+/// theirs. Packed with [`pack_release`] it is a real, signed, verifiable
+/// package.
 pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
     let b = b_bin_dir();
     fs::create_dir_all(dir).unwrap();
-    let launcher = dir.join("waiaas-launcher");
-    fs::copy(b.join("waiaas-launcher"), &launcher).unwrap();
-    let real = b.join("waiaas-daemon");
-    let (command, fails) = match fault {
+    let (program, command, fails) = match fault {
         Fault::Crash => (
+            "waiaas-daemon",
             "serve",
             "echo 'waiaas-daemon (test fault): crashing at start' >&2; exit 1",
         ),
-        Fault::Hang => ("serve", "exec sleep 3600"),
-        Fault::HangMigrate => ("migrate", "exec sleep 3600"),
+        Fault::Hang => ("waiaas-daemon", "serve", "exec sleep 3600"),
+        Fault::HangMigrate => ("waiaas-daemon", "migrate", "exec sleep 3600"),
+        Fault::LauncherDiesOnRun => (
+            "waiaas-launcher",
+            "run",
+            "echo 'waiaas-launcher (test fault): dying at start' >&2; exit 1",
+        ),
     };
-    let script = format!(
-        "#!/bin/sh\n\
-         # A release of {B_VERSION} whose daemon fails at {command} (test fault: {fault:?}).\n\
-         if [ \"$1\" = {command} ]; then {fails}; fi\n\
-         exec '{}' \"$@\"\n",
-        real.display()
-    );
-    let daemon = dir.join("waiaas-daemon");
-    let mut file = fs::File::create(&daemon).unwrap();
-    file.write_all(script.as_bytes()).unwrap();
-    file.sync_all().unwrap();
-    drop(file);
-    fs::set_permissions(&daemon, fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["waiaas-launcher", "waiaas-daemon"] {
+        let real = b.join(name);
+        if name != program {
+            fs::copy(&real, dir.join(name)).unwrap();
+            continue;
+        }
+        let script = format!(
+            "#!/bin/sh\n\
+             # A release of {B_VERSION} whose {name} fails at {command} (test fault: {fault:?}).\n\
+             if [ \"$1\" = {command} ]; then {fails}; fi\n\
+             exec '{}' \"$@\"\n",
+            real.display()
+        );
+        let path = dir.join(name);
+        let mut file = fs::File::create(&path).unwrap();
+        file.write_all(script.as_bytes()).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     dir.to_path_buf()
 }
 
