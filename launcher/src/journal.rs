@@ -50,6 +50,9 @@ pub struct Journal {
     /// handover, may finish it; any other start rolls it back.
     #[serde(default)]
     pub handed_over: bool,
+    /// For a rollback: the backup being restored (its report names it).
+    #[serde(default)]
+    pub restoring: Option<PathBuf>,
     pub started_at: String,
     pub pid: u32,
 }
@@ -66,6 +69,7 @@ impl Journal {
             backup: None,
             daemon_was_running,
             handed_over: false,
+            restoring: None,
             started_at: UtcTime::now().rfc3339(),
             pid: std::process::id(),
         }
@@ -100,7 +104,7 @@ impl Journal {
         for version in [&self.from, &self.to] {
             parse_local(version).map_err(|e| e.to_string())?;
         }
-        if let Some(backup) = &self.backup {
+        for backup in [&self.backup, &self.restoring].into_iter().flatten() {
             let name = backup.file_name().map(|n| n.to_string_lossy().into_owned());
             let inside = backup.parent() == Some(dir.backups().as_path())
                 && name.is_some_and(|n| !n.starts_with('.'));

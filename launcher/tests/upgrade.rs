@@ -703,6 +703,19 @@ fn the_supervisor_becomes_the_new_releases_launcher_in_place() {
     );
     site.assert_fully_new(&wallets);
 
+    // `--rollback` moves the launcher back too, in place.
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    let back = supervisor.wait_healthy();
+    assert_eq!(back.launcher_pid, before.launcher_pid);
+    assert_eq!(back.launcher_version, a());
+    assert_eq!(back.daemon.as_ref().unwrap().version, a());
+    site.assert_fully_old(&wallets);
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+
     // The service started again by the old launcher binary (systemd's
     // ExecStart, the PATH) hands itself to the installation's newer one.
     site.stop(supervisor);

@@ -150,25 +150,25 @@ impl<H: Host> Engine<'_, H> {
     /// no handed-over step waits (then [`Engine::recover`] applies).
     pub async fn resume(&mut self) -> Option<UpgradeReport> {
         let journal = match Journal::load(self.dir) {
-            Ok(Some(journal)) if journal.handed_over && journal.step == 7 => journal,
+            Ok(Some(journal)) if journal.handed_over && journal.step == last_step(&journal) => {
+                journal
+            }
             _ => return None,
         };
         let _lock = match UpgradeLock::acquire(self.dir) {
             Ok(lock) => lock,
             Err(message) => return Some(report::refused(None, None, &Refusal::Locked(message))),
         };
-        let (from, to) = (journal.from.clone(), journal.to.clone());
+        let to = journal.to.clone();
+        let steps: &[&str] = match journal.operation {
+            Operation::Upgrade => &UPGRADE_STEPS,
+            Operation::Rollback => &ROLLBACK_STEPS,
+        };
         let message = format!("starting {to} under its own launcher");
-        self.announce(&UPGRADE_STEPS, 7, message);
+        self.announce(steps, journal.step, message);
         let started = self.host.start_daemon(&to).await.map_err(StepError::from);
         Some(match started.and_then(|()| commit(self.dir)) {
-            Ok(()) => {
-                let database = journal
-                    .backup
-                    .as_ref()
-                    .is_none_or(|b| b.join("waiaas.db").exists());
-                report::upgraded(&from, &to, journal.backup.as_deref(), database)
-            }
+            Ok(()) => report::resumed(&journal),
             Err(error) => {
                 // The old launcher starts the old daemon once this process is it.
                 let mut journal = journal;
@@ -417,6 +417,7 @@ impl<H: Host> Engine<'_, H> {
         }
         let running = self.host.daemon_running().await;
         let mut journal = Journal::new(Operation::Rollback, &from, &to, running);
+        journal.restoring = Some(chosen.path.clone());
         let mut kept = Vec::new();
         let result: Result<PathBuf, StepError> = async {
             self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
@@ -450,6 +451,16 @@ impl<H: Host> Engine<'_, H> {
 
             if no_start {
                 self.enter(&mut journal, steps, 6, "left stopped (--no-start)")?;
+            } else if self.host.hands_over_to(&to).await {
+                self.enter(
+                    &mut journal,
+                    steps,
+                    6,
+                    format!("handing over to {to}'s launcher"),
+                )?;
+                journal.handed_over = true;
+                journal.save(self.dir).map_err(StepError::Journal)?;
+                return Err(self.host.hand_over(&to).await.into());
             } else {
                 self.enter(&mut journal, steps, 6, format!("starting {to}"))?;
                 self.host.start_daemon(&to).await?;
@@ -469,6 +480,14 @@ impl<H: Host> Engine<'_, H> {
             ),
             Err(error) => self.fail(journal, error).await,
         }
+    }
+}
+
+/// The step that starts the daemon, the one a launcher hands over.
+fn last_step(journal: &Journal) -> u8 {
+    match journal.operation {
+        Operation::Upgrade => UPGRADE_STEPS.len() as u8,
+        Operation::Rollback => ROLLBACK_STEPS.len() as u8,
     }
 }
 

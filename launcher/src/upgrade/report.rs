@@ -6,7 +6,7 @@ use std::path::Path;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::layout::DataDir;
 
-use crate::journal::Journal;
+use crate::journal::{Journal, Operation};
 
 fn shown(path: Option<&Path>) -> Option<String> {
     path.map(|p| p.display().to_string())
@@ -102,6 +102,26 @@ pub fn restored(
     UpgradeReport {
         backup: shown(Some(chosen)),
         ..report(Outcome::Restored, Some(from), Some(to), message)
+    }
+}
+
+/// A change finished by the launcher it was handed over to.
+pub fn resumed(journal: &Journal) -> UpgradeReport {
+    let (from, to) = (journal.from.as_str(), journal.to.as_str());
+    match (&journal.operation, &journal.restoring, &journal.backup) {
+        (Operation::Rollback, Some(chosen), Some(safety)) => {
+            let taken = crate::restore::open(chosen)
+                .map(|b| b.manifest.created_at)
+                .unwrap_or_else(|_| "earlier".to_string());
+            restored(from, to, chosen, &taken, safety, &[])
+        }
+        _ => {
+            let database = journal
+                .backup
+                .as_ref()
+                .is_none_or(|b| b.join("waiaas.db").exists());
+            upgraded(from, to, journal.backup.as_deref(), database)
+        }
     }
 }
 
