@@ -73,6 +73,14 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
         UpgradeAction::FromFile(file)
     } else if let Some(to) = &args.to {
         UpgradeAction::To(to.clone())
+    } else if let Some(folder) = package::newer_release_beside(dir) {
+        // `npm install -g` brought a newer release with this launcher: that
+        // one, verified as any, with no download (and so also offline).
+        eprintln!(
+            "Using the release beside this launcher ({}), newer than the installed one",
+            folder.display()
+        );
+        UpgradeAction::FromFile(folder)
     } else {
         UpgradeAction::Latest
     };

@@ -756,6 +756,57 @@ fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
     site.assert_fully_old(&wallets);
 }
 
+/// Unpacks a platform tarball as npm would (`package/…` → `<folder>/…`).
+fn unpack_like_npm(tarball: &Path, folder: &Path) {
+    for entry in waiaas_packaging::read_package_tarball(tarball).unwrap() {
+        if let waiaas_packaging::EntryKind::File { contents, mode } = entry.kind {
+            let rel = entry.path.strip_prefix("package/").unwrap();
+            let path = folder.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, contents).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+}
+
+/// After `npm install -g` of a newer release, the launcher on the PATH and
+/// the installation agree: `run` from that launcher moves the data dir to the
+/// release beside it — verified, backed up, journaled — with no download.
+#[test]
+fn a_newer_launcher_moves_the_installation_to_the_release_beside_it() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    site.stop(supervisor);
+
+    let npm = site.home.join("npm-global/@waiaas/cli-platform");
+    unpack_like_npm(&releases().b.platform_tarball, &npm);
+    let launcher = npm.join("bin/waiaas-launcher");
+    let mut command = hermetic(Command::new(&launcher), &site.home);
+    command.args(["run", "--data-dir"]).arg(site.dir.root());
+    let mut supervisor = Supervisor::spawn(
+        command,
+        site.home.join("npm-launcher.stderr"),
+        site.dir.launcher_socket(),
+        LogFile::Fresh,
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(site.journal().is_none());
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+    assert!(
+        site.backups()
+            .iter()
+            .any(|(_, m)| m.kind == Kind::PreUpgrade),
+        "a pre-upgrade backup was taken"
+    );
+    site.assert_fully_new(&wallets);
+}
+
 #[test]
 fn standalone_upgrade_without_a_supervisor() {
     let site = Site::new();

@@ -141,6 +141,91 @@ pub(super) fn install_tarball(
     let (version, manifest) = check_manifest(manifest_bytes, asked, target)?;
     check_listing(&manifest, &scanned.files)?;
 
+    let fill = |partial: &Path| unpack(tarball, partial, &scanned, &manifest, limits);
+    place(dir, ring, version, manifest.clone(), target, fill)
+}
+
+/// Installs an unpacked release folder — an npm-installed platform package:
+/// `release.json`, its signature, `bin/…` — verified like a tarball: the
+/// signature and manifest first, then each listed file copied and hashed as
+/// it is written.
+pub(super) fn install_folder(
+    dir: &DataDir,
+    ring: &KeyRing,
+    folder: &Path,
+    target: &str,
+) -> Result<Installed, PackageError> {
+    let manifest_bytes =
+        read_small(&folder.join(MANIFEST))?.ok_or_else(|| PackageError::NoManifest {
+            place: folder.display().to_string(),
+        })?;
+    let signature = read_small(&folder.join(SIGNATURE))?;
+    ring.verify(&manifest_bytes, signature.as_deref())?;
+    let (version, manifest) = check_manifest(&manifest_bytes, None, target)?;
+    let fill = |partial: &Path| {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(partial)
+            .map_err(io_error("create", partial))?;
+        for (package_path, hash) in &manifest.files {
+            let Some(dest_rel) = installed_path(package_path) else {
+                continue;
+            };
+            let source = folder.join(package_path);
+            let dest = partial.join(&dest_rel);
+            let actual = copy_hashed(&source, &dest, mode_for(package_path))?;
+            compare_hash(&dest_rel, &actual, hash)?;
+        }
+        fs::write(partial.join(MANIFEST), &manifest_bytes).map_err(io_error("write", partial))?;
+        if let Some(signature) = &signature {
+            fs::write(partial.join(SIGNATURE), signature).map_err(io_error("write", partial))?;
+        }
+        Ok(())
+    };
+    place(dir, ring, version, manifest.clone(), target, fill)
+}
+
+/// Copies `source` to the new file `dest` with `mode`, returning the sha256
+/// of what was written.
+fn copy_hashed(source: &Path, dest: &Path, mode: u32) -> Result<String, PackageError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = File::open(source).map_err(io_error("read", source))?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    }
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dest)
+        .map_err(io_error("create", dest))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = from.read(&mut buf).map_err(io_error("read", source))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(io_error("write", dest))?;
+    }
+    to.sync_all().map_err(io_error("write", dest))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Fills a fresh `versions/<v>.partial` with `fill` and renames it to
+/// `versions/<v>` (replacing a bad one, reusing a good one); on any failure
+/// nothing is left behind.
+fn place(
+    dir: &DataDir,
+    ring: &KeyRing,
+    version: Version,
+    manifest: ReleaseManifest,
+    target: &str,
+    fill: impl FnOnce(&Path) -> Result<(), PackageError>,
+) -> Result<Installed, PackageError> {
     let name = version.to_string();
     let versions = ensure_versions_dir(dir)?;
     let partial = versions.join(format!("{name}.partial"));
@@ -149,8 +234,7 @@ pub(super) fn install_tarball(
     remove_path(&aside)?;
     let mut leftovers = Leftovers::default();
     leftovers.add(partial.clone());
-
-    unpack(tarball, &partial, &scanned, &manifest, limits)?;
+    fill(&partial)?;
 
     let final_dir = dir.version(&name);
     match existing(dir, ring, &version, target)? {

@@ -46,7 +46,7 @@ mod manifest;
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use semver::Version;
 use waiaas_shared::config::Config;
@@ -196,6 +196,36 @@ pub fn install_file_with_limits(
         });
     }
     install_tarball(dir, &ring, tarball, expected, target, limits)
+}
+
+/// Installs an unpacked release folder (`upgrade --from DIR`, or the npm
+/// package beside this launcher): every check of [`install_file`].
+pub fn install_folder(
+    dir: &DataDir,
+    config: &Config,
+    folder: &Path,
+) -> Result<Installed, PackageError> {
+    let target = target()?;
+    let ring = KeyRing::from_config(config)?;
+    install::install_folder(dir, &ring, folder, target)
+}
+
+/// The release this launcher was installed with, when it sits beside it (an
+/// npm package: `bin/waiaas-launcher` under a folder with `release.json`) and
+/// is newer than the installation's current version — as its `release.json`
+/// says; installing it verifies that.
+pub fn newer_release_beside(dir: &DataDir) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    let folder = [Some(bin), bin.parent()]
+        .into_iter()
+        .flatten()
+        .find(|folder| folder.join(waiaas_shared::release::MANIFEST).is_file())?;
+    let bytes = fs::read(folder.join(waiaas_shared::release::MANIFEST)).ok()?;
+    let manifest: waiaas_shared::release::ReleaseManifest = serde_json::from_slice(&bytes).ok()?;
+    let beside = Version::parse(&manifest.version).ok()?;
+    let current = crate::swap::current_version(dir).ok().flatten()?;
+    (beside > Version::parse(&current).ok()?).then(|| folder.to_path_buf())
 }
 
 /// Re-checks an installed `versions/<version>`: signature, manifest, the

@@ -361,6 +361,13 @@ impl Supervisor {
                 Some(reply) => Upgrade::resume(dir, config, Some(reply)),
                 None => Upgrade::recovery(dir, config),
             });
+        } else if let Some(folder) = crate::package::newer_release_beside(&self.dir) {
+            info!(
+                "moving to the newer release beside this launcher ({})",
+                folder.display()
+            );
+            self.held = Some(State::Stopped);
+            self.upgrade = Some(Upgrade::local(dir, config, folder));
         } else {
             self.first_start().await;
         }
@@ -980,8 +987,10 @@ impl Supervisor {
     async fn upgraded(&mut self, report: Option<UpgradeReport>) {
         let upgrade = self.upgrade.take().expect("an upgrade ended");
         let mut back_to = None;
+        // Before the first start (not an operator's request): start afterwards.
+        let first = !matches!(upgrade.work, Work::Request);
         match (&upgrade.work, report) {
-            (Work::Request, Some(report)) => upgrade.finish(report),
+            (Work::Request | Work::Local, Some(report)) => upgrade.finish(report),
             (Work::Resume, Some(report)) => {
                 // Rolled back: the old release's launcher starts the old daemon.
                 if report.outcome == Outcome::RolledBack {
@@ -998,7 +1007,7 @@ impl Supervisor {
                 self.last_exit = Some(report.message);
                 self.held = Some(State::Refused);
             }
-            (Work::Request, None) => unreachable!("a request always reports"),
+            (Work::Request | Work::Local, None) => unreachable!("a request always reports"),
             (_, None) => {}
         }
         if !matches!(self.slot, Slot::Empty) {
@@ -1010,8 +1019,9 @@ impl Supervisor {
             self.start(Purpose::Service);
         } else if self.stop_after_upgrade {
             self.shutdown();
-        } else if self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
-            // Recovered, or resumed with nothing to resume: the first start.
+        } else if first && self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
+            // Recovered, resumed with nothing to resume, or a local upgrade
+            // that did not start a daemon: the first start.
             self.first_start().await;
         }
     }

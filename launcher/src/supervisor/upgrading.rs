@@ -91,6 +91,9 @@ pub enum Work {
     Recovery,
     /// Finishing the step 7 another launcher handed to this one.
     Resume,
+    /// Moving the installation to the newer release beside this launcher
+    /// (after `npm install -g`), before the first start.
+    Local,
 }
 
 /// A running upgrade, as the event loop sees it.
@@ -125,6 +128,17 @@ impl Upgrade {
         reply: OwnedWriteHalf,
     ) -> Self {
         Self::new(Work::Request, dir, config, Some(request), Some(reply))
+    }
+
+    /// Upgrades from the release folder beside this launcher, before the
+    /// first start; its report is logged.
+    pub fn local(dir: DataDir, config: Config, folder: std::path::PathBuf) -> Self {
+        let request = UpgradeRequest {
+            action: waiaas_shared::admin::UpgradeAction::FromFile(folder),
+            no_start: false,
+            allow_downgrade: false,
+        };
+        Self::new(Work::Local, dir, config, Some(request), None)
     }
 
     /// Finishes the rollback of a change a crash interrupted.

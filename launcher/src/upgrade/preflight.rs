@@ -71,11 +71,15 @@ impl<H: Host> Engine<'_, H> {
                 })?
             }
             UpgradeAction::FromFile(path) => {
-                // Unpacking and hashing a release is blocking work.
+                // Unpacking and hashing a release is blocking work. A folder is
+                // an unpacked release (the npm package beside a launcher).
                 let (dir, config, path) = (self.dir.clone(), self.config.clone(), path.clone());
-                blocking(move || package::install_file(&dir, &config, &path, None))
-                    .await?
-                    .version
+                blocking(move || match path.is_dir() {
+                    true => package::install_folder(&dir, &config, &path),
+                    false => package::install_file(&dir, &config, &path, None),
+                })
+                .await?
+                .version
             }
             UpgradeAction::Rollback => unreachable!("rollback has its own path"),
         };
