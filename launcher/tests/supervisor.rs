@@ -455,3 +455,27 @@ fn under_systemd_a_refused_first_start_exits_with_the_daemons_code() {
     );
     assert!(out.stderr.contains("refused to start"), "{}", out.stderr);
 }
+
+/// A handover this launcher cannot read (a future format) is said so, and
+/// the service still comes back: it starts afresh.
+#[test]
+fn an_unreadable_handover_starts_afresh_and_says_so() {
+    let install = Install::new();
+    let mut command = install.launcher(&["run"]);
+    command.env(
+        "WAIAAS_HANDOVER",
+        r#"{"version":99,"listener_fd":57,"admin_fd":58}"#,
+    );
+    let mut supervisor = support::supervisor::Supervisor::spawn(
+        command,
+        install.home().join("launcher.stderr"),
+        install.dir.launcher_socket(),
+        support::supervisor::LogFile::Fresh,
+    );
+    supervisor.wait_healthy();
+    let log = supervisor.log();
+    assert!(
+        log.contains("format 99") && log.contains("starting afresh"),
+        "{log}"
+    );
+}

@@ -39,12 +39,12 @@ pub struct Handover {
 /// Why a handover in the environment cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    #[error("{HANDOVER_ENV} is not a handover this launcher reads ({0})")]
+    #[error("{HANDOVER_ENV} is not a handover this launcher reads ({0}): starting afresh")]
     Unreadable(String),
     #[error(
         "{HANDOVER_ENV} is format {0}, this launcher reads {HANDOVER_VERSION}: starting afresh"
     )]
-    Version(u32),
+    Version(u64),
     #[error("{HANDOVER_ENV} names descriptor {0}, which is not open")]
     Closed(RawFd),
 }
@@ -58,11 +58,26 @@ impl Handover {
         };
         // SAFETY: documented precondition: no other thread exists yet.
         unsafe { std::env::remove_var(HANDOVER_ENV) };
-        let handover: Self = serde_json::from_str(&text.to_string_lossy())
-            .map_err(|e| HandoverError::Unreadable(e.to_string()))?;
-        if handover.version != HANDOVER_VERSION {
-            return Err(HandoverError::Version(handover.version));
-        }
+        let text = text.to_string_lossy();
+        // The version first: a later format may have other fields.
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("version")?.as_u64());
+        let parsed = match version {
+            Some(v) if v == u64::from(HANDOVER_VERSION) => serde_json::from_str::<Self>(&text)
+                .map_err(|e| HandoverError::Unreadable(e.to_string())),
+            Some(v) => Err(HandoverError::Version(v)),
+            None => Err(HandoverError::Unreadable("no format version".into())),
+        };
+        let handover = match parsed {
+            Ok(handover) => handover,
+            Err(e) => {
+                // Starting afresh means binding the port and the socket again:
+                // the descriptors this launcher cannot use must be closed first.
+                close_named_fds(&text);
+                return Err(e);
+            }
+        };
         for fd in handover.fds() {
             // SAFETY: F_GETFD only inspects a descriptor number.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -101,6 +116,21 @@ impl Handover {
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
         error
+    }
+}
+
+/// Closes every descriptor a handover of any format names (`…_fd` keys).
+fn close_named_fds(text: &str) {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(text) else {
+        return;
+    };
+    for (key, value) in fields {
+        if let (true, Some(fd)) = (key.ends_with("_fd"), value.as_i64())
+            && fd > 2
+        {
+            // SAFETY: closes a descriptor the handover gave to this process.
+            unsafe { libc::close(fd as RawFd) };
+        }
     }
 }
 
