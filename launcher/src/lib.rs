@@ -1,11 +1,12 @@
 //! The WAIaaS launcher: a thin, long-lived supervisor for the versioned
 //! `waiaas-daemon`, and the engine that upgrades it. `main.rs` only calls
-//! [`cli::run`]`(`[`cli::parse`]`())`.
+//! [`entry::delegate_to_newer`] and [`cli::run`]`(`[`cli::parse`]`())`.
 //!
 //! A tour, from the command line down:
 //!
-//! - [`cli`] parses and dispatches; [`failure::Failure`] is what every command
-//!   returns, turned into an exit code in one place.
+//! - [`entry`] first hands the command to the installation's newer launcher,
+//!   if there is one; [`cli`] parses and dispatches; [`failure::Failure`] is
+//!   what every command returns, turned into an exit code in one place.
 //! - Commands: [`init`] (data dir and first install), [`client`] (`start`,
 //!   `stop`, `restart`, `status` over the admin socket), [`upgrade_command`]
 //!   (`upgrade`, through a running supervisor or standalone), [`notice`]
@@ -28,6 +29,7 @@
 pub mod cli;
 pub mod client;
 pub mod daemon_binary;
+pub mod entry;
 pub mod failure;
 pub mod init;
 pub mod install_record;

@@ -688,9 +688,12 @@ fn the_supervisor_becomes_the_new_releases_launcher_in_place() {
     assert_eq!(before.launcher_version, a());
     let wallets = site.seed(&["treasury", "payroll"]);
 
-    let (out, report) = site.upgrade_json(&[]);
+    let ((out, report), ok, failed) = under_load(site.port, 32, || site.upgrade_json(&[]));
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    eprintln!("32 clients across the upgrade and handover: {ok} answered, {failed} failed");
+    assert!(ok > 100, "only {ok} requests answered");
+    assert_eq!(failed, 0, "requests failed across the handover");
     let after = supervisor.wait_healthy();
     assert_eq!(after.launcher_pid, before.launcher_pid, "the same process");
     assert_eq!(after.launcher_version, B_VERSION, "running B's launcher");
@@ -702,9 +705,20 @@ fn the_supervisor_becomes_the_new_releases_launcher_in_place() {
         "{log}"
     );
     site.assert_fully_new(&wallets);
+    // One entry point: A's launcher binary hands every command to B's.
+    let version = run(&mut site.launcher(&["--version"]));
+    assert!(version.stdout.contains(B_VERSION), "{version:?}");
+    let check = site.upgrade(&["--check"]);
+    assert!(
+        check.stdout.contains(&format!("Up to date ({B_VERSION}")),
+        "{check:?}"
+    );
 
     // `--rollback` moves the launcher back too, in place.
-    let (out, report) = site.upgrade_json(&["--rollback"]);
+    let ((out, report), ok, failed) =
+        under_load(site.port, 32, || site.upgrade_json(&["--rollback"]));
+    eprintln!("32 clients across the rollback and handover: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0, "requests failed across the rollback's handover");
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
     let back = supervisor.wait_healthy();
@@ -754,6 +768,57 @@ fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
     assert_eq!(status.launcher_version, a());
     assert!(site.journal().is_none());
     site.assert_fully_old(&wallets);
+}
+
+/// Runs `work` while `clients` send `GET /health` to `port` without pause
+/// (bounded: 5 minutes at most); returns its result and the requests that
+/// were answered 200 and that failed.
+fn under_load<T>(port: u16, clients: usize, work: impl FnOnce() -> T) -> (T, u64, u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let url = format!("http://127.0.0.1:{port}/health");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
+            runtime.spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let result = work();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    (
+        result,
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    )
 }
 
 /// Unpacks a platform tarball as npm would (`package/…` → `<folder>/…`).
