@@ -2,7 +2,8 @@
 //! runs, a command for a data dir whose current release brings a newer
 //! launcher is handed to that launcher (`execve`, the same arguments), as
 //! rustup's proxies do — so after an upgrade every command, `--version`
-//! included, is the new release's. [`DELEGATED_ENV`] guards against loops.
+//! included, is the new release's. Not while a change is unfinished (its
+//! new launcher is on probation). [`DELEGATED_ENV`] guards against loops.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -42,6 +43,11 @@ pub fn delegate_to_newer() {
 /// no process is run.
 fn newer_launcher(args: &[OsString]) -> Option<PathBuf> {
     let dir = DataDir::resolve(data_dir_flag(args).as_deref()).ok()?;
+    // A change in progress (or one whose handover was never confirmed) is
+    // not a release to hand commands to: recovery decides first.
+    if dir.upgrade_journal().exists() {
+        return None;
+    }
     let current = crate::swap::current_version(&dir).ok().flatten()?;
     let program = dir.version(&current).join("waiaas-launcher");
     (Version::parse(&current).ok()? > version::current() && program.is_file()).then_some(program)

@@ -266,24 +266,8 @@ impl<H: Host> Engine<'_, H> {
             }
 
             // 7. Start the new daemon and wait for a healthy /health — under
-            //    the new release's own launcher when it brings one: this
-            //    process becomes it, and it finishes from here.
-            if no_start {
-                self.enter(&mut journal, steps, 7, "left stopped (--no-start)")?;
-            } else if self.host.hands_over_to(&to).await {
-                self.enter(
-                    &mut journal,
-                    steps,
-                    7,
-                    format!("handing over to {to}'s launcher"),
-                )?;
-                journal.handed_over = true;
-                journal.save(self.dir).map_err(StepError::Journal)?;
-                return Err(self.host.hand_over(&to).await.into());
-            } else {
-                self.enter(&mut journal, steps, 7, format!("starting {to}"))?;
-                self.host.start_daemon(&to).await?;
-            }
+            //    the new release's own launcher when it brings one.
+            self.start_last(&mut journal, steps, &to, no_start).await?;
 
             // Health-check-then-commit: only now is the old state let go of.
             commit(self.dir)
@@ -299,6 +283,31 @@ impl<H: Host> Engine<'_, H> {
             ),
             Err(error) => self.fail(journal, error).await,
         }
+    }
+
+    /// The last step of a change: start `to`'s daemon — or leave it stopped,
+    /// or hand over to `to`'s own launcher when it brings another one: this
+    /// process becomes it, and it finishes from here ([`Engine::resume`]).
+    async fn start_last(
+        &mut self,
+        journal: &mut Journal,
+        steps: &[&str],
+        to: &str,
+        no_start: bool,
+    ) -> Result<(), StepError> {
+        let last = steps.len() as u8;
+        if no_start {
+            return self.enter(journal, steps, last, "left stopped (--no-start)");
+        }
+        if self.host.hands_over_to(to).await {
+            let message = format!("handing over to {to}'s launcher");
+            self.enter(journal, steps, last, message)?;
+            journal.handed_over = true;
+            journal.save(self.dir).map_err(StepError::Journal)?;
+            return Err(self.host.hand_over(to).await.into());
+        }
+        self.enter(journal, steps, last, format!("starting {to}"))?;
+        Ok(self.host.start_daemon(to).await?)
     }
 
     /// Announces the step and records it in the journal (durably) before it
@@ -449,22 +458,7 @@ impl<H: Host> Engine<'_, H> {
                 }
             }
 
-            if no_start {
-                self.enter(&mut journal, steps, 6, "left stopped (--no-start)")?;
-            } else if self.host.hands_over_to(&to).await {
-                self.enter(
-                    &mut journal,
-                    steps,
-                    6,
-                    format!("handing over to {to}'s launcher"),
-                )?;
-                journal.handed_over = true;
-                journal.save(self.dir).map_err(StepError::Journal)?;
-                return Err(self.host.hand_over(&to).await.into());
-            } else {
-                self.enter(&mut journal, steps, 6, format!("starting {to}"))?;
-                self.host.start_daemon(&to).await?;
-            }
+            self.start_last(&mut journal, steps, &to, no_start).await?;
             commit(self.dir)?;
             Ok(safety)
         }
