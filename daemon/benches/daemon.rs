@@ -29,8 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use rusqlite::types::Value;
 use serde_json::{Value as Json, json};
-use support::{Daemon, Install, seed};
+use support::seed::{self, Allowed, Column};
+use support::{Daemon, Install};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waiaas_daemon::migrate::{self, LATEST_SCHEMA_VERSION};
 use waiaas_daemon::{compat, db};
@@ -669,20 +671,6 @@ fn counts(conn: &Connection, tables: &[String]) -> BTreeMap<String, u64> {
         .collect()
 }
 
-struct Column {
-    name: String,
-    decl_type: String,
-    not_null: bool,
-    pk: i64,
-}
-
-/// What a CHECK constraint allows in a column.
-enum Allowed {
-    /// SQL literals.
-    OneOf(Vec<String>),
-    Between(i64, i64),
-}
-
 struct TableInfo {
     columns: Vec<Column>,
     /// column → (parent table, parent column).
@@ -788,7 +776,10 @@ impl<'a> Planner<'a> {
             return self.reference(parent, to, column, n);
         }
         match info.checks.get(&name) {
-            Some(Allowed::OneOf(values)) => return one_of(values, n),
+            Some(Allowed::OneOf(values)) => {
+                let values: Vec<String> = values.iter().map(literal).collect();
+                return one_of(&values, n);
+            }
             Some(Allowed::Between(lo, hi)) => return format!("({lo} + {n} % {})", hi - lo + 1),
             None => {}
         }
@@ -815,7 +806,7 @@ impl<'a> Planner<'a> {
             "scopes" => return quote("[\"wallets:read\"]"),
             _ => {}
         }
-        let decl = column.decl_type.to_uppercase();
+        let decl = &column.decl_type;
         if decl.contains("INT") {
             format!("({n} + 1)")
         } else if decl.contains("REAL") || decl.contains("FLOA") {
@@ -869,153 +860,20 @@ fn quote_id(name: &str) -> String {
 }
 
 fn table_info(conn: &Connection, table: &str) -> TableInfo {
-    let mut stmt = conn
-        .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")
-        .unwrap();
-    let columns = stmt
-        .query_map([table], |r| {
-            Ok(Column {
-                name: r.get(0)?,
-                decl_type: r.get(1)?,
-                not_null: r.get(2)?,
-                pk: r.get(3)?,
-            })
-        })
-        .unwrap()
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1)")
-        .unwrap();
-    let raw: Vec<(String, String, Option<String>)> = stmt
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    let foreign_keys = raw
-        .into_iter()
-        .map(|(from, parent, to)| {
-            // `REFERENCES parent` without a column names the parent's primary key.
-            let to = to.unwrap_or_else(|| {
-                conn.query_row(
-                    "SELECT name FROM pragma_table_info(?1) WHERE pk = 1",
-                    [&parent],
-                    |r| r.get(0),
-                )
-                .unwrap()
-            });
-            (from, (parent, to))
-        })
-        .collect();
-    let sql: String = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .unwrap();
     TableInfo {
-        columns,
-        foreign_keys,
-        checks: checks(&sql),
+        columns: seed::columns(conn, table),
+        foreign_keys: seed::foreign_keys(conn, table),
+        checks: seed::checks(&seed::table_sql(conn, table)),
     }
 }
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    Word(String),
-    Text(String),
-    Number(i64),
-    Punct(char),
-}
-
-fn tokenize(sql: &str) -> Vec<Token> {
-    let chars: Vec<char> = sql.chars().collect();
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '\'' || c == '"' {
-            let mut text = String::new();
-            i += 1;
-            while i < chars.len() {
-                if chars[i] == c && chars.get(i + 1) == Some(&c) {
-                    text.push(c);
-                    i += 2;
-                } else if chars[i] == c {
-                    i += 1;
-                    break;
-                } else {
-                    text.push(chars[i]);
-                    i += 1;
-                }
-            }
-            tokens.push(if c == '\'' {
-                Token::Text(text)
-            } else {
-                Token::Word(text)
-            });
-        } else if c.is_ascii_digit() {
-            let start = i;
-            while i < chars.len() && chars[i].is_ascii_digit() {
-                i += 1;
-            }
-            let digits: String = chars[start..i].iter().collect();
-            tokens.push(Token::Number(digits.parse().unwrap()));
-        } else if c.is_alphanumeric() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            tokens.push(Token::Word(chars[start..i].iter().collect()));
-        } else {
-            tokens.push(Token::Punct(c));
-            i += 1;
-        }
+/// A CHECK constraint's value as an SQL literal.
+fn literal(value: &Value) -> String {
+    match value {
+        Value::Text(text) => quote(text),
+        Value::Integer(n) => n.to_string(),
+        other => panic!("a CHECK value of an unexpected kind: {other:?}"),
     }
-    tokens
-}
-
-/// `CHECK (col IN (...))` and `CHECK (col BETWEEN a AND b)`, by lower-case
-/// column name: the forms the migrations use.
-fn checks(create_sql: &str) -> HashMap<String, Allowed> {
-    let word =
-        |t: Option<&Token>, w: &str| matches!(t, Some(Token::Word(x)) if x.eq_ignore_ascii_case(w));
-    let tokens = tokenize(create_sql);
-    let mut found = HashMap::new();
-    for i in 0..tokens.len() {
-        if !word(tokens.get(i), "check") || tokens.get(i + 1) != Some(&Token::Punct('(')) {
-            continue;
-        }
-        let Some(Token::Word(column)) = tokens.get(i + 2) else {
-            continue;
-        };
-        if word(tokens.get(i + 3), "in") && tokens.get(i + 4) == Some(&Token::Punct('(')) {
-            let mut values = Vec::new();
-            for token in &tokens[i + 5..] {
-                match token {
-                    Token::Text(t) => values.push(quote(t)),
-                    Token::Number(n) => values.push(n.to_string()),
-                    Token::Punct(',') => {}
-                    _ => break,
-                }
-            }
-            found.insert(column.to_lowercase(), Allowed::OneOf(values));
-        } else if word(tokens.get(i + 3), "between") && word(tokens.get(i + 5), "and") {
-            if let (Some(Token::Number(lo)), Some(Token::Number(hi))) =
-                (tokens.get(i + 4), tokens.get(i + 6))
-            {
-                found.insert(column.to_lowercase(), Allowed::Between(*lo, *hi));
-            }
-        }
-    }
-    found
 }
 
 // ---------------------------------------------------------------- helpers --

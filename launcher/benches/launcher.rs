@@ -26,17 +26,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Install;
-use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, process_state, signal};
+use support::bench::{
+    Stats, after_section, clock_ticks_per_second, cpu_ticks, cpus, http_health, idle, loadavg, ms,
+    print_machine, round1, round3, run_bounded, status_kib,
+};
+use support::load::{Load, longest_gap, overlaps, percentile};
+use support::supervisor::{Supervisor, daemon_pid, healthy, process_state, signal};
 
 /// The idle window unless `WAIAAS_BENCH_IDLE_SECONDS` says otherwise.
 const IDLE_DEFAULT_SECS: u64 = 60;
@@ -53,24 +53,15 @@ const RESTARTS: usize = 5;
 const LOAD_PAUSE: Duration = Duration::from_secs(1);
 /// A hard end for the load clients, whatever happens to the restarts.
 const LOAD_DEADLINE: Duration = Duration::from_secs(180);
-/// Requests recorded per client at most (memory bound).
-const PER_CLIENT_CAP: usize = 2_000_000;
+/// Each client's timeout per request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest one `restart` command may take before it is killed.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
     let began = Instant::now();
-    let daemon = Path::new(support::LAUNCHER).with_file_name("waiaas-daemon");
-    if !daemon.is_file() {
-        eprintln!(
-            "waiaas-launcher bench: {} is missing.\n\
-             `cargo bench -p waiaas-launcher` builds only the launcher; build the daemon beside it first:\n\
-             \n    cargo build --release --workspace\n    cargo bench -p waiaas-launcher --bench launcher\n",
-            daemon.display()
-        );
-        std::process::exit(2);
-    }
+    let daemon = support::bench::daemon_beside_launcher("waiaas-launcher bench", "launcher");
     let idle_secs = idle_seconds();
     let launcher_log = std::env::var("WAIAAS_BENCH_LAUNCHER_LOG").ok();
     println!("waiaas-launcher bench");
@@ -80,11 +71,7 @@ fn main() {
         "  WAIAAS_LOG for the launcher: {}",
         launcher_log.as_deref().unwrap_or("(unset)")
     );
-    println!(
-        "  cpus {}, load average {} (other work on the machine skews every figure)",
-        cpus(),
-        loadavg()
-    );
+    print_machine();
 
     let install = Install::new();
     println!(
@@ -96,14 +83,11 @@ fn main() {
 
     let mut loads = vec![loadavg()];
     let idle = idle_cost(&install, idle_secs, launcher_log.as_deref());
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[1]);
+    after_section(&mut loads);
     let crash = crash_to_healthy(&install, launcher_log.as_deref());
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[2]);
+    after_section(&mut loads);
     let load = restart_under_load(&install, launcher_log.as_deref());
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[3]);
+    after_section(&mut loads);
 
     let total = began.elapsed();
     println!("total bench time {:.1} s", total.as_secs_f64());
@@ -135,20 +119,6 @@ fn idle_seconds() -> u64 {
     }
 }
 
-/// The first three fields of /proc/loadavg (1, 5 and 15 minutes).
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 // ---------------------------------------------------------------------------
 // 1. Idle cost
 
@@ -166,16 +136,7 @@ fn idle_cost(install: &Install, secs: u64, launcher_log: Option<&str>) -> Value 
     );
 
     let cpu_before = (cpu_ms(launcher), cpu_ms(daemon));
-    let window = Instant::now();
-    let end = window + Duration::from_secs(secs);
-    while Instant::now() < end {
-        supervisor.assert_alive("the idle window");
-        std::thread::sleep(
-            end.saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1)),
-        );
-    }
-    let idled = window.elapsed();
+    let idled = idle(&mut supervisor, Duration::from_secs(secs));
     let cpu_after = (cpu_ms(launcher), cpu_ms(daemon));
     let launcher_cpu = cpu_after.0 - cpu_before.0;
     let daemon_cpu = cpu_after.1 - cpu_before.1;
@@ -280,13 +241,7 @@ struct Memory {
 
 impl Memory {
     fn of(pid: i32) -> Self {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let field = |name: &str| status_kib(pid, name);
         Self {
             rss_kib: field("VmRSS"),
             hwm_kib: field("VmHWM"),
@@ -299,21 +254,7 @@ impl Memory {
 
 /// utime + stime of `pid`, in milliseconds.
 fn cpu_ms(pid: i32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name: state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 * 1000.0 / per_second
+    cpu_ticks(pid) as f64 * 1000.0 / clock_ticks_per_second().max(1) as f64
 }
 
 /// The `key: value kB` lines of /proc/<pid>/smaps_rollup.
@@ -556,66 +497,8 @@ fn crash_summary(what: &str, series: &[Option<CrashSample>]) -> Value {
     })
 }
 
-/// The status code of a direct `GET /health` on the install's port.
-fn http_health(port: u16, timeout: Duration) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut answer = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut answer).ok()?;
-    let text = String::from_utf8_lossy(&answer);
-    text.lines()
-        .next()?
-        .strip_prefix("HTTP/1.1 ")?
-        .get(..3)?
-        .parse()
-        .ok()
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(values: &[f64]) -> Self {
-        if values.is_empty() {
-            return Self::default();
-        }
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Self {
-            min: sorted[0],
-            median,
-            max: sorted[n - 1],
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 3. Restart under load
-
-/// What one load client saw; times are microseconds since the load began.
-#[derive(Default)]
-struct ClientLog {
-    /// When each successful request completed.
-    done_us: Vec<u64>,
-    /// Every request, successful or not: (completed at, took).
-    requests: Vec<(u64, u64)>,
-    failed: u64,
-    errors: Vec<String>,
-}
 
 /// One `restart` command, timed.
 struct RestartRun {
@@ -634,16 +517,7 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
     let mut supervisor = start_supervisor(install, launcher_log);
     supervisor.wait_healthy();
     let url = format!("http://127.0.0.1:{}/health", install.port);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let stop = Arc::new(AtomicBool::new(false));
-    let origin = Instant::now();
-    let deadline = origin + LOAD_DEADLINE;
-    let clients: Vec<_> = (0..LOAD_CLIENTS)
-        .map(|_| runtime.spawn(load_client(url.clone(), stop.clone(), origin, deadline)))
-        .collect();
+    let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
 
     std::thread::sleep(LOAD_PAUSE);
     let mut runs = Vec::new();
@@ -652,9 +526,12 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
             .status()
             .and_then(|s| s.daemon)
             .map(|d| d.pid as i32);
-        let start_us = micros(origin.elapsed());
-        let (status, output) = run_bounded(install.launcher(&["restart"]), RESTART_TIMEOUT);
-        let end_us = micros(origin.elapsed());
+        let start_us = load.now_us();
+        let (status, output) = match run_bounded(install.launcher(&["restart"]), RESTART_TIMEOUT) {
+            Ok((status, output)) => (Some(status), output),
+            Err(why) => (None, why),
+        };
+        let end_us = load.now_us();
         let after = supervisor
             .status()
             .and_then(|s| s.daemon)
@@ -669,50 +546,20 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
         });
         std::thread::sleep(LOAD_PAUSE);
     }
-    stop.store(true, Ordering::Relaxed);
-    let logs: Vec<ClientLog> = runtime.block_on(async {
-        let mut logs = Vec::new();
-        for client in clients {
-            logs.push(client.await.unwrap_or_default());
-        }
-        logs
-    });
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    let ran = origin.elapsed();
-
-    let requests: Vec<(u64, u64)> = logs
-        .iter()
-        .flat_map(|l| l.requests.iter().copied())
-        .collect();
-    let mut latencies: Vec<u64> = requests.iter().map(|&(_, took)| took).collect();
-    latencies.sort_unstable();
-    let mut done: Vec<u64> = logs
-        .iter()
-        .flat_map(|l| l.done_us.iter().copied())
-        .collect();
-    done.sort_unstable();
-    let sent = latencies.len() as u64;
-    let failed: u64 = logs.iter().map(|l| l.failed).sum();
-    let errors: Vec<&String> = logs.iter().flat_map(|l| l.errors.iter()).take(5).collect();
-    let worst = latencies.last().copied().unwrap_or(0);
-    let p99 = percentile(&latencies, 0.99);
-    let p50 = percentile(&latencies, 0.50);
-    let overall_gap = longest_gap(&done, 0, u64::MAX);
+    let tally = load.finish();
+    let ran = tally.ran;
+    let sent = tally.sent();
+    let failed = tally.failed;
+    let errors: Vec<&String> = tally.errors.iter().map(|(_, _, e)| e).take(5).collect();
+    let worst = tally.worst();
+    let p99 = percentile(&tally.latencies, 0.99);
+    let p50 = percentile(&tally.latencies, 0.50);
+    let (overall_gap, _, _) = longest_gap(&tally.done, 0, u64::MAX);
     // Requests that overlapped no restart command: the steady state.
     let windows: Vec<(u64, u64)> = runs.iter().map(|r| (r.start_us, r.end_us)).collect();
-    let overlaps = |&(done, took): &(u64, u64)| {
-        windows
-            .iter()
-            .any(|&(from, to)| done >= from && done.saturating_sub(took) <= to)
-    };
-    let mut steady: Vec<u64> = requests
-        .iter()
-        .filter(|r| !overlaps(r))
-        .map(|&(_, took)| took)
-        .collect();
-    steady.sort_unstable();
-    let during = requests.len() - steady.len();
-    let worst_request = requests.iter().max_by_key(|&&(_, took)| took).copied();
+    let steady = tally.outside(&windows);
+    let during = tally.requests.len() - steady.len();
+    let worst_request = tally.worst_request();
 
     println!(
         "  {sent} requests in {:.1} s ({:.0}/s), {failed} failed (target 0)",
@@ -733,7 +580,7 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
             "  the worst request ran from t={:.1} ms to t={:.1} ms after the load began ({})",
             done_at.saturating_sub(took) as f64 / 1000.0,
             done_at as f64 / 1000.0,
-            if overlaps(&r) {
+            if overlaps(&windows, &r) {
                 "during a restart"
             } else {
                 "outside every restart"
@@ -749,7 +596,7 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
     let mut per_restart = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let took = (run.end_us - run.start_us) as f64 / 1000.0;
-        let gap = longest_gap(&done, run.start_us, run.end_us) as f64 / 1000.0;
+        let gap = longest_gap(&tally.done, run.start_us, run.end_us).0 as f64 / 1000.0;
         let changed = match (run.before, run.after) {
             (Some(b), Some(a)) if a != b => format!("daemon {b} → {a}"),
             (b, a) => format!("daemon NOT replaced ({b:?} → {a:?})"),
@@ -796,134 +643,21 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
     })
 }
 
-/// Sends `GET /health` on one keep-alive client until told to stop.
-async fn load_client(
-    url: String,
-    stop: Arc<AtomicBool>,
-    origin: Instant,
-    deadline: Instant,
-) -> ClientLog {
-    let mut log = ClientLog::default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client");
-    while !stop.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-        && log.requests.len() < PER_CLIENT_CAP
-    {
-        let sent = Instant::now();
-        let outcome = match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => {
-                r.bytes().await.map(drop).map_err(|e| format!("{e:?}"))
-            }
-            Ok(r) => Err(format!("HTTP {}", r.status())),
-            Err(e) => Err(format!("{e:?}")),
-        };
-        let now = Instant::now();
-        log.requests
-            .push((micros(now - origin), micros(now - sent)));
-        match outcome {
-            Ok(()) => log.done_us.push(micros(now - origin)),
-            Err(e) => {
-                log.failed += 1;
-                if log.errors.len() < 3 {
-                    log.errors.push(e);
-                }
-            }
-        }
-    }
-    log
-}
-
-/// The longest interval between consecutive completions (`done` sorted)
-/// that overlaps `[from, to]`.
-fn longest_gap(done: &[u64], from: u64, to: u64) -> u64 {
-    done.windows(2)
-        .filter(|w| w[1] >= from && w[0] <= to)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Runs `command` to completion or kills it after `timeout`; returns its
-/// status (None if killed) and its output.
-fn run_bounded(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, String) {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let result = match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => (
-            Some(out.status),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ),
-        Ok(Err(e)) => (None, format!("cannot wait: {e}")),
-        Err(_) => {
-            // Not reaped yet (the waiter holds it), so the pid is still ours.
-            signal(pid, libc::SIGKILL);
-            (None, format!("killed after {timeout:?}"))
-        }
-    };
-    let _ = waiter.join();
-    result
-}
-
 /// A `waiaas-launcher run` for `install`, its stderr appended to
 /// `<home>/launcher.stderr`; stopped gracefully (15 s) on drop.
 fn start_supervisor(install: &Install, launcher_log: Option<&str>) -> Supervisor {
-    let mut command = install.launcher(&["run"]);
-    if let Some(filter) = launcher_log {
-        command.env("WAIAAS_LOG", filter);
-    }
-    Supervisor::spawn(
-        command,
-        install.home().join("launcher.stderr"),
-        install.dir.launcher_socket(),
-        LogFile::Append,
+    support::bench::supervisor(
+        install,
+        install.launcher(&["run"]),
+        launcher_log,
+        HEALTHY_TIMEOUT,
+        Duration::from_secs(15),
     )
-    .with_healthy_within(HEALTHY_TIMEOUT)
-    .with_stop_grace(Duration::from_secs(15))
 }
 
 // ---------------------------------------------------------------------------
 // Units
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.2} MiB", kib as f64 / 1024.0)
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

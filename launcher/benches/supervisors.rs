@@ -38,15 +38,17 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::supervisor::{LogFile, Supervisor, process_gone, signal};
+use support::bench::{
+    Stats, after_section, clock_ticks_per_second, cpu_ticks, cpus, http_health, idle, loadavg, ms,
+    print_machine, round1, round3, run_bounded, status_kib,
+};
+use support::supervisor::{Supervisor, children, process_gone, signal};
 use support::{Install, hermetic};
 
 /// Crash samples per supervisor (section 1) and runs of section 2.
@@ -88,16 +90,8 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
     let began = Instant::now();
-    let daemon = Path::new(support::LAUNCHER).with_file_name("waiaas-daemon");
-    if !daemon.is_file() {
-        eprintln!(
-            "waiaas-launcher supervisors bench: {} is missing.\n\
-             `cargo bench -p waiaas-launcher` builds only the launcher; build the daemon beside it first:\n\
-             \n    cargo build --release --workspace\n    cargo bench -p waiaas-launcher --bench supervisors\n",
-            daemon.display()
-        );
-        std::process::exit(2);
-    }
+    let daemon =
+        support::bench::daemon_beside_launcher("waiaas-launcher supervisors bench", "supervisors");
     let launcher_log = std::env::var("WAIAAS_BENCH_LAUNCHER_LOG").ok();
     let tools = target_dir().join("bench-tools");
     println!("waiaas-launcher supervisors bench");
@@ -108,27 +102,19 @@ fn main() {
         "  WAIAAS_LOG for the launcher: {}",
         launcher_log.as_deref().unwrap_or("(unset)")
     );
-    println!(
-        "  cpus {}, load average {} (other work on the machine skews every figure)",
-        cpus(),
-        loadavg()
-    );
+    print_machine();
     println!();
 
     let log = launcher_log.as_deref();
     let mut loads = vec![loadavg()];
     let crash = crash_after_running(&tools, log);
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[loads.len() - 1]);
+    after_section(&mut loads);
     let first = killed_at_first_healthy(log);
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[loads.len() - 1]);
+    after_section(&mut loads);
     let sigterm = sigterm_per_state(log);
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[loads.len() - 1]);
+    after_section(&mut loads);
     let idle = idle_cost(log);
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[loads.len() - 1]);
+    after_section(&mut loads);
 
     let total = began.elapsed();
     println!("total bench time {:.1} s", total.as_secs_f64());
@@ -158,12 +144,7 @@ fn target_dir() -> PathBuf {
 
 /// An install whose daemon stops within [`SHUTDOWN_TIMEOUT_S`].
 fn bench_install() -> Install {
-    let install = Install::new();
-    install.write_config(&format!(
-        "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = {SHUTDOWN_TIMEOUT_S}\n",
-        install.port
-    ));
-    install
+    Install::with_shutdown_timeout(SHUTDOWN_TIMEOUT_S)
 }
 
 /// `command` without what a service manager around the bench could have set.
@@ -188,20 +169,16 @@ fn start_supervisor(
     failpoint: Option<&str>,
 ) -> Supervisor {
     let mut command = unmanaged(install.launcher(&["run"]));
-    if let Some(filter) = launcher_log {
-        command.env("WAIAAS_LOG", filter);
-    }
     if let Some(failpoint) = failpoint {
         command.env("WAIAAS_FAILPOINT", failpoint);
     }
-    Supervisor::spawn(
+    support::bench::supervisor(
+        install,
         command,
-        install.home().join("launcher.stderr"),
-        install.dir.launcher_socket(),
-        LogFile::Append,
+        launcher_log,
+        HEALTHY_TIMEOUT,
+        Duration::from_secs(SHUTDOWN_TIMEOUT_S + KILL_GRACE_S + 5),
     )
-    .with_healthy_within(HEALTHY_TIMEOUT)
-    .with_stop_grace(Duration::from_secs(SHUTDOWN_TIMEOUT_S + KILL_GRACE_S + 5))
 }
 
 // ---------------------------------------------------------------------------
@@ -239,15 +216,6 @@ fn daemons_of(dir: &Path) -> Vec<i32> {
     found
 }
 
-/// The children of `pid` (a launcher's children are its daemons).
-fn children(pid: i32) -> Vec<i32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// Waits (spinning) until `pid` is dead: gone or a zombie.
 fn wait_dead(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -272,41 +240,6 @@ impl Drop for Leftovers {
     }
 }
 
-/// Runs `command` to completion or kills it after `timeout`: its status and
-/// output, or why it could not run or finish.
-fn run_bounded(mut command: Command, timeout: Duration) -> Result<(ExitStatus, String), String> {
-    let program = format!("{:?}", command.get_program());
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let result = match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => Ok((
-            out.status,
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )),
-        Ok(Err(e)) => Err(format!("cannot wait for {program}: {e}")),
-        Err(_) => {
-            // Not reaped yet (the waiter holds it), so the pid is still ours.
-            signal(pid, libc::SIGKILL);
-            Err(format!("{program} did not finish within {timeout:?}"))
-        }
-    };
-    let _ = waiter.join();
-    result
-}
-
 /// Like [`run_bounded`], but only a success counts; its output on success.
 fn run_ok(command: Command, timeout: Duration) -> Result<String, String> {
     let what = format!("{command:?}");
@@ -319,25 +252,6 @@ fn run_ok(command: Command, timeout: Duration) -> Result<String, String> {
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
-/// The status code of a direct `GET /health` on 127.0.0.1:`port`.
-fn http_health(port: u16, timeout: Duration) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut answer = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut answer).ok()?;
-    let text = String::from_utf8_lossy(&answer);
-    text.lines()
-        .next()?
-        .strip_prefix("HTTP/1.1 ")?
-        .get(..3)?
-        .parse()
-        .ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -1236,21 +1150,11 @@ fn idle_cost(launcher_log: Option<&str>) -> Value {
     std::thread::sleep(Duration::from_secs(1));
     let pid = supervisor.pid();
     let before = cpu_ticks(pid);
-    let window = Instant::now();
-    let end = window + IDLE_WINDOW;
-    while Instant::now() < end {
-        supervisor.assert_alive("the idle window");
-        std::thread::sleep(
-            end.saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1)),
-        );
-    }
-    let idled = window.elapsed();
+    let idled = idle(&mut supervisor, IDLE_WINDOW);
     let after = cpu_ticks(pid);
     let (rss_kib, hwm_kib) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
     let ticks = after.saturating_sub(before);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = clock_ticks_per_second();
     println!(
         "  launcher VmRSS {:.2} MiB (VmHWM {:.2} MiB); previous {PREVIOUS_RSS_MIB} MiB",
         rss_kib as f64 / 1024.0,
@@ -1270,85 +1174,4 @@ fn idle_cost(launcher_log: Option<&str>) -> Value {
         "clock_ticks_per_second": per_second,
         "previous": {"vm_rss_mib": PREVIOUS_RSS_MIB, "cpu_ticks": PREVIOUS_CPU_TICKS},
     })
-}
-
-/// A `kB` field of /proc/<pid>/status.
-fn status_kib(pid: i32, name: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name: state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum()
-}
-
-// ---------------------------------------------------------------------------
-// Figures
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Stats {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(values: &[f64]) -> Self {
-        if values.is_empty() {
-            return Self::default();
-        }
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Self {
-            min: sorted[0],
-            median,
-            max: sorted[n - 1],
-        }
-    }
-}
-
-/// The first three fields of /proc/loadavg (1, 5 and 15 minutes).
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -47,7 +47,6 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +54,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
+use support::bench::{Stats, after_section, cpus, loadavg, micros, print_machine, round1, round3};
+use support::load::{Load, longest_gap, percentile};
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor};
 use support::{free_port, hermetic, run};
@@ -75,8 +76,6 @@ const LOAD_DEADLINE: Duration = Duration::from_secs(600);
 /// Each client's timeout per request: generous, so a request that waits in
 /// the listen backlog while no daemon runs counts as slow, not failed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests recorded per client at most (memory bound).
-const PER_CLIENT_CAP: usize = 2_000_000;
 /// Longest one `upgrade` command may take before it is killed.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,11 +93,7 @@ fn main() {
     let profile = profile();
     let db_mb = db_mb();
     println!("waiaas-launcher upgrade bench");
-    println!(
-        "  cpus {}, load average {} (other work on the machine skews every figure)",
-        cpus(),
-        loadavg()
-    );
+    print_machine();
     let pair = Pair::prepare(profile);
     println!(
         "  build pair: {} — A {} (schema {A_SCHEMA}) in {}, B {B_VERSION} (schema {B_SCHEMA}) in {}",
@@ -145,8 +140,7 @@ fn main() {
         &["upgrade"],
         B_VERSION,
     );
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[1]);
+    after_section(&mut loads);
     let rollback = under_load(
         &site,
         &mut supervisor,
@@ -154,14 +148,12 @@ fn main() {
         &["upgrade", "--rollback"],
         builds::a_version(),
     );
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[2]);
+    after_section(&mut loads);
     supervisor.stop();
     drop(supervisor);
 
     let backup = backup_vs_cp(work.path(), &pair.a_bin.join("waiaas-daemon"), db_mb);
-    loads.push(loadavg());
-    println!("  load average {}\n", loads[3]);
+    after_section(&mut loads);
 
     drop(site);
     drop(releases);
@@ -200,19 +192,6 @@ fn db_mb() -> u64 {
             }
         },
     }
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 // ---------------------------------------------------------------------------
@@ -523,18 +502,6 @@ fn start_supervisor(site: &Site) -> Supervisor {
 // ---------------------------------------------------------------------------
 // 1 and 2. A command under load
 
-/// What one load client saw; times are microseconds since the load began.
-#[derive(Default)]
-struct ClientLog {
-    /// When each successful request completed.
-    done_us: Vec<u64>,
-    /// Every request, successful or not: (completed at, took).
-    requests: Vec<(u64, u64)>,
-    failed: u64,
-    /// The first failures: (completed at, took, error).
-    errors: Vec<(u64, u64, String)>,
-}
-
 /// A line some process wrote, with when the bench saw it (µs since origin).
 #[derive(Debug, Clone)]
 struct Seen {
@@ -576,69 +543,35 @@ fn under_load(
         .and_then(|s| s.daemon.as_ref())
         .map(|d| d.pid);
     let url = format!("http://127.0.0.1:{}/health", site.port);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let stop = Arc::new(AtomicBool::new(false));
-    let origin = Instant::now();
-    let origin_unix_us = unix_us(SystemTime::now());
-    let deadline = origin + LOAD_DEADLINE;
-    let clients: Vec<_> = (0..LOAD_CLIENTS)
-        .map(|_| runtime.spawn(load_client(url.clone(), stop.clone(), origin, deadline)))
-        .collect();
+    let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
+    let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);
 
     let log_offset = supervisor.log_len();
-    let start_us = micros(origin.elapsed());
-    let outcome = run_timed(site.command(args), origin, UPGRADE_TIMEOUT);
+    let start_us = load.now_us();
+    let outcome = run_timed(site.command(args), load.origin, UPGRADE_TIMEOUT);
     let end_us = outcome.end_us;
     supervisor.assert_alive(title);
     std::thread::sleep(LOAD_PAUSE);
-    stop.store(true, Ordering::Relaxed);
-    let logs: Vec<ClientLog> = runtime.block_on(async {
-        let mut logs = Vec::new();
-        for client in clients {
-            logs.push(client.await.unwrap_or_default());
-        }
-        logs
-    });
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    let ran = origin.elapsed();
+    let tally = load.finish();
+    let ran = tally.ran;
     let after = supervisor.status();
     let after_daemon = after.as_ref().and_then(|s| s.daemon.clone());
     let events = log_events(&supervisor.log_since(log_offset), origin_unix_us);
 
     // The clients' figures.
-    let requests: Vec<(u64, u64)> = logs
-        .iter()
-        .flat_map(|l| l.requests.iter().copied())
-        .collect();
-    let mut latencies: Vec<u64> = requests.iter().map(|&(_, took)| took).collect();
-    latencies.sort_unstable();
-    let mut done: Vec<u64> = logs
-        .iter()
-        .flat_map(|l| l.done_us.iter().copied())
-        .collect();
-    done.sort_unstable();
-    let sent = latencies.len() as u64;
-    let failed: u64 = logs.iter().map(|l| l.failed).sum();
-    let mut errors: Vec<&(u64, u64, String)> = logs.iter().flat_map(|l| l.errors.iter()).collect();
+    let sent = tally.sent();
+    let failed = tally.failed;
+    let mut errors: Vec<&(u64, u64, String)> = tally.errors.iter().collect();
     errors.sort_by_key(|e| e.0);
-    let p50 = percentile(&latencies, 0.50);
-    let p99 = percentile(&latencies, 0.99);
-    let p999 = percentile(&latencies, 0.999);
-    let worst = latencies.last().copied().unwrap_or(0);
-    let worst_request = requests.iter().max_by_key(|&&(_, took)| took).copied();
-    let overlaps = |&(done, took): &(u64, u64)| done >= start_us && done - took <= end_us;
-    let mut steady: Vec<u64> = requests
-        .iter()
-        .filter(|r| !overlaps(r))
-        .map(|&(_, took)| took)
-        .collect();
-    steady.sort_unstable();
-    let during = requests.len() - steady.len();
-    let (gap, gap_from, gap_to) = longest_gap(&done, start_us, end_us);
+    let p50 = percentile(&tally.latencies, 0.50);
+    let p99 = percentile(&tally.latencies, 0.99);
+    let p999 = percentile(&tally.latencies, 0.999);
+    let worst = tally.worst();
+    let worst_request = tally.worst_request();
+    let steady = tally.outside(&[(start_us, end_us)]);
+    let during = tally.requests.len() - steady.len();
+    let (gap, gap_from, gap_to) = longest_gap(&tally.done, start_us, end_us);
 
     // The command's own view: when each `[n/M]` progress line arrived.
     let progress: Vec<(u8, i64)> = outcome
@@ -852,46 +785,6 @@ fn under_load(
     })
 }
 
-/// Sends `GET /health` on one keep-alive client until told to stop.
-async fn load_client(
-    url: String,
-    stop: Arc<AtomicBool>,
-    origin: Instant,
-    deadline: Instant,
-) -> ClientLog {
-    let mut log = ClientLog::default();
-    let client = reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("an HTTP client");
-    while !stop.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-        && log.requests.len() < PER_CLIENT_CAP
-    {
-        let sent = Instant::now();
-        let outcome = match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => {
-                r.bytes().await.map(drop).map_err(|e| format!("{e:?}"))
-            }
-            Ok(r) => Err(format!("HTTP {}", r.status())),
-            Err(e) => Err(format!("{e:?}")),
-        };
-        let now = Instant::now();
-        let (at, took) = (micros(now - origin), micros(now - sent));
-        log.requests.push((at, took));
-        match outcome {
-            Ok(()) => log.done_us.push(at),
-            Err(e) => {
-                log.failed += 1;
-                if log.errors.len() < 3 {
-                    log.errors.push((at, took, e));
-                }
-            }
-        }
-    }
-    log
-}
-
 /// A finished command with every line it wrote, timestamped as it arrived.
 struct Timed {
     status: Option<std::process::ExitStatus>,
@@ -1038,24 +931,6 @@ fn parse_rfc3339_us(text: &str) -> Option<i64> {
     Some(((days * 86_400 + h * 3600 + mi * 60 + s) * 1_000_000) + micros)
 }
 
-/// The longest interval between consecutive completions (`done` sorted)
-/// that overlaps `[from, to]`: (length, start, end).
-fn longest_gap(done: &[u64], from: u64, to: u64) -> (u64, u64, u64) {
-    done.windows(2)
-        .filter(|w| w[1] >= from && w[0] <= to)
-        .map(|w| (w[1] - w[0], w[0], w[1]))
-        .max()
-        .unwrap_or((0, 0, 0))
-}
-
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---------------------------------------------------------------------------
 // 3. Backup vs cp
 
@@ -1147,15 +1022,18 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
             checkpoint
         );
     }
-    let backup_median = median(&backup_s);
-    let cp_median = median(&cp_s);
+    let backup_median = Stats::of(&backup_s).median;
+    let cp_median = Stats::of(&cp_s).median;
     let ratio = backup_median / cp_median;
     println!(
         "  median: backup::create {backup_median:.2} s ({:.0} MiB/s), cp + sync {cp_median:.2} s ({:.0} MiB/s): backup / cp = {ratio:.2}×",
         bytes as f64 / 1048576.0 / backup_median,
         bytes as f64 / 1048576.0 / cp_median
     );
-    let part_medians: BTreeMap<&str, f64> = parts.iter().map(|(k, v)| (*k, median(v))).collect();
+    let part_medians: BTreeMap<&str, f64> = parts
+        .iter()
+        .map(|(k, v)| (*k, Stats::of(v).median))
+        .collect();
     println!(
         "  median parts: copy + fsync {:.2} s, quick_check {:.2} s, sha256 {:.2} s, checkpoint {:.3} s (sum {:.2} s)",
         part_medians["copy_fsync"],
@@ -1280,10 +1158,6 @@ fn filesystem_of(path: &Path) -> String {
 // ---------------------------------------------------------------------------
 // Units
 
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
-}
-
 fn unix_us(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
@@ -1298,22 +1172,4 @@ fn mib(bytes: u64) -> String {
 
 fn fmt_ms(us: Option<i64>) -> String {
     us.map_or("n/a".into(), |us| format!("{:.1} ms", us as f64 / 1000.0))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

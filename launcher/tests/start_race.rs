@@ -17,22 +17,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::Install;
-use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
+use support::supervisor::{
+    LogFile, Supervisor, children, daemon_pid, healthy, processes_mentioning, signal,
+};
 
 const RUNS: usize = 20;
 /// `shutdown_timeout` of these installs (the smallest allowed).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A replacement's bound: no backoff for a first failure, plus a start.
 const REPLACED_WITHIN: Duration = Duration::from_secs(1);
-
-fn install() -> Install {
-    let install = Install::new();
-    install.write_config(&format!(
-        "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = 5\n",
-        install.port
-    ));
-    install
-}
 
 /// `run` with one fault armed: `token` is created, and the daemon that
 /// removes it acts.
@@ -65,15 +58,6 @@ fn wait_taken(token: &Path, supervisor: &Supervisor) -> Instant {
         std::thread::sleep(Duration::from_micros(500));
     }
     Instant::now()
-}
-
-/// The launcher's children (its daemons), from /proc.
-fn children(pid: i32) -> Vec<i32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// Kills the daemon at its first healthy answer (polled every 2 ms); returns
@@ -110,7 +94,7 @@ fn fault_at(install: &Install, point: &str) -> (Supervisor, Instant) {
 
 /// One run: the fault fires, and a replacement is healthy within the bound.
 fn replaced_after(point: &str) -> Duration {
-    let install = install();
+    let install = Install::with_shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
     let (supervisor, killed_at) = fault_at(&install, point);
     let mut supervisor = supervisor.with_healthy_within(REPLACED_WITHIN * 10);
     let status = supervisor.wait_healthy();
@@ -132,7 +116,7 @@ fn replaced_after(point: &str) -> Duration {
 /// One run: SIGTERM at the instant the fault fires; the launcher must exit
 /// in time and leave no daemon.
 fn sigterm_at(point: &str) -> Duration {
-    let install = install();
+    let install = Install::with_shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
     let (mut supervisor, at) = fault_at(&install, point);
     signal(supervisor.pid(), libc::SIGTERM);
     let bound = SHUTDOWN_TIMEOUT + Duration::from_secs(2);
@@ -215,7 +199,7 @@ fn sigterm_when_killed_at_its_first_healthy_answer_ends_the_launcher() {
 #[test]
 fn sigterm_with_a_daemon_frozen_mid_start_ends_the_launcher() {
     for point in ["before-hello", "after-hello", "after-ready"] {
-        let install = install();
+        let install = Install::with_shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
         let (mut supervisor, token) = armed(&install, point, "pause");
         wait_taken(&token, &supervisor);
         std::thread::sleep(Duration::from_millis(50));
@@ -240,7 +224,7 @@ fn sigterm_with_a_daemon_frozen_mid_start_ends_the_launcher() {
 /// on the backoff schedule, and never waited on by a probe.
 #[test]
 fn a_daemon_that_dies_after_ready_every_time_is_retried_on_the_backoff_schedule() {
-    let install = install();
+    let install = Install::with_shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
     // A folder of six tokens: six daemons die, the seventh lives.
     let tokens = install.home().join("tokens");
     fs::create_dir_all(&tokens).unwrap();

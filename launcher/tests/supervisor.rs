@@ -6,11 +6,10 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::Install;
+use support::load::Load;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, signal, wait_gone};
 
 #[test]
@@ -165,38 +164,7 @@ fn restart_under_load_fails_no_request() {
     let mut supervisor = Supervisor::start(&install);
     supervisor.wait_healthy();
     let url = format!("http://127.0.0.1:{}/health", install.port);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
-            runtime.spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(r) => {
-                            eprintln!("failed: HTTP {}", r.status());
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => {
-                            eprintln!("failed: {e:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&url, 8, Duration::from_secs(30), Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let before = daemon_pid(&supervisor.status().unwrap());
@@ -205,19 +173,14 @@ fn restart_under_load_fails_no_request() {
         assert_ne!(daemon_pid(&supervisor.status().unwrap()), before);
         std::thread::sleep(Duration::from_millis(200));
     }
-    stop.store(true, Ordering::Relaxed);
-    runtime.block_on(async {
-        for client in clients {
-            client.await.unwrap();
-        }
-    });
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let tally = load.finish();
+    let (sent, failed) = (tally.sent(), tally.failed);
+    let ok = sent - failed;
     assert!(ok > 100, "only {ok} requests answered");
     assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed across 3 restarts",
-        ok + failed
+        failed, 0,
+        "{failed} of {sent} requests failed across 3 restarts: {:?}",
+        tally.errors
     );
 }
 

@@ -2,6 +2,8 @@
 //! `fill` introspects every table (`PRAGMA table_info`, `foreign_key_list` and
 //! the CHECK constraints in its SQL) and inserts rows that satisfy it, parents
 //! before children; `snapshot` reads every row back, keyed by column name.
+//! The introspection (`columns`, `foreign_keys`, `checks`, `table_sql`) also
+//! serves the daemon bench's SQL seeder.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,15 +41,17 @@ pub fn tables(conn: &Connection) -> Vec<String> {
         .unwrap()
 }
 
-struct Column {
-    name: String,
-    decl_type: String,
-    not_null: bool,
+pub struct Column {
+    pub name: String,
+    /// Upper case.
+    pub decl_type: String,
+    pub not_null: bool,
     /// 1-based position in the primary key, 0 when not part of it.
-    pk: i64,
+    pub pk: i64,
 }
 
-fn columns(conn: &Connection, table: &str) -> Vec<Column> {
+/// The columns of `table`, in order.
+pub fn columns(conn: &Connection, table: &str) -> Vec<Column> {
     let mut stmt = conn
         .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")
         .unwrap();
@@ -75,7 +79,7 @@ fn primary_key(conn: &Connection, table: &str) -> Vec<String> {
 }
 
 /// column → (parent table, parent column).
-fn foreign_keys(conn: &Connection, table: &str) -> HashMap<String, (String, String)> {
+pub fn foreign_keys(conn: &Connection, table: &str) -> HashMap<String, (String, String)> {
     let mut stmt = conn
         .prepare("SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1)")
         .unwrap();
@@ -128,7 +132,7 @@ fn parents_first(conn: &Connection, tables: &[String]) -> Vec<String> {
 
 /// The allowed values a CHECK constraint names for a column.
 #[derive(Debug)]
-enum Allowed {
+pub enum Allowed {
     OneOf(Vec<Value>),
     Between(i64, i64),
 }
@@ -201,7 +205,7 @@ fn is_word(token: Option<&Token>, word: &str) -> bool {
 
 /// `CHECK (col IN (...))` and `CHECK (col BETWEEN a AND b)` of a CREATE TABLE
 /// statement, by column (the forms this schema uses).
-fn checks(create_sql: &str) -> HashMap<String, Allowed> {
+pub fn checks(create_sql: &str) -> HashMap<String, Allowed> {
     let tokens = tokenize(create_sql);
     let mut found = HashMap::new();
     for i in 0..tokens.len() {
@@ -233,7 +237,8 @@ fn checks(create_sql: &str) -> HashMap<String, Allowed> {
     found
 }
 
-fn table_sql(conn: &Connection, table: &str) -> String {
+/// The CREATE TABLE statement of `table`.
+pub fn table_sql(conn: &Connection, table: &str) -> String {
     conn.query_row(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [table],

@@ -10,6 +10,7 @@
 //!   installed daemon's `migrate`).
 //! - [`run`] — runs a command to completion and returns its [`Outcome`].
 //! - [`hermetic`], [`daemon_binary`], [`free_port`] — the building blocks.
+//! - [`load`] and [`bench`] — the benches' HTTP load, figures and facts.
 
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
@@ -25,7 +26,9 @@ use rusqlite::Connection;
 use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
+pub mod bench;
 pub mod hostile;
+pub mod load;
 pub mod registry;
 pub mod supervisor;
 
@@ -113,6 +116,16 @@ impl Install {
         let install = Self { tmp, dir, port };
         install.write_config(&format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"
+        ));
+        install
+    }
+
+    /// [`Install::new`] whose daemon is given `secs` to shut down.
+    pub fn with_shutdown_timeout(secs: u64) -> Self {
+        let install = Self::new();
+        install.write_config(&format!(
+            "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = {secs}\n",
+            install.port
         ));
         install
     }

@@ -12,7 +12,8 @@
 //!   `waiaas-launcher stop`). On drop the supervisor is killed at once, or
 //!   stopped with [`Supervisor::with_stop_grace`]'s grace if one was set.
 //! - [`healthy`], [`daemon_pid`], [`signal`], [`process_state`],
-//!   [`process_gone`], [`wait_gone`], [`processes_mentioning`] — free helpers.
+//!   [`process_gone`], [`children`], [`wait_gone`], [`processes_mentioning`]
+//!   — free helpers.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -289,6 +290,15 @@ pub fn process_gone(pid: i32) -> bool {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with(['Z', 'X'])),
     }
+}
+
+/// The children of `pid`, from /proc (a launcher's children are its daemons).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Waits up to `timeout` for [`process_gone`].
