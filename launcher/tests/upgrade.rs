@@ -772,53 +772,23 @@ fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
 
 /// Runs `work` while `clients` send `GET /health` to `port` without pause
 /// (bounded: 5 minutes at most); returns its result and the requests that
-/// were answered 200 and that failed.
+/// were answered and that failed.
 fn under_load<T>(port: u16, clients: usize, work: impl FnOnce() -> T) -> (T, u64, u64) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64};
     let url = format!("http://127.0.0.1:{port}/health");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
-            runtime.spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(60))
-                    .build()
-                    .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(300);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = support::load::Load::start(
+        &url,
+        clients,
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let result = work();
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    runtime.block_on(async {
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
-    (
-        result,
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    )
+    let tally = load.finish();
+    for (_, _, error) in &tally.errors {
+        eprintln!("failed: {error}");
+    }
+    (result, tally.sent() - tally.failed, tally.failed)
 }
 
 /// Unpacks a platform tarball as npm would (`package/…` → `<folder>/…`).
