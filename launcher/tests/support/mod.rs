@@ -26,6 +26,7 @@ use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
 pub mod hostile;
+pub mod podman;
 pub mod registry;
 pub mod supervisor;
 
