@@ -3,11 +3,15 @@
 //! `--systemd=always --network host`), one container per test, the units
 //! and the binaries under test installed with the README's commands. The only
 //! local changes are drop-ins, as the README says to make them: a free
-//! loopback port per test (the host's network is shared) and no version
-//! check. Skipped, saying why, without the tier's prerequisites — never in
-//! CI (`support/podman.rs`).
-
+//! loopback port per test (the host's network is shared), no version check,
+//! and what a test says it shortens (WatchdogSec, and TimeoutStopSec on a
+//! cgroup v1 host). Each test prints its figures (start to active, kill to
+//! healthy, failed requests) with `--nocapture`. Skipped, saying why, without
+//! the tier's prerequisites — never in CI (`support/podman.rs`).
 mod support;
+
+#[path = "support/builds.rs"]
+mod builds;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,7 +78,7 @@ impl Machine {
             );
             machine.podman.ok(&["cp", program.to_str().unwrap(), &to]);
         }
-        let units = support_units();
+        let units = builds::repo_root().join("packaging/systemd");
         for unit in ["waiaas.service", "waiaas.socket"] {
             let to = format!("{}:/root/{unit}", machine.name);
             machine
@@ -193,6 +197,28 @@ impl Machine {
             .stdout
     }
 
+    /// `systemctl start` fails with the permanent exit `code` and systemd
+    /// does not restart the service.
+    fn assert_refused(&self, code: u8) {
+        let failed = self.sh("systemctl start waiaas.service");
+        assert!(!failed.status.success(), "the start fails: {failed:?}");
+        assert_eq!(
+            self.show("ExecMainStatus"),
+            code.to_string(),
+            "{}",
+            self.journal()
+        );
+        // Longer than RestartSec: a restart would have happened by now.
+        std::thread::sleep(RESTART_SEC * 2);
+        assert_eq!(self.show("ActiveState"), "failed");
+        assert_eq!(
+            self.show("NRestarts"),
+            "0",
+            "no restart loop:\n{}",
+            self.journal()
+        );
+    }
+
     fn journal_has(&self, needle: &str, what: &str) {
         let journal = self.journal();
         assert!(journal.contains(needle), "{what}:\n{journal}");
@@ -209,10 +235,6 @@ impl Machine {
         );
         started.elapsed()
     }
-}
-
-fn support_units() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd")
 }
 
 /// Requests to `/health` on one thread until stopped: (sent, failed).
@@ -373,24 +395,23 @@ fn a_bad_config_exits_24_without_a_restart_loop() {
     machine.ok("systemctl stop waiaas.service \
          && printf '[daemon]\\nshutdown_timeout = 4\\n' > /var/lib/waiaas/config.toml \
          && chown waiaas:waiaas /var/lib/waiaas/config.toml");
-    let failed = machine.sh("systemctl start waiaas.service");
-    assert!(!failed.status.success(), "the start fails: {failed:?}");
-    assert_eq!(
-        machine.show("ExecMainStatus"),
-        "24",
-        "{}",
-        machine.journal()
-    );
-    // Longer than RestartSec: a restart would have happened by now.
-    std::thread::sleep(RESTART_SEC * 2);
-    assert_eq!(machine.show("ActiveState"), "failed");
-    assert_eq!(
-        machine.show("NRestarts"),
-        "0",
-        "no restart loop:\n{}",
-        machine.journal()
-    );
+    machine.assert_refused(24);
     machine.journal_has("shutdown_timeout", "the journal names the bad key");
+}
+
+#[test]
+fn a_database_newer_than_the_daemon_exits_20_without_a_restart_loop() {
+    let Some(machine) = Machine::started("newer-db") else {
+        return;
+    };
+    // Release B's daemon (schema 17) migrates the service's database.
+    let to = format!("{}:/usr/local/lib/waiaas-daemon-b", machine.name);
+    let b = builds::b_bin_dir().join("waiaas-daemon");
+    machine.podman.ok(&["cp", b.to_str().unwrap(), &to]);
+    machine.ok("systemctl stop waiaas.service && runuser -u waiaas -- \
+         /usr/local/lib/waiaas-daemon-b migrate --data-dir /var/lib/waiaas");
+    machine.assert_refused(20);
+    machine.journal_has("newer than this daemon", "the journal says why");
 }
 
 #[test]
