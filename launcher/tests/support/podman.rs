@@ -3,8 +3,8 @@
 //! `.ci/container-images` writes, and the base images it imports.
 //!
 //! [`podman`] is `None` (the test is skipped, saying why) when a prerequisite
-//! is missing — except in CI (`CI` set), where that fails the test: the tier
-//! is never skipped there.
+//! is missing — except in CI (`CI` set), where that fails the test unless the
+//! job turns the tier off by name (`WAIAAS_CONTAINER_TIER=off`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,7 +58,8 @@ pub fn podman() -> Option<Podman> {
     let message = format!(
         "the container tier needs {missing}: run `bash .ci/container-images` as root (it installs podman, runc and debootstrap and builds the base images)"
     );
-    assert!(std::env::var_os("CI").is_none(), "{message}");
+    let turned_off = std::env::var_os("WAIAAS_CONTAINER_TIER").is_some_and(|v| v == "off");
+    assert!(std::env::var_os("CI").is_none() || turned_off, "{message}");
     eprintln!("SKIPPED: {message}");
     None
 }
