@@ -8,11 +8,20 @@
 #
 #   docker build --build-arg VERSION=1.8.1 -t waiaas/daemon:1.8.1 .
 #   docker compose up -d            # see docker-compose.yml and the README
+#
+# With `--build-arg BINARIES=prebuilt` the image takes binaries built
+# elsewhere instead of compiling them: the context's prebuilt/ folder holds
+# waiaas-launcher, waiaas-daemon (built for bookworm's glibc) and the
+# ca-certificates.crt to ship. The container tests build it that way from the
+# binaries they test (launcher/tests/container.rs).
+
+# `build` (compile here) or `prebuilt` (the context's prebuilt/ folder).
+ARG BINARIES=build
 
 # ---------------------------------------------------------------------------
 # Build stage: the same Debian release as the runtime stage, so the binaries
 # link against the glibc they run with.
-FROM rust:1.95-bookworm AS builder
+FROM rust:1.95-bookworm AS build
 
 WORKDIR /src
 COPY . .
@@ -27,7 +36,14 @@ ARG WAIAAS_RELEASE_PUBKEYS=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p waiaas-launcher -p waiaas-daemon \
-    && install -D -m 0755 -t /out target/release/waiaas-launcher target/release/waiaas-daemon
+    && install -D -m 0755 -t /out target/release/waiaas-launcher target/release/waiaas-daemon \
+    && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/
+
+FROM scratch AS prebuilt
+COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon prebuilt/ca-certificates.crt /out/
+
+# Only the chosen stage is built (BuildKit and buildah skip unused stages).
+FROM ${BINARIES} AS binaries
 
 # ---------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -59,11 +75,11 @@ RUN groupadd --system --gid 10001 waiaas \
     && install -d -o waiaas -g waiaas -m 0700 /data
 
 # TLS roots for the version check (rustls reads the system bundle); taken from
-# the build stage so the runtime stage needs no package manager run.
-COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# the binaries' stage so the runtime stage needs no package manager run.
+COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # Both programs in one folder: in the container the launcher runs the daemon
 # beside it, not `current/` (which belongs to npm/systemd installations).
-COPY --from=builder /out/waiaas-launcher /out/waiaas-daemon /usr/local/bin/
+COPY --from=binaries /out/waiaas-launcher /out/waiaas-daemon /usr/local/bin/
 
 # WAIAAS_CONTAINER=1: supervise the daemon beside the launcher and refuse
 # `upgrade`. Every config key can be set as WAIAAS_{SECTION}_{KEY}; the

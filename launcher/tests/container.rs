@@ -1,15 +1,16 @@
-//! Scenario 17 (SPEC §9, §10): `docker compose pull && docker compose up -d`
-//! keeps the volume and migrates it — simulated without a Docker engine.
+//! Scenario 17 (SPEC §9, §10) for real: `docker compose pull && docker
+//! compose up -d` keeps the volume and migrates it, with podman.
 //!
-//! The image's contract is read from the repository's Dockerfile: its `ENV`,
-//! its `ENTRYPOINT`, its `HEALTHCHECK` command, and the one folder both
-//! binaries are copied to. An "image" is that folder holding a build's two
-//! binaries (release A = this build, schema 16; release B = the real second
-//! build 1.9.0 with migration 17, from `support/builds.rs`); a "container" is
-//! the entrypoint run from there with the image's environment and a "volume"
-//! folder as its data dir; `docker exec` is a command run the same way.
-//! Only what Docker itself provides is stood in for: the loopback address
-//! and a free port instead of the published 3100, and no registry.
+//! The repository's Dockerfile is built as it is (`--format docker`, so the
+//! `HEALTHCHECK` is kept) into image A (this build, 1.8.1, schema 16) and
+//! image B (the second build, 1.9.0 with migration 17, `support/builds.rs`),
+//! taking the binaries under test through its `BINARIES=prebuilt` stage; its
+//! `debian:bookworm-slim` is `.ci/container-images`' debootstrap rootfs. Each
+//! container runs as docker-compose.yml runs it: `--init`, the named volume
+//! at `/data`, the API published on the host's loopback only. The health
+//! check is the image's own (`podman healthcheck run`: podman's timers need a
+//! systemd on the host). Skipped, saying why, without the tier's
+//! prerequisites — never in CI (`support/podman.rs`).
 
 mod support;
 
@@ -18,9 +19,8 @@ mod builds;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -28,7 +28,8 @@ use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use support::{Outcome, free_port, hermetic, http, run};
+use support::podman::{Cleanup, Podman, podman};
+use support::{free_port, http};
 
 /// How long a container may take to report healthy (a migration included).
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
@@ -36,240 +37,173 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
 const STOP_GRACE: Duration = Duration::from_secs(40);
 
 // ---------------------------------------------------------------------------
-// The image's contract, from the Dockerfile
+// Images
 
-struct ImageSpec {
-    /// The final stage's `ENV`, in order.
-    env: Vec<(String, String)>,
-    entrypoint: Vec<String>,
-    healthcheck: Vec<String>,
-    /// Where `COPY --from=…` puts `waiaas-launcher` and `waiaas-daemon`.
-    bin_dir: String,
+/// Builds the repository's Dockerfile from `bin_dir`'s binaries as `tag`.
+fn build_image(podman: &Podman, tag: &str, bin_dir: &Path, version: &str) -> String {
+    let context = tempfile::tempdir().unwrap();
+    let prebuilt = builds::copy_bin_dir(bin_dir, &context.path().join("prebuilt"));
+    // The host's bundle: it is what this machine trusts (a test image only).
+    fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        prebuilt.join("ca-certificates.crt"),
+    )
+    .expect("the host's CA bundle");
+    let dockerfile = builds::repo_root().join("Dockerfile");
+    let started = Instant::now();
+    podman.ok(&[
+        "build",
+        "--quiet",
+        "--format",
+        "docker",
+        "--pull=never",
+        "--build-arg",
+        "BINARIES=prebuilt",
+        "--build-arg",
+        &format!("VERSION={version}"),
+        "--file",
+        dockerfile.to_str().unwrap(),
+        "--tag",
+        tag,
+        context.path().to_str().unwrap(),
+    ]);
+    let size = podman.ok(&["image", "inspect", "--format", "{{.Size}}", tag]);
+    eprintln!(
+        "built {tag} in {:?}: {} MB",
+        started.elapsed(),
+        size.parse::<u64>().unwrap_or(0) / 1_000_000
+    );
+    tag.to_string()
 }
 
-fn image_spec() -> ImageSpec {
-    let path = builds::repo_root().join("Dockerfile");
-    let text = fs::read_to_string(&path).expect("read the Dockerfile");
-    // Logical lines: comments dropped, continuations joined.
-    let mut lines = Vec::new();
-    let mut current = String::new();
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(head) => {
-                current.push_str(head);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(line);
-                lines.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    let last_from = lines
-        .iter()
-        .rposition(|l| l.starts_with("FROM "))
-        .expect("a FROM");
-    let stage = &lines[last_from..];
-    let args = |keyword: &str| {
-        stage
-            .iter()
-            .filter_map(move |l| l.strip_prefix(keyword).map(str::trim))
-            .collect::<Vec<_>>()
-    };
-    let exec_form = |text: &str| -> Vec<String> {
-        serde_json::from_str(text).unwrap_or_else(|e| panic!("`{text}` is not exec form: {e}"))
-    };
-    let env = args("ENV ")
-        .into_iter()
-        .flat_map(|l| {
-            l.split_whitespace()
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').expect("ENV key=value");
-                    (k.to_string(), v.trim_matches('"').to_string())
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let entrypoint = exec_form(args("ENTRYPOINT ").last().expect("ENTRYPOINT"));
-    let healthcheck = args("HEALTHCHECK ")
-        .last()
-        .and_then(|l| l.split_once("CMD "))
-        .map(|(_, cmd)| exec_form(cmd.trim()))
-        .expect("HEALTHCHECK … CMD [...]");
-    let copy = args("COPY ")
-        .into_iter()
-        .find(|l| l.contains("--from=") && l.contains("/waiaas-daemon"))
-        .expect("COPY --from=… waiaas-daemon");
-    assert!(
-        copy.contains("/waiaas-launcher"),
-        "both binaries are copied into one folder: {copy}"
-    );
-    let bin_dir = copy
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_string();
-    ImageSpec {
-        env,
-        entrypoint,
-        healthcheck,
-        bin_dir,
-    }
+/// Images A and B, built once per test process.
+fn images(podman: &Podman) -> &'static (String, String) {
+    static IMAGES: OnceLock<(String, String)> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        (
+            build_image(
+                podman,
+                "localhost/waiaas-test:a",
+                &builds::a_bin_dir(),
+                builds::a_version(),
+            ),
+            build_image(
+                podman,
+                "localhost/waiaas-test:b",
+                builds::b_bin_dir(),
+                B_VERSION,
+            ),
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------
-// Images and containers
-
-/// An image: `root/<bin_dir>/` holding copies of a build's two binaries
-/// (copies, as in an image layer: the launcher finds the daemon beside its
-/// own path).
-fn build_image(root: &Path, spec: &ImageSpec, build: &Path) -> PathBuf {
-    let bin = root.join(spec.bin_dir.trim_start_matches('/'));
-    fs::create_dir_all(&bin).unwrap();
-    for name in ["waiaas-launcher", "waiaas-daemon"] {
-        let target = bin.join(name);
-        fs::copy(build.join(name), &target)
-            .unwrap_or_else(|e| panic!("copy {name} from {}: {e}", build.display()));
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    bin
-}
+// Containers
 
 struct Site {
-    spec: ImageSpec,
-    home: tempfile::TempDir,
-    volume: PathBuf,
+    podman: Podman,
+    cleanup: Cleanup,
+    volume: String,
+    /// The volume's folder on the host.
+    mountpoint: PathBuf,
+    /// The host's loopback port published to the container's 3100.
+    port: u16,
 }
 
 impl Site {
-    fn new() -> Self {
-        let spec = image_spec();
-        let home = tempfile::tempdir().unwrap();
-        // A fresh named volume is a copy of the image's /data: empty, 0700.
-        let volume = home.path().join("volume");
-        fs::create_dir(&volume).unwrap();
-        fs::set_permissions(&volume, fs::Permissions::from_mode(0o700)).unwrap();
-        Self { spec, home, volume }
-    }
-
-    /// `program args…` as the container runs it: the image's environment
-    /// (plus what compose or `-e` would set), the image's bin folder first
-    /// on the PATH, the volume as the data dir.
-    fn command(&self, image_bin: &Path, port: u16, argv: &[String]) -> Command {
-        let mut command = hermetic(Command::new(image_bin.join(&argv[0])), self.home.path());
-        command.args(&argv[1..]);
-        for (key, value) in &self.spec.env {
-            command.env(key, value);
-        }
-        let path = std::env::var("PATH").unwrap_or_default();
-        command
-            .env("PATH", format!("{}:{path}", image_bin.display()))
-            // The volume's mount point, and what Docker's port publishing does.
-            .env("WAIAAS_DATA_DIR", &self.volume)
-            .env("WAIAAS_DAEMON_HOSTNAME", "127.0.0.1")
-            .env("WAIAAS_DAEMON_PORT", port.to_string())
-            // No registry in a test.
-            .env("WAIAAS_DAEMON_UPDATE_CHECK", "false")
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// `docker run`: the entrypoint in the background.
-    fn start(&self, image_bin: &Path, name: &str) -> Container {
-        let port = free_port();
-        let log = self.home.path().join(format!("{name}.log"));
-        let child = self
-            .command(image_bin, port, &self.spec.entrypoint)
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .expect("start the entrypoint");
-        Container {
-            child: Some(child),
-            log,
+    /// A new named volume `volume`; the API published on loopback `port`.
+    fn new(podman: Podman, volume: &str, port: u16) -> Self {
+        let mut cleanup = podman.cleanup();
+        let volume = volume.to_string();
+        let _ = podman.run(&["volume", "rm", "--force", &volume]);
+        podman.ok(&["volume", "create", &volume]);
+        cleanup.volumes.push(volume.clone());
+        let mountpoint = PathBuf::from(podman.ok(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Mountpoint}}",
+            &volume,
+        ]));
+        Self {
+            podman,
+            cleanup,
+            volume,
+            mountpoint,
             port,
-            image_bin: image_bin.to_path_buf(),
         }
     }
 
-    /// `docker exec container argv…`.
-    fn exec(&self, container: &Container, argv: &[&str]) -> Outcome {
-        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-        run(&mut self.command(&container.image_bin, container.port, &argv))
+    /// `docker run -d` as docker-compose.yml does it; the container's name.
+    fn start(&mut self, image: &str, name: &str) -> String {
+        let container = format!("{}-{name}", self.volume);
+        let _ = self.podman.run(&["rm", "--force", &container]);
+        self.cleanup.containers.push(container.clone());
+        let publish = format!("127.0.0.1:{}:3100", self.port);
+        let mount = format!("{}:/data", self.volume);
+        self.podman.ok(&[
+            "run",
+            "--detach",
+            "--name",
+            &container,
+            "--init",
+            "--publish",
+            &publish,
+            "--volume",
+            &mount,
+            // No registry in a test.
+            "--env",
+            "WAIAAS_DAEMON_UPDATE_CHECK=false",
+            image,
+        ]);
+        container
     }
 
-    /// Docker's health check: the image's HEALTHCHECK command, until it passes.
-    fn wait_healthy(&self, container: &mut Container) {
+    fn healthcheck(&self, container: &str) -> bool {
+        self.podman
+            .run(&["healthcheck", "run", container])
+            .status
+            .success()
+    }
+
+    /// Waits for the image's health check to pass; how long it took.
+    fn wait_healthy(&self, container: &str) -> Duration {
         let started = Instant::now();
-        loop {
-            let check = run(&mut self.command(
-                &container.image_bin,
-                container.port,
-                &self.spec.healthcheck,
-            ));
-            if check.status.success() {
-                return;
-            }
-            if let Some(exit) = container.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "the container exited ({exit}) before it was healthy:\n{}",
-                    container.logs()
-                );
-            }
+        while !self.healthcheck(container) {
+            let running = self
+                .podman
+                .ok(&["inspect", "--format", "{{.State.Running}}", container]);
             assert!(
-                started.elapsed() < HEALTHY_WITHIN,
-                "not healthy within {HEALTHY_WITHIN:?} (last check: {check:?}):\n{}",
-                container.logs()
+                running == "true" && started.elapsed() < HEALTHY_WITHIN,
+                "{container} not healthy within {HEALTHY_WITHIN:?} (running: {running}):\n{}",
+                self.podman.logs(container)
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
+        started.elapsed()
     }
 
-    fn token(&self) -> String {
-        fs::read_to_string(self.volume.join("data/master.token"))
-            .expect("data/master.token in the volume")
-            .trim()
-            .to_string()
-    }
-}
-
-struct Container {
-    child: Option<Child>,
-    log: PathBuf,
-    port: u16,
-    image_bin: PathBuf,
-}
-
-impl Container {
-    fn logs(&self) -> String {
-        format!(
-            "{}{}",
-            fs::read_to_string(&self.log).unwrap_or_default(),
-            fs::read_to_string(self.log.with_extension("err")).unwrap_or_default()
-        )
-    }
-
-    /// `docker stop`: SIGTERM, then the grace period.
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("did not stop within {STOP_GRACE:?}:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// `docker stop -t 40` then `docker rm`: the exit code and how long the stop took.
+    fn stop(&self, container: &str) -> (i32, Duration) {
+        let started = Instant::now();
+        self.podman.ok(&[
+            "stop",
+            "--time",
+            &STOP_GRACE.as_secs().to_string(),
+            container,
+        ]);
+        let took = started.elapsed();
+        let code = self
+            .podman
+            .ok(&["inspect", "--format", "{{.State.ExitCode}}", container]);
+        let logs = self.podman.logs(container);
+        self.podman.ok(&["rm", container]);
+        let code = code.parse().unwrap();
+        assert!(
+            code == 0 && took < STOP_GRACE,
+            "{container} stopped with {code} after {took:?}:\n{logs}"
+        );
+        (code, took)
     }
 
     fn health(&self) -> HealthResponse {
@@ -279,13 +213,20 @@ impl Container {
         serde_json::from_str(&body).expect("a HealthResponse")
     }
 
-    fn create_wallet(&self, token: &str, name: &str) {
+    fn token(&self) -> String {
+        fs::read_to_string(self.mountpoint.join("data/master.token"))
+            .expect("data/master.token in the volume")
+            .trim()
+            .to_string()
+    }
+
+    fn create_wallet(&self, name: &str) {
         let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
         let (status, answer) = http(
             self.port,
             "POST",
             "/v1/wallets",
-            Some(token),
+            Some(&self.token()),
             Some(&body.to_string()),
         )
         .expect("the API answers");
@@ -293,9 +234,9 @@ impl Container {
     }
 
     /// id → name, as the API lists them.
-    fn wallets(&self, token: &str) -> BTreeMap<String, String> {
-        let (status, answer) =
-            http(self.port, "GET", "/v1/wallets", Some(token), None).expect("the API answers");
+    fn wallets(&self) -> BTreeMap<String, String> {
+        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
+            .expect("the API answers");
         assert_eq!(status, 200, "GET /v1/wallets: {answer}");
         let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
         list["wallets"]
@@ -309,15 +250,6 @@ impl Container {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -341,60 +273,190 @@ fn database(path: &Path) -> (u32, BTreeMap<String, String>) {
 
 #[test]
 fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
-    let site = Site::new();
-    assert!(
-        site.spec
-            .env
-            .iter()
-            .any(|(k, v)| k == "WAIAAS_CONTAINER" && v == "1"),
-        "the image sets WAIAAS_CONTAINER=1"
-    );
-    let images = site.home.path().join("images");
+    let Some(podman) = podman() else { return };
+    let (image_a, image_b) = images(&podman);
+    let volume = format!("waiaas-test-s17-{}", std::process::id());
+    let mut site = Site::new(podman, &volume, free_port());
 
-    // Release A's image, first start on an empty volume; data written
-    // through the real API.
-    let image_a = build_image(&images.join("a"), &site.spec, &builds::a_bin_dir());
-    let mut a = site.start(&image_a, "a");
-    site.wait_healthy(&mut a);
-    let health = a.health();
+    // Release A's image on a new volume; data written through the real API.
+    let a = site.start(image_a, "a");
+    let took = site.wait_healthy(&a);
+    eprintln!("A: container start to healthy in {took:?}");
+    let health = site.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
         (builds::a_version(), A_SCHEMA),
         "release A serves from the volume"
     );
-    let token = site.token();
     for name in ["treasury", "payroll", "cold-storage"] {
-        a.create_wallet(&token, name);
+        site.create_wallet(name);
     }
-    let written = a.wallets(&token);
+    let written = site.wallets();
     assert_eq!(written.len(), 3);
+    site.stop(&a);
     assert!(
-        a.stop().success(),
-        "release A stops cleanly on SIGTERM:\n{}",
-        a.logs()
-    );
-    assert!(
-        !site.volume.join("current").exists() && !site.volume.join("versions").exists(),
+        !site.mountpoint.join("current").exists() && !site.mountpoint.join("versions").exists(),
         "in a container the image holds the programs, the volume only data"
     );
-    let (schema, rows) = database(&site.volume.join("data/waiaas.db"));
-    assert_eq!((schema, &rows), (A_SCHEMA, &written), "the volume after A");
 
-    // `docker compose pull && docker compose up -d`: release B's image on
-    // the same volume.
-    let image_b = build_image(&images.join("b"), &site.spec, builds::b_bin_dir());
-    let mut b = site.start(&image_b, "b");
-    site.wait_healthy(&mut b);
-    let health = b.health();
+    // `docker compose pull && docker compose up -d`: B on the same volume.
+    let b = site.start(image_b, "b");
+    let took = site.wait_healthy(&b);
+    eprintln!("B: container start to healthy (migration included) in {took:?}");
+    let health = site.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
         (B_VERSION, B_SCHEMA),
         "release B migrated the volume's database at start:\n{}",
-        b.logs()
+        site.podman.logs(&b)
     );
 
     // The daemon's own backup, taken before it migrated: A's database.
-    let backups: Vec<PathBuf> = fs::read_dir(site.volume.join("backups"))
+    let backups = pre_migrate_backups(&site.mountpoint);
+    assert_eq!(backups.len(), 1, "one pre-migrate backup: {backups:?}");
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backups[0].join(BACKUP_MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest.kind, Kind::PreMigrate);
+    assert_eq!(manifest.schema_version, A_SCHEMA);
+    assert_eq!(manifest.to_version, B_VERSION);
+    assert_eq!(
+        database(&backups[0].join("waiaas.db")),
+        (A_SCHEMA, written.clone()),
+        "the backup holds A's database as it was"
+    );
+    assert_eq!(
+        site.wallets(),
+        written,
+        "the wallets A wrote, through B's API"
+    );
+    assert_eq!(
+        database(&site.mountpoint.join("data/waiaas.db")),
+        (B_SCHEMA, written.clone())
+    );
+
+    // Every process of the container runs as the image's user.
+    let users = site.podman.ok(&["top", &b, "huser", "args"]);
+    let users: Vec<&str> = users.lines().skip(1).collect();
+    assert!(
+        users.len() >= 3 && users.iter().all(|l| l.starts_with("10001 ")),
+        "init, launcher and daemon run as uid 10001: {users:?}"
+    );
+
+    // `docker exec … waiaas-launcher upgrade`: the image is the unit of upgrade.
+    let refused = site.podman.exec(&b, &["waiaas-launcher", "upgrade"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "upgrade in a container: {refused:?}"
+    );
+    let said = refused.stderr.to_lowercase();
+    assert!(
+        said.contains("pull") && said.contains("image"),
+        "it says to pull the new image: {}",
+        refused.stderr
+    );
+    let (_, took) = site.stop(&b);
+    eprintln!("B: graceful stop in {took:?}");
+
+    // Back to A on the migrated volume: refused with the permanent code (20);
+    // the launcher stays up, the container is unhealthy, the logs say why.
+    let back = site.start(image_a, "back");
+    let logs = site
+        .podman
+        .wait_for_log(&back, "not restarting", HEALTHY_WITHIN);
+    assert!(
+        logs.contains("exited with 20") && logs.contains("newer than this daemon"),
+        "A refuses B's schema with exit 20 and says why:\n{logs}"
+    );
+    assert!(!site.healthcheck(&back), "the container reports unhealthy");
+    site.stop(&back);
+
+    // The README's way back: restore the pre-migrate backup with A's image.
+    let backup = format!(
+        "/data/backups/{}",
+        backups[0].file_name().unwrap().to_str().unwrap()
+    );
+    let mount = format!("{}:/data", site.volume);
+    let listed = site.podman.ok(&[
+        "run",
+        "--rm",
+        "--volume",
+        &mount,
+        "--entrypoint",
+        "sh",
+        image_a,
+        "-c",
+        "grep -H created_at /data/backups/*/backup.json",
+    ]);
+    assert!(
+        listed.contains(&backup),
+        "the README's listing shows the backup: {listed}"
+    );
+    site.podman.ok(&[
+        "run", "--rm", "--volume", &mount, "--entrypoint", "sh", image_a, "-c",
+        &format!(
+            "b={backup}; rm -f /data/data/waiaas.db-wal /data/data/waiaas.db-shm && cp \"$b/waiaas.db\" /data/data/waiaas.db"
+        ),
+    ]);
+    let restored = site.start(image_a, "restored");
+    site.wait_healthy(&restored);
+    assert_eq!(
+        site.health().schema_version,
+        A_SCHEMA,
+        "A serves the restored database"
+    );
+    assert_eq!(site.wallets(), written, "with the wallets it had");
+    site.stop(&restored);
+}
+
+/// docker-compose.yml, unmodified, run by podman-compose (installed by
+/// `.ci/container-images`): up, healthy, published on the host's loopback
+/// only (its fixed port 3100), and the data survives `down` and `up`.
+#[test]
+fn the_compose_file_runs_and_keeps_data_across_down_and_up() {
+    let Some(podman) = podman() else { return };
+    let (image_a, _) = images(&podman);
+    let (image, tag) = image_a.rsplit_once(':').unwrap();
+    let project = format!("waiaas-test-compose-{}", std::process::id());
+    let mut site = Site::new(podman, &format!("{project}_waiaas-data"), 3100);
+    let container = format!("{project}_waiaas_1");
+    site.cleanup.containers.push(container.clone());
+    let compose = |args: &[&str]| {
+        let mut command = site.podman.compose();
+        command
+            .args(["--project-name", &project, "--file"])
+            .arg(builds::repo_root().join("docker-compose.yml"))
+            .args(args)
+            .env("WAIAAS_IMAGE", image)
+            .env("WAIAAS_TAG", tag);
+        let outcome = support::run(&mut command);
+        assert!(
+            outcome.status.success(),
+            "podman-compose {args:?}: {outcome:?}"
+        );
+    };
+
+    compose(&["up", "--detach"]);
+    let took = site.wait_healthy(&container);
+    eprintln!("compose up to healthy: {took:?}");
+    assert_eq!(
+        site.podman.ok(&["port", &container]),
+        "3100/tcp -> 127.0.0.1:3100",
+        "published on the host's loopback only"
+    );
+    assert_eq!(site.health().version, builds::a_version());
+    site.create_wallet("treasury");
+    let written = site.wallets();
+
+    compose(&["down"]);
+    compose(&["up", "--detach"]);
+    site.wait_healthy(&container);
+    assert_eq!(site.wallets(), written, "the volume outlived `down`");
+    compose(&["down"]);
+}
+
+fn pre_migrate_backups(volume: &Path) -> Vec<PathBuf> {
+    fs::read_dir(volume.join("backups"))
         .expect("backups/ in the volume")
         .flatten()
         .map(|e| e.path())
@@ -403,42 +465,5 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("pre-migrate-"))
         })
-        .collect();
-    assert_eq!(backups.len(), 1, "one pre-migrate backup: {backups:?}");
-    let manifest: Manifest =
-        serde_json::from_slice(&fs::read(backups[0].join(BACKUP_MANIFEST)).unwrap()).unwrap();
-    assert_eq!(manifest.kind, Kind::PreMigrate);
-    assert_eq!(manifest.schema_version, A_SCHEMA);
-    assert_eq!(manifest.to_version, B_VERSION);
-    let (backup_schema, backup_rows) = database(&backups[0].join("waiaas.db"));
-    assert_eq!(
-        (backup_schema, &backup_rows),
-        (A_SCHEMA, &written),
-        "the backup holds A's database as it was"
-    );
-
-    // The rows are intact, through B's API and in the migrated file.
-    assert_eq!(b.wallets(&site.token()), written, "the wallets A wrote");
-    let (schema, rows) = database(&site.volume.join("data/waiaas.db"));
-    assert_eq!((schema, &rows), (B_SCHEMA, &written));
-
-    // `docker exec … waiaas-launcher upgrade`: the image is the unit of upgrade.
-    let refused = site.exec(&b, &["waiaas-launcher", "upgrade"]);
-    assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "upgrade in a container is a usage error: {refused:?}"
-    );
-    let said = refused.stderr.to_lowercase();
-    assert!(
-        said.contains("pull") && said.contains("image"),
-        "it says to pull the new image: {}",
-        refused.stderr
-    );
-
-    assert!(
-        b.stop().success(),
-        "release B stops cleanly on SIGTERM:\n{}",
-        b.logs()
-    );
+        .collect()
 }

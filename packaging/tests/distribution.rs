@@ -752,8 +752,28 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
     let all = dockerfile();
     let froms: Vec<&Instruction> = all.iter().filter(|i| i.keyword == "FROM").collect();
     assert!(froms.len() >= 2, "a multi-stage build: {froms:?}");
+    let stages: Vec<&str> = froms
+        .iter()
+        .filter_map(|f| f.args.split_whitespace().nth(2))
+        .collect();
+    // `FROM ${BINARIES}` picks one of this file's stages, `build` by default.
+    let binaries = all
+        .iter()
+        .find(|i| i.keyword == "ARG" && i.args.starts_with("BINARIES="))
+        .expect("ARG BINARIES before the first FROM");
+    assert_eq!(
+        binaries.args, "BINARIES=build",
+        "the image compiles by default"
+    );
+    assert!(
+        stages.contains(&"build") && stages.contains(&"prebuilt"),
+        "the stages BINARIES names: {stages:?}"
+    );
     for from in &froms {
         let image = from.args.split_whitespace().next().unwrap();
+        if image == "scratch" || image == "${BINARIES}" {
+            continue;
+        }
         let (name, tag) = image
             .rsplit_once(':')
             .unwrap_or_else(|| panic!("base image `{image}` is not pinned by tag"));

@@ -29,6 +29,7 @@ use waiaas_shared::layout::DataDir;
 pub mod bench;
 pub mod hostile;
 pub mod load;
+pub mod podman;
 pub mod registry;
 pub mod supervisor;
 
