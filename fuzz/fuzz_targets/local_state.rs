@@ -6,8 +6,8 @@
 //! The data dir is `data` relative to a temp folder the process works in, so
 //! that a journal's `backup` can name a folder of it (`data/backups/…`).
 //!
-//! Invariants: a journal that loads names semver versions and a backup folder
-//! of `backups/`, and saves and loads back as itself.
+//! Invariants: a journal that loads names semver versions and backup folders
+//! of `backups/` (`backup`, `restoring`), and saves and loads back as itself.
 
 #![no_main]
 
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(journal)) => {
             semver::Version::parse(&journal.from).expect("from is checked");
             semver::Version::parse(&journal.to).expect("to is checked");
-            if let Some(backup) = &journal.backup {
+            for backup in [&journal.backup, &journal.restoring].into_iter().flatten() {
                 assert_eq!(backup.parent(), Some(s.dir.backups().as_path()));
             }
             journal.save(&s.dir).expect("save the journal");
