@@ -16,6 +16,10 @@ pub enum RestoreError {
     NoManifest(PathBuf),
     #[error("the backup's {file} does not match its recorded checksum; the backup is damaged")]
     Damaged { file: String },
+    #[error(
+        "the backup's backup.json lists `{file}`, which no backup holds; the backup is not usable"
+    )]
+    Unknown { file: String },
     #[error("restoring {path} failed: {source}")]
     Io {
         path: PathBuf,
@@ -43,6 +47,9 @@ pub fn open(path: &Path) -> Result<Backup, RestoreError> {
     })
 }
 
+/// The files a backup holds, in the order they are put back.
+const BACKED_UP: [&str; 2] = ["waiaas.db", "config.toml"];
+
 /// The trust settings of `[update]`: a rollback never brings back a key or a
 /// registry the config in use no longer has (one removed after a key
 /// compromise must stay removed).
@@ -60,12 +67,16 @@ pub struct Restored {
 pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError> {
     let mut restored = Restored::default();
     for (file, sha) in &backup.manifest.files {
+        // backup.json is local state: only the files a backup holds, never a path.
+        if !BACKED_UP.contains(&file.as_str()) {
+            return Err(RestoreError::Unknown { file: file.clone() });
+        }
         let path = backup.path.join(file);
         if sha256_file(&path).map_err(io_at(&path))? != *sha {
             return Err(RestoreError::Damaged { file: file.clone() });
         }
     }
-    for (file, target) in [("waiaas.db", dir.database()), ("config.toml", dir.config())] {
+    for (file, target) in BACKED_UP.into_iter().zip([dir.database(), dir.config()]) {
         let parent = target.parent().unwrap_or(dir.root()).to_path_buf();
         if !backup.manifest.files.contains_key(file) {
             // A backup taken before the first start has no database: the
@@ -176,6 +187,27 @@ fn remove_if_present(path: &Path) -> Result<(), RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_listing_a_path_is_refused_before_anything_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let mut files = std::collections::BTreeMap::new();
+        files.insert("../../etc/passwd".to_string(), "00".to_string());
+        let backup = Backup {
+            path: tmp.path().join("backups/pre-upgrade-1.8.1-x"),
+            manifest: Manifest {
+                kind: waiaas_shared::backup::Kind::PreUpgrade,
+                from_version: "1.8.1".into(),
+                to_version: "1.9.0".into(),
+                schema_version: 16,
+                created_at: "2026-01-01T00:00:00.000Z".into(),
+                files,
+            },
+        };
+        let e = restore(&dir, &backup).unwrap_err();
+        assert!(matches!(e, RestoreError::Unknown { .. }), "{e}");
+    }
 
     #[test]
     fn a_rollback_never_brings_back_a_removed_key_or_registry() {
