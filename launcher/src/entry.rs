@@ -43,12 +43,19 @@ pub fn delegate_to_newer() {
 /// no process is run.
 fn newer_launcher(args: &[OsString]) -> Option<PathBuf> {
     let dir = DataDir::resolve(data_dir_flag(args).as_deref()).ok()?;
+    newer_current_launcher(&dir)
+}
+
+/// `dir`'s current launcher, when its release is newer than this launcher
+/// and no change is unfinished. Read from `current`'s link alone: no process
+/// is run, nothing is waited for.
+pub fn newer_current_launcher(dir: &DataDir) -> Option<PathBuf> {
     // A change in progress (or one whose handover was never confirmed) is
     // not a release to hand commands to: recovery decides first.
     if dir.upgrade_journal().exists() {
         return None;
     }
-    let current = crate::swap::current_version(&dir).ok().flatten()?;
+    let current = crate::swap::current_version(dir).ok().flatten()?;
     let program = dir.version(&current).join("waiaas-launcher");
     (Version::parse(&current).ok()? > version::current() && program.is_file()).then_some(program)
 }

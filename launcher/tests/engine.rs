@@ -330,6 +330,15 @@ impl Setup {
         engine.recover().await
     }
 
+    /// The next launcher start's recovery finishes the rollback: the old
+    /// version runs again and the old state is back.
+    async fn assert_recovered_to_the_old_version(&self) {
+        let mut host = FakeHost::default();
+        self.recover(&mut host).await.unwrap();
+        assert_eq!(host.calls, calls(&["stop", &format!("start {OLD}")]));
+        self.assert_old_state();
+    }
+
     /// The state before the upgrade: `current` is the old version, the
     /// database as it was, and no journal.
     fn assert_old_state(&self) {
@@ -628,10 +637,7 @@ async fn an_old_version_that_does_not_start_again_fails_the_rollback() {
     assert!(setup.journal_left());
 
     // The journal lets the next launcher start finish the rollback.
-    let mut host = FakeHost::default();
-    setup.recover(&mut host).await.unwrap();
-    assert_eq!(host.calls, calls(&["stop", &format!("start {OLD}")]));
-    setup.assert_old_state();
+    setup.assert_recovered_to_the_old_version().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -660,11 +666,8 @@ async fn a_crash_during_the_migration_is_rolled_back_by_recover() {
     assert!(setup.journal_left());
     assert_eq!(setup.current(), NEW, "the crash came after the switch");
 
-    let mut host = FakeHost::default();
-    setup.recover(&mut host).await.unwrap();
     // The daemon ran before the upgrade, so it runs again.
-    assert_eq!(host.calls, calls(&["stop", &format!("start {OLD}")]));
-    setup.assert_old_state();
+    setup.assert_recovered_to_the_old_version().await;
 }
 
 /// A journal that cannot be written (a full disk) fails the step, but the

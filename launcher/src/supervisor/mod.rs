@@ -35,7 +35,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use semver::Version;
 use waiaas_shared::admin::{
     self as protocol, DaemonStatus, Outcome, Request, Response, UpgradeReport,
 };
@@ -1030,21 +1029,12 @@ impl Supervisor {
     /// brings a newer launcher: then this process becomes that launcher,
     /// which starts its own daemon (one installation, one version).
     async fn first_start(&mut self) {
-        if let Some(program) = self.newer_current_launcher().await {
+        if !daemon_binary::in_container()
+            && let Some(program) = crate::entry::newer_current_launcher(&self.dir)
+        {
             self.hand_over(&program).await;
         }
         self.start(Purpose::Service);
-    }
-
-    async fn newer_current_launcher(&self) -> Option<PathBuf> {
-        if daemon_binary::in_container() {
-            return None;
-        }
-        let current = crate::swap::current_version(&self.dir).ok().flatten()?;
-        let folder = self.dir.version(&current);
-        let theirs = daemon_binary::launcher_version(&folder).await.ok()?;
-        let newer = Version::parse(&theirs).ok()? > waiaas_shared::version::current();
-        newer.then(|| folder.join("waiaas-launcher"))
     }
 
     /// Becomes `program` (another release's launcher) in this process — same
