@@ -24,6 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
+use support::load::Writer;
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
@@ -465,6 +466,26 @@ impl Site {
         assert_eq!(health.schema_version, schema, "/health schemaVersion");
         assert_eq!(&self.wallets(), wallets, "the wallets written before");
     }
+}
+
+/// The `w-…` wallet names in the database at `db` (with its WAL, if any,
+/// beside it), read from a copy so that nothing is changed.
+fn written_names(db: &Path, wal: Option<&Path>) -> BTreeSet<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("x.db");
+    fs::copy(db, &copy).unwrap();
+    if let Some(wal) = wal {
+        fs::copy(wal, tmp.path().join("x.db-wal")).unwrap();
+    }
+    let conn = Connection::open(&copy).unwrap();
+    let mut statement = conn
+        .prepare("SELECT name FROM wallets WHERE name LIKE 'w-%'")
+        .unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -1210,6 +1231,8 @@ struct KillPoint {
     now: KillWhen,
     /// Wait this long after `now` held.
     delay: Duration,
+    /// A [`Writer`] creates wallets from the start of the upgrade to the kill.
+    writes: bool,
 }
 
 /// Who runs the upgrade that is killed.
@@ -1241,6 +1264,9 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
     };
 
+    let writer = point
+        .writes
+        .then(|| Writer::start(site.port, &site.token(), "w"));
     let (mut client, out, err) =
         spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -1278,6 +1304,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
         None => {}
     }
+    let written = writer.map(Writer::stop);
     let uncommitted = site.dir.upgrade_journal().exists();
     let at_kill = processes_mentioning(site.dir.root());
     let killed_at = journal_at_kill.as_ref().map_or("none".to_string(), |j| {
@@ -1343,7 +1370,29 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         return problems;
     }
     let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if uncommitted {
+        if let Some(written) = &written {
+            // Every acknowledged write is there; nothing else but writes
+            // that went unanswered.
+            let now = site.wallets();
+            let names: BTreeSet<&String> = now.values().collect();
+            let sent: BTreeSet<&String> = wallets
+                .values()
+                .chain(&written.acknowledged)
+                .chain(&written.unknown)
+                .collect();
+            for name in wallets.values().chain(&written.acknowledged) {
+                assert!(names.contains(name), "{name} was acknowledged and is lost");
+            }
+            assert!(names.is_subset(&sent), "wallets nobody wrote: {names:?}");
+            eprintln!(
+                "{what}: {} writes acknowledged before the kill, all kept",
+                written.acknowledged.len()
+            );
+            match uncommitted {
+                true => site.assert_fully_old(&now),
+                false => site.assert_fully_new(&now),
+            }
+        } else if uncommitted {
             site.assert_fully_old(&wallets);
             assert_eq!(
                 DbDigest::of(&site.dir.database()),
@@ -1388,6 +1437,7 @@ fn boundary(step: u8) -> KillPoint {
         what: format!("kill at the start of step {step}"),
         now: Box::new(move |s, _| s >= step),
         delay: Duration::ZERO,
+        writes: false,
     }
 }
 
@@ -1414,6 +1464,7 @@ fn kill_9_at_every_step_boundary_ends_fully_old_or_new() {
                     .any(|cmd| cmd.contains(" serve "))
         }),
         delay: Duration::ZERO,
+        writes: false,
     };
     for point in [boundary(5), boundary(7), daemon_started] {
         let site = Site::new();
@@ -1435,6 +1486,7 @@ fn kill_9_inside_steps_3_to_7() {
                 s == 3 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
             }),
             delay: Duration::from_millis(20),
+            writes: false,
         },
         KillPoint {
             what: "kill just after the switch (step 4)".into(),
@@ -1442,6 +1494,7 @@ fn kill_9_inside_steps_3_to_7() {
                 s >= 4 && fs::read_link(d.current()).is_ok_and(|t| t.ends_with(B_VERSION))
             }),
             delay: Duration::ZERO,
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon backs up before migrating (step 5)".into(),
@@ -1449,16 +1502,19 @@ fn kill_9_inside_steps_3_to_7() {
                 s == 5 && exists_with_prefix(&d.backups(), ".partial-pre-migrate")
             }),
             delay: Duration::from_millis(20),
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon migrates (step 5)".into(),
             now: Box::new(|s, d| s == 5 && exists_with_prefix(&d.backups(), "pre-migrate-")),
             delay: Duration::from_millis(5),
+            writes: false,
         },
         KillPoint {
             what: "kill while the schema is verified (step 6)".into(),
             now: Box::new(|s, _| s == 6),
             delay: Duration::ZERO,
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon starts (step 7)".into(),
@@ -1469,6 +1525,7 @@ fn kill_9_inside_steps_3_to_7() {
                         .any(|cmd| cmd.contains(" serve "))
             }),
             delay: Duration::ZERO,
+            writes: false,
         },
     ];
     let mut problems = Vec::new();
@@ -1480,6 +1537,152 @@ fn kill_9_inside_steps_3_to_7() {
         problems.extend(kill_during_upgrade(&site, point, Upgrader::Supervisor));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The backup is taken while the old daemon serves (SPEC §12): its main file
+/// copied with checkpoints held, its WAL once it has stopped. Every write the
+/// old daemon acknowledged is in the backup, and `--rollback` brings back
+/// exactly that, WAL included.
+#[test]
+fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
+    let site = Site::with(Setup {
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    let log = supervisor.log();
+    assert!(
+        log.contains("checkpoints held until exit"),
+        "the daemon held its checkpoints:\n{log}"
+    );
+    let backup = PathBuf::from(report.backup.expect("a backup"));
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backup.join(BACKUP_MANIFEST)).unwrap()).unwrap();
+    assert!(
+        manifest.files.contains_key("waiaas.db-wal"),
+        "writes during the copy are in the backup's WAL: {manifest:?}"
+    );
+    for (file, sha) in &manifest.files {
+        let path = backup.join(file);
+        assert_eq!(&sha256_file(&path).unwrap(), sha, "{file}");
+        assert_eq!(manifest.sizes[file], fs::metadata(&path).unwrap().len());
+    }
+    let in_main = written_names(&backup.join("waiaas.db"), None);
+    let in_backup = written_names(
+        &backup.join("waiaas.db"),
+        Some(&backup.join("waiaas.db-wal")),
+    );
+    let now = site.wallets().into_values().collect::<BTreeSet<_>>();
+    // The old daemon acknowledged a prefix of the writes, the new one the
+    // rest: the backup holds that whole prefix, the new daemon everything.
+    let by_old = written
+        .acknowledged
+        .iter()
+        .take_while(|name| in_backup.contains(*name))
+        .count();
+    let missing: Vec<&String> = written.acknowledged[by_old..]
+        .iter()
+        .filter(|name| in_backup.contains(*name) || !now.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but in neither the backup's prefix nor the new database: {missing:?}"
+    );
+    let during_copy = in_backup.len() - in_main.len();
+    eprintln!(
+        "{} writes acknowledged ({} by {}, {} unanswered); {during_copy} of them made while the main file was copied, all in the backup",
+        written.acknowledged.len(),
+        by_old,
+        a(),
+        written.unknown.len()
+    );
+    assert!(
+        during_copy > 0,
+        "no write happened during the live copy: the test proves nothing"
+    );
+    assert!(
+        in_backup
+            .difference(&in_main)
+            .all(|n| written.acknowledged.contains(n) || written.unknown.contains(n)),
+        "the WAL holds only what was written"
+    );
+
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored);
+    let restored: BTreeSet<String> = site
+        .wallets()
+        .into_values()
+        .filter(|n| n.starts_with("w-"))
+        .collect();
+    assert_eq!(
+        restored, in_backup,
+        "--rollback restores the backup, WAL included"
+    );
+}
+
+/// kill -9 at random instants of the live copy (step 2, the daemon serving
+/// and writing) and of the WAL's copy (step 3): fully old or fully new, and
+/// no acknowledged write lost. The instants are printed with their seed.
+#[test]
+fn kill_9_during_the_live_copy_and_the_wal_copy_loses_nothing() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill instants from seed {seed}");
+    let mut random = seed | 1;
+    let mut next_ms = |below: u64| {
+        // xorshift64: enough to spread instants, reproducible from the seed.
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random % below
+    };
+    let runs = std::env::var("WAIAAS_LIVE_KILL_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10u64)
+        .min(50);
+    let mut problems = Vec::new();
+    for run in 0..runs * 2 {
+        let in_copy = run % 2 == 0;
+        let delay = Duration::from_millis(if in_copy { next_ms(600) } else { next_ms(15) });
+        let point = if in_copy {
+            KillPoint {
+                what: format!("kill {delay:?} into the live copy (run {run})"),
+                now: Box::new(|s, d| {
+                    s == 2 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
+                }),
+                delay,
+                writes: true,
+            }
+        } else {
+            KillPoint {
+                what: format!("kill {delay:?} into the WAL's copy (run {run})"),
+                now: Box::new(|s, _| s == 3),
+                delay,
+                writes: true,
+            }
+        };
+        let site = Site::with(Setup {
+            big_db: true,
+            ..Setup::default()
+        });
+        problems.extend(kill_during_upgrade(&site, &point, Upgrader::Supervisor));
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed}:\n{}",
+        problems.join("\n\n")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1744,6 +1947,7 @@ fn fabricate_backup(
         schema_version: schema,
         created_at: created.rfc3339(),
         files,
+        sizes: Default::default(),
     };
     fs::write(
         path.join(BACKUP_MANIFEST),

@@ -16,14 +16,19 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{fsync_dir, sha256_file, write_atomic};
+use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, write_atomic};
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
 /// File name of the manifest inside each backup folder.
 pub const MANIFEST: &str = "backup.json";
-const DB_FILE: &str = "waiaas.db";
-const CONFIG_FILE: &str = "config.toml";
+/// The database's main file, in a backup as in `data/`.
+pub const DB_FILE: &str = "waiaas.db";
+/// The database's write-ahead log, when a backup was taken live (see [`begin`]).
+pub const WAL_FILE: &str = "waiaas.db-wal";
+pub const CONFIG_FILE: &str = "config.toml";
+/// Every file a backup may hold; anything else in a `backup.json` is refused.
+pub const FILES: [&str; 3] = [DB_FILE, WAL_FILE, CONFIG_FILE];
 const PARTIAL_PREFIX: &str = ".partial-";
 
 /// Why a backup was made; the folder name starts with it.
@@ -57,8 +62,11 @@ pub struct Manifest {
     pub schema_version: u32,
     /// RFC 3339 UTC with milliseconds.
     pub created_at: String,
-    /// SHA-256 of each file in the folder, by file name.
+    /// SHA-256 of each file in the folder, by file name ([`FILES`]).
     pub files: BTreeMap<String, String>,
+    /// Size in bytes of each file in `files` (absent from older backups).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, u64>,
 }
 
 impl Manifest {
@@ -76,10 +84,11 @@ pub struct Backup {
 }
 
 /// What a backup is of.
-pub struct Request<'a> {
+#[derive(Debug, Clone)]
+pub struct Request {
     pub kind: Kind,
-    pub from_version: &'a str,
-    pub to_version: &'a str,
+    pub from_version: String,
+    pub to_version: String,
     pub schema_version: u32,
 }
 
@@ -111,8 +120,65 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 
 /// Backs up `data/waiaas.db` (after a WAL checkpoint, verified with
 /// `PRAGMA quick_check`) and `config.toml` (if present) into
-/// `backups/<kind>-<from>-<yyyymmddThhmmssZ>/` with a `backup.json`.
-pub fn create(dir: &DataDir, request: &Request<'_>) -> Result<Backup, BackupError> {
+/// `backups/<kind>-<from>-<yyyymmddThhmmssZ>/` with a `backup.json`. Nothing
+/// may be using the database.
+pub fn create(dir: &DataDir, request: &Request) -> Result<Backup, BackupError> {
+    begin(dir, request, Database::Idle)?.finish()
+}
+
+/// How the database is used while [`begin`] copies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// Nobody uses it: checkpointed first, the main file is the whole database.
+    Idle,
+    /// A daemon serves from it with its checkpoints held (see
+    /// `control::FromLauncher::HoldCheckpoints`): the main file does not
+    /// change until that daemon exits, and every later write is in the WAL,
+    /// which [`Pending::finish`] copies once it has stopped.
+    Held,
+}
+
+/// A backup whose database main file is copied, hashed and checked, still
+/// hidden as `.partial-…`: [`Pending::finish`] completes it; dropping it
+/// removes it.
+#[derive(Debug)]
+pub struct Pending {
+    dir: DataDir,
+    root: PathBuf,
+    name: String,
+    partial: PathBuf,
+    request: Request,
+    now: UtcTime,
+    files: BTreeMap<String, Copied>,
+    /// The main file as it was when copied (`None` without a database).
+    copied_from: Option<Stamp>,
+    /// Renamed into place: nothing is left for `Drop` to remove.
+    finished: bool,
+}
+
+/// What shows that a file was not written to: the same inode, size and mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    Ok(Stamp {
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
+}
+
+/// First half of a backup: the database's main file, copied with its hash
+/// taken on the way (one read) and checked with `quick_check` from the page
+/// cache. With [`Database::Held`] this is the long part, and it runs while
+/// the daemon still serves; the rest ([`Pending::finish`]) is small.
+pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pending, BackupError> {
     let root = dir.backups();
     fs::create_dir_all(&root).map_err(io_err(&root))?;
     let now = UtcTime::now();
@@ -133,68 +199,114 @@ pub fn create(dir: &DataDir, request: &Request<'_>) -> Result<Backup, BackupErro
         .find(|name| !root.join(name).exists())
         .expect("an unused name exists");
     let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
-    let result = fill(dir, &partial, request, now).and_then(|manifest| {
-        let done = root.join(&name);
-        fs::rename(&partial, &done).map_err(io_err(&done))?;
-        fsync_dir(&root).map_err(io_err(&root))?;
+    // Backups hold the whole database: the owner's alone (0700 / 0600).
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&partial)
+        .map_err(io_err(&partial))?;
+    let mut pending = Pending {
+        dir: dir.clone(),
+        root,
+        name,
+        partial,
+        request: request.clone(),
+        now,
+        files: BTreeMap::new(),
+        copied_from: None,
+        finished: false,
+    };
+    let db = dir.database();
+    // An installation never started has no database yet: the backup then
+    // holds the config alone, and restoring it removes any database.
+    if db.exists() {
+        if database == Database::Idle {
+            checkpoint(&db)?;
+        }
+        pending.copy_main()?;
+    }
+    Ok(pending)
+}
+
+impl Pending {
+    fn copy_main(&mut self) -> Result<(), BackupError> {
+        let db = self.dir.database();
+        let before = stamp(&db).map_err(io_err(&db))?;
+        let main = self.partial.join(DB_FILE);
+        let copied = copy(&db, &main)?;
+        quick_check(&main)?;
+        self.files.insert(DB_FILE.to_string(), copied);
+        self.copied_from = Some(before);
+        Ok(())
+    }
+
+    /// Second half, once nothing uses the database any more: the WAL (if
+    /// the main file was copied live) and the config, then `backup.json`,
+    /// and the folder renamed into place. Had the main file changed since it
+    /// was copied (a daemon that did not hold its checkpoints after all), it
+    /// is checkpointed and copied again here.
+    pub fn finish(mut self) -> Result<Backup, BackupError> {
+        let db = self.dir.database();
+        if let Some(copied_from) = self.copied_from {
+            if stamp(&db).map_err(io_err(&db))? != copied_from {
+                tracing::warn!(
+                    "{} changed while it was copied; copying it again with the daemon stopped",
+                    db.display()
+                );
+                let main = self.partial.join(DB_FILE);
+                fs::remove_file(&main).map_err(io_err(&main))?;
+                checkpoint(&db)?;
+                self.copy_main()?;
+            }
+            let wal = self.dir.wal();
+            if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                let copied = copy(&wal, &self.partial.join(WAL_FILE))?;
+                self.files.insert(WAL_FILE.to_string(), copied);
+            }
+        }
+        let config = self.dir.config();
+        if config.exists() {
+            let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
+            self.files.insert(CONFIG_FILE.to_string(), copied);
+        }
+        let manifest = Manifest {
+            kind: self.request.kind,
+            from_version: self.request.from_version.clone(),
+            to_version: self.request.to_version.clone(),
+            schema_version: self.request.schema_version,
+            created_at: self.now.rfc3339(),
+            files: self
+                .files
+                .iter()
+                .map(|(name, c)| (name.clone(), c.sha256.clone()))
+                .collect(),
+            sizes: self
+                .files
+                .iter()
+                .map(|(name, c)| (name.clone(), c.len))
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+        let path = self.partial.join(MANIFEST);
+        write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+        let done = self.root.join(&self.name);
+        fs::rename(&self.partial, &done).map_err(io_err(&done))?;
+        fsync_dir(&self.root).map_err(io_err(&self.root))?;
+        self.finished = true;
         Ok(Backup {
             path: done,
             manifest,
         })
-    });
-    if result.is_err() {
-        // A full disk must not also leave a half-written folder behind.
-        let _ = fs::remove_dir_all(&partial);
     }
-    result
 }
 
-fn fill(
-    dir: &DataDir,
-    partial: &Path,
-    request: &Request<'_>,
-    now: UtcTime,
-) -> Result<Manifest, BackupError> {
-    // Backups hold the whole database: the owner's alone (0700 / 0600).
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(partial)
-        .map_err(io_err(partial))?;
-    let db = dir.database();
-    let mut files = BTreeMap::new();
-    // An installation never started has no database yet: the backup then
-    // holds the config alone, and restoring it removes any database.
-    if db.exists() {
-        checkpoint(&db)?;
-        let db_copy = partial.join(DB_FILE);
-        copy_synced(&db, &db_copy)?;
-        quick_check(&db_copy)?;
-        files.insert(
-            DB_FILE.to_string(),
-            sha256_file(&db_copy).map_err(io_err(&db_copy))?,
-        );
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Unfinished (an error, an abandoned upgrade): a full disk must not
+        // also keep a half-written folder.
+        if !self.finished {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
     }
-    let config = dir.config();
-    if config.exists() {
-        let copy = partial.join(CONFIG_FILE);
-        copy_synced(&config, &copy)?;
-        files.insert(
-            CONFIG_FILE.to_string(),
-            sha256_file(&copy).map_err(io_err(&copy))?,
-        );
-    }
-    let manifest = Manifest {
-        kind: request.kind,
-        from_version: request.from_version.to_string(),
-        to_version: request.to_version.to_string(),
-        schema_version: request.schema_version,
-        created_at: now.rfc3339(),
-        files,
-    };
-    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-    let path = partial.join(MANIFEST);
-    write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
-    Ok(manifest)
 }
 
 /// Folds the WAL into the main file so copying the file alone is a full copy.
@@ -210,14 +322,12 @@ fn checkpoint(db: &Path) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// `fs::copy` (copy_file_range: a reflink where the file system supports it), then fsync.
-fn copy_synced(from: &Path, to: &Path) -> Result<(), BackupError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::copy(from, to).map_err(io_err(from))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(0o600)).map_err(io_err(to))?;
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(to))
+/// [`copy_hashed`] as the owner's alone (0600), fsynced.
+fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
+    copy_hashed(from, to, 0o600).map_err(|e| match e {
+        CopyError::Read(source) => io_err(from)(source),
+        CopyError::Write(source) => io_err(to)(source),
+    })
 }
 
 fn quick_check(db: &Path) -> Result<(), BackupError> {
@@ -299,6 +409,7 @@ pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::sha256_file;
 
     fn install() -> (tempfile::TempDir, DataDir) {
         let tmp = tempfile::tempdir().unwrap();
@@ -314,11 +425,11 @@ mod tests {
         (tmp, dir)
     }
 
-    fn request(from: &str) -> Request<'_> {
+    fn request(from: &str) -> Request {
         Request {
             kind: Kind::PreUpgrade,
-            from_version: from,
-            to_version: "9.9.9",
+            from_version: from.to_string(),
+            to_version: "9.9.9".to_string(),
             schema_version: 16,
         }
     }
@@ -377,6 +488,7 @@ mod tests {
                 schema_version: 1,
                 created_at: at.into(),
                 files: BTreeMap::new(),
+                sizes: BTreeMap::new(),
             };
             fs::write(
                 root.join(name).join(MANIFEST),
@@ -399,6 +511,87 @@ mod tests {
             .collect();
         assert_eq!(left, ["1.10.0", "2.0.0-rc.1"]);
         assert!(!root.join(".partial-pre-upgrade-3.0.0-x").exists());
+    }
+
+    /// A daemon's connection with checkpoints held, as the daemon holds them.
+    fn held(dir: &DataDir) -> Connection {
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn
+    }
+
+    fn count(db: &Path) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_live_backup_holds_the_main_file_and_the_writes_made_while_it_was_copied() {
+        let (tmp, dir) = install();
+        let daemon = held(&dir);
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        // Written while (after) the main file is copied: they land in the WAL.
+        for x in 0..50 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+        drop(daemon);
+        assert!(
+            dir.wal().metadata().unwrap().len() > 0,
+            "no checkpoint at close"
+        );
+        let backup = pending.finish().unwrap();
+        let m = &backup.manifest;
+        assert_eq!(
+            m.files.keys().collect::<Vec<_>>(),
+            [CONFIG_FILE, DB_FILE, WAL_FILE]
+        );
+        for (file, sha) in &m.files {
+            let path = backup.path.join(file);
+            assert_eq!(&sha256_file(&path).unwrap(), sha, "{file}");
+            assert_eq!(m.sizes[file], path.metadata().unwrap().len(), "{file}");
+        }
+        // Main file and WAL together are the database as the daemon left it.
+        let check = tmp.path().join("check");
+        fs::create_dir_all(&check).unwrap();
+        fs::copy(backup.path.join(DB_FILE), check.join("x.db")).unwrap();
+        fs::copy(backup.path.join(WAL_FILE), check.join("x.db-wal")).unwrap();
+        assert_eq!(count(&check.join("x.db")), 52);
+        // The main file alone is the database as it was when the copy began.
+        fs::copy(backup.path.join(DB_FILE), check.join("y.db")).unwrap();
+        assert_eq!(count(&check.join("y.db")), 2);
+    }
+
+    #[test]
+    fn a_main_file_changed_during_a_live_copy_is_copied_again() {
+        let (_tmp, dir) = install();
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        // A daemon that did not hold its checkpoints: its write reaches the main file.
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        let backup = pending.finish().unwrap();
+        assert!(!backup.manifest.files.contains_key(WAL_FILE));
+        assert_eq!(count(&backup.path.join(DB_FILE)), 3);
+    }
+
+    #[test]
+    fn an_unfinished_backup_leaves_nothing() {
+        let (_tmp, dir) = install();
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        drop(pending);
+        let left: Vec<_> = fs::read_dir(dir.backups()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

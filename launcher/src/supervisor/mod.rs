@@ -39,7 +39,7 @@ use waiaas_shared::admin::{
     self as protocol, DaemonStatus, Outcome, Request, Response, UpgradeReport,
 };
 use waiaas_shared::config::Config;
-use waiaas_shared::control::{self, FromDaemon};
+use waiaas_shared::control::{self, FromDaemon, FromLauncher};
 use waiaas_shared::handover::{HANDOVER_VERSION, Handover};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
@@ -497,6 +497,9 @@ impl Supervisor {
     }
 
     fn frame(&mut self, frame: FromDaemon) {
+        if let FromDaemon::CheckpointsHeld | FromDaemon::CheckpointsNotHeld { .. } = frame {
+            return self.checkpoints_answer(frame);
+        }
         let Slot::Starting { daemon, stage, .. } = &mut self.slot else {
             if let FromDaemon::Stopping { reason } = frame {
                 info!("daemon is stopping: {reason}");
@@ -507,10 +510,14 @@ impl Supervisor {
             (
                 Stage::Hello { .. },
                 FromDaemon::Hello {
-                    protocol, version, ..
+                    protocol,
+                    version,
+                    holds_checkpoints,
+                    ..
                 },
             ) if protocol == control::PROTOCOL_VERSION => {
                 daemon.version = version;
+                daemon.holds_checkpoints = holds_checkpoints;
                 *stage = Stage::Ready;
             }
             (Stage::Hello { .. }, FromDaemon::Hello { protocol, .. }) => self.fail_start(format!(
@@ -531,6 +538,25 @@ impl Supervisor {
                 self.fail_start(format!("the daemon stopped: {reason}"))
             }
             _ => {}
+        }
+    }
+
+    /// The daemon's answer to a hold of its checkpoints, for the engine.
+    fn checkpoints_answer(&mut self, frame: FromDaemon) {
+        let Slot::Running(daemon) = &mut self.slot else {
+            return;
+        };
+        let held = match frame {
+            FromDaemon::CheckpointsNotHeld { reason } => {
+                warn!(
+                    "the daemon cannot hold its checkpoints ({reason}); backing up after it stops"
+                );
+                false
+            }
+            _ => true,
+        };
+        if let Some(answer) = daemon.hold_answer.take() {
+            let _ = answer.send(held);
         }
     }
 
@@ -952,6 +978,16 @@ impl Supervisor {
             HostCall::Running(answer) => {
                 let _ = answer.send(self.wants_daemon());
             }
+            HostCall::HoldCheckpoints(answer) => match &mut self.slot {
+                Slot::Running(daemon) if daemon.holds_checkpoints => {
+                    match daemon.send(&FromLauncher::HoldCheckpoints) {
+                        Ok(()) => daemon.hold_answer = Some(answer),
+                        Err(e) => warn!("cannot ask the daemon to hold its checkpoints: {e}"),
+                    }
+                }
+                // Dropped: no daemon that could hold them.
+                _ => drop(answer),
+            },
             HostCall::Stop(done) => {
                 // From here the upgrade decides when a daemon runs.
                 self.held = Some(State::Stopped);

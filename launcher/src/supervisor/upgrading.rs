@@ -25,6 +25,8 @@ use crate::upgrade::{Engine, Host, HostError};
 /// What the engine asks of the supervisor.
 pub enum HostCall {
     Running(oneshot::Sender<bool>),
+    /// Hold the running daemon's checkpoints; dropped unanswered if it cannot.
+    HoldCheckpoints(oneshot::Sender<bool>),
     Stop(oneshot::Sender<Result<(), HostError>>),
     Start {
         version: String,
@@ -53,6 +55,14 @@ impl Host for ChannelHost {
         let (tx, rx) = oneshot::channel();
         let _ = self.calls.send(HostCall::Running(tx));
         rx.await.unwrap_or(false)
+    }
+
+    async fn hold_checkpoints(&mut self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.calls.send(HostCall::HoldCheckpoints(tx));
+        // A folded WAL is small; a daemon that does not answer in time is
+        // backed up after it stops, as if it could not hold them.
+        matches!(tokio::time::timeout(HOLD_TIMEOUT, rx).await, Ok(Ok(true)))
     }
 
     async fn stop_daemon(&mut self) -> Result<(), HostError> {
@@ -115,6 +125,9 @@ struct Reply {
     /// Gives the connection back once `frames` is closed and all is written.
     writer: tokio::task::JoinHandle<Option<OwnedWriteHalf>>,
 }
+
+/// How long a daemon may take to hold its checkpoints (a checkpoint of its WAL).
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the last frames may take to reach a command before a handover.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
