@@ -1157,6 +1157,56 @@ fn a_new_daemon_that_crashes_on_start_rolls_back() {
     );
 }
 
+/// An automatic rollback puts the live backup back whole: the writes made
+/// while its main file was copied are in its WAL, and all are there again.
+#[test]
+fn an_automatic_rollback_restores_the_writes_in_the_backups_wal() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::Crash),
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    let written = writer.stop();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    let backup = PathBuf::from(report.backup.expect("a backup"));
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backup.join(BACKUP_MANIFEST)).unwrap()).unwrap();
+    assert!(
+        manifest.files.contains_key("waiaas.db-wal"),
+        "the backup holds a WAL of recent writes: {manifest:?}"
+    );
+    let in_wal = written_names(
+        &backup.join("waiaas.db"),
+        Some(&backup.join("waiaas.db-wal")),
+    )
+    .difference(&written_names(&backup.join("waiaas.db"), None))
+    .count();
+    supervisor.wait_healthy();
+    let now = site.wallets();
+    let names: BTreeSet<&String> = now.values().collect();
+    let lost: Vec<&String> = written
+        .acknowledged
+        .iter()
+        .filter(|n| !names.contains(n))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    eprintln!(
+        "{} writes acknowledged, {in_wal} of them only in the backup's WAL, all back after the rollback",
+        written.acknowledged.len()
+    );
+    assert!(
+        in_wal > 0,
+        "no write reached the backup's WAL: the test proves nothing"
+    );
+    site.assert_fully_old(&now);
+}
+
 #[test]
 fn a_new_daemon_that_never_becomes_healthy_rolls_back() {
     let setup = Setup {
