@@ -20,6 +20,10 @@ use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, write_atomic};
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
+mod wal;
+use wal::WalCopy;
+pub use wal::WalError;
+
 /// File name of the manifest inside each backup folder.
 pub const MANIFEST: &str = "backup.json";
 /// The database's main file, in a backup as in `data/`.
@@ -111,6 +115,8 @@ pub enum BackupError {
         "the database failed its integrity check (PRAGMA quick_check), so it is not backed up: {0}"
     )]
     Corrupt(String),
+    #[error("cannot copy the database's write-ahead log: {0}")]
+    Wal(#[source] WalError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
@@ -154,6 +160,8 @@ pub struct Pending {
     files: BTreeMap<String, Copied>,
     /// The main file as it was when copied (`None` without a database).
     copied_from: Option<Stamp>,
+    /// The WAL's committed frames, copied while the daemon serves.
+    wal: Option<WalCopy>,
     /// Renamed into place: nothing is left for `Drop` to remove.
     finished: bool,
 }
@@ -215,6 +223,7 @@ pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pen
         now,
         files: BTreeMap::new(),
         copied_from: None,
+        wal: None,
         finished: false,
     };
     let db = dir.database();
@@ -225,6 +234,9 @@ pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pen
             checkpoint(&db)?;
         }
         pending.copy_main()?;
+        if database == Database::Held {
+            pending.follow_wal()?;
+        }
     }
     Ok(pending)
 }
@@ -249,28 +261,55 @@ impl Pending {
         Ok(())
     }
 
-    /// Second half, once nothing uses the database any more: the WAL (if
-    /// the main file was copied live) and the config, then `backup.json`,
-    /// and the folder renamed into place. Had the main file changed since it
-    /// was copied (a daemon that did not hold its checkpoints after all), it
-    /// is checkpointed and copied again here.
+    /// Copies the WAL's committed frames while the daemon still writes:
+    /// pass after pass while a pass finds more than [`WAL_TAIL`], so that
+    /// little is left for [`Pending::finish`].
+    fn follow_wal(&mut self) -> Result<(), BackupError> {
+        let (wal, dest) = (self.dir.wal(), self.partial.join(WAL_FILE));
+        let mut copy = WalCopy::create(&dest).map_err(BackupError::Wal)?;
+        for _ in 0..WAL_PASSES {
+            if copy.catch_up(&wal).map_err(BackupError::Wal)? <= WAL_TAIL {
+                break;
+            }
+        }
+        self.wal = Some(copy);
+        Ok(())
+    }
+
+    /// Second half, once nothing uses the database any more: the rest of
+    /// the WAL and the config, then `backup.json`, and the folder renamed
+    /// into place. Had the main file changed since it was copied, or the WAL
+    /// restarted (a daemon that did not hold its checkpoints after all), the
+    /// database is checkpointed and copied again here.
     pub fn finish(mut self) -> Result<Backup, BackupError> {
         let db = self.dir.database();
         if let Some(copied_from) = self.copied_from {
-            if stamp(&db).map_err(io_err(&db))? != copied_from {
-                tracing::warn!(
-                    "{} changed while it was copied; copying it again with the daemon stopped",
-                    db.display()
-                );
-                let main = self.partial.join(DB_FILE);
-                fs::remove_file(&main).map_err(io_err(&main))?;
-                checkpoint(&db)?;
-                self.copy_main()?;
-            }
-            let wal = self.dir.wal();
-            if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-                let copied = copy(&wal, &self.partial.join(WAL_FILE))?;
-                self.files.insert(WAL_FILE.to_string(), copied);
+            let wal = match self.wal.take() {
+                Some(copy) => copy,
+                None => WalCopy::create(&self.partial.join(WAL_FILE)).map_err(BackupError::Wal)?,
+            };
+            let unchanged = stamp(&db).map_err(io_err(&db))? == copied_from;
+            let wal = match unchanged.then(|| wal.finish(&self.dir.wal())) {
+                Some(Ok(copied)) => Some(copied),
+                Some(Err(e @ WalError::Io { .. })) => return Err(BackupError::Wal(e)),
+                Some(Err(WalError::Restarted(_))) | None => None,
+            };
+            match wal {
+                Some(copied) if copied.len > 0 => {
+                    self.files.insert(WAL_FILE.to_string(), copied);
+                }
+                Some(_) => remove(&self.partial.join(WAL_FILE))?,
+                None => {
+                    tracing::warn!(
+                        "{} changed while it was copied; copying it again with the daemon stopped",
+                        db.display()
+                    );
+                    for file in [DB_FILE, WAL_FILE] {
+                        remove(&self.partial.join(file))?;
+                    }
+                    checkpoint(&db)?;
+                    self.copy_main()?;
+                }
             }
         }
         let config = self.dir.config();
@@ -316,6 +355,18 @@ impl Drop for Pending {
         if !self.finished {
             let _ = fs::remove_dir_all(&self.partial);
         }
+    }
+}
+
+/// Passes over a growing WAL before the daemon stops, at most.
+const WAL_PASSES: usize = 4;
+/// A pass that copied no more than this leaves the rest to the stop.
+const WAL_TAIL: u64 = 1 << 20;
+
+fn remove(path: &Path) -> Result<(), BackupError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
     }
 }
 
