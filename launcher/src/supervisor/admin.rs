@@ -112,6 +112,34 @@ pub async fn answer(mut reply: OwnedWriteHalf, response: &Response) {
     }
 }
 
+/// Writes one answer now, without waiting on the runtime (the process is
+/// about to exec): a frame is far smaller than a socket's buffer, so a
+/// client that reads gets it whole; one that does not within `timeout` is
+/// only logged.
+pub fn answer_blocking(reply: OwnedWriteHalf, response: &Response, timeout: Duration) {
+    let Ok(frame) = control::encode(response) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut written = 0;
+    while written < frame.len() {
+        match reply.try_write(&frame[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    warn!("admin socket: could not answer in time");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                warn!("admin socket: could not answer: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// Answers from a task of its own, so a slow client never holds up the loop.
 pub fn answer_later(reply: OwnedWriteHalf, response: Response) {
     tokio::spawn(async move { answer(reply, &response).await });
