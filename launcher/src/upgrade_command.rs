@@ -132,11 +132,12 @@ fn through_supervisor(
     request: &UpgradeRequest,
     render: &mut dyn FnMut(Progress),
 ) -> Result<Option<UpgradeReport>, Failure> {
-    let lost = |e: client::ClientError| {
-        Failure::new(format!(
+    let lost = |e: client::ClientError| match e {
+        client::ClientError::Malformed(_) => crate::client::misunderstood(dir, e),
+        e => Failure::new(format!(
             "lost the connection to the supervisor during the upgrade ({e}); \
              see `waiaas-launcher status` and its log"
-        ))
+        )),
     };
     let Some(mut connection) = client::send(
         &dir.launcher_socket(),

@@ -857,6 +857,162 @@ fn a_new_launcher_that_hangs_in_the_handover_is_ended_and_rolled_back_at_the_nex
     );
 }
 
+/// `upgrade --no-start` commits with the daemon left stopped, and the old
+/// launcher keeps running (there is no daemon to hand over yet): the next
+/// start — `restart` here (SIGHUP is the same), or the service started
+/// again — is the new release's launcher, in place.
+#[test]
+fn no_start_leaves_the_old_launcher_running_until_the_next_start() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    let (out, report) = site.upgrade_json(&["--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    let status = supervisor.wait_for(Duration::from_secs(30), "stopped", |s| s.state == "stopped");
+    assert_eq!(
+        (status.launcher_pid, status.launcher_version.as_str()),
+        (pid, a())
+    );
+    assert!(status.daemon.is_none(), "{status:?}");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        fs::canonicalize(LAUNCHER).unwrap(),
+        "still A's launcher"
+    );
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(site.journal().is_none(), "committed");
+    assert!(site.health().is_none(), "no daemon serves");
+
+    // The next start: `restart` (A's binary hands the command to B's; the
+    // old supervisor hands the service to B's launcher, which starts B).
+    let restart = run(&mut site.launcher(&["restart"]));
+    assert!(
+        restart.status.success(),
+        "{restart:?}\n{}",
+        supervisor.log()
+    );
+    assert!(
+        restart.stdout.contains("handing the service to"),
+        "{restart:?}"
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_pid, pid, "the same process");
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+
+    // Left stopped again, the service started afresh by A's binary: B too.
+    let (out, _) = site.upgrade_json(&["--rollback", "--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    site.stop(supervisor);
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(
+        status.launcher_version,
+        a(),
+        "rolled back to A: A's launcher"
+    );
+    site.assert_fully_old(&wallets);
+}
+
+/// An old CLI against a new supervisor and a new CLI against an old one:
+/// each works (A's and B's speak one admin protocol; A's binary hands its
+/// commands to B's when it can, and talks to B's supervisor itself when it
+/// cannot) — and when a supervisor and a command do not understand each
+/// other, both say exactly which program to run the command with.
+#[test]
+fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
+    let site = Site::new();
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    let b_cli = |args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        run(&mut command)
+    };
+    let status_of = |out: &Ran| -> serde_json::Value {
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+
+    // A new CLI (B's) against an old supervisor (A's).
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let status = status_of(&b_cli(&["status", "--json"]));
+    assert_eq!(status["launcher_version"], a(), "{status}");
+    let check = b_cli(&["upgrade", "--check"]);
+    assert!(check.status.success(), "{check:?}");
+
+    // An old CLI (A's) against a new supervisor (B's, after the upgrade):
+    // handed to B's binary, or — as a CLI that cannot hand over (one from
+    // before the entry point) — talking to B's supervisor itself.
+    let (out, _) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let status = status_of(&run(&mut site.launcher(&["status", "--json"])));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    let status = status_of(&run(site
+        .launcher(&["status", "--json"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0")));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    site.assert_fully_new(&wallets);
+
+    // A command of another admin protocol: the supervisor names its program.
+    let program = site.dir.version(B_VERSION).join("waiaas-launcher");
+    let answer = {
+        use std::io::{BufRead, BufReader};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(site.dir.launcher_socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"{\"protocol\":99,\"request\":{\"type\":\"status\"}}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(
+        answer.contains(&format!("run the command with {}", program.display())),
+        "{answer}"
+    );
+    site.stop(supervisor);
+
+    // A supervisor whose answers this command cannot read (a stand-in
+    // speaking a later protocol): the command names the supervisor's program.
+    let _ = fs::remove_file(site.dir.launcher_socket());
+    let listener = std::os::unix::net::UnixListener::bind(site.dir.launcher_socket()).unwrap();
+    fs::write(site.dir.launcher_pid(), format!("{}\n", std::process::id())).unwrap();
+    let stand_in = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream)
+            .write_all(b"{\"type\":\"status_v9\",\"launcher\":{}}\n")
+            .unwrap();
+    });
+    let out = run(site
+        .launcher(&["status"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0"));
+    stand_in.join().unwrap();
+    let ours = std::env::current_exe().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("the supervisor runs {}", ours.display()))
+            && out.stderr.contains("run the command with that program"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// Runs `work` while `clients` send `GET /health` to `port` without pause
 /// (bounded: 5 minutes at most); returns its result and the requests that
 /// were answered and that failed.

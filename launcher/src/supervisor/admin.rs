@@ -82,8 +82,14 @@ pub async fn accept(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCa
                     envelope.request
                 }
                 Ok(Ok(Some(envelope))) => {
+                    // Name the exact program: after an upgrade or an npm
+                    // install, the one on the PATH may be another release's.
+                    let exe = std::env::current_exe()
+                        .map_or_else(|_| "waiaas-launcher".into(), |p| p.display().to_string());
                     let message = format!(
-                        "this launcher speaks admin protocol {}, the command {}; use the matching waiaas-launcher",
+                        "this supervisor is waiaas-launcher {} ({exe}) and speaks admin protocol {}; \
+                         the command speaks {}: run the command with {exe}",
+                        waiaas_shared::version::VERSION,
                         control::PROTOCOL_VERSION,
                         envelope.protocol
                     );
