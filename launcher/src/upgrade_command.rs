@@ -77,8 +77,13 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
         // `npm install -g` brought a newer release with this launcher: that
         // one, verified as any, with no download (and so also offline).
         eprintln!(
-            "Using the release beside this launcher ({}), newer than the installed one",
-            folder.display()
+            "Using the release beside this launcher ({}), newer than the installed one{}",
+            folder.display(),
+            if package::is_local_build(&folder) {
+                ": a build without a signed release.json, accepted as your own"
+            } else {
+                ""
+            }
         );
         UpgradeAction::FromFile(folder)
     } else {

@@ -798,7 +798,7 @@ fn npm_registry_end_to_end() {
         port: free_port(),
     };
     let version = run_bounded(
-        hermetic(Command::new(&launcher), &home).arg("--version"),
+        hermetic(Command::new(&launcher), home).arg("--version"),
         Duration::from_secs(30),
         "waiaas-launcher --version",
     );

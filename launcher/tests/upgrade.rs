@@ -1013,6 +1013,87 @@ fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
     );
 }
 
+/// A newer launcher that is a source build — B's own `cargo build` output,
+/// no `release.json` beside it — is the operator's own binary: `upgrade` run
+/// from it moves the installation to it (through the running old supervisor,
+/// which then becomes it), unsigned, saying so, recording its files' hashes
+/// (`installed.json`) — journaled, backed up, with no download; and `run`
+/// from it does the same before it serves.
+#[test]
+fn a_newer_source_build_without_release_json_is_accepted_saying_so() {
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    assert!(!builds::b_bin_dir().join("release.json").exists());
+    let b_command = |site: &Site, args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        command
+    };
+
+    // `upgrade`, through the old supervisor.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let out = run(&mut b_command(&site, &["upgrade"]));
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert!(
+        out.stderr
+            .contains("without a signed release.json, accepted as your own")
+            && out.stderr.contains("accepting it as your own build"),
+        "{}",
+        out.stderr
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+    let installed = site.dir.version(B_VERSION);
+    assert!(installed.join("installed.json").is_file());
+    assert!(!installed.join("release.json").exists());
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+    assert!(
+        site.backups()
+            .iter()
+            .any(|(_, m)| m.kind == Kind::PreUpgrade),
+        "a pre-upgrade backup"
+    );
+    // The way back checks the recorded hashes and works.
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    site.assert_fully_old(&wallets);
+    drop(supervisor);
+
+    // `run` from the source build: it moves the installation before it serves.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    site.stop(supervisor);
+    let mut supervisor = Supervisor::spawn(
+        b_command(&site, &["run"]),
+        site.home.join("source-build.stderr"),
+        site.dir.launcher_socket(),
+        LogFile::Fresh,
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let log = supervisor.log();
+    assert!(
+        log.contains("accepted as the operator's own") && log.contains("installed.json"),
+        "{log}"
+    );
+    // /health answers just before the commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.dir.upgrade_journal().exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    site.assert_fully_new(&wallets);
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+}
+
 /// Runs `work` while `clients` send `GET /health` to `port` without pause
 /// (bounded: 5 minutes at most); returns its result and the requests that
 /// were answered and that failed.

@@ -393,8 +393,13 @@ impl Supervisor {
             });
         } else if let Some(folder) = crate::package::newer_release_beside(&self.dir) {
             info!(
-                "moving to the newer release beside this launcher ({})",
-                folder.display()
+                "moving to the newer release beside this launcher ({}){}",
+                folder.display(),
+                if crate::package::is_local_build(&folder) {
+                    ", a build without a signed release.json: accepted as the operator's own"
+                } else {
+                    ""
+                }
             );
             self.held = Some(State::Stopped);
             self.upgrade = Some(Upgrade::local(dir, config, folder));
