@@ -920,6 +920,8 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
         }
         events.lines.push(line);
     }
+    // A handed-over step is announced by both launchers: one step, from the first.
+    events.steps.dedup_by_key(|s| s.0);
     events
 }
 
