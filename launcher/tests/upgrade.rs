@@ -1679,11 +1679,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
     }));
     if let Err(panic) = check {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let message = panic_message(panic.as_ref());
         problems.push(format!(
             "{what} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
             next.log()
@@ -1705,6 +1701,15 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         ));
     }
     problems
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 fn boundary(step: u8) -> KillPoint {
@@ -1882,11 +1887,7 @@ fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<Strin
         }
     }));
     if let Err(panic) = check {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let message = panic_message(panic.as_ref());
         problems.push(format!(
             "{what}: not fully {expect}: {message}\nkilled launcher:\n{killed_log}\nnext:\n{}",
             next.log()
