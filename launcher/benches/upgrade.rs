@@ -8,9 +8,12 @@
 //!    supervisor) while 32 keep-alive clients send `GET /health` without pause
 //!    and one more creates wallets one after another: requests, failures,
 //!    latency, the command's time, the window without a serving daemon (seen
-//!    from the supervisor's log and from the clients), the backup's live part
-//!    (copied while the old daemon serves) and the part inside the window,
-//!    and whether every acknowledged write is kept;
+//!    from the supervisor's log and from the clients) — the supervisor
+//!    becoming B's launcher in place included, and the exec handover itself
+//!    timed (the old launcher's "handing over" line to the new one's "took
+//!    over") — the backup's live part (copied while the old daemon serves)
+//!    and the part inside the window, and whether every acknowledged write is
+//!    kept;
 //! 2. `--rollback` under load — the same for B → A: the writes acknowledged
 //!    by A before the upgrade's stop are back, the later ones not;
 //!
@@ -707,6 +710,12 @@ struct LogEvents {
     old_exited: Option<i64>,
     /// The new daemon listens ("ready: listening …").
     new_listening: Option<i64>,
+    /// The supervisor has the new daemon healthy ("daemon ready …").
+    new_ready: Option<i64>,
+    /// The old launcher is about to exec the new one ("handing over to …").
+    handing_over: Option<i64>,
+    /// The new launcher, same pid, has taken over ("took over from launcher …").
+    took_over: Option<i64>,
     /// The engine's report ("upgrade: Upgraded: …"): step 7 done.
     done: Option<i64>,
     lines: Vec<String>,
@@ -844,6 +853,16 @@ fn under_load(
         (Some(from), Some(to)) => Some(to - from),
         _ => None,
     };
+    let stopped_to_ready = match (events.old_exited, events.new_ready) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    // The exec handover itself: the old launcher's last line before execve
+    // to the new launcher's first after it (the same pid).
+    let handover = match (events.handing_over, events.took_over) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
     println!(
         "  steps (supervisor log): {}",
         events
@@ -877,6 +896,11 @@ fn under_load(
         "  old daemon exited → new daemon listening: {}; old daemon stopped accepting → new listening: {}",
         fmt_ms(no_daemon),
         fmt_ms(not_accepting)
+    );
+    println!(
+        "  old daemon exited → new daemon ready (healthy, supervisor log): {}; the exec handover (old launcher's \"handing over\" → new launcher's \"took over\"): {}",
+        fmt_ms(stopped_to_ready),
+        fmt_ms(handover)
     );
     println!(
         "  backup: {} copied while the old daemon served (step 2 until it was told to stop), {} inside the window (step 3)",
@@ -965,6 +989,8 @@ fn under_load(
         "backup_in_window_ms": backup_in_window.map(|w| round1(w as f64 / 1000.0)),
         "writes_acknowledged": written.acknowledged.len(),
         "writes_unanswered": written.unknown.len(),
+        "old_exited_to_new_ready_ms": stopped_to_ready.map(|w| round1(w as f64 / 1000.0)),
+        "exec_handover_ms": handover.map(|w| round1(w as f64 / 1000.0)),
         "client_longest_no_completion_ms": round1(gap as f64 / 1000.0),
         "step_ms": step_ms,
         "progress_lag_worst_ms": lag.map(|(lag, _)| round1(lag as f64 / 1000.0)),
@@ -974,6 +1000,9 @@ fn under_load(
             "old_stopping": to_ms(events.old_stopping),
             "old_exited": to_ms(events.old_exited),
             "new_listening": to_ms(events.new_listening),
+            "new_ready": to_ms(events.new_ready),
+            "handing_over": to_ms(events.handing_over),
+            "took_over": to_ms(events.took_over),
             "done": to_ms(events.done),
         },
         "clients": LOAD_CLIENTS,
@@ -1069,6 +1098,9 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
         old_stopping: None,
         old_exited: None,
         new_listening: None,
+        new_ready: None,
+        handing_over: None,
+        took_over: None,
         done: None,
         lines: Vec::new(),
     };
@@ -1098,11 +1130,19 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
             events.old_exited.get_or_insert(at);
         } else if line.contains("ready: listening") && events.old_exited.is_some() {
             events.new_listening.get_or_insert(at);
+        } else if line.contains("daemon ready") && events.old_exited.is_some() {
+            events.new_ready.get_or_insert(at);
+        } else if line.contains("handing over to ") {
+            events.handing_over.get_or_insert(at);
+        } else if line.contains("took over from launcher") {
+            events.took_over.get_or_insert(at);
         } else if line.contains(": upgrade: ") {
             events.done.get_or_insert(at);
         }
         events.lines.push(line);
     }
+    // A handed-over step is announced by both launchers: one step, from the first.
+    events.steps.dedup_by_key(|s| s.0);
     events
 }
 

@@ -101,11 +101,13 @@ fn fault_release(fault: Fault) -> &'static Packed {
     static HANG: OnceLock<Packed> = OnceLock::new();
     static HANG_MIGRATE: OnceLock<Packed> = OnceLock::new();
     static LAUNCHER_DIES: OnceLock<Packed> = OnceLock::new();
+    static LAUNCHER_HANGS: OnceLock<Packed> = OnceLock::new();
     let cell = match fault {
         Fault::Crash => &CRASH,
         Fault::Hang => &HANG,
         Fault::HangMigrate => &HANG_MIGRATE,
         Fault::LauncherDiesOnRun => &LAUNCHER_DIES,
+        Fault::LauncherHangsOnHandover => &LAUNCHER_HANGS,
     };
     cell.get_or_init(|| {
         let r = releases();
@@ -791,6 +793,328 @@ fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
     site.assert_fully_old(&wallets);
 }
 
+/// Probation with a deadline: a new launcher that hangs in the handover
+/// (blocks forever, serving nothing, holding the listener, the admin socket
+/// and the command's connection) is ended by the deadline the old launcher
+/// armed before the exec (SIGALRM, `[update] health_timeout` + 10 s) — with
+/// no systemd watchdog and nobody watching — and the next start (as
+/// systemd's `Restart=` would make it, or `run` again by hand) finds the
+/// unconfirmed handover, says so, and rolls the whole release back: A's
+/// launcher, A's daemon, `current`, the database.
+#[test]
+fn a_new_launcher_that_hangs_in_the_handover_is_ended_and_rolled_back_at_the_next_start() {
+    use std::os::unix::process::ExitStatusExt;
+    let health_timeout = 5;
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::LauncherHangsOnHandover),
+        health_timeout,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let before = DbDigest::of(&site.dir.database());
+    let config = fs::read(site.dir.config()).unwrap();
+
+    let started = Instant::now();
+    let (mut command, out, err) = spawn_logged(site.launcher(&["upgrade"]), &site.home, "upgrade");
+    // The hung launcher holds the command's connection: the command waits
+    // until the deadline ends that process, then says the connection is lost.
+    let status = wait_child(
+        &mut command,
+        Duration::from_secs(120),
+        "the upgrade command",
+    );
+    let took = started.elapsed();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert!(
+        !status.success(),
+        "{}{stderr}",
+        fs::read_to_string(&out).unwrap()
+    );
+    assert!(stderr.contains("lost the connection"), "{stderr}");
+    let exit = supervisor.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        exit.signal(),
+        Some(libc::SIGALRM),
+        "ended by its deadline: {exit}\n{}",
+        supervisor.log()
+    );
+    let deadline = Duration::from_secs(health_timeout + 10);
+    eprintln!("the hung launcher (pid {pid}) was ended {took:?} after the upgrade began");
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(60),
+        "ended after {took:?}, the deadline is {deadline:?}"
+    );
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!("must confirm within {} s", deadline.as_secs()))
+            && log.contains("hanging in the handover"),
+        "{log}"
+    );
+    let journal = site.journal().expect("an unconfirmed handover");
+    assert_eq!(journal["handed_over"], true, "{journal}");
+    assert!(
+        processes_mentioning(site.dir.root()).is_empty(),
+        "nothing of the hung release runs"
+    );
+
+    // What systemd's restart does: the service's launcher (A's) runs again.
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(status.launcher_version, a());
+    assert_eq!(status.daemon.as_ref().unwrap().version, a());
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, fs::canonicalize(LAUNCHER).unwrap(), "A's launcher");
+    site.assert_fully_old(&wallets);
+    assert_eq!(DbDigest::of(&site.dir.database()), before, "the database");
+    assert_eq!(fs::read(site.dir.config()).unwrap(), config);
+    let log = again.log();
+    assert!(
+        log.contains(&format!("handover to {B_VERSION}'s launcher"))
+            && log.contains("was never confirmed")
+            && log.contains("rolled back"),
+        "the reason is in the log:\n{log}"
+    );
+}
+
+/// `upgrade --no-start` commits with the daemon left stopped, and the old
+/// launcher keeps running (there is no daemon to hand over yet): the next
+/// start — `restart` here (SIGHUP is the same), or the service started
+/// again — is the new release's launcher, in place.
+#[test]
+fn no_start_leaves_the_old_launcher_running_until_the_next_start() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    let (out, report) = site.upgrade_json(&["--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    let status = supervisor.wait_for(Duration::from_secs(30), "stopped", |s| s.state == "stopped");
+    assert_eq!(
+        (status.launcher_pid, status.launcher_version.as_str()),
+        (pid, a())
+    );
+    assert!(status.daemon.is_none(), "{status:?}");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        fs::canonicalize(LAUNCHER).unwrap(),
+        "still A's launcher"
+    );
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(site.journal().is_none(), "committed");
+    assert!(site.health().is_none(), "no daemon serves");
+
+    // The next start: `restart` (A's binary hands the command to B's; the
+    // old supervisor hands the service to B's launcher, which starts B).
+    let restart = run(&mut site.launcher(&["restart"]));
+    assert!(
+        restart.status.success(),
+        "{restart:?}\n{}",
+        supervisor.log()
+    );
+    assert!(
+        restart.stdout.contains("handing the service to"),
+        "{restart:?}"
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_pid, pid, "the same process");
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+
+    // Left stopped again, the service started afresh by A's binary: B too.
+    let (out, _) = site.upgrade_json(&["--rollback", "--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    site.stop(supervisor);
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(
+        status.launcher_version,
+        a(),
+        "rolled back to A: A's launcher"
+    );
+    site.assert_fully_old(&wallets);
+}
+
+/// An old CLI against a new supervisor and a new CLI against an old one:
+/// each works (A's and B's speak one admin protocol; A's binary hands its
+/// commands to B's when it can, and talks to B's supervisor itself when it
+/// cannot) — and when a supervisor and a command do not understand each
+/// other, both say exactly which program to run the command with.
+#[test]
+fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
+    let site = Site::new();
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    let b_cli = |args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        run(&mut command)
+    };
+    let status_of = |out: &Ran| -> serde_json::Value {
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+
+    // A new CLI (B's) against an old supervisor (A's).
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let status = status_of(&b_cli(&["status", "--json"]));
+    assert_eq!(status["launcher_version"], a(), "{status}");
+    let check = b_cli(&["upgrade", "--check"]);
+    assert!(check.status.success(), "{check:?}");
+
+    // An old CLI (A's) against a new supervisor (B's, after the upgrade):
+    // handed to B's binary, or — as a CLI that cannot hand over (one from
+    // before the entry point) — talking to B's supervisor itself.
+    let (out, _) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let status = status_of(&run(&mut site.launcher(&["status", "--json"])));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    let status = status_of(&run(site
+        .launcher(&["status", "--json"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0")));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    site.assert_fully_new(&wallets);
+
+    // A command of another admin protocol: the supervisor names its program.
+    let program = site.dir.version(B_VERSION).join("waiaas-launcher");
+    let answer = {
+        use std::io::{BufRead, BufReader};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(site.dir.launcher_socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"{\"protocol\":99,\"request\":{\"type\":\"status\"}}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(
+        answer.contains(&format!("run the command with {}", program.display())),
+        "{answer}"
+    );
+    site.stop(supervisor);
+
+    // A supervisor whose answers this command cannot read (a stand-in
+    // speaking a later protocol): the command names the supervisor's program.
+    let _ = fs::remove_file(site.dir.launcher_socket());
+    let listener = std::os::unix::net::UnixListener::bind(site.dir.launcher_socket()).unwrap();
+    fs::write(site.dir.launcher_pid(), format!("{}\n", std::process::id())).unwrap();
+    let stand_in = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream)
+            .write_all(b"{\"type\":\"status_v9\",\"launcher\":{}}\n")
+            .unwrap();
+    });
+    let out = run(site
+        .launcher(&["status"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0"));
+    stand_in.join().unwrap();
+    let ours = std::env::current_exe().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("the supervisor runs {}", ours.display()))
+            && out.stderr.contains("run the command with that program"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A newer launcher that is a source build — B's own `cargo build` output,
+/// no `release.json` beside it — is the operator's own binary: `upgrade` run
+/// from it moves the installation to it (through the running old supervisor,
+/// which then becomes it), unsigned, saying so, recording its files' hashes
+/// (`installed.json`) — journaled, backed up, with no download; and `run`
+/// from it does the same before it serves.
+#[test]
+fn a_newer_source_build_without_release_json_is_accepted_saying_so() {
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    assert!(!builds::b_bin_dir().join("release.json").exists());
+    let b_command = |site: &Site, args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        command
+    };
+
+    // `upgrade`, through the old supervisor.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let out = run(&mut b_command(&site, &["upgrade"]));
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert!(
+        out.stderr
+            .contains("without a signed release.json, accepted as your own")
+            && out.stderr.contains("accepting it as your own build"),
+        "{}",
+        out.stderr
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+    let installed = site.dir.version(B_VERSION);
+    assert!(installed.join("installed.json").is_file());
+    assert!(!installed.join("release.json").exists());
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+    assert!(
+        site.backups()
+            .iter()
+            .any(|(_, m)| m.kind == Kind::PreUpgrade),
+        "a pre-upgrade backup"
+    );
+    // The way back checks the recorded hashes and works.
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    site.assert_fully_old(&wallets);
+    drop(supervisor);
+
+    // `run` from the source build: it moves the installation before it serves.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    site.stop(supervisor);
+    let mut supervisor = Supervisor::spawn(
+        b_command(&site, &["run"]),
+        site.home.join("source-build.stderr"),
+        site.dir.launcher_socket(),
+        LogFile::Fresh,
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let log = supervisor.log();
+    assert!(
+        log.contains("accepted as the operator's own") && log.contains("installed.json"),
+        "{log}"
+    );
+    // /health answers just before the commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.dir.upgrade_journal().exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    site.assert_fully_new(&wallets);
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+}
+
 /// Runs `work` while `clients` send `GET /health` to `port` without pause
 /// (bounded: 5 minutes at most); returns its result and the requests that
 /// were answered and that failed.
@@ -1454,11 +1778,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
     }));
     if let Err(panic) = check {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let message = panic_message(panic.as_ref());
         problems.push(format!(
             "{what} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
             next.log()
@@ -1480,6 +1800,15 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         ));
     }
     problems
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 fn boundary(step: u8) -> KillPoint {
@@ -1520,6 +1849,185 @@ fn kill_9_at_every_step_boundary_ends_fully_old_or_new() {
         let site = Site::new();
         problems.extend(kill_during_upgrade(&site, &point, Upgrader::Standalone));
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The instants of a handover where a launcher kills itself with SIGKILL
+/// (`WAIAAS_FAILPOINT`, see `shared/src/failpoint.rs`), and whether the
+/// change is committed by then.
+const HANDOVER_INSTANTS: [(&str, bool); 5] = [
+    // The old launcher: journal saved as handed over, right before execve.
+    ("handover-before-exec", false),
+    // The new launcher: right after execve, before it reads the handover.
+    ("handover-after-exec", false),
+    // The new launcher: its daemon for the handed-over step just spawned.
+    ("handover-daemon-spawned", false),
+    // The new launcher: its daemon healthy, the commit not yet made.
+    ("handover-daemon-ready", false),
+    // The new launcher: committed, the report not yet sent.
+    ("handover-committed", true),
+];
+
+/// Which handover is killed: the upgrade's (A → B) or the rollback's (B → A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handing {
+    Upgrade,
+    Rollback,
+}
+
+/// A → B (`upgrade`) or, after an upgrade, B → A (`--rollback`), with the
+/// launcher killing itself (SIGKILL) at `point` of the handover; then the
+/// service's launcher (A's binary) is started again, as systemd's
+/// `Restart=` would, and the installation must be fully old — or fully new
+/// if the kill came after the commit: the launcher that serves (its version
+/// and `/proc/<pid>/exe`), the daemon, `current`, no journal, and the
+/// database row for row. Returns what went wrong (empty if nothing).
+fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let what = format!("kill -9 at {point} ({handing:?})");
+    let mut problems = Vec::new();
+    let site = Site::new();
+    let token = site.home.join("failpoint.token");
+    let armed = format!("{point}:kill:{}", token.display());
+    let mut supervisor = site.supervisor_with(&[("WAIAAS_FAILPOINT", &armed)]);
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let (args, old, new): (&[&str], &str, &str) = match handing {
+        Handing::Upgrade => (&["upgrade", "--json"], a(), B_VERSION),
+        Handing::Rollback => {
+            // The token does not exist yet: this upgrade's handover goes through.
+            let (out, report) = site.upgrade_json(&[]);
+            assert!(
+                out.status.success(),
+                "{what}: {out:?}\n{}",
+                supervisor.log()
+            );
+            assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+            assert_eq!(supervisor.wait_healthy().launcher_version, B_VERSION);
+            (&["upgrade", "--rollback", "--json"], B_VERSION, a())
+        }
+    };
+    let before = DbDigest::of(&site.dir.database());
+    fs::write(&token, b"").unwrap();
+
+    let (mut command, _, _) = spawn_logged(site.launcher(args), &site.home, "handover");
+    let exit = supervisor.wait_exit(Duration::from_secs(120));
+    let ended = wait_child(&mut command, Duration::from_secs(60), "the command");
+    if exit.signal() != Some(libc::SIGKILL) || token.exists() {
+        problems.push(format!(
+            "{what}: the launcher (pid {pid}) did not kill itself there: {exit}\n{}",
+            supervisor.log()
+        ));
+        return problems;
+    }
+    if ended.success() {
+        problems.push(format!(
+            "{what}: the command reported success for a launcher killed before its report"
+        ));
+    }
+    let journal = site.journal();
+    if journal.is_some() == committed {
+        problems.push(format!("{what}: journal after the kill: {journal:?}"));
+    }
+    if let Some(journal) = &journal
+        && journal["handed_over"] != true
+    {
+        problems.push(format!(
+            "{what}: the journal does not record the handover: {journal}"
+        ));
+    }
+    // The killed launcher's daemon (if any) dies with it; the next launcher
+    // starts once the port is free, as systemd's restart would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_mentioning(site.dir.root()).is_empty() {
+        if Instant::now() > deadline {
+            problems.push(format!(
+                "{what}: processes outlived the killed launcher by 20 s: {:?}",
+                processes_mentioning(site.dir.root())
+            ));
+            for pid in processes_mentioning(site.dir.root()).into_keys() {
+                signal(pid, libc::SIGKILL);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_log = supervisor.log();
+    drop(supervisor);
+
+    let mut next = site.supervisor();
+    let status = next.wait_for(Duration::from_secs(120), "recovery", |s| {
+        healthy(s) || s.state == "refused"
+    });
+    let expect = if committed { new } else { old };
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(status.launcher_version, expect, "the launcher that serves");
+        assert_eq!(
+            status.daemon.as_ref().unwrap().version,
+            expect,
+            "the daemon"
+        );
+        let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+        let launcher = if expect == a() {
+            fs::canonicalize(LAUNCHER).unwrap()
+        } else {
+            site.dir.version(B_VERSION).join("waiaas-launcher")
+        };
+        assert_eq!(exe, launcher, "the launcher's program");
+        if expect == a() {
+            site.assert_fully_old(&wallets);
+        } else {
+            site.assert_fully_new(&wallets);
+        }
+        if !committed {
+            assert_eq!(
+                DbDigest::of(&site.dir.database()),
+                before,
+                "the database rows"
+            );
+        }
+    }));
+    if let Err(panic) = check {
+        let message = panic_message(panic.as_ref());
+        problems.push(format!(
+            "{what}: not fully {expect}: {message}\nkilled launcher:\n{killed_log}\nnext:\n{}",
+            next.log()
+        ));
+    }
+    let log = next.log();
+    let reason_logged = log.contains("was never confirmed") && log.contains("rolled back");
+    if !committed && !reason_logged {
+        problems.push(format!(
+            "{what}: the rollback and its reason are not in the log:\n{log}"
+        ));
+    }
+    eprintln!(
+        "{what}: journal left {}, fully {expect} after the restart ({})",
+        !committed,
+        if problems.is_empty() {
+            "ok"
+        } else {
+            "PROBLEMS"
+        }
+    );
+    problems
+}
+
+#[test]
+fn kill_9_at_every_instant_of_the_upgrades_handover_ends_fully_old_or_new() {
+    let problems: Vec<String> = HANDOVER_INSTANTS
+        .iter()
+        .flat_map(|&(point, committed)| kill_in_handover(point, committed, Handing::Upgrade))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn kill_9_at_every_instant_of_the_rollbacks_handover_ends_fully_old_or_new() {
+    let problems: Vec<String> = HANDOVER_INSTANTS
+        .iter()
+        .flat_map(|&(point, committed)| kill_in_handover(point, committed, Handing::Rollback))
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 

@@ -48,6 +48,9 @@ pub enum HostCall {
 /// its answer (a loop that went away answers "shutting down").
 struct ChannelHost {
     calls: mpsc::UnboundedSender<HostCall>,
+    /// Finishing a handed-over step: the first start's outcome confirms the
+    /// handover (`waiaas_shared::handover::confirm`).
+    confirms_handover: bool,
 }
 
 impl Host for ChannelHost {
@@ -75,7 +78,18 @@ impl Host for ChannelHost {
         let (done, rx) = oneshot::channel();
         let version = version.to_string();
         let _ = self.calls.send(HostCall::Start { version, done });
-        rx.await.unwrap_or(Err(HostError::ShuttingDown))
+        let started = rx.await.unwrap_or(Err(HostError::ShuttingDown));
+        if std::mem::take(&mut self.confirms_handover) {
+            // Healthy, or failed and rolled back by this launcher: either
+            // way it is alive and in charge, within its own step deadlines.
+            if let Some(left) = waiaas_shared::handover::confirm() {
+                info!(
+                    "confirmed the handover ({:.1} s of its deadline left)",
+                    left.as_secs_f64()
+                );
+            }
+        }
+        started
     }
 
     async fn hands_over_to(&mut self, version: &str) -> bool {
@@ -174,8 +188,11 @@ impl Upgrade {
     ) -> Self {
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let (progress_tx, progress) = mpsc::unbounded_channel();
-        let host = ChannelHost { calls: calls_tx };
         let resume = matches!(work, Work::Resume);
+        let host = ChannelHost {
+            calls: calls_tx,
+            confirms_handover: resume,
+        };
         Self {
             work,
             engine: Box::pin(drive(dir, config, host, progress_tx, request, resume)),
@@ -268,7 +285,11 @@ async fn drive(
         Some(request) => Some(engine.run(&request).await),
         None if resume => match engine.resume().await {
             Some(report) => Some(report),
-            None => engine.recover().await.err(),
+            None => {
+                // Nothing handed over to finish: taken over, now recover.
+                waiaas_shared::handover::confirm();
+                engine.recover().await.err()
+            }
         },
         None => engine.recover().await.err(),
     }
