@@ -43,7 +43,10 @@
 //!
 //! Settings: `WAIAAS_BENCH_PAIR` (`release` or `debug`), `WAIAAS_BENCH_SIZES_MB`
 //! (default `10,1024,4096`) the database sizes of sections 1 and 2,
-//! `WAIAAS_BENCH_DB_MB` (default 1024) the database size of section 3. The
+//! `WAIAAS_BENCH_DB_MB` (default 1024) the database size of section 3,
+//! `WAIAAS_BENCH_WRITES_PER_S` the writing client's pace (default: as fast
+//! as the daemon answers; every write during the live copy lands in the WAL
+//! the new daemon's migration then reads). The
 //! largest size needs about four times its size free on disk (the database,
 //! the pre-upgrade and pre-rollback backups, the migration's WAL).
 //!
@@ -362,6 +365,15 @@ fn sizes_mb() -> Vec<u64> {
             std::process::exit(2);
         }
     }
+}
+
+/// `WAIAAS_BENCH_WRITES_PER_S`: the writer's pace; unset or 0, as fast as
+/// the daemon answers.
+fn writes_per_second() -> Option<u32> {
+    std::env::var("WAIAAS_BENCH_WRITES_PER_S")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|n| *n > 0)
 }
 
 fn db_mb() -> u64 {
@@ -741,10 +753,11 @@ fn under_load(
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
     let token = fs::read_to_string(site.dir.master_token()).expect("data/master.token");
-    let writer = Writer::start(
+    let writer = Writer::paced(
         site.port,
         token.trim(),
         if expect == B_VERSION { "u" } else { "r" },
+        writes_per_second(),
     );
     let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use waiaas_shared::backup::{self, Backup, CONFIG_FILE, DB_FILE, MANIFEST, Manifest, WAL_FILE};
-use waiaas_shared::fsutil::{fsync_dir, sha256_file};
+use waiaas_shared::fsutil::{self, CopyError, fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,69 +62,123 @@ pub struct Restored {
 /// Restores `backup` into `dir`. Idempotent: running it again after a crash
 /// part-way gives the same result.
 pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError> {
-    let mut restored = Restored::default();
-    for (file, sha) in &backup.manifest.files {
-        // backup.json is local state: only the files a backup holds, never a path.
-        if !backup::FILES.contains(&file.as_str()) {
-            return Err(RestoreError::Unknown { file: file.clone() });
-        }
-        let path = backup.path.join(file);
-        if sha256_file(&path).map_err(io_at(&path))? != *sha {
-            return Err(RestoreError::Damaged { file: file.clone() });
+    put_back(dir, stage(dir, backup)?)
+}
+
+/// A backup's database copied beside its place in `data/` (and its config
+/// checked), each file verified against `backup.json` as it is read — one
+/// read — so that [`put_back`] is only renames. Staging does not touch the
+/// database in use, so it can run while the daemon serves. Dropped without
+/// being put back, the staged copies are removed.
+#[derive(Debug)]
+pub struct Staged {
+    backup: Backup,
+    /// `.waiaas.db.restore` and, for a live backup, `.waiaas.db-wal.restore`.
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (staged, _) in &self.files {
+            let _ = std::fs::remove_file(staged);
         }
     }
-    let holds = |file: &str| backup.manifest.files.contains_key(file);
+}
+
+/// Stages `backup` for [`put_back`]; refuses a backup whose `backup.json`
+/// lists anything but the files a backup holds, or whose files do not match it.
+pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
+    // backup.json is local state: only the files a backup holds, never a path.
+    if let Some(file) = backup
+        .manifest
+        .files
+        .keys()
+        .find(|file| !backup::FILES.contains(&file.as_str()))
+    {
+        return Err(RestoreError::Unknown { file: file.clone() });
+    }
+    let mut staged = Staged {
+        backup: backup.clone(),
+        files: Vec::new(),
+    };
+    let data = dir.data();
+    for (file, target) in [(DB_FILE, dir.database()), (WAL_FILE, dir.wal())] {
+        let Some(sha) = backup.manifest.files.get(file) else {
+            continue;
+        };
+        std::fs::create_dir_all(&data).map_err(io_at(&data))?;
+        let copy = staged_path(dir, file);
+        remove_if_present(&copy)?;
+        let source = backup.path.join(file);
+        // Listed before the copy, so Drop removes a partial one too.
+        staged.files.push((copy.clone(), target));
+        let copied = match fsutil::copy_hashed(&source, &copy, 0o600) {
+            Ok(copied) => copied,
+            Err(CopyError::Read(e)) => return Err(io_at(&source)(e)),
+            Err(CopyError::Write(e)) => return Err(io_at(&copy)(e)),
+        };
+        if copied.sha256 != *sha {
+            return Err(RestoreError::Damaged {
+                file: file.to_string(),
+            });
+        }
+    }
+    if let Some(sha) = backup.manifest.files.get(CONFIG_FILE) {
+        let path = backup.path.join(CONFIG_FILE);
+        if sha256_file(&path).map_err(io_at(&path))? != *sha {
+            return Err(RestoreError::Damaged {
+                file: CONFIG_FILE.to_string(),
+            });
+        }
+    }
+    Ok(staged)
+}
+
+/// Where [`stage`] copies a backup's `file`.
+fn staged_path(dir: &DataDir, file: &str) -> PathBuf {
+    dir.data().join(format!(".{file}.restore"))
+}
+
+/// Removes the copies a restore interrupted by a crash left staged.
+pub fn discard_staged(dir: &DataDir) {
+    for file in [DB_FILE, WAL_FILE] {
+        let _ = remove_if_present(&staged_path(dir, file));
+    }
+}
+
+/// Puts a staged backup in place of the database and config in use.
+pub fn put_back(dir: &DataDir, mut staged: Staged) -> Result<Restored, RestoreError> {
+    let mut restored = Restored::default();
     let database = dir.database();
     let data = dir.data();
-    if holds(DB_FILE) {
-        std::fs::create_dir_all(&data).map_err(io_at(&data))?;
-        // The main file and, for a backup taken live, the WAL that belongs
-        // with it: staged first, so the swap below is two renames.
-        let main = stage_copy(&backup.path, DB_FILE, &data)?;
-        let wal = holds(WAL_FILE)
-            .then(|| stage_copy(&backup.path, WAL_FILE, &data))
-            .transpose()?;
-        remove_database_sidecars(&database)?;
-        std::fs::rename(&main, &database).map_err(io_at(&database))?;
-        if let Some(wal) = wal {
-            let target = dir.wal();
-            std::fs::rename(&wal, &target).map_err(io_at(&target))?;
-        }
-        fsync_dir(&data).map_err(io_at(&data))?;
-    } else {
-        // A backup taken before the first start has no database: the
-        // state it records is "no database", so any database goes.
-        remove_database_sidecars(&database)?;
+    // A leftover WAL would be replayed over the restored database: it goes
+    // first. A backup without a database (taken before the first start)
+    // records "no database", so any database goes too.
+    remove_database_sidecars(&database)?;
+    if staged.files.is_empty() {
         remove_if_present(&database)?;
-        if data.exists() {
-            fsync_dir(&data).map_err(io_at(&data))?;
-        }
     }
-    if holds(CONFIG_FILE) {
+    // The main file before its WAL: a crash between leaves an older but
+    // whole database, and the journal has the restore run again.
+    for (copy, target) in std::mem::take(&mut staged.files) {
+        std::fs::rename(&copy, &target).map_err(io_at(&target))?;
+    }
+    if data.exists() {
+        fsync_dir(&data).map_err(io_at(&data))?;
+    }
+    if staged.backup.manifest.files.contains_key(CONFIG_FILE) {
         let target = dir.config();
-        let staged = dir.root().join(format!(".{CONFIG_FILE}.restore"));
-        let source = backup.path.join(CONFIG_FILE);
+        let copy = dir.root().join(format!(".{CONFIG_FILE}.restore"));
+        let source = staged.backup.path.join(CONFIG_FILE);
         let saved = std::fs::read_to_string(&source).map_err(io_at(&source))?;
         let in_use = std::fs::read_to_string(&target).ok();
         let (text, kept) = keep_trust_settings(&saved, in_use.as_deref());
         restored.kept = kept;
-        write_synced(&staged, text.as_bytes())?;
-        std::fs::rename(&staged, &target).map_err(io_at(&target))?;
+        write_synced(&copy, text.as_bytes())?;
+        std::fs::rename(&copy, &target).map_err(io_at(&target))?;
         fsync_dir(dir.root()).map_err(io_at(dir.root()))?;
     }
     Ok(restored)
-}
-
-/// Copies the backup's `file` beside its place in `into`, fsynced; returns
-/// the staged copy.
-fn stage_copy(backup: &Path, file: &str, into: &Path) -> Result<PathBuf, RestoreError> {
-    let staged = into.join(format!(".{file}.restore"));
-    let source = backup.join(file);
-    std::fs::copy(&source, &staged).map_err(io_at(&staged))?;
-    std::fs::File::open(&staged)
-        .and_then(|f| f.sync_all())
-        .map_err(io_at(&staged))?;
-    Ok(staged)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
@@ -274,6 +328,39 @@ mod tests {
             tables, 0,
             "nothing of the newer database's WAL was replayed"
         );
+    }
+
+    #[test]
+    fn a_damaged_backup_changes_nothing_and_leaves_no_staged_copy() {
+        use waiaas_shared::backup::{Kind, Request};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        std::fs::create_dir_all(dir.data()).unwrap();
+        let conn = rusqlite::Connection::open(dir.database()).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(conn);
+        let request = Request {
+            kind: Kind::PreUpgrade,
+            from_version: "1.8.1".into(),
+            to_version: "1.9.0".into(),
+            schema_version: 16,
+        };
+        let made = backup::create(&dir, &request).unwrap();
+        let copy = made.path.join(DB_FILE);
+        let mut bytes = std::fs::read(&copy).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&copy, bytes).unwrap();
+        let before = std::fs::read(dir.database()).unwrap();
+        let e = restore(&dir, &open(&made.path).unwrap()).unwrap_err();
+        assert!(matches!(e, RestoreError::Damaged { .. }), "{e}");
+        assert_eq!(std::fs::read(dir.database()).unwrap(), before);
+        let names: Vec<String> = std::fs::read_dir(dir.data())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["waiaas.db"], "no staged copy is left");
     }
 
     #[test]

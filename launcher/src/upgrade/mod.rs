@@ -236,9 +236,8 @@ impl<H: Host> Engine<'_, H> {
             // 2. Stop the daemon: graceful, waited for, killed after the timeout —
             //    once the database's main file is copied while it still serves.
             let request = backup_request(Kind::PreUpgrade, &from, &to, plan.database_schema);
-            let live = self
-                .copy_while_serving(&mut journal, steps, &request)
-                .await?;
+            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            let live = self.copy_while_serving(steps, &request).await?;
             self.host.stop_daemon().await?;
 
             // 3. Back up the database (if there is one yet) and config, verified, then prune.
@@ -318,24 +317,22 @@ impl<H: Host> Engine<'_, H> {
         Ok(self.host.start_daemon(to).await?)
     }
 
-    /// Enters step 2 and does the long part of step 3 before the daemon
-    /// stops: its database's main file copied, hashed and checked while it
-    /// serves with checkpoints held. `None` when no daemon holds them (then
-    /// [`finish_backup`] copies everything after the stop).
+    /// The long part of step 3, in step 2 before the daemon stops: its
+    /// database's main file copied, hashed and checked, and its WAL's
+    /// committed frames, while it serves with checkpoints held. `None` when
+    /// no daemon holds them (then [`finish_backup`] copies everything after
+    /// the stop).
     async fn copy_while_serving(
         &mut self,
-        journal: &mut Journal,
         steps: &[&str],
         request: &backup::Request,
     ) -> Result<Option<backup::Pending>, StepError> {
-        let from = &request.from_version;
-        let held = self.dir.database().exists() && self.host.hold_checkpoints().await;
-        if !held {
-            self.enter(journal, steps, 2, format!("stopping {from}"))?;
+        if !self.dir.database().exists() || !self.host.hold_checkpoints().await {
             return Ok(None);
         }
-        let message = format!("copying data/waiaas.db while {from} serves, then stopping it");
-        self.enter(journal, steps, 2, message)?;
+        let from = &request.from_version;
+        let message = format!("copying data/waiaas.db while {from} serves (checkpoints held)");
+        self.announce(steps, 2, message);
         let (dir, request) = (self.dir.clone(), request.clone());
         let pending = blocking(move || backup::begin(&dir, &request, backup::Database::Held));
         Ok(Some(pending.await?))
@@ -386,6 +383,8 @@ impl<H: Host> Engine<'_, H> {
         if let Err(e) = journal.save(self.dir) {
             tracing::warn!("cannot record the rollback in the journal ({e}); rolling back anyway");
         }
+        // A crash while a backup was staged for `--rollback` left its copy.
+        restore::discard_staged(self.dir);
         if let Err(e) = self.host.stop_daemon().await {
             return Err(failed(&journal, format!("cannot stop the daemon: {e}")));
         }
@@ -462,9 +461,14 @@ impl<H: Host> Engine<'_, H> {
         let result: Result<PathBuf, StepError> = async {
             let schema = database_schema(self.dir).await;
             let request = backup_request(Kind::PreRollback, &from, &to, Some(schema));
-            let live = self
-                .copy_while_serving(&mut journal, steps, &request)
-                .await?;
+            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            // The backup's copy is made beside the database while the daemon
+            // serves: step 4 is then renames.
+            let message = format!("staging {} while {from} serves", chosen.path.display());
+            self.announce(steps, 2, message);
+            let (dir, backup) = (self.dir.clone(), chosen.clone());
+            let staged = blocking(move || restore::stage(&dir, &backup)).await?;
+            let live = self.copy_while_serving(steps, &request).await?;
             self.host.stop_daemon().await?;
 
             let message = "saving the present state as a pre-rollback backup";
@@ -474,8 +478,8 @@ impl<H: Host> Engine<'_, H> {
 
             let message = format!("restoring {}", chosen.path.display());
             self.enter(&mut journal, steps, 4, message)?;
-            let (dir, backup) = (self.dir.clone(), chosen.clone());
-            let restored = blocking(move || restore::restore(&dir, &backup)).await?;
+            let dir = self.dir.clone();
+            let restored = blocking(move || restore::put_back(&dir, staged)).await?;
             kept = restored.kept;
 
             self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;

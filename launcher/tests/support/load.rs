@@ -237,7 +237,13 @@ pub struct Written {
 
 impl Writer {
     pub fn start(port: u16, token: &str, prefix: &str) -> Self {
+        Self::paced(port, token, prefix, None)
+    }
+
+    /// [`Writer::start`], at most `per_second` writes a second when given.
+    pub fn paced(port: u16, token: &str, prefix: &str, per_second: Option<u32>) -> Self {
         let (token, prefix) = (token.to_string(), prefix.to_string());
+        let interval = per_second.map(|n| Duration::from_secs(1) / n.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -247,6 +253,7 @@ impl Writer {
                 if stopped.load(Ordering::SeqCst) || Instant::now() > deadline {
                     break;
                 }
+                let sent = Instant::now();
                 let name = format!("{prefix}-{n}");
                 let body = format!(r#"{{"name":"{name}","chain":"solana","network":"devnet"}}"#);
                 match http(port, "POST", "/v1/wallets", Some(&token), Some(&body)) {
@@ -256,6 +263,9 @@ impl Writer {
                         written.unknown.insert(name);
                         std::thread::sleep(Duration::from_millis(2));
                     }
+                }
+                if let Some(rest) = interval.and_then(|i| i.checked_sub(sent.elapsed())) {
+                    std::thread::sleep(rest);
                 }
             }
             written
