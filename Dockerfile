@@ -33,7 +33,7 @@ ARG WAIAAS_RELEASE_PUBKEYS=""
 
 # Cache mounts keep the registry and the target folder between builds; the
 # binaries are copied out of the cache within the same step. The `dist`
-# profile, as the release packages (Cargo.toml: fat LTO, symbols stripped).
+# profile, as the release packages (Cargo.toml: LTO, opt-level "s", stripped).
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --profile dist --locked -p waiaas-launcher -p waiaas-daemon \
