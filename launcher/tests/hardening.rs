@@ -160,7 +160,8 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
     assert_eq!(registry.hits(&tags), 1);
 }
 
-/// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA).
+/// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA):
+/// on Linux the platform verifier takes its roots from there.
 fn check_over_https(install: &Install, ca_file: &Path) -> support::Outcome {
     support::run(
         install
