@@ -13,7 +13,9 @@
 # elsewhere instead of compiling them: the context's prebuilt/ folder holds
 # waiaas-launcher, waiaas-daemon (built for bookworm's glibc) and the
 # ca-certificates.crt to ship. The container tests build it that way from the
-# binaries they test (launcher/tests/container.rs).
+# binaries they test (launcher/tests/container.rs), and the release workflow
+# from the package job's binaries, so the image carries the bytes the npm
+# packages do (.github/workflows/release.yml, job docker).
 
 # `build` (compile here) or `prebuilt` (the context's prebuilt/ folder).
 ARG BINARIES=build

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use waiaas_shared::control::{
     CONTROL_FD_ENV, FrameError, FromDaemon, FromLauncher, PROTOCOL_VERSION, read_frame, write_frame,
 };
 use waiaas_shared::version::VERSION;
 
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::migrate;
 
 /// Takes the control socket named by `WAIAAS_CONTROL_FD`, if any, and says
@@ -48,6 +48,7 @@ pub fn take_and_greet() -> Result<Option<UnixStream>, String> {
         protocol: PROTOCOL_VERSION,
         version: VERSION.to_string(),
         pid: std::process::id(),
+        holds_checkpoints: true,
     };
     let mut frame = serde_json::to_vec(&hello).expect("a message serialises");
     frame.push(b'\n');
@@ -118,6 +119,16 @@ pub fn spawn(
                     }
                     Ok(Some(FromLauncher::Shutdown { deadline_secs })) => {
                         let _ = order.send(Duration::from_secs(deadline_secs));
+                    }
+                    Ok(Some(FromLauncher::HoldCheckpoints)) => {
+                        let answer = match db.call(|conn| db::hold_checkpoints(conn)).await {
+                            Ok(()) => {
+                                info!("checkpoints held until exit: the launcher is backing up");
+                                FromDaemon::CheckpointsHeld
+                            }
+                            Err(e) => FromDaemon::CheckpointsNotHeld { reason: e.to_string() },
+                        };
+                        let _ = write_frame(&mut write, &answer).await;
                     }
                     Ok(None) | Err(FrameError::Io(_)) => {
                         // The launcher is gone: nobody supervises us any more.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 
 /// Opens (creating if needed) the database in WAL mode with foreign keys on.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -20,6 +21,22 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// Folds the WAL back into the main file, so the file alone is the database.
 pub fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+/// Folds the WAL in once, then makes no more checkpoints on this — the only
+/// — connection, not even when it closes: from here to the process's exit the
+/// main file does not change, so it can be copied while the daemon serves
+/// (`FromLauncher::HoldCheckpoints`).
+pub fn hold_checkpoints(conn: &Connection) -> rusqlite::Result<()> {
+    checkpoint(conn)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    Ok(())
+}
+
+/// Whether [`hold_checkpoints`] is in force.
+pub fn checkpoints_held(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE)
 }
 
 /// A connection shared by the HTTP handlers and the workers.

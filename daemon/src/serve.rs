@@ -152,8 +152,8 @@ pub fn prepare_database(
                 dir,
                 &Request {
                     kind: Kind::PreMigrate,
-                    from_version: &from,
-                    to_version: version::VERSION,
+                    from_version: from,
+                    to_version: version::VERSION.to_string(),
                     schema_version: report.database_version,
                 },
             )
@@ -249,8 +249,14 @@ async fn serve(
         server.abort();
     }
     worker.abort();
-    if let Err(e) = db.call(|conn| db::checkpoint(conn)).await {
-        warn!("could not checkpoint the WAL at shutdown: {e}");
+    // Held checkpoints stay held: the launcher copied the main file as it is.
+    match db.call(|conn| db::checkpoints_held(conn)).await {
+        Ok(true) => info!("leaving the WAL as it is (checkpoints held for a backup)"),
+        _ => {
+            if let Err(e) = db.call(|conn| db::checkpoint(conn)).await {
+                warn!("could not checkpoint the WAL at shutdown: {e}");
+            }
+        }
     }
     info!("stopped");
     Ok(code::OK)

@@ -5,13 +5,25 @@
 //! real `init`, on a database of realistic size:
 //!
 //! 1. upgrade under load — `waiaas-launcher upgrade` (A → B, through a running
-//!    supervisor) while 32 keep-alive clients send `GET /health` without pause:
-//!    requests, failures, latency, the command's time, and the window without
-//!    a serving daemon, seen from the supervisor's log and from the clients;
-//! 2. `--rollback` under load — the same for B → A;
-//! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, copy,
-//!    `quick_check`, sha256, fsync, manifest) against `cp` + `sync` of the same
-//!    1 GiB database on the same disk, 3 runs each, and the backup's parts.
+//!    supervisor) while 32 keep-alive clients send `GET /health` without pause
+//!    and one more creates wallets one after another: requests, failures,
+//!    latency, the command's time, the window without a serving daemon (seen
+//!    from the supervisor's log and from the clients) — the supervisor
+//!    becoming B's launcher in place included, and the exec handover itself
+//!    timed (the old launcher's "handing over" line to the new one's "took
+//!    over") — the backup's live part (copied while the old daemon serves)
+//!    and the part inside the window, and whether every acknowledged write is
+//!    kept;
+//! 2. `--rollback` under load — the same for B → A: the writes acknowledged
+//!    by A before the upgrade's stop are back, the later ones not;
+//!
+//!    both at each database size (default 10 MiB, 1 GiB, 4 GiB: wallets and
+//!    `audit_log` rows inserted through the schema), with a summary that
+//!    compares the windows across sizes;
+//! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, one read
+//!    that copies and hashes, fsync, `quick_check`, manifest) against `cp` +
+//!    `sync` of the same 1 GiB database on the same disk, 3 runs each, and the
+//!    backup's parts.
 //!
 //! Run it:
 //!
@@ -29,8 +41,11 @@
 //! `target/debug` (run `cargo build --workspace` first) and B is `builds.rs`'s
 //! own debug build. The supervisor and every command are A's launcher.
 //!
-//! Settings: `WAIAAS_BENCH_PAIR` (`release` or `debug`), `WAIAAS_BENCH_DB_MB`
-//! (default 1024) is the database size of section 3.
+//! Settings: `WAIAAS_BENCH_PAIR` (`release` or `debug`), `WAIAAS_BENCH_SIZES_MB`
+//! (default `10,1024,4096`) the database sizes of sections 1 and 2,
+//! `WAIAAS_BENCH_DB_MB` (default 1024) the database size of section 3. The
+//! largest size needs about four times its size free on disk (the database,
+//! the pre-upgrade and pre-rollback backups, the migration's WAL).
 //!
 //! Prints readable lines, then one line of JSON with every figure. Every wait
 //! is bounded; the supervisor, its daemon and the registry are stopped and
@@ -43,7 +58,7 @@ mod support;
 mod builds;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,19 +70,18 @@ use serde_json::{Value, json};
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
 use support::bench::{Stats, after_section, cpus, loadavg, micros, print_machine, round1, round3};
-use support::load::{Load, longest_gap, percentile};
+use support::load::{Load, Writer, Written, longest_gap, percentile};
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor};
 use support::{free_port, hermetic, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::backup::{self, Kind};
-use waiaas_shared::fsutil::sha256_file;
+use waiaas_shared::fsutil::copy_hashed;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
 /// The installation's database for sections 1 and 2.
 const WALLETS: usize = 10_000;
-const AUDIT_ROWS: usize = 200_000;
 const LOAD_CLIENTS: usize = 32;
 /// Load before the command and after it.
 const LOAD_PAUSE: Duration = Duration::from_secs(2);
@@ -82,6 +96,7 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Section 3.
 const BACKUP_RUNS: usize = 3;
 const DB_MB_DEFAULT: u64 = 1024;
+const SIZES_MB_DEFAULT: [u64; 3] = [10, 1024, 4096];
 const DB_MB_MAX: u64 = 32 * 1024;
 /// Rows added to `audit_log` per statement while filling section 3's database.
 const FILL_BATCH_ROWS: u64 = 32_768;
@@ -108,54 +123,17 @@ fn main() {
 
     let work = tempfile::tempdir().expect("a temp dir");
     let releases = Releases::pack(work.path(), &pair);
-    let site = Site::new(work.path(), &releases);
-    println!(
-        "  install {} (port {}), registry {}",
-        site.dir.root().display(),
-        site.port,
-        site.registry.url()
-    );
-    let database = site.seed();
-    println!(
-        "  database: {WALLETS} wallets, {AUDIT_ROWS} audit_log rows (~0.35 KiB JSON details each): {} after a WAL checkpoint, made in {:.1} s",
-        mib(database.bytes),
-        database.seconds
-    );
-    println!();
-
     let mut loads = vec![loadavg()];
-    let mut supervisor = start_supervisor(&site);
-    let status = supervisor.wait_healthy();
-    println!(
-        "  supervisor pid {}, daemon {} pid {} healthy",
-        supervisor.pid(),
-        status.daemon.as_ref().map_or("?", |d| d.version.as_str()),
-        status.daemon.as_ref().map_or(0, |d| d.pid)
-    );
+    let mut sizes = Vec::new();
+    for mb in sizes_mb() {
+        sizes.push(at_size(work.path(), &releases, mb, &mut loads));
+    }
+    let windows = summarize(&sizes);
     println!();
-    let upgrade = under_load(
-        &site,
-        &mut supervisor,
-        "1. upgrade under load",
-        &["upgrade"],
-        B_VERSION,
-    );
-    after_section(&mut loads);
-    let rollback = under_load(
-        &site,
-        &mut supervisor,
-        "2. --rollback under load",
-        &["upgrade", "--rollback"],
-        builds::a_version(),
-    );
-    after_section(&mut loads);
-    supervisor.stop();
-    drop(supervisor);
 
     let backup = backup_vs_cp(work.path(), &pair.a_bin.join("waiaas-daemon"), db_mb);
     after_section(&mut loads);
 
-    drop(site);
     drop(releases);
     drop(work);
     let total = began.elapsed();
@@ -167,18 +145,223 @@ fn main() {
         "b": {"version": B_VERSION, "bin": pair.b_bin, "schema": B_SCHEMA, "build_s": pair.b_build.map(round1)},
         "cpus": cpus(),
         "loadavg_before_and_after_each_section": loads,
+        "sizes": sizes,
+        "windows": windows,
+        "backup_vs_cp": backup,
+        "total_s": round1(total.as_secs_f64()),
+    });
+    println!("{summary}");
+}
+
+/// One installation with a database of `mb` MiB: upgrade and rollback under load.
+fn at_size(work: &Path, releases: &Releases, mb: u64, loads: &mut Vec<String>) -> Value {
+    let site = Site::new(&work.join(format!("site-{mb}")), releases);
+    println!(
+        "== a {mb} MiB database: install {} (port {}), registry {} ==",
+        site.dir.root().display(),
+        site.port,
+        site.registry.url()
+    );
+    let database = site.seed(mb << 20);
+    println!(
+        "  database: {WALLETS} wallets, {} audit_log rows: {} after a WAL checkpoint, made in {:.1} s",
+        database.audit_rows,
+        mib(database.bytes),
+        database.seconds
+    );
+    let mut supervisor = start_supervisor(&site);
+    let status = supervisor.wait_healthy();
+    println!(
+        "  supervisor pid {}, daemon {} pid {} healthy",
+        supervisor.pid(),
+        status.daemon.as_ref().map_or("?", |d| d.version.as_str()),
+        status.daemon.as_ref().map_or(0, |d| d.pid)
+    );
+    let before = site.rows();
+    let (upgrade, written) = under_load(
+        &site,
+        &mut supervisor,
+        &format!("1. upgrade under load, {mb} MiB"),
+        &["upgrade"],
+        B_VERSION,
+    );
+    after_section(loads);
+    let after_upgrade = site.rows();
+    let (rollback, _) = under_load(
+        &site,
+        &mut supervisor,
+        &format!("2. --rollback under load, {mb} MiB"),
+        &["upgrade", "--rollback"],
+        builds::a_version(),
+    );
+    after_section(loads);
+    let after_rollback = site.rows();
+    supervisor.stop();
+    drop(supervisor);
+    let kept = Kept::check(&before, &written, &after_upgrade, &after_rollback);
+    println!(
+        "  rows: {} wallets and {} audit entries before; {} writes acknowledged during the upgrade ({} unanswered): after it {} lost; after --rollback {} lost, the first {} of them back (A's, in the backup), the rest not (B's){}",
+        before.wallets.len(),
+        before.audit,
+        written.acknowledged.len(),
+        written.unknown.len(),
+        kept.lost_after_upgrade,
+        kept.lost_after_rollback,
+        kept.by_old,
+        if kept.ok() { "" } else { " — ROWS LOST" }
+    );
+    println!();
+    drop(site);
+    json!({
+        "db_mib": mb,
         "database": {
             "wallets": WALLETS,
-            "audit_rows": AUDIT_ROWS,
+            "audit_rows": database.audit_rows,
             "bytes": database.bytes,
             "made_s": round1(database.seconds),
         },
         "upgrade_under_load": upgrade,
         "rollback_under_load": rollback,
-        "backup_vs_cp": backup,
-        "total_s": round1(total.as_secs_f64()),
-    });
-    println!("{summary}");
+        "rows": {
+            "wallets_before": before.wallets.len(),
+            "audit_before": before.audit,
+            "acknowledged_during_upgrade": written.acknowledged.len(),
+            "unanswered_during_upgrade": written.unknown.len(),
+            "lost_after_upgrade": kept.lost_after_upgrade,
+            "lost_after_rollback": kept.lost_after_rollback,
+            "acknowledged_by_old_back_after_rollback": kept.by_old,
+            "ok": kept.ok(),
+        },
+    })
+}
+
+/// The rows of a database, as far as the bench checks them.
+struct Rows {
+    wallets: std::collections::BTreeSet<String>,
+    audit: u64,
+}
+
+/// Whether every write acknowledged before a stop survived.
+struct Kept {
+    /// Rows there before the upgrade, or acknowledged during it, missing after it.
+    lost_after_upgrade: usize,
+    /// Rows there before the upgrade, or acknowledged by A during it, missing
+    /// after the rollback to the pre-upgrade backup.
+    lost_after_rollback: usize,
+    /// How many of the upgrade's acknowledged writes A made (in the backup).
+    by_old: usize,
+}
+
+impl Kept {
+    fn check(before: &Rows, written: &Written, upgraded: &Rows, restored: &Rows) -> Self {
+        let lost = |rows: &Rows, names: &mut dyn Iterator<Item = &String>| {
+            names.filter(|n| !rows.wallets.contains(*n)).count()
+                + usize::from(rows.audit < before.audit)
+        };
+        let lost_after_upgrade = lost(
+            upgraded,
+            &mut before.wallets.iter().chain(&written.acknowledged),
+        );
+        // A acknowledged a prefix of the writes, B the rest; the backup holds
+        // A's, so the rollback brings back exactly a prefix.
+        let by_old = written
+            .acknowledged
+            .iter()
+            .take_while(|n| restored.wallets.contains(*n))
+            .count();
+        let holes = written.acknowledged[by_old..]
+            .iter()
+            .filter(|n| restored.wallets.contains(*n))
+            .count();
+        let lost_after_rollback = lost(restored, &mut before.wallets.iter()) + holes;
+        Self {
+            lost_after_upgrade,
+            lost_after_rollback,
+            by_old,
+        }
+    }
+
+    fn ok(&self) -> bool {
+        self.lost_after_upgrade == 0 && self.lost_after_rollback == 0
+    }
+}
+
+/// The windows at each size side by side, and the bound of issue 12: the
+/// window at the largest size within 1.3× the smallest's, plus 50 ms.
+fn summarize(sizes: &[Value]) -> Value {
+    println!("== summary: what a bigger database costs ==");
+    println!(
+        "  {:>9} | {:>22} | {:>19} | {:>20} | {:>6} | {:>9} | rows",
+        "database",
+        "live copy (A serving)",
+        "backup in window",
+        "old stop → new ready",
+        "failed",
+        "worst"
+    );
+    let ms = |v: &Value, key: &str| v[key].as_f64();
+    let mut rows = Vec::new();
+    for size in sizes {
+        for (what, run) in [
+            ("upgrade", &size["upgrade_under_load"]),
+            ("rollback", &size["rollback_under_load"]),
+        ] {
+            let window = ms(run, "old_stopping_to_new_listening_ms");
+            println!(
+                "  {:>5} MiB | {:>19} ms | {:>16} ms | {:>17} ms | {:>6} | {:>6.1} ms | {} ({what})",
+                size["db_mib"],
+                ms(run, "live_copy_ms").map_or("n/a".into(), |v| format!("{v:.1}")),
+                ms(run, "backup_in_window_ms").map_or("n/a".into(), |v| format!("{v:.1}")),
+                window.map_or("n/a".into(), |v| format!("{v:.1}")),
+                run["failed"],
+                ms(run, "worst_ms").unwrap_or(f64::NAN),
+                if size["rows"]["ok"].as_bool() == Some(true) {
+                    "all kept"
+                } else {
+                    "LOST"
+                },
+            );
+            if what == "upgrade" {
+                rows.push((size["db_mib"].as_u64().unwrap_or(0), window));
+            }
+        }
+    }
+    let (smallest, largest) = (rows.first().cloned(), rows.last().cloned());
+    match (smallest, largest) {
+        (Some((small_mb, Some(small))), Some((large_mb, Some(large)))) if large_mb > small_mb => {
+            let bound = small * 1.3 + 50.0;
+            println!(
+                "  upgrade window at {large_mb} MiB {large:.1} ms against {small_mb} MiB's {small:.1} ms: bound 1.3× + 50 ms = {bound:.1} ms — {}",
+                if large <= bound { "within" } else { "OVER" }
+            );
+            json!({"small_mib": small_mb, "small_ms": small, "large_mib": large_mb, "large_ms": large, "bound_ms": round1(bound), "within": large <= bound})
+        }
+        _ => Value::Null,
+    }
+}
+
+fn sizes_mb() -> Vec<u64> {
+    let Ok(text) = std::env::var("WAIAAS_BENCH_SIZES_MB") else {
+        return SIZES_MB_DEFAULT.to_vec();
+    };
+    let sizes: Option<Vec<u64>> = text
+        .split(',')
+        .map(|t| {
+            t.trim()
+                .parse()
+                .ok()
+                .filter(|mb| (1..=DB_MB_MAX).contains(mb))
+        })
+        .collect();
+    match sizes {
+        Some(sizes) if !sizes.is_empty() => sizes,
+        _ => {
+            eprintln!(
+                "WAIAAS_BENCH_SIZES_MB must be whole MiB, 1..={DB_MB_MAX}, separated by commas, not {text:?}"
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 fn db_mb() -> u64 {
@@ -360,13 +543,14 @@ struct Site {
 }
 
 struct Database {
+    audit_rows: u64,
     bytes: u64,
     seconds: f64,
 }
 
 impl Site {
-    fn new(work: &Path, r: &Releases) -> Self {
-        let home = work.join("site");
+    fn new(home: &Path, r: &Releases) -> Self {
+        let home = home.to_path_buf();
         fs::create_dir_all(&home).unwrap();
         let dir = DataDir::new(home.join("waiaas"));
         let init = run(hermetic(Command::new(r.launcher()), &home)
@@ -432,8 +616,8 @@ impl Site {
     }
 
     /// Creates the database with the installed daemon's `migrate`, then fills
-    /// it with [`WALLETS`] wallets and [`AUDIT_ROWS`] audit entries.
-    fn seed(&self) -> Database {
+    /// it with [`WALLETS`] wallets and ~1 KiB audit entries up to `target` bytes.
+    fn seed(&self, target: u64) -> Database {
         let started = Instant::now();
         let migrate = run(hermetic(
             Command::new(self.dir.current().join("waiaas-daemon")),
@@ -444,8 +628,7 @@ impl Site {
         assert!(migrate.status.success(), "migrate: {migrate:?}");
         let conn = Connection::open(self.dir.database()).unwrap();
         conn.execute_batch(&format!(
-            "BEGIN;
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {WALLETS})
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {WALLETS})
              INSERT INTO wallets (id, name, chain, network, public_key, owner_address, status,
                                   created_at, updated_at)
              SELECT lower(hex(randomblob(16))), printf('wallet-%05d', i),
@@ -455,30 +638,37 @@ impl Site {
                     CASE WHEN i % 4 = 0 THEN '0x' || lower(hex(randomblob(20))) END,
                     CASE WHEN i % 50 = 0 THEN 'SUSPENDED' ELSE 'ACTIVE' END,
                     1700000000 + i, 1700000000 + i
-             FROM n;
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {AUDIT_ROWS})
-             INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details, severity)
-             SELECT 1700000000 + i * 30,
-                    CASE i % 10 WHEN 0 THEN 'WALLET_CREATED' WHEN 1 THEN 'SESSION_CREATED'
-                                WHEN 2 THEN 'TX_FAILED' WHEN 3 THEN 'POLICY_DENIED'
-                                ELSE 'TX_SUBMITTED' END,
-                    CASE i % 7 WHEN 0 THEN 'master' ELSE 'session:' || lower(hex(randomblob(8))) END,
-                    (SELECT id FROM wallets WHERE rowid = 1 + i % {WALLETS}),
-                    json_object('txId', lower(hex(randomblob(16))),
-                                'to', lower(hex(randomblob(32))),
-                                'amount', abs(random() % 1000000000),
-                                'memo', lower(hex(randomblob(96)))),
-                    CASE i % 10 WHEN 2 THEN 'warning' WHEN 3 THEN 'warning' ELSE 'info' END
-             FROM n;
-             COMMIT;"
+             FROM n;"
         ))
-        .expect("fill the database");
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
+        .expect("add wallets");
         drop(conn);
+        let (audit_rows, _) = fill_database(&self.dir.database(), target);
         Database {
+            audit_rows,
             bytes: file_len(&self.dir.database()),
             seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The wallets' names and the audit log's length, read while the daemon
+    /// serves (WAL readers do not block it).
+    fn rows(&self) -> Rows {
+        let conn =
+            Connection::open_with_flags(self.dir.database(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open the database");
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let mut names = conn.prepare("SELECT name FROM wallets").unwrap();
+        let wallets = names
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let audit: i64 = conn
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        Rows {
+            wallets,
+            audit: audit as u64,
         }
     }
 }
@@ -520,6 +710,12 @@ struct LogEvents {
     old_exited: Option<i64>,
     /// The new daemon listens ("ready: listening …").
     new_listening: Option<i64>,
+    /// The supervisor has the new daemon healthy ("daemon ready …").
+    new_ready: Option<i64>,
+    /// The old launcher is about to exec the new one ("handing over to …").
+    handing_over: Option<i64>,
+    /// The new launcher, same pid, has taken over ("took over from launcher …").
+    took_over: Option<i64>,
     /// The engine's report ("upgrade: Upgraded: …"): step 7 done.
     done: Option<i64>,
     lines: Vec<String>,
@@ -531,9 +727,9 @@ fn under_load(
     title: &str,
     args: &[&str],
     expect: &str,
-) -> Value {
+) -> (Value, Written) {
     println!(
-        "== {title}: `waiaas-launcher {}` ({} → {expect}) with {LOAD_CLIENTS} keep-alive clients on GET /health ==",
+        "== {title}: `waiaas-launcher {}` ({} → {expect}) with {LOAD_CLIENTS} keep-alive clients on GET /health and one writing ==",
         args.join(" "),
         site.current().unwrap_or_default()
     );
@@ -544,6 +740,12 @@ fn under_load(
         .map(|d| d.pid);
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
+    let token = fs::read_to_string(site.dir.master_token()).expect("data/master.token");
+    let writer = Writer::start(
+        site.port,
+        token.trim(),
+        if expect == B_VERSION { "u" } else { "r" },
+    );
     let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);
 
@@ -554,6 +756,7 @@ fn under_load(
     supervisor.assert_alive(title);
     std::thread::sleep(LOAD_PAUSE);
     let tally = load.finish();
+    let written = writer.stop();
     let ran = tally.ran;
     let after = supervisor.status();
     let after_daemon = after.as_ref().and_then(|s| s.daemon.clone());
@@ -638,6 +841,28 @@ fn under_load(
         (Some(from), Some(to)) => Some(to - from),
         _ => None,
     };
+    // The backup: its live part (step 2 until the old daemon is told to
+    // stop), and step 3 (the WAL and config, inside the window).
+    let live_copy = match (step2, events.old_stopping) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    let step3 = events.steps.iter().find(|s| s.0 == 3).map(|s| s.1);
+    let step4 = events.steps.iter().find(|s| s.0 == 4).map(|s| s.1);
+    let backup_in_window = match (step3, step4) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    let stopped_to_ready = match (events.old_exited, events.new_ready) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
+    // The exec handover itself: the old launcher's last line before execve
+    // to the new launcher's first after it (the same pid).
+    let handover = match (events.handing_over, events.took_over) {
+        (Some(from), Some(to)) => Some(to - from),
+        _ => None,
+    };
     println!(
         "  steps (supervisor log): {}",
         events
@@ -671,6 +896,21 @@ fn under_load(
         "  old daemon exited → new daemon listening: {}; old daemon stopped accepting → new listening: {}",
         fmt_ms(no_daemon),
         fmt_ms(not_accepting)
+    );
+    println!(
+        "  old daemon exited → new daemon ready (healthy, supervisor log): {}; the exec handover (old launcher's \"handing over\" → new launcher's \"took over\"): {}",
+        fmt_ms(stopped_to_ready),
+        fmt_ms(handover)
+    );
+    println!(
+        "  backup: {} copied while the old daemon served (step 2 until it was told to stop), {} inside the window (step 3)",
+        fmt_ms(live_copy),
+        fmt_ms(backup_in_window)
+    );
+    println!(
+        "  writer: {} wallets acknowledged, {} unanswered",
+        written.acknowledged.len(),
+        written.unknown.len()
     );
     println!(
         "  clients: longest interval with no completed request during the command: {:.1} ms (t={:.1}..{:.1} ms after the command began)",
@@ -736,7 +976,7 @@ fn under_load(
     }
     let to_ms = |t: Option<i64>| t.map(|t| round1((t - start_us as i64) as f64 / 1000.0));
 
-    json!({
+    let figures = json!({
         "command": args.join(" "),
         "ok": ok,
         "expected_state": replaced,
@@ -745,6 +985,12 @@ fn under_load(
         "window_step2_to_done_command_view_ms": command_window.map(|w| round1(w as f64 / 1000.0)),
         "old_exited_to_new_listening_ms": no_daemon.map(|w| round1(w as f64 / 1000.0)),
         "old_stopping_to_new_listening_ms": not_accepting.map(|w| round1(w as f64 / 1000.0)),
+        "live_copy_ms": live_copy.map(|w| round1(w as f64 / 1000.0)),
+        "backup_in_window_ms": backup_in_window.map(|w| round1(w as f64 / 1000.0)),
+        "writes_acknowledged": written.acknowledged.len(),
+        "writes_unanswered": written.unknown.len(),
+        "old_exited_to_new_ready_ms": stopped_to_ready.map(|w| round1(w as f64 / 1000.0)),
+        "exec_handover_ms": handover.map(|w| round1(w as f64 / 1000.0)),
         "client_longest_no_completion_ms": round1(gap as f64 / 1000.0),
         "step_ms": step_ms,
         "progress_lag_worst_ms": lag.map(|(lag, _)| round1(lag as f64 / 1000.0)),
@@ -754,6 +1000,9 @@ fn under_load(
             "old_stopping": to_ms(events.old_stopping),
             "old_exited": to_ms(events.old_exited),
             "new_listening": to_ms(events.new_listening),
+            "new_ready": to_ms(events.new_ready),
+            "handing_over": to_ms(events.handing_over),
+            "took_over": to_ms(events.took_over),
             "done": to_ms(events.done),
         },
         "clients": LOAD_CLIENTS,
@@ -782,7 +1031,8 @@ fn under_load(
             "daemon_schema": after_daemon.as_ref().map(|d| d.schema_version),
             "healthy": after_daemon.as_ref().is_some_and(|d| d.healthy),
         },
-    })
+    });
+    (figures, written)
 }
 
 /// A finished command with every line it wrote, timestamped as it arrived.
@@ -848,6 +1098,9 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
         old_stopping: None,
         old_exited: None,
         new_listening: None,
+        new_ready: None,
+        handing_over: None,
+        took_over: None,
         done: None,
         lines: Vec::new(),
     };
@@ -877,11 +1130,19 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
             events.old_exited.get_or_insert(at);
         } else if line.contains("ready: listening") && events.old_exited.is_some() {
             events.new_listening.get_or_insert(at);
+        } else if line.contains("daemon ready") && events.old_exited.is_some() {
+            events.new_ready.get_or_insert(at);
+        } else if line.contains("handing over to ") {
+            events.handing_over.get_or_insert(at);
+        } else if line.contains("took over from launcher") {
+            events.took_over.get_or_insert(at);
         } else if line.contains(": upgrade: ") {
             events.done.get_or_insert(at);
         }
         events.lines.push(line);
     }
+    // A handed-over step is announced by both launchers: one step, from the first.
+    events.steps.dedup_by_key(|s| s.0);
     events
 }
 
@@ -976,8 +1237,8 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
             &dir,
             &backup::Request {
                 kind: Kind::PreUpgrade,
-                from_version: builds::a_version(),
-                to_version: B_VERSION,
+                from_version: builds::a_version().to_string(),
+                to_version: B_VERSION.to_string(),
                 schema_version: A_SCHEMA,
             },
         )
@@ -1007,19 +1268,17 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
 
         // The backup's parts, one by one, as backup::create does them.
         unsafe { libc::sync() };
-        let (checkpoint, copy, check, sha) = backup_parts(&db, &parts_copy);
+        let (checkpoint, copy, check) = backup_parts(&db, &parts_copy);
         fs::remove_file(&parts_copy).unwrap();
         for (name, s) in [
             ("checkpoint", checkpoint),
-            ("copy_fsync", copy),
+            ("copy_hash_fsync", copy),
             ("quick_check", check),
-            ("sha256", sha),
         ] {
             parts.entry(name).or_default().push(s);
         }
         println!(
-            "  run {run}: backup::create {took:.2} s, cp + sync {took_cp:.2} s; parts: checkpoint {:.3} s, copy + fsync {copy:.2} s, quick_check {check:.2} s, sha256 {sha:.2} s",
-            checkpoint
+            "  run {run}: backup::create {took:.2} s, cp + sync {took_cp:.2} s; parts: checkpoint {checkpoint:.3} s, copy + sha256 + fsync (one read) {copy:.2} s, quick_check {check:.2} s"
         );
     }
     let backup_median = Stats::of(&backup_s).median;
@@ -1035,10 +1294,9 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
         .map(|(k, v)| (*k, Stats::of(v).median))
         .collect();
     println!(
-        "  median parts: copy + fsync {:.2} s, quick_check {:.2} s, sha256 {:.2} s, checkpoint {:.3} s (sum {:.2} s)",
-        part_medians["copy_fsync"],
+        "  median parts: copy + sha256 + fsync (one read) {:.2} s, quick_check {:.2} s, checkpoint {:.3} s (sum {:.2} s)",
+        part_medians["copy_hash_fsync"],
         part_medians["quick_check"],
-        part_medians["sha256"],
         part_medians["checkpoint"],
         part_medians.values().sum::<f64>()
     );
@@ -1079,20 +1337,22 @@ fn fill_database(db: &Path, target: u64) -> (u64, f64) {
         (pages * page) as u64
     };
     let mut rows = 0;
-    // Bounded: each batch adds at least 32 MiB.
-    for _ in 0..(target / (32 << 20) + 4) {
+    // Bounded: a batch adds 32 MiB, or all that is missing (at least 256 rows).
+    for _ in 0..(target / (32 << 20) + 64) {
         if size(&conn) >= target {
             break;
         }
+        // ~1.1 KiB a row: small databases get small batches.
+        let batch = ((target - size(&conn)) / 1100).clamp(256, FILL_BATCH_ROWS);
         conn.execute_batch(&format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FILL_BATCH_ROWS})
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {batch})
              INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details, severity)
              SELECT 1700000000 + {rows} + i, 'TX_SUBMITTED', 'master', NULL,
                     json_object('memo', lower(hex(randomblob(480)))), 'info'
              FROM n;"
         ))
         .expect("fill audit_log");
-        rows += FILL_BATCH_ROWS;
+        rows += batch;
     }
     assert!(size(&conn) >= target, "the database did not reach its size");
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -1101,9 +1361,10 @@ fn fill_database(db: &Path, target: u64) -> (u64, f64) {
     (rows, started.elapsed().as_secs_f64())
 }
 
-/// checkpoint, copy + fsync, quick_check, sha256 — timed one by one, the way
-/// `backup::create` does them (seconds each).
-fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64, f64) {
+/// checkpoint, copy with its hash taken on the way + fsync (one read),
+/// quick_check of the copy — timed one by one, the way `backup::create`
+/// does them (seconds each).
+fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64) {
     let started = Instant::now();
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
     let busy: i64 = conn
@@ -1114,9 +1375,9 @@ fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64, f64) {
     let checkpoint = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    fs::copy(db, copy).unwrap();
-    File::open(copy).unwrap().sync_all().unwrap();
-    let copied = started.elapsed().as_secs_f64();
+    let copied = copy_hashed(db, copy, 0o600).unwrap();
+    assert_eq!(copied.sha256.len(), 64);
+    let copy_hash = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
     let conn = Connection::open_with_flags(
@@ -1130,12 +1391,7 @@ fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64, f64) {
     assert_eq!(verdict, "ok");
     drop(conn);
     let checked = started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let digest = sha256_file(copy).unwrap();
-    assert_eq!(digest.len(), 64);
-    let hashed = started.elapsed().as_secs_f64();
-    (checkpoint, copied, checked, hashed)
+    (checkpoint, copy_hash, checked)
 }
 
 /// The file system type and device `path` is on, from /proc/self/mountinfo.

@@ -40,7 +40,39 @@ fn require_initialised(dir: &DataDir) -> Result<(), Failure> {
 /// Sends one request and reads one response. `Ok(None)` when no supervisor
 /// listens on the socket.
 fn call(dir: &DataDir, request: Request, timeout: Duration) -> Result<Option<Response>, Failure> {
-    client::call(&dir.launcher_socket(), request, timeout).map_err(|e| Failure::new(e.to_string()))
+    client::call(&dir.launcher_socket(), request, timeout).map_err(|e| misunderstood(dir, e))
+}
+
+/// A failure to talk to the supervisor; when it answered in a way this
+/// command cannot read (another release's protocol), it names the program
+/// the supervisor runs, which speaks it.
+pub fn misunderstood(dir: &DataDir, error: client::ClientError) -> Failure {
+    let message = error.to_string();
+    match error {
+        client::ClientError::Malformed(_) => Failure::new(with_program_hint(dir, message)),
+        _ => Failure::new(message),
+    }
+}
+
+/// `message`, and which program to run the command with instead: the
+/// supervisor's own (from `run/launcher.pid` and `/proc/<pid>/exe`).
+fn with_program_hint(dir: &DataDir, message: String) -> String {
+    let program = std::fs::read_to_string(dir.launcher_pid())
+        .ok()
+        .and_then(|pid| std::fs::read_link(format!("/proc/{}/exe", pid.trim())).ok());
+    match program {
+        Some(program) => format!(
+            "{message}; the supervisor runs {} (waiaas-launcher {} is this command): run the \
+             command with that program",
+            program.display(),
+            waiaas_shared::version::VERSION
+        ),
+        None => format!(
+            "{message}; run the command with the waiaas-launcher the supervisor runs \
+             (this one is {})",
+            waiaas_shared::version::VERSION
+        ),
+    }
 }
 
 /// Long enough for a graceful stop plus a start.

@@ -304,7 +304,7 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
     })
 }
 
-fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<(), Failure> {
+pub(crate) fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<(), Failure> {
     let copy = || -> io::Result<()> {
         fs::copy(from, to)?;
         fs::set_permissions(to, fs::Permissions::from_mode(mode))?;

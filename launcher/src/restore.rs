@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use waiaas_shared::backup::{Backup, MANIFEST, Manifest};
+use waiaas_shared::backup::{self, Backup, CONFIG_FILE, DB_FILE, MANIFEST, Manifest, WAL_FILE};
 use waiaas_shared::fsutil::{fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 
@@ -47,9 +47,6 @@ pub fn open(path: &Path) -> Result<Backup, RestoreError> {
     })
 }
 
-/// The files a backup holds, in the order they are put back.
-const BACKED_UP: [&str; 2] = ["waiaas.db", "config.toml"];
-
 /// The trust settings of `[update]`: a rollback never brings back a key or a
 /// registry the config in use no longer has (one removed after a key
 /// compromise must stay removed).
@@ -68,7 +65,7 @@ pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError>
     let mut restored = Restored::default();
     for (file, sha) in &backup.manifest.files {
         // backup.json is local state: only the files a backup holds, never a path.
-        if !BACKED_UP.contains(&file.as_str()) {
+        if !backup::FILES.contains(&file.as_str()) {
             return Err(RestoreError::Unknown { file: file.clone() });
         }
         let path = backup.path.join(file);
@@ -76,40 +73,58 @@ pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError>
             return Err(RestoreError::Damaged { file: file.clone() });
         }
     }
-    for (file, target) in BACKED_UP.into_iter().zip([dir.database(), dir.config()]) {
-        let parent = target.parent().unwrap_or(dir.root()).to_path_buf();
-        if !backup.manifest.files.contains_key(file) {
-            // A backup taken before the first start has no database: the
-            // state it records is "no database", so any database goes.
-            if file == "waiaas.db" {
-                remove_database_sidecars(&target)?;
-                remove_if_present(&target)?;
-                if parent.exists() {
-                    fsync_dir(&parent).map_err(io_at(&parent))?;
-                }
-            }
-            continue;
+    let holds = |file: &str| backup.manifest.files.contains_key(file);
+    let database = dir.database();
+    let data = dir.data();
+    if holds(DB_FILE) {
+        std::fs::create_dir_all(&data).map_err(io_at(&data))?;
+        // The main file and, for a backup taken live, the WAL that belongs
+        // with it: staged first, so the swap below is two renames.
+        let main = stage_copy(&backup.path, DB_FILE, &data)?;
+        let wal = holds(WAL_FILE)
+            .then(|| stage_copy(&backup.path, WAL_FILE, &data))
+            .transpose()?;
+        remove_database_sidecars(&database)?;
+        std::fs::rename(&main, &database).map_err(io_at(&database))?;
+        if let Some(wal) = wal {
+            let target = dir.wal();
+            std::fs::rename(&wal, &target).map_err(io_at(&target))?;
         }
-        std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
-        let staged = parent.join(format!(".{file}.restore"));
-        let source = backup.path.join(file);
-        if file == "config.toml" {
-            let saved = std::fs::read_to_string(&source).map_err(io_at(&source))?;
-            let in_use = std::fs::read_to_string(&target).ok();
-            let (text, kept) = keep_trust_settings(&saved, in_use.as_deref());
-            restored.kept = kept;
-            write_synced(&staged, text.as_bytes())?;
-        } else {
-            std::fs::copy(&source, &staged).map_err(io_at(&staged))?;
-            std::fs::File::open(&staged)
-                .and_then(|f| f.sync_all())
-                .map_err(io_at(&staged))?;
-            remove_database_sidecars(&target)?;
+        fsync_dir(&data).map_err(io_at(&data))?;
+    } else {
+        // A backup taken before the first start has no database: the
+        // state it records is "no database", so any database goes.
+        remove_database_sidecars(&database)?;
+        remove_if_present(&database)?;
+        if data.exists() {
+            fsync_dir(&data).map_err(io_at(&data))?;
         }
+    }
+    if holds(CONFIG_FILE) {
+        let target = dir.config();
+        let staged = dir.root().join(format!(".{CONFIG_FILE}.restore"));
+        let source = backup.path.join(CONFIG_FILE);
+        let saved = std::fs::read_to_string(&source).map_err(io_at(&source))?;
+        let in_use = std::fs::read_to_string(&target).ok();
+        let (text, kept) = keep_trust_settings(&saved, in_use.as_deref());
+        restored.kept = kept;
+        write_synced(&staged, text.as_bytes())?;
         std::fs::rename(&staged, &target).map_err(io_at(&target))?;
-        fsync_dir(&parent).map_err(io_at(&parent))?;
+        fsync_dir(dir.root()).map_err(io_at(dir.root()))?;
     }
     Ok(restored)
+}
+
+/// Copies the backup's `file` beside its place in `into`, fsynced; returns
+/// the staged copy.
+fn stage_copy(backup: &Path, file: &str, into: &Path) -> Result<PathBuf, RestoreError> {
+    let staged = into.join(format!(".{file}.restore"));
+    let source = backup.join(file);
+    std::fs::copy(&source, &staged).map_err(io_at(&staged))?;
+    std::fs::File::open(&staged)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(&staged))?;
+    Ok(staged)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
@@ -188,6 +203,79 @@ fn remove_if_present(path: &Path) -> Result<(), RestoreError> {
 mod tests {
     use super::*;
 
+    fn rows(db: &Path) -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_live_backup_is_restored_with_its_wal_over_a_newer_database_and_wal() {
+        use rusqlite::Connection;
+        use waiaas_shared::backup::{Database, Kind, Request};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        std::fs::create_dir_all(dir.data()).unwrap();
+        let daemon = Connection::open(dir.database()).unwrap();
+        daemon.pragma_update(None, "journal_mode", "WAL").unwrap();
+        daemon
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        daemon
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        daemon.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        daemon
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .unwrap();
+        let request = Request {
+            kind: Kind::PreUpgrade,
+            from_version: "1.8.1".into(),
+            to_version: "1.9.0".into(),
+            schema_version: 16,
+        };
+        let pending = backup::begin(&dir, &request, Database::Held).unwrap();
+        daemon.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        drop(daemon);
+        let made = pending.finish().unwrap();
+        assert!(made.manifest.files.contains_key(WAL_FILE));
+        // What an upgrade leaves: a migrated database with a WAL of its own.
+        let newer = Connection::open(dir.database()).unwrap();
+        newer
+            .execute_batch("INSERT INTO t VALUES (3), (4); CREATE TABLE u(y);")
+            .unwrap();
+        newer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        newer
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .unwrap();
+        drop(newer);
+        restore(&dir, &open(&made.path).unwrap()).unwrap();
+        assert_eq!(
+            rows(&dir.database()),
+            2,
+            "the write in the backup's WAL is back"
+        );
+        let tables: i64 = rusqlite::Connection::open(dir.database())
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'u'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            tables, 0,
+            "nothing of the newer database's WAL was replayed"
+        );
+    }
+
     #[test]
     fn a_backup_listing_a_path_is_refused_before_anything_is_read() {
         let tmp = tempfile::tempdir().unwrap();
@@ -203,6 +291,7 @@ mod tests {
                 schema_version: 16,
                 created_at: "2026-01-01T00:00:00.000Z".into(),
                 files,
+                sizes: Default::default(),
             },
         };
         let e = restore(&dir, &backup).unwrap_err();

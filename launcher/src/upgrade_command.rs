@@ -77,8 +77,13 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
         // `npm install -g` brought a newer release with this launcher: that
         // one, verified as any, with no download (and so also offline).
         eprintln!(
-            "Using the release beside this launcher ({}), newer than the installed one",
-            folder.display()
+            "Using the release beside this launcher ({}), newer than the installed one{}",
+            folder.display(),
+            if package::is_local_build(&folder) {
+                ": a build without a signed release.json, accepted as your own"
+            } else {
+                ""
+            }
         );
         UpgradeAction::FromFile(folder)
     } else {
@@ -132,11 +137,12 @@ fn through_supervisor(
     request: &UpgradeRequest,
     render: &mut dyn FnMut(Progress),
 ) -> Result<Option<UpgradeReport>, Failure> {
-    let lost = |e: client::ClientError| {
-        Failure::new(format!(
+    let lost = |e: client::ClientError| match e {
+        client::ClientError::Malformed(_) => crate::client::misunderstood(dir, e),
+        e => Failure::new(format!(
             "lost the connection to the supervisor during the upgrade ({e}); \
              see `waiaas-launcher status` and its log"
-        ))
+        )),
     };
     let Some(mut connection) = client::send(
         &dir.launcher_socket(),

@@ -28,7 +28,7 @@ use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use support::podman::{Cleanup, Podman, podman};
+use support::podman::{BASE_IMAGE, Cleanup, Podman, podman};
 use support::{free_port, http};
 
 /// How long a container may take to report healthy (a migration included).
@@ -67,11 +67,20 @@ fn build_image(podman: &Podman, tag: &str, bin_dir: &Path, version: &str) -> Str
         tag,
         context.path().to_str().unwrap(),
     ]);
-    let size = podman.ok(&["image", "inspect", "--format", "{{.Size}}", tag]);
+    let size = |image: &str| {
+        podman
+            .ok(&["image", "inspect", "--format", "{{.Size}}", image])
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let (image, base) = (size(tag), size(BASE_IMAGE));
+    // The base is a debootstrap minbase, larger than Docker Hub's slim image:
+    // what the Dockerfile adds is the figure that carries over.
     eprintln!(
-        "built {tag} in {:?}: {} MB",
+        "built {tag} in {:?}: {} MB, {} MB over the base image",
         started.elapsed(),
-        size.parse::<u64>().unwrap_or(0) / 1_000_000
+        image / 1_000_000,
+        image.saturating_sub(base) / 1_000_000
     );
     tag.to_string()
 }
@@ -279,9 +288,13 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
     let mut site = Site::new(podman, &volume, free_port());
 
     // Release A's image on a new volume; data written through the real API.
+    let started = Instant::now();
     let a = site.start(image_a, "a");
     let took = site.wait_healthy(&a);
-    eprintln!("A: container start to healthy in {took:?}");
+    eprintln!(
+        "A: `podman run` to healthy in {:?} ({took:?} after it returned)",
+        started.elapsed()
+    );
     let health = site.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
@@ -300,9 +313,13 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
     );
 
     // `docker compose pull && docker compose up -d`: B on the same volume.
+    let started = Instant::now();
     let b = site.start(image_b, "b");
     let took = site.wait_healthy(&b);
-    eprintln!("B: container start to healthy (migration included) in {took:?}");
+    eprintln!(
+        "B: `podman run` to healthy (migration included) in {:?} ({took:?} after it returned)",
+        started.elapsed()
+    );
     let health = site.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
@@ -436,9 +453,13 @@ fn the_compose_file_runs_and_keeps_data_across_down_and_up() {
         );
     };
 
+    let started = Instant::now();
     compose(&["up", "--detach"]);
     let took = site.wait_healthy(&container);
-    eprintln!("compose up to healthy: {took:?}");
+    eprintln!(
+        "compose up to healthy: {:?} ({took:?} after it returned)",
+        started.elapsed()
+    );
     assert_eq!(
         site.podman.ok(&["port", &container]),
         "3100/tcp -> 127.0.0.1:3100",
@@ -466,4 +487,58 @@ fn pre_migrate_backups(volume: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n.starts_with("pre-migrate-"))
         })
         .collect()
+}
+
+/// The release workflow builds the image the way this tier does: the
+/// Dockerfile's `BINARIES=prebuilt` stage, from a context holding only
+/// `prebuilt/` — there the package job's Linux binaries, the ones the npm
+/// packages carry — never compiled again. (Needs no podman.)
+#[test]
+fn the_release_workflow_builds_the_image_from_the_package_jobs_binaries() {
+    let workflow =
+        fs::read_to_string(builds::repo_root().join(".github/workflows/release.yml")).unwrap();
+    // The job: from its header to the next job's (a key indented by two).
+    let is_job = |line: &str| {
+        line.len() > 3 && line.starts_with("  ") && !line.starts_with("   ") && line.ends_with(':')
+    };
+    let job: String = workflow
+        .lines()
+        .skip_while(|l| *l != "  docker:")
+        .enumerate()
+        .take_while(|(n, l)| *n == 0 || !is_job(l))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert!(!job.is_empty(), "a docker job in release.yml");
+    for needle in [
+        "needs: [meta, package]",
+        "name: bin-${{ matrix.target }}",
+        "arch: amd64\n            target: linux-x64",
+        "arch: arm64\n            target: linux-arm64",
+        "context: ${{ runner.temp }}/context",
+        "BINARIES=prebuilt",
+        "\"$context/prebuilt\"",
+        "$context/prebuilt/ca-certificates.crt",
+    ] {
+        assert!(
+            job.contains(needle),
+            "the docker job lacks `{needle}`:\n{job}"
+        );
+    }
+    assert!(
+        !job.contains("cargo "),
+        "the docker job compiles nothing:\n{job}"
+    );
+    // What the Dockerfile's prebuilt stage copies is what both contexts hold.
+    let dockerfile = fs::read_to_string(builds::repo_root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(
+            "COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon prebuilt/ca-certificates.crt /out/"
+        ),
+        "the Dockerfile's prebuilt stage"
+    );
+    let deploy = &workflow[workflow.find("\n  deploy:\n").expect("a deploy job")..];
+    assert!(
+        deploy.contains("The images carry the signed packages' binaries"),
+        "deploy checks the images against the signed packages before pushing"
+    );
 }

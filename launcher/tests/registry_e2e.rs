@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use builds::{B_SCHEMA, B_VERSION, Key, pack_release};
 use support::{Outcome, free_port, hermetic};
 use waiaas_packaging::{EntryKind, Packed};
+use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
@@ -628,39 +629,50 @@ fn file_in_tarball(tarball: &Path, path: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // The test.
 
-#[test]
-fn npm_registry_end_to_end() {
-    let verdaccio_bin = verdaccio_dir()
+/// Verdaccio's binary, if `npm ci` in `e2e/verdaccio` installed it; in CI
+/// its absence fails the test, elsewhere the test is skipped.
+fn verdaccio_bin() -> Option<PathBuf> {
+    let bin = verdaccio_dir()
         .join("node_modules")
         .join(".bin")
         .join("verdaccio");
-    if !verdaccio_bin.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing, and CI must not skip this test: run `npm ci` in e2e/verdaccio \
-             (bash .ci/run does)",
-            verdaccio_bin.display()
-        );
-        println!("skipped: run `npm ci` in e2e/verdaccio (bash .ci/run does)");
-        return;
+    if bin.exists() {
+        return Some(bin);
     }
-    let mut phases = Phases::new();
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing, and CI must not skip this test: run `npm ci` in e2e/verdaccio \
+         (bash .ci/run does)",
+        bin.display()
+    );
+    println!("skipped: run `npm ci` in e2e/verdaccio (bash .ci/run does)");
+    None
+}
+
+/// A and B packed and signed, published to a fresh Verdaccio with the real
+/// `npm publish`, and the isolated npm that published them.
+struct Published {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    key: Key,
+    packed_b: Packed,
+    verdaccio: Verdaccio,
+    npm: Npm,
+}
+
+/// Builds B, packs A and B, starts Verdaccio and publishes both releases
+/// (each one's platform package first), timing each phase.
+fn publish_a_and_b(verdaccio_bin: &Path, phases: &mut Phases) -> Published {
     let a = builds::a_version();
     let target = this_target().expect("a shipped target");
     let platform = platform_package(target);
-    // `@waiaas/cli-linux-x64` → tarball `cli-linux-x64-1.9.0.tgz`.
-    let platform_file = |version: &str| {
-        format!(
-            "{}-{version}.tgz",
-            platform.rsplit('/').next().expect("a scoped name")
-        )
-    };
 
     // -- Two real builds, packed and signed with one throwaway key.
     let b_bin = builds::b_bin_dir();
     phases.end("build B (1.9.0), incremental");
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+    let root = tmp.path().to_path_buf();
     let home = root.join("home");
     fs::create_dir_all(&home).unwrap();
     let key: Key = builds::generate_key(&root.join("key"));
@@ -675,7 +687,7 @@ fn npm_registry_end_to_end() {
     phases.end("pack A and B (packaging/)");
 
     // -- Verdaccio, a user, and an isolated npm.
-    let verdaccio = Verdaccio::start(&verdaccio_bin, &root.join("verdaccio"), &home);
+    let verdaccio = Verdaccio::start(verdaccio_bin, &root.join("verdaccio"), &home);
     phases.end("start Verdaccio");
     let token = verdaccio.add_user(NPM_USER, "e2e-only-password-0f3a");
     let npm = Npm::new(&root.join("npm"), &home, &verdaccio, &token);
@@ -683,7 +695,7 @@ fn npm_registry_end_to_end() {
     assert_eq!(whoami.stdout.trim(), NPM_USER, "npm whoami");
     phases.end("create the npm user, write .npmrc");
 
-    // -- 1. Publish A, then B: each release's platform package first.
+    // -- Publish A, then B: each release's platform package first.
     let publish_timeout = Duration::from_secs(300);
     for packed in [&packed_a, &packed_b] {
         for tarball in [&packed.platform_tarball, &packed.cli_tarball] {
@@ -712,6 +724,44 @@ fn npm_registry_end_to_end() {
         );
     }
     phases.end("1. npm publish A and B (4 packages)");
+    Published {
+        _tmp: tmp,
+        root,
+        home,
+        key,
+        packed_b,
+        verdaccio,
+        npm,
+    }
+}
+
+#[test]
+fn npm_registry_end_to_end() {
+    let Some(verdaccio_bin) = verdaccio_bin() else {
+        return;
+    };
+    let mut phases = Phases::new();
+    let a = builds::a_version();
+    let target = this_target().expect("a shipped target");
+    let platform = platform_package(target);
+    // `@waiaas/cli-linux-x64` → tarball `cli-linux-x64-1.9.0.tgz`.
+    let platform_file = |version: &str| {
+        format!(
+            "{}-{version}.tgz",
+            platform.rsplit('/').next().expect("a scoped name")
+        )
+    };
+    let published = publish_a_and_b(&verdaccio_bin, &mut phases);
+    let Published {
+        root,
+        home,
+        key,
+        packed_b,
+        verdaccio,
+        npm,
+        ..
+    } = &published;
+    let (root, home) = (root.as_path(), home.as_path());
 
     // -- 2. npm install -g @waiaas/cli@A into a temp prefix, no scripts.
     let prefix = root.join("global");
@@ -743,12 +793,12 @@ fn npm_registry_end_to_end() {
     let launcher = prefix.join("bin").join("waiaas-launcher");
     let site = Site {
         launcher: launcher.clone(),
-        home: home.clone(),
+        home: home.to_path_buf(),
         dir: DataDir::new(home.join("waiaas")),
         port: free_port(),
     };
     let version = run_bounded(
-        hermetic(Command::new(&launcher), &home).arg("--version"),
+        hermetic(Command::new(&launcher), home).arg("--version"),
         Duration::from_secs(30),
         "waiaas-launcher --version",
     );
@@ -915,7 +965,278 @@ fn npm_registry_end_to_end() {
         supervisor.log_tail()
     );
     drop(supervisor);
-    drop(verdaccio);
+    drop(published);
+    phases.end("stop everything");
+    phases.summary();
+}
+
+// ---------------------------------------------------------------------------
+// The npm channel converges.
+
+impl Verdaccio {
+    /// GETs of any package tarball (`…/-/<name>-<version>.tgz`) Verdaccio has
+    /// received so far, whoever sent them (its "requested" line, one per
+    /// request; the answer is logged more than once).
+    fn tarball_requests(&self) -> usize {
+        self.log_entries()
+            .iter()
+            .filter_map(|entry| entry.get("req"))
+            .filter(|request| {
+                request["method"] == "GET"
+                    && request["url"]
+                        .as_str()
+                        .is_some_and(|u| u.contains("/-/") && u.ends_with(".tgz"))
+            })
+            .count()
+    }
+}
+
+/// One npm-installed installation of A, serving, with data written.
+struct NpmSite {
+    site: Site,
+    supervisor: Background,
+    wallets: BTreeMap<String, String>,
+    /// The platform package folder npm installed (its `bin/`, `release.json`).
+    installed: PathBuf,
+}
+
+/// `npm install -g @waiaas/cli@A` into its own prefix, `init`, `run`, wallets
+/// through the API.
+fn install_a_with_npm(p: &Published, name: &str) -> NpmSite {
+    let a = builds::a_version();
+    let prefix = p.root.join(format!("global-{name}"));
+    let install = format!("{CLI_PACKAGE}@{a}");
+    npm_install(p, &prefix, &install);
+    let platform = platform_package(this_target().expect("a shipped target"));
+    let installed = prefix
+        .join("lib")
+        .join("node_modules")
+        .join(CLI_PACKAGE)
+        .join("node_modules")
+        .join(&platform);
+    let site = Site {
+        launcher: prefix.join("bin").join("waiaas-launcher"),
+        home: p.home.clone(),
+        dir: DataDir::new(p.home.join(format!("waiaas-{name}"))),
+        port: free_port(),
+    };
+    assert_ok(&site.run(&["init"], Duration::from_secs(60)), "init");
+    fs::write(
+        site.dir.config(),
+        format!(
+            "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\nshutdown_timeout = 10\n\n\
+             [update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\nhealth_timeout = 60\n",
+            site.port,
+            p.verdaccio.url(),
+            p.key.public
+        ),
+    )
+    .unwrap();
+    let mut supervisor = Background::spawn(
+        "waiaas-launcher run",
+        site.launcher(&["run"]),
+        &p.root.join(format!("launcher-{name}.log")),
+    );
+    let health = site.wait_health(&mut supervisor, Duration::from_secs(90), "A healthy", |h| {
+        h.status == "ok"
+    });
+    assert_eq!(health.version, a);
+    for wallet in ["treasury", "payroll", "ops-hot"] {
+        site.create_wallet(wallet);
+    }
+    let wallets = site.wallets();
+    assert_eq!(wallets.len(), 3, "{wallets:?}");
+    NpmSite {
+        site,
+        supervisor,
+        wallets,
+        installed,
+    }
+}
+
+fn npm_install(p: &Published, prefix: &Path, package: &str) {
+    let prefix = prefix.to_str().expect("a UTF-8 temp path");
+    let args = [
+        "install",
+        "-g",
+        package,
+        "--prefix",
+        prefix,
+        "--ignore-scripts",
+    ];
+    p.npm.run(&args, Duration::from_secs(300));
+}
+
+/// At 1.9.0 with B's launcher (`launcher`) serving, a pre-upgrade backup from
+/// A, and the wallets written on A.
+fn assert_converged(npm_site: &mut NpmSite, launcher: &Path, what: &str) {
+    let NpmSite {
+        site,
+        supervisor,
+        wallets,
+        ..
+    } = npm_site;
+    let health = site.wait_health(supervisor, Duration::from_secs(60), "1.9.0", |h| {
+        h.version == B_VERSION
+    });
+    assert_eq!(
+        health.schema_version, B_SCHEMA,
+        "{what}: /health schemaVersion"
+    );
+    assert_eq!(
+        fs::read_link(site.dir.current())
+            .unwrap()
+            .file_name()
+            .unwrap(),
+        B_VERSION,
+        "{what}: current"
+    );
+    // /health answers just before the commit: give the commit its moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.dir.upgrade_journal().exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !site.dir.upgrade_journal().exists(),
+        "{what}: a journal is left"
+    );
+    assert_eq!(&site.wallets(), wallets, "{what}: the wallets written on A");
+    let status = site.run(&["status", "--json"], Duration::from_secs(30));
+    assert_ok(&status, "status --json");
+    let status = json(&status.stdout, "status --json");
+    assert_eq!(status["launcher_version"], B_VERSION, "{what}: {status}");
+    assert_eq!(status["daemon"]["version"], B_VERSION, "{what}: {status}");
+    let pid = status["launcher_pid"].as_u64().unwrap();
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        launcher,
+        "{what}: the supervisor's program"
+    );
+    let backups: Vec<Manifest> = fs::read_dir(site.dir.backups())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join(BACKUP_MANIFEST)).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    assert!(
+        backups.iter().any(|m| m.kind == Kind::PreUpgrade
+            && m.from_version == builds::a_version()
+            && m.to_version == B_VERSION),
+        "{what}: no pre-upgrade backup of A: {backups:?}"
+    );
+}
+
+/// After `npm install -g @waiaas/cli@1.9.0` over an installation of 1.8.1,
+/// both ways in converge on the release npm brought, from its folder, with
+/// no download: (a) `waiaas-launcher upgrade` through the running (old)
+/// supervisor, and (b) in another installation, `run` started again (what
+/// `npm install -g … && systemctl restart waiaas` does). Verdaccio's own log
+/// counts the tarball requests it received while the launchers worked.
+#[test]
+fn npm_install_of_a_newer_release_converges_without_a_download() {
+    let Some(verdaccio_bin) = verdaccio_bin() else {
+        return;
+    };
+    let mut phases = Phases::new();
+    let p = publish_a_and_b(&verdaccio_bin, &mut phases);
+    let mut upgraded = install_a_with_npm(&p, "upgrade");
+    let mut restarted = install_a_with_npm(&p, "restart");
+    phases.end("2. npm install -g A twice, init, run, wallets");
+
+    let platform = platform_package(this_target().expect("a shipped target"));
+    for npm_site in [&upgraded, &restarted] {
+        let prefix = npm_site.site.launcher.parent().unwrap().parent().unwrap();
+        npm_install(&p, prefix, &format!("{CLI_PACKAGE}@{B_VERSION}"));
+        let manifest = fs::read_to_string(npm_site.installed.join("release.json")).unwrap();
+        assert!(
+            manifest.contains(B_VERSION),
+            "npm installed {platform}@{B_VERSION}"
+        );
+        // The old supervisor still serves A.
+        assert_eq!(npm_site.site.health().unwrap().version, builds::a_version());
+    }
+    // npm installs from its cache what `npm publish` put there; the counter
+    // is shown to count with one request of the test's own.
+    let by_npm = p.verdaccio.tarball_requests();
+    let file = format!("/{CLI_PACKAGE}/-/cli-{B_VERSION}.tgz");
+    let (status, _) = http(p.verdaccio.port, "GET", &file, &[], None).expect("Verdaccio answers");
+    assert_eq!(status, 200, "GET {file}");
+    let after_npm = p.verdaccio.tarball_requests();
+    assert_eq!(after_npm, by_npm + 1, "the counter sees a tarball request");
+    eprintln!("[registry_e2e] tarball requests after npm's installs: {by_npm} (+1 of the test's)");
+    phases.end("3. npm install -g B over both");
+
+    // (a) `upgrade`, by the launcher npm just installed, through the old supervisor.
+    let pid = upgraded.site.supervisor_pid();
+    let upgrade = upgraded.site.run(&["upgrade"], Duration::from_secs(600));
+    assert_ok(&upgrade, "waiaas-launcher upgrade");
+    eprintln!(
+        "[registry_e2e] upgrade said:\n{}{}",
+        upgrade.stdout, upgrade.stderr
+    );
+    assert!(
+        upgrade
+            .stderr
+            .contains("Using the release beside this launcher"),
+        "{}",
+        upgrade.stderr
+    );
+    // The supervisor became the installed release's launcher (same pid).
+    let installed = upgraded.site.dir.version(B_VERSION).join("waiaas-launcher");
+    assert_converged(&mut upgraded, &installed, "upgrade");
+    assert_eq!(
+        upgraded.site.supervisor_pid(),
+        pid,
+        "the same supervisor process"
+    );
+    let after_upgrade = p.verdaccio.tarball_requests();
+    phases.end("4a. upgrade from the release npm installed");
+
+    // (b) `run` started again: the service restarted after npm's install.
+    let stop = restarted.site.run(&["stop"], Duration::from_secs(60));
+    assert_ok(&stop, "waiaas-launcher stop (B's command, A's supervisor)");
+    assert!(
+        restarted
+            .supervisor
+            .wait_exit(Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        restarted.supervisor.log_tail()
+    );
+    let log = p.root.join("launcher-restart-again.log");
+    restarted.supervisor = Background::spawn(
+        "waiaas-launcher run (again)",
+        restarted.site.launcher(&["run"]),
+        &log,
+    );
+    // The service's launcher is npm's B, the installation's version.
+    let npm_launcher = restarted.installed.join("bin").join("waiaas-launcher");
+    assert_converged(&mut restarted, &npm_launcher, "run again");
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("moving to the newer release beside this launcher"),
+        "{text}"
+    );
+    let after_restart = p.verdaccio.tarball_requests();
+    phases.end("4b. run again from the release npm installed");
+
+    eprintln!(
+        "[registry_e2e] tarball requests to Verdaccio: {by_npm} by npm's four installs; \
+         {} during `upgrade`; {} during the restart of `run`",
+        after_upgrade - after_npm,
+        after_restart - after_upgrade
+    );
+    assert_eq!(after_upgrade, after_npm, "`upgrade` requested a tarball");
+    assert_eq!(after_restart, after_upgrade, "`run` requested a tarball");
+    for npm_site in [&upgraded, &restarted] {
+        assert_ok(
+            &npm_site.site.run(&["stop"], Duration::from_secs(60)),
+            "stop",
+        );
+    }
+    drop(upgraded);
+    drop(restarted);
+    drop(p);
     phases.end("stop everything");
     phases.summary();
 }

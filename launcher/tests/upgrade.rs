@@ -24,6 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
+use support::load::Writer;
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
@@ -100,11 +101,13 @@ fn fault_release(fault: Fault) -> &'static Packed {
     static HANG: OnceLock<Packed> = OnceLock::new();
     static HANG_MIGRATE: OnceLock<Packed> = OnceLock::new();
     static LAUNCHER_DIES: OnceLock<Packed> = OnceLock::new();
+    static LAUNCHER_HANGS: OnceLock<Packed> = OnceLock::new();
     let cell = match fault {
         Fault::Crash => &CRASH,
         Fault::Hang => &HANG,
         Fault::HangMigrate => &HANG_MIGRATE,
         Fault::LauncherDiesOnRun => &LAUNCHER_DIES,
+        Fault::LauncherHangsOnHandover => &LAUNCHER_HANGS,
     };
     cell.get_or_init(|| {
         let r = releases();
@@ -467,6 +470,26 @@ impl Site {
     }
 }
 
+/// The `w-…` wallet names in the database at `db` (with its WAL, if any,
+/// beside it), read from a copy so that nothing is changed.
+fn written_names(db: &Path, wal: Option<&Path>) -> BTreeSet<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("x.db");
+    fs::copy(db, &copy).unwrap();
+    if let Some(wal) = wal {
+        fs::copy(wal, tmp.path().join("x.db-wal")).unwrap();
+    }
+    let conn = Connection::open(&copy).unwrap();
+    let mut statement = conn
+        .prepare("SELECT name FROM wallets WHERE name LIKE 'w-%'")
+        .unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 fn names_in(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
         .into_iter()
@@ -768,6 +791,328 @@ fn a_new_launcher_that_dies_at_once_is_rolled_back_at_the_next_start() {
     assert_eq!(status.launcher_version, a());
     assert!(site.journal().is_none());
     site.assert_fully_old(&wallets);
+}
+
+/// Probation with a deadline: a new launcher that hangs in the handover
+/// (blocks forever, serving nothing, holding the listener, the admin socket
+/// and the command's connection) is ended by the deadline the old launcher
+/// armed before the exec (SIGALRM, `[update] health_timeout` + 10 s) — with
+/// no systemd watchdog and nobody watching — and the next start (as
+/// systemd's `Restart=` would make it, or `run` again by hand) finds the
+/// unconfirmed handover, says so, and rolls the whole release back: A's
+/// launcher, A's daemon, `current`, the database.
+#[test]
+fn a_new_launcher_that_hangs_in_the_handover_is_ended_and_rolled_back_at_the_next_start() {
+    use std::os::unix::process::ExitStatusExt;
+    let health_timeout = 5;
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::LauncherHangsOnHandover),
+        health_timeout,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let before = DbDigest::of(&site.dir.database());
+    let config = fs::read(site.dir.config()).unwrap();
+
+    let started = Instant::now();
+    let (mut command, out, err) = spawn_logged(site.launcher(&["upgrade"]), &site.home, "upgrade");
+    // The hung launcher holds the command's connection: the command waits
+    // until the deadline ends that process, then says the connection is lost.
+    let status = wait_child(
+        &mut command,
+        Duration::from_secs(120),
+        "the upgrade command",
+    );
+    let took = started.elapsed();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert!(
+        !status.success(),
+        "{}{stderr}",
+        fs::read_to_string(&out).unwrap()
+    );
+    assert!(stderr.contains("lost the connection"), "{stderr}");
+    let exit = supervisor.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        exit.signal(),
+        Some(libc::SIGALRM),
+        "ended by its deadline: {exit}\n{}",
+        supervisor.log()
+    );
+    let deadline = Duration::from_secs(health_timeout + 10);
+    eprintln!("the hung launcher (pid {pid}) was ended {took:?} after the upgrade began");
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(60),
+        "ended after {took:?}, the deadline is {deadline:?}"
+    );
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!("must confirm within {} s", deadline.as_secs()))
+            && log.contains("hanging in the handover"),
+        "{log}"
+    );
+    let journal = site.journal().expect("an unconfirmed handover");
+    assert_eq!(journal["handed_over"], true, "{journal}");
+    assert!(
+        processes_mentioning(site.dir.root()).is_empty(),
+        "nothing of the hung release runs"
+    );
+
+    // What systemd's restart does: the service's launcher (A's) runs again.
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(status.launcher_version, a());
+    assert_eq!(status.daemon.as_ref().unwrap().version, a());
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, fs::canonicalize(LAUNCHER).unwrap(), "A's launcher");
+    site.assert_fully_old(&wallets);
+    assert_eq!(DbDigest::of(&site.dir.database()), before, "the database");
+    assert_eq!(fs::read(site.dir.config()).unwrap(), config);
+    let log = again.log();
+    assert!(
+        log.contains(&format!("handover to {B_VERSION}'s launcher"))
+            && log.contains("was never confirmed")
+            && log.contains("rolled back"),
+        "the reason is in the log:\n{log}"
+    );
+}
+
+/// `upgrade --no-start` commits with the daemon left stopped, and the old
+/// launcher keeps running (there is no daemon to hand over yet): the next
+/// start — `restart` here (SIGHUP is the same), or the service started
+/// again — is the new release's launcher, in place.
+#[test]
+fn no_start_leaves_the_old_launcher_running_until_the_next_start() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+
+    let (out, report) = site.upgrade_json(&["--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    let status = supervisor.wait_for(Duration::from_secs(30), "stopped", |s| s.state == "stopped");
+    assert_eq!(
+        (status.launcher_pid, status.launcher_version.as_str()),
+        (pid, a())
+    );
+    assert!(status.daemon.is_none(), "{status:?}");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        fs::canonicalize(LAUNCHER).unwrap(),
+        "still A's launcher"
+    );
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(site.journal().is_none(), "committed");
+    assert!(site.health().is_none(), "no daemon serves");
+
+    // The next start: `restart` (A's binary hands the command to B's; the
+    // old supervisor hands the service to B's launcher, which starts B).
+    let restart = run(&mut site.launcher(&["restart"]));
+    assert!(
+        restart.status.success(),
+        "{restart:?}\n{}",
+        supervisor.log()
+    );
+    assert!(
+        restart.stdout.contains("handing the service to"),
+        "{restart:?}"
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_pid, pid, "the same process");
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+
+    // Left stopped again, the service started afresh by A's binary: B too.
+    let (out, _) = site.upgrade_json(&["--rollback", "--no-start"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    site.stop(supervisor);
+    let mut again = site.supervisor();
+    let status = again.wait_healthy();
+    assert_eq!(
+        status.launcher_version,
+        a(),
+        "rolled back to A: A's launcher"
+    );
+    site.assert_fully_old(&wallets);
+}
+
+/// An old CLI against a new supervisor and a new CLI against an old one:
+/// each works (A's and B's speak one admin protocol; A's binary hands its
+/// commands to B's when it can, and talks to B's supervisor itself when it
+/// cannot) — and when a supervisor and a command do not understand each
+/// other, both say exactly which program to run the command with.
+#[test]
+fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
+    let site = Site::new();
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    let b_cli = |args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        run(&mut command)
+    };
+    let status_of = |out: &Ran| -> serde_json::Value {
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+
+    // A new CLI (B's) against an old supervisor (A's).
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let status = status_of(&b_cli(&["status", "--json"]));
+    assert_eq!(status["launcher_version"], a(), "{status}");
+    let check = b_cli(&["upgrade", "--check"]);
+    assert!(check.status.success(), "{check:?}");
+
+    // An old CLI (A's) against a new supervisor (B's, after the upgrade):
+    // handed to B's binary, or — as a CLI that cannot hand over (one from
+    // before the entry point) — talking to B's supervisor itself.
+    let (out, _) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let status = status_of(&run(&mut site.launcher(&["status", "--json"])));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    let status = status_of(&run(site
+        .launcher(&["status", "--json"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0")));
+    assert_eq!(status["launcher_version"], B_VERSION, "{status}");
+    site.assert_fully_new(&wallets);
+
+    // A command of another admin protocol: the supervisor names its program.
+    let program = site.dir.version(B_VERSION).join("waiaas-launcher");
+    let answer = {
+        use std::io::{BufRead, BufReader};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(site.dir.launcher_socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"{\"protocol\":99,\"request\":{\"type\":\"status\"}}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(
+        answer.contains(&format!("run the command with {}", program.display())),
+        "{answer}"
+    );
+    site.stop(supervisor);
+
+    // A supervisor whose answers this command cannot read (a stand-in
+    // speaking a later protocol): the command names the supervisor's program.
+    let _ = fs::remove_file(site.dir.launcher_socket());
+    let listener = std::os::unix::net::UnixListener::bind(site.dir.launcher_socket()).unwrap();
+    fs::write(site.dir.launcher_pid(), format!("{}\n", std::process::id())).unwrap();
+    let stand_in = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream)
+            .write_all(b"{\"type\":\"status_v9\",\"launcher\":{}}\n")
+            .unwrap();
+    });
+    let out = run(site
+        .launcher(&["status"])
+        .env("WAIAAS_DELEGATED_FROM", "0.0.0"));
+    stand_in.join().unwrap();
+    let ours = std::env::current_exe().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("the supervisor runs {}", ours.display()))
+            && out.stderr.contains("run the command with that program"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A newer launcher that is a source build — B's own `cargo build` output,
+/// no `release.json` beside it — is the operator's own binary: `upgrade` run
+/// from it moves the installation to it (through the running old supervisor,
+/// which then becomes it), unsigned, saying so, recording its files' hashes
+/// (`installed.json`) — journaled, backed up, with no download; and `run`
+/// from it does the same before it serves.
+#[test]
+fn a_newer_source_build_without_release_json_is_accepted_saying_so() {
+    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    assert!(!builds::b_bin_dir().join("release.json").exists());
+    let b_command = |site: &Site, args: &[&str]| {
+        let mut command = hermetic(Command::new(&b_launcher), &site.home);
+        command.args(args).arg("--data-dir").arg(site.dir.root());
+        command
+    };
+
+    // `upgrade`, through the old supervisor.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let out = run(&mut b_command(&site, &["upgrade"]));
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert!(
+        out.stderr
+            .contains("without a signed release.json, accepted as your own")
+            && out.stderr.contains("accepting it as your own build"),
+        "{}",
+        out.stderr
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+    assert_eq!(exe, site.dir.version(B_VERSION).join("waiaas-launcher"));
+    site.assert_fully_new(&wallets);
+    let installed = site.dir.version(B_VERSION);
+    assert!(installed.join("installed.json").is_file());
+    assert!(!installed.join("release.json").exists());
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
+    assert!(
+        site.backups()
+            .iter()
+            .any(|(_, m)| m.kind == Kind::PreUpgrade),
+        "a pre-upgrade backup"
+    );
+    // The way back checks the recorded hashes and works.
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    site.assert_fully_old(&wallets);
+    drop(supervisor);
+
+    // `run` from the source build: it moves the installation before it serves.
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    site.stop(supervisor);
+    let mut supervisor = Supervisor::spawn(
+        b_command(&site, &["run"]),
+        site.home.join("source-build.stderr"),
+        site.dir.launcher_socket(),
+        LogFile::Fresh,
+    );
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.launcher_version, B_VERSION);
+    assert_eq!(status.daemon.as_ref().unwrap().version, B_VERSION);
+    let log = supervisor.log();
+    assert!(
+        log.contains("accepted as the operator's own") && log.contains("installed.json"),
+        "{log}"
+    );
+    // /health answers just before the commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.dir.upgrade_journal().exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    site.assert_fully_new(&wallets);
+    assert_eq!(site.registry.total_hits(), 0, "nothing was downloaded");
 }
 
 /// Runs `work` while `clients` send `GET /health` to `port` without pause
@@ -1136,6 +1481,56 @@ fn a_new_daemon_that_crashes_on_start_rolls_back() {
     );
 }
 
+/// An automatic rollback puts the live backup back whole: the writes made
+/// while its main file was copied are in its WAL, and all are there again.
+#[test]
+fn an_automatic_rollback_restores_the_writes_in_the_backups_wal() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::Crash),
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    let written = writer.stop();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    let backup = PathBuf::from(report.backup.expect("a backup"));
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backup.join(BACKUP_MANIFEST)).unwrap()).unwrap();
+    assert!(
+        manifest.files.contains_key("waiaas.db-wal"),
+        "the backup holds a WAL of recent writes: {manifest:?}"
+    );
+    let in_wal = written_names(
+        &backup.join("waiaas.db"),
+        Some(&backup.join("waiaas.db-wal")),
+    )
+    .difference(&written_names(&backup.join("waiaas.db"), None))
+    .count();
+    supervisor.wait_healthy();
+    let now = site.wallets();
+    let names: BTreeSet<&String> = now.values().collect();
+    let lost: Vec<&String> = written
+        .acknowledged
+        .iter()
+        .filter(|n| !names.contains(n))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    eprintln!(
+        "{} writes acknowledged, {in_wal} of them only in the backup's WAL, all back after the rollback",
+        written.acknowledged.len()
+    );
+    assert!(
+        in_wal > 0,
+        "no write reached the backup's WAL: the test proves nothing"
+    );
+    site.assert_fully_old(&now);
+}
+
 #[test]
 fn a_new_daemon_that_never_becomes_healthy_rolls_back() {
     let setup = Setup {
@@ -1210,6 +1605,8 @@ struct KillPoint {
     now: KillWhen,
     /// Wait this long after `now` held.
     delay: Duration,
+    /// A [`Writer`] creates wallets from the start of the upgrade to the kill.
+    writes: bool,
 }
 
 /// Who runs the upgrade that is killed.
@@ -1241,6 +1638,9 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
     };
 
+    let writer = point
+        .writes
+        .then(|| Writer::start(site.port, &site.token(), "w"));
     let (mut client, out, err) =
         spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -1278,6 +1678,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
         None => {}
     }
+    let written = writer.map(Writer::stop);
     let uncommitted = site.dir.upgrade_journal().exists();
     let at_kill = processes_mentioning(site.dir.root());
     let killed_at = journal_at_kill.as_ref().map_or("none".to_string(), |j| {
@@ -1343,7 +1744,29 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         return problems;
     }
     let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if uncommitted {
+        if let Some(written) = &written {
+            // Every acknowledged write is there; nothing else but writes
+            // that went unanswered.
+            let now = site.wallets();
+            let names: BTreeSet<&String> = now.values().collect();
+            let sent: BTreeSet<&String> = wallets
+                .values()
+                .chain(&written.acknowledged)
+                .chain(&written.unknown)
+                .collect();
+            for name in wallets.values().chain(&written.acknowledged) {
+                assert!(names.contains(name), "{name} was acknowledged and is lost");
+            }
+            assert!(names.is_subset(&sent), "wallets nobody wrote: {names:?}");
+            eprintln!(
+                "{what}: {} writes acknowledged before the kill, all kept",
+                written.acknowledged.len()
+            );
+            match uncommitted {
+                true => site.assert_fully_old(&now),
+                false => site.assert_fully_new(&now),
+            }
+        } else if uncommitted {
             site.assert_fully_old(&wallets);
             assert_eq!(
                 DbDigest::of(&site.dir.database()),
@@ -1355,11 +1778,7 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         }
     }));
     if let Err(panic) = check {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let message = panic_message(panic.as_ref());
         problems.push(format!(
             "{what} (killed at {killed_at}, journal left: {uncommitted}): {message}\nrecovering supervisor:\n{}",
             next.log()
@@ -1383,11 +1802,21 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
     problems
 }
 
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 fn boundary(step: u8) -> KillPoint {
     KillPoint {
         what: format!("kill at the start of step {step}"),
         now: Box::new(move |s, _| s >= step),
         delay: Duration::ZERO,
+        writes: false,
     }
 }
 
@@ -1414,11 +1843,191 @@ fn kill_9_at_every_step_boundary_ends_fully_old_or_new() {
                     .any(|cmd| cmd.contains(" serve "))
         }),
         delay: Duration::ZERO,
+        writes: false,
     };
     for point in [boundary(5), boundary(7), daemon_started] {
         let site = Site::new();
         problems.extend(kill_during_upgrade(&site, &point, Upgrader::Standalone));
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The instants of a handover where a launcher kills itself with SIGKILL
+/// (`WAIAAS_FAILPOINT`, see `shared/src/failpoint.rs`), and whether the
+/// change is committed by then.
+const HANDOVER_INSTANTS: [(&str, bool); 5] = [
+    // The old launcher: journal saved as handed over, right before execve.
+    ("handover-before-exec", false),
+    // The new launcher: right after execve, before it reads the handover.
+    ("handover-after-exec", false),
+    // The new launcher: its daemon for the handed-over step just spawned.
+    ("handover-daemon-spawned", false),
+    // The new launcher: its daemon healthy, the commit not yet made.
+    ("handover-daemon-ready", false),
+    // The new launcher: committed, the report not yet sent.
+    ("handover-committed", true),
+];
+
+/// Which handover is killed: the upgrade's (A → B) or the rollback's (B → A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handing {
+    Upgrade,
+    Rollback,
+}
+
+/// A → B (`upgrade`) or, after an upgrade, B → A (`--rollback`), with the
+/// launcher killing itself (SIGKILL) at `point` of the handover; then the
+/// service's launcher (A's binary) is started again, as systemd's
+/// `Restart=` would, and the installation must be fully old — or fully new
+/// if the kill came after the commit: the launcher that serves (its version
+/// and `/proc/<pid>/exe`), the daemon, `current`, no journal, and the
+/// database row for row. Returns what went wrong (empty if nothing).
+fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let what = format!("kill -9 at {point} ({handing:?})");
+    let mut problems = Vec::new();
+    let site = Site::new();
+    let token = site.home.join("failpoint.token");
+    let armed = format!("{point}:kill:{}", token.display());
+    let mut supervisor = site.supervisor_with(&[("WAIAAS_FAILPOINT", &armed)]);
+    let pid = supervisor.wait_healthy().launcher_pid;
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let (args, old, new): (&[&str], &str, &str) = match handing {
+        Handing::Upgrade => (&["upgrade", "--json"], a(), B_VERSION),
+        Handing::Rollback => {
+            // The token does not exist yet: this upgrade's handover goes through.
+            let (out, report) = site.upgrade_json(&[]);
+            assert!(
+                out.status.success(),
+                "{what}: {out:?}\n{}",
+                supervisor.log()
+            );
+            assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+            assert_eq!(supervisor.wait_healthy().launcher_version, B_VERSION);
+            (&["upgrade", "--rollback", "--json"], B_VERSION, a())
+        }
+    };
+    let before = DbDigest::of(&site.dir.database());
+    fs::write(&token, b"").unwrap();
+
+    let (mut command, _, _) = spawn_logged(site.launcher(args), &site.home, "handover");
+    let exit = supervisor.wait_exit(Duration::from_secs(120));
+    let ended = wait_child(&mut command, Duration::from_secs(60), "the command");
+    if exit.signal() != Some(libc::SIGKILL) || token.exists() {
+        problems.push(format!(
+            "{what}: the launcher (pid {pid}) did not kill itself there: {exit}\n{}",
+            supervisor.log()
+        ));
+        return problems;
+    }
+    if ended.success() {
+        problems.push(format!(
+            "{what}: the command reported success for a launcher killed before its report"
+        ));
+    }
+    let journal = site.journal();
+    if journal.is_some() == committed {
+        problems.push(format!("{what}: journal after the kill: {journal:?}"));
+    }
+    if let Some(journal) = &journal
+        && journal["handed_over"] != true
+    {
+        problems.push(format!(
+            "{what}: the journal does not record the handover: {journal}"
+        ));
+    }
+    // The killed launcher's daemon (if any) dies with it; the next launcher
+    // starts once the port is free, as systemd's restart would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_mentioning(site.dir.root()).is_empty() {
+        if Instant::now() > deadline {
+            problems.push(format!(
+                "{what}: processes outlived the killed launcher by 20 s: {:?}",
+                processes_mentioning(site.dir.root())
+            ));
+            for pid in processes_mentioning(site.dir.root()).into_keys() {
+                signal(pid, libc::SIGKILL);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_log = supervisor.log();
+    drop(supervisor);
+
+    let mut next = site.supervisor();
+    let status = next.wait_for(Duration::from_secs(120), "recovery", |s| {
+        healthy(s) || s.state == "refused"
+    });
+    let expect = if committed { new } else { old };
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(status.launcher_version, expect, "the launcher that serves");
+        assert_eq!(
+            status.daemon.as_ref().unwrap().version,
+            expect,
+            "the daemon"
+        );
+        let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
+        let launcher = if expect == a() {
+            fs::canonicalize(LAUNCHER).unwrap()
+        } else {
+            site.dir.version(B_VERSION).join("waiaas-launcher")
+        };
+        assert_eq!(exe, launcher, "the launcher's program");
+        if expect == a() {
+            site.assert_fully_old(&wallets);
+        } else {
+            site.assert_fully_new(&wallets);
+        }
+        if !committed {
+            assert_eq!(
+                DbDigest::of(&site.dir.database()),
+                before,
+                "the database rows"
+            );
+        }
+    }));
+    if let Err(panic) = check {
+        let message = panic_message(panic.as_ref());
+        problems.push(format!(
+            "{what}: not fully {expect}: {message}\nkilled launcher:\n{killed_log}\nnext:\n{}",
+            next.log()
+        ));
+    }
+    let log = next.log();
+    let reason_logged = log.contains("was never confirmed") && log.contains("rolled back");
+    if !committed && !reason_logged {
+        problems.push(format!(
+            "{what}: the rollback and its reason are not in the log:\n{log}"
+        ));
+    }
+    eprintln!(
+        "{what}: journal left {}, fully {expect} after the restart ({})",
+        !committed,
+        if problems.is_empty() {
+            "ok"
+        } else {
+            "PROBLEMS"
+        }
+    );
+    problems
+}
+
+#[test]
+fn kill_9_at_every_instant_of_the_upgrades_handover_ends_fully_old_or_new() {
+    let problems: Vec<String> = HANDOVER_INSTANTS
+        .iter()
+        .flat_map(|&(point, committed)| kill_in_handover(point, committed, Handing::Upgrade))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn kill_9_at_every_instant_of_the_rollbacks_handover_ends_fully_old_or_new() {
+    let problems: Vec<String> = HANDOVER_INSTANTS
+        .iter()
+        .flat_map(|&(point, committed)| kill_in_handover(point, committed, Handing::Rollback))
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
@@ -1435,6 +2044,7 @@ fn kill_9_inside_steps_3_to_7() {
                 s == 3 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
             }),
             delay: Duration::from_millis(20),
+            writes: false,
         },
         KillPoint {
             what: "kill just after the switch (step 4)".into(),
@@ -1442,6 +2052,7 @@ fn kill_9_inside_steps_3_to_7() {
                 s >= 4 && fs::read_link(d.current()).is_ok_and(|t| t.ends_with(B_VERSION))
             }),
             delay: Duration::ZERO,
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon backs up before migrating (step 5)".into(),
@@ -1449,16 +2060,19 @@ fn kill_9_inside_steps_3_to_7() {
                 s == 5 && exists_with_prefix(&d.backups(), ".partial-pre-migrate")
             }),
             delay: Duration::from_millis(20),
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon migrates (step 5)".into(),
             now: Box::new(|s, d| s == 5 && exists_with_prefix(&d.backups(), "pre-migrate-")),
             delay: Duration::from_millis(5),
+            writes: false,
         },
         KillPoint {
             what: "kill while the schema is verified (step 6)".into(),
             now: Box::new(|s, _| s == 6),
             delay: Duration::ZERO,
+            writes: false,
         },
         KillPoint {
             what: "kill while the new daemon starts (step 7)".into(),
@@ -1469,6 +2083,7 @@ fn kill_9_inside_steps_3_to_7() {
                         .any(|cmd| cmd.contains(" serve "))
             }),
             delay: Duration::ZERO,
+            writes: false,
         },
     ];
     let mut problems = Vec::new();
@@ -1480,6 +2095,152 @@ fn kill_9_inside_steps_3_to_7() {
         problems.extend(kill_during_upgrade(&site, point, Upgrader::Supervisor));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The backup is taken while the old daemon serves (SPEC §12): its main file
+/// copied with checkpoints held, its WAL once it has stopped. Every write the
+/// old daemon acknowledged is in the backup, and `--rollback` brings back
+/// exactly that, WAL included.
+#[test]
+fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
+    let site = Site::with(Setup {
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    let log = supervisor.log();
+    assert!(
+        log.contains("checkpoints held until exit"),
+        "the daemon held its checkpoints:\n{log}"
+    );
+    let backup = PathBuf::from(report.backup.expect("a backup"));
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(backup.join(BACKUP_MANIFEST)).unwrap()).unwrap();
+    assert!(
+        manifest.files.contains_key("waiaas.db-wal"),
+        "writes during the copy are in the backup's WAL: {manifest:?}"
+    );
+    for (file, sha) in &manifest.files {
+        let path = backup.join(file);
+        assert_eq!(&sha256_file(&path).unwrap(), sha, "{file}");
+        assert_eq!(manifest.sizes[file], fs::metadata(&path).unwrap().len());
+    }
+    let in_main = written_names(&backup.join("waiaas.db"), None);
+    let in_backup = written_names(
+        &backup.join("waiaas.db"),
+        Some(&backup.join("waiaas.db-wal")),
+    );
+    let now = site.wallets().into_values().collect::<BTreeSet<_>>();
+    // The old daemon acknowledged a prefix of the writes, the new one the
+    // rest: the backup holds that whole prefix, the new daemon everything.
+    let by_old = written
+        .acknowledged
+        .iter()
+        .take_while(|name| in_backup.contains(*name))
+        .count();
+    let missing: Vec<&String> = written.acknowledged[by_old..]
+        .iter()
+        .filter(|name| in_backup.contains(*name) || !now.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but in neither the backup's prefix nor the new database: {missing:?}"
+    );
+    let during_copy = in_backup.len() - in_main.len();
+    eprintln!(
+        "{} writes acknowledged ({} by {}, {} unanswered); {during_copy} of them made while the main file was copied, all in the backup",
+        written.acknowledged.len(),
+        by_old,
+        a(),
+        written.unknown.len()
+    );
+    assert!(
+        during_copy > 0,
+        "no write happened during the live copy: the test proves nothing"
+    );
+    assert!(
+        in_backup
+            .difference(&in_main)
+            .all(|n| written.acknowledged.contains(n) || written.unknown.contains(n)),
+        "the WAL holds only what was written"
+    );
+
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored);
+    let restored: BTreeSet<String> = site
+        .wallets()
+        .into_values()
+        .filter(|n| n.starts_with("w-"))
+        .collect();
+    assert_eq!(
+        restored, in_backup,
+        "--rollback restores the backup, WAL included"
+    );
+}
+
+/// kill -9 at random instants of the live copy (step 2, the daemon serving
+/// and writing) and of the WAL's copy (step 3): fully old or fully new, and
+/// no acknowledged write lost. The instants are printed with their seed.
+#[test]
+fn kill_9_during_the_live_copy_and_the_wal_copy_loses_nothing() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill instants from seed {seed}");
+    let mut random = seed | 1;
+    let mut next_ms = |below: u64| {
+        // xorshift64: enough to spread instants, reproducible from the seed.
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random % below
+    };
+    let runs = std::env::var("WAIAAS_LIVE_KILL_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10u64)
+        .min(50);
+    let mut problems = Vec::new();
+    for run in 0..runs * 2 {
+        let in_copy = run % 2 == 0;
+        let delay = Duration::from_millis(if in_copy { next_ms(600) } else { next_ms(15) });
+        let point = if in_copy {
+            KillPoint {
+                what: format!("kill {delay:?} into the live copy (run {run})"),
+                now: Box::new(|s, d| {
+                    s == 2 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
+                }),
+                delay,
+                writes: true,
+            }
+        } else {
+            KillPoint {
+                what: format!("kill {delay:?} into the WAL's copy (run {run})"),
+                now: Box::new(|s, _| s == 3),
+                delay,
+                writes: true,
+            }
+        };
+        let site = Site::with(Setup {
+            big_db: true,
+            ..Setup::default()
+        });
+        problems.extend(kill_during_upgrade(&site, &point, Upgrader::Supervisor));
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed}:\n{}",
+        problems.join("\n\n")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1744,6 +2505,7 @@ fn fabricate_backup(
         schema_version: schema,
         created_at: created.rfc3339(),
         files,
+        sizes: Default::default(),
     };
     fs::write(
         path.join(BACKUP_MANIFEST),

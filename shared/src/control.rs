@@ -8,6 +8,12 @@
 //! serves HTTP; the launcher may then ping, ask for status, or order a
 //! shutdown with a deadline. When the launcher's end closes, the daemon treats
 //! it as an order to shut down: a daemon never outlives its supervisor's channel.
+//!
+//! Before an upgrade stops it, the launcher may ask the daemon to hold its
+//! checkpoints ([`FromLauncher::HoldCheckpoints`]): from then until it exits,
+//! SQLite's main database file does not change — every write goes to the WAL —
+//! so the launcher copies the main file while the daemon still serves, and
+//! only the WAL inside the downtime (SPEC §12).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,6 +40,9 @@ pub enum FromDaemon {
         protocol: u32,
         version: String,
         pid: u32,
+        /// Understands [`FromLauncher::HoldCheckpoints`] (absent from older daemons).
+        #[serde(default)]
+        holds_checkpoints: bool,
     },
     /// The database is ready and HTTP is being served.
     Ready { schema_version: u32 },
@@ -47,6 +56,11 @@ pub enum FromDaemon {
     },
     /// The daemon is shutting down (ordered, or on a signal).
     Stopping { reason: String },
+    /// Answer to [`FromLauncher::HoldCheckpoints`]: the WAL is folded in and
+    /// the main file stays as it is until the process exits.
+    CheckpointsHeld,
+    /// Answer to [`FromLauncher::HoldCheckpoints`] when they could not be held.
+    CheckpointsNotHeld { reason: String },
 }
 
 /// Launcher → daemon.
@@ -61,6 +75,9 @@ pub enum FromLauncher {
     Shutdown {
         deadline_secs: u64,
     },
+    /// Fold the WAL into the main file once, then checkpoint no more until
+    /// exit, not even when closing the database.
+    HoldCheckpoints,
 }
 
 /// Why a frame could not be read.

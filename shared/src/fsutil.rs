@@ -62,6 +62,57 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Which side of [`copy_hashed`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// What [`copy_hashed`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// SHA-256 of the bytes written, lowercase hex.
+    pub sha256: String,
+    pub len: u64,
+}
+
+/// Copies `source` to the new file `dest` (created with `mode`, never over
+/// an existing file), hashing as it goes — one read of the data — then
+/// fsyncs it.
+pub fn copy_hashed(source: &Path, dest: &Path, mode: u32) -> Result<Copied, CopyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = File::open(source).map_err(CopyError::Read)?;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(dest)
+        .map_err(CopyError::Write)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        len += n as u64;
+    }
+    to.sync_all().map_err(CopyError::Write)?;
+    Ok(Copied {
+        sha256: hex::encode(hasher.finalize()),
+        len,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

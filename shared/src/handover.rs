@@ -9,9 +9,37 @@
 //! The format is versioned ([`HANDOVER_VERSION`]); a launcher that cannot
 //! read a handover says so, and starts as if freshly run (it binds its own
 //! listener and socket: the service still comes back).
+//!
+//! **The confirmation deadline.** A launcher that is handed the service must
+//! confirm it within a bound, or it is killed — also when nobody watches it
+//! (`run` by hand, without systemd's watchdog). Before `execve` the old
+//! launcher arms a real-time interval timer ([`arm_deadline`]:
+//! `setitimer(ITIMER_REAL)`, with `SIGALRM` set to its default action and
+//! unblocked). The kernel keeps that timer across `execve` (and across any
+//! further exec, e.g. a shell wrapper), so it runs in the new program from
+//! its first instruction, whatever that program is; a launcher that has
+//! taken over cancels it ([`confirm`]). If it is never cancelled the kernel
+//! sends `SIGALRM`, whose default action ends the process; the daemon it may
+//! have started dies with it (parent-death signal), and the next start of the
+//! service — systemd's `Restart=`, or `run` again by hand, by whatever
+//! launcher — finds the journal's handover unconfirmed and rolls the whole
+//! release back (launcher and daemon), saying why.
+//!
+//! What "confirmed" means: a launcher resuming a handed-over step (the last
+//! step of an upgrade or rollback: start its own daemon, commit) cancels the
+//! timer once that start has an outcome — healthy, or failed and about to be
+//! rolled back by that launcher itself. Any other launcher handed the service
+//! (a handback after such a rollback, a first start handed to the newer
+//! current launcher) cancels it as soon as it has taken over. The deadline is
+//! `[update] health_timeout` (the time a new daemon has to become healthy)
+//! plus [`TAKEOVER_GRACE`] for the exec and the takeover themselves, so a
+//! working launcher always meets it. A launcher that ignores or catches
+//! `SIGALRM` before confirming escapes it; no WAIaaS launcher does, and
+//! under systemd the watchdog (`WatchdogSec=`) remains.
 
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +147,76 @@ impl Handover {
     }
 }
 
+/// What the confirmation deadline adds to `[update] health_timeout`: the
+/// exec and the takeover (milliseconds when all is well).
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
+
+/// Arms the confirmation deadline (see the module's documentation): in
+/// `after`, `SIGALRM` ends this process — or the program it execs next —
+/// unless [`confirm`] is called first. Replaces any deadline armed before.
+pub fn arm_deadline(after: Duration) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this process's own signal state and
+    // timer; the sigset is initialised by sigemptyset before use.
+    unsafe {
+        // An inherited "ignore" would survive the exec and defeat the timer.
+        if libc::signal(libc::SIGALRM, libc::SIG_DFL) == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        // The mask of the thread that calls execve is the new program's.
+        let error = libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if error != 0 {
+            return Err(std::io::Error::from_raw_os_error(error));
+        }
+    }
+    set_timer(after.max(Duration::from_millis(1))).map(drop)
+}
+
+/// Cancels the confirmation deadline; returns how long was left, if one was
+/// armed (`None` also when it cannot be read).
+pub fn confirm() -> Option<Duration> {
+    set_timer(Duration::ZERO).ok().flatten()
+}
+
+/// How long is left of an armed deadline, without changing it.
+pub fn deadline_left() -> Option<Duration> {
+    // SAFETY: getitimer writes into the struct it is given.
+    let mut now: libc::itimerval = unsafe { std::mem::zeroed() };
+    (unsafe { libc::getitimer(libc::ITIMER_REAL, &mut now) } == 0)
+        .then(|| duration(now.it_value))
+        .filter(|left| !left.is_zero())
+}
+
+/// Sets the one-shot real-time timer (zero cancels it); the time that was left.
+fn set_timer(after: Duration) -> std::io::Result<Option<Duration>> {
+    let value = libc::timeval {
+        tv_sec: after.as_secs() as libc::time_t,
+        tv_usec: after.subsec_micros() as libc::suseconds_t,
+    };
+    let zero = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let new = libc::itimerval {
+        it_interval: zero,
+        it_value: value,
+    };
+    // SAFETY: setitimer reads `new` and writes `old`, both valid.
+    let mut old: libc::itimerval = unsafe { std::mem::zeroed() };
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &new, &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let left = duration(old.it_value);
+    Ok((!left.is_zero()).then_some(left))
+}
+
+fn duration(value: libc::timeval) -> Duration {
+    Duration::from_secs(value.tv_sec.max(0) as u64)
+        + Duration::from_micros(value.tv_usec.max(0) as u64)
+}
+
 /// Closes every descriptor a handover of any format names (`…_fd` keys).
 fn close_named_fds(text: &str) {
     let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(text) else {
@@ -152,5 +250,17 @@ mod tests {
         assert!(json.contains("\"version\":1"), "{json}");
         assert_eq!(serde_json::from_str::<Handover>(&json).unwrap(), h);
         assert_eq!(h.fds().collect::<Vec<_>>(), [5, 6, 9]);
+    }
+
+    #[test]
+    fn the_deadline_is_armed_read_and_cancelled() {
+        // Far enough away never to fire in this test process.
+        arm_deadline(Duration::from_secs(3600)).unwrap();
+        let left = deadline_left().expect("armed");
+        assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
+        let left = confirm().expect("it was armed");
+        assert!(left > Duration::from_secs(3590), "{left:?}");
+        assert_eq!(deadline_left(), None);
+        assert_eq!(confirm(), None, "nothing left to cancel");
     }
 }

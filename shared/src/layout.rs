@@ -72,6 +72,10 @@ impl DataDir {
     pub fn database(&self) -> PathBuf {
         self.data().join("waiaas.db")
     }
+    /// The database's write-ahead log (WAL mode), beside it.
+    pub fn wal(&self) -> PathBuf {
+        self.data().join("waiaas.db-wal")
+    }
     pub fn master_token(&self) -> PathBuf {
         self.data().join("master.token")
     }

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod config;
 pub mod control;
 pub mod exit;
+pub mod failpoint;
 pub mod fsutil;
 pub mod handover;
 pub mod health;

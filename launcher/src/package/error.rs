@@ -62,6 +62,8 @@ pub enum PackageError {
     Signature(String),
     #[error("{place} has no release.json, so it cannot be verified")]
     NoManifest { place: String },
+    #[error("{folder} (a build without release.json) cannot be installed: {reason}")]
+    LocalBuild { folder: PathBuf, reason: String },
     #[error("release.json is not a valid release manifest: {0}")]
     Manifest(String),
     #[error("release.json names version {found}, but {asked} was asked for")]

@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use semver::Version;
-use waiaas_shared::fsutil::{fsync_dir, sha256_file};
+use waiaas_shared::fsutil::{self, CopyError, fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{MANIFEST, ReleaseManifest, SIGNATURE};
 
@@ -188,31 +188,14 @@ pub(super) fn install_folder(
 /// Copies `source` to the new file `dest` with `mode`, returning the sha256
 /// of what was written.
 fn copy_hashed(source: &Path, dest: &Path, mode: u32) -> Result<String, PackageError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut from = File::open(source).map_err(io_error("read", source))?;
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
     }
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dest)
-        .map_err(io_error("create", dest))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = from.read(&mut buf).map_err(io_error("read", source))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n]).map_err(io_error("write", dest))?;
+    match fsutil::copy_hashed(source, dest, mode) {
+        Ok(copied) => Ok(copied.sha256),
+        Err(CopyError::Read(e)) => Err(io_error("read", source)(e)),
+        Err(CopyError::Write(e)) => Err(io_error("write", dest)(e)),
     }
-    to.sync_all().map_err(io_error("write", dest))?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Fills a fresh `versions/<v>.partial` with `fill` and renames it to

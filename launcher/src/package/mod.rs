@@ -213,19 +213,131 @@ pub fn install_folder(
 /// The release this launcher was installed with, when it sits beside it (an
 /// npm package: `bin/waiaas-launcher` under a folder with `release.json`) and
 /// is newer than the installation's current version — as its `release.json`
-/// says; installing it verifies that.
+/// says; installing it verifies that. Without a `release.json`, a
+/// `waiaas-daemon` beside this launcher is the operator's own build of this
+/// launcher's version ([`is_local_build`], [`install_local_build`]).
 pub fn newer_release_beside(dir: &DataDir) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?;
+    let current = crate::swap::current_version(dir).ok().flatten()?;
+    let current = Version::parse(&current).ok()?;
     let folder = [Some(bin), bin.parent()]
         .into_iter()
         .flatten()
-        .find(|folder| folder.join(waiaas_shared::release::MANIFEST).is_file())?;
+        .find(|folder| folder.join(waiaas_shared::release::MANIFEST).is_file());
+    let Some(folder) = folder else {
+        let beside = waiaas_shared::version::current();
+        return (is_local_build(bin) && beside > current).then(|| bin.to_path_buf());
+    };
     let bytes = fs::read(folder.join(waiaas_shared::release::MANIFEST)).ok()?;
     let manifest: waiaas_shared::release::ReleaseManifest = serde_json::from_slice(&bytes).ok()?;
     let beside = Version::parse(&manifest.version).ok()?;
-    let current = crate::swap::current_version(dir).ok().flatten()?;
-    (beside > Version::parse(&current).ok()?).then(|| folder.to_path_buf())
+    (beside > current).then(|| folder.to_path_buf())
+}
+
+/// A folder holding both programs and no `release.json`: the operator's own
+/// build (from source), not a release package.
+pub fn is_local_build(folder: &Path) -> bool {
+    !folder.join(waiaas_shared::release::MANIFEST).exists()
+        && waiaas_shared::release::BINARIES
+            .iter()
+            .all(|name| folder.join(name).is_file())
+}
+
+/// Installs the operator's own build ([`is_local_build`]) as `versions/<v>`.
+/// There is nothing signed to check, so it is accepted as the operator's
+/// binary: both programs must report one version, and their hashes are
+/// recorded in `installed.json` (as `init` does for a local build) for a
+/// later rollback to check. An existing `versions/<v>` is reused only if it
+/// still holds what was recorded.
+pub async fn install_local_build(dir: &DataDir, folder: &Path) -> Result<Installed, PackageError> {
+    let refused = |reason: String| PackageError::LocalBuild {
+        folder: folder.to_path_buf(),
+        reason,
+    };
+    let daemon = crate::daemon_binary::version_of(folder)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    let launcher = crate::daemon_binary::launcher_version(folder)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    if launcher != daemon.version {
+        return Err(refused(format!(
+            "its waiaas-launcher is {launcher}, its waiaas-daemon {}",
+            daemon.version
+        )));
+    }
+    let version = Version::parse(&daemon.version).map_err(|e| refused(e.to_string()))?;
+    let name = version.to_string();
+    let path = dir.version(&name);
+    let (folder_owned, dir_owned) = (folder.to_path_buf(), dir.clone());
+    let recorded =
+        tokio::task::spawn_blocking(move || install_local_files(&dir_owned, &folder_owned, &name))
+            .await
+            .map_err(|e| PackageError::Internal(format!("the install task failed: {e}")))?
+            .map_err(refused)?;
+    let manifest = waiaas_shared::release::ReleaseManifest {
+        name: platform_package(target()?),
+        version: version.to_string(),
+        target: target()?.to_string(),
+        schema_version: daemon.schema_version,
+        min_compatible_schema_version: daemon.min_compatible_schema_version,
+        files: recorded,
+    };
+    Ok(Installed {
+        version,
+        path,
+        manifest,
+    })
+}
+
+/// Copies the two programs into `versions/<version>.partial`, records them,
+/// and renames the folder into place; returns the recorded hashes.
+fn install_local_files(
+    dir: &DataDir,
+    folder: &Path,
+    version: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    use waiaas_shared::release::BINARIES;
+    let path = dir.version(version);
+    let hashes = |at: &Path| -> Result<std::collections::BTreeMap<String, String>, String> {
+        BINARIES
+            .iter()
+            .map(|name| {
+                waiaas_shared::fsutil::sha256_file(&at.join(name))
+                    .map(|sha| (format!("bin/{name}"), sha))
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .collect()
+    };
+    if path.exists() {
+        return match crate::install_record::verify(&path, version) {
+            Ok(true) => hashes(&path),
+            Ok(false) => Err(format!(
+                "{} exists and is not a recorded local build; move it away",
+                path.display()
+            )),
+            Err(problem) => Err(format!("{}: {problem}", path.display())),
+        };
+    }
+    let versions = ensure_versions_dir(dir).map_err(|e| e.to_string())?;
+    let partial = versions.join(format!("{version}.partial"));
+    remove_path(&partial).map_err(|e| e.to_string())?;
+    let mut leftovers = Leftovers::default();
+    leftovers.add(partial.clone());
+    fs::create_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    for name in BINARIES {
+        crate::init::copy_synced(&folder.join(name), &partial.join(name), 0o755)
+            .map_err(|f| f.message)?;
+    }
+    crate::install_record::write(&partial, version, &BINARIES)
+        .map_err(|e| format!("cannot record what was installed: {e}"))?;
+    let recorded = hashes(&partial)?;
+    waiaas_shared::fsutil::fsync_dir(&partial).map_err(|e| e.to_string())?;
+    fs::rename(&partial, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // (`leftovers` names the partial folder, gone by now.)
+    waiaas_shared::fsutil::fsync_dir(&versions).map_err(|e| e.to_string())?;
+    Ok(recorded)
 }
 
 /// Re-checks an installed `versions/<version>`: signature, manifest, the

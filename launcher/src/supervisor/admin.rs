@@ -82,8 +82,14 @@ pub async fn accept(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCa
                     envelope.request
                 }
                 Ok(Ok(Some(envelope))) => {
+                    // Name the exact program: after an upgrade or an npm
+                    // install, the one on the PATH may be another release's.
+                    let exe = std::env::current_exe()
+                        .map_or_else(|_| "waiaas-launcher".into(), |p| p.display().to_string());
                     let message = format!(
-                        "this launcher speaks admin protocol {}, the command {}; use the matching waiaas-launcher",
+                        "this supervisor is waiaas-launcher {} ({exe}) and speaks admin protocol {}; \
+                         the command speaks {}: run the command with {exe}",
+                        waiaas_shared::version::VERSION,
                         control::PROTOCOL_VERSION,
                         envelope.protocol
                     );
@@ -109,6 +115,34 @@ pub async fn accept(listener: UnixListener, calls: mpsc::UnboundedSender<AdminCa
 pub async fn answer(mut reply: OwnedWriteHalf, response: &Response) {
     if let Err(e) = write_frame(&mut reply, response).await {
         warn!("admin socket: could not answer: {e}");
+    }
+}
+
+/// Writes one answer now, without waiting on the runtime (the process is
+/// about to exec): a frame is far smaller than a socket's buffer, so a
+/// client that reads gets it whole; one that does not within `timeout` is
+/// only logged.
+pub fn answer_blocking(reply: OwnedWriteHalf, response: &Response, timeout: Duration) {
+    let Ok(frame) = control::encode(response) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut written = 0;
+    while written < frame.len() {
+        match reply.try_write(&frame[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    warn!("admin socket: could not answer in time");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                warn!("admin socket: could not answer: {e}");
+                return;
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use waiaas_shared::control::{
@@ -32,6 +32,11 @@ pub struct Daemon {
     pub version: String,
     /// From its ready; 0 before.
     pub schema_version: u32,
+    /// From its hello: it can hold its checkpoints for a live backup.
+    pub holds_checkpoints: bool,
+    /// The engine waiting for the answer to [`FromLauncher::HoldCheckpoints`]
+    /// (dropped — an answer of no — if the daemon exits first).
+    pub hold_answer: Option<oneshot::Sender<bool>>,
     pub started: Instant,
     control: OwnedWriteHalf,
     frames: mpsc::UnboundedReceiver<FromDaemon>,
@@ -77,6 +82,8 @@ impl Daemon {
             pid,
             version: String::new(),
             schema_version: 0,
+            holds_checkpoints: false,
+            hold_answer: None,
             started: Instant::now(),
             control,
             frames,
@@ -101,18 +108,21 @@ impl Daemon {
     /// the frame goes into the socket's buffer, or SIGTERM is sent instead
     /// (a daemon that does not drain its channel must not stall the loop).
     pub fn order_stop(&mut self, deadline_secs: u64) {
-        let order = FromLauncher::Shutdown { deadline_secs };
-        let sent = control::encode(&order).and_then(|frame| {
-            let n = self.control.try_write(&frame)?;
-            if n == frame.len() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("the frame did not fit"))
-            }
-        });
-        if let Err(e) = sent {
+        if let Err(e) = self.send(&FromLauncher::Shutdown { deadline_secs }) {
             warn!("cannot order the daemon to stop ({e}); sending SIGTERM");
             self.signal(libc::SIGTERM);
+        }
+    }
+
+    /// Sends `message` without waiting: it goes whole into the socket's
+    /// buffer, or not at all.
+    pub fn send(&mut self, message: &FromLauncher) -> std::io::Result<()> {
+        let frame = control::encode(message)?;
+        let n = self.control.try_write(&frame)?;
+        if n == frame.len() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("the frame did not fit"))
         }
     }
 

@@ -39,8 +39,9 @@ use waiaas_shared::admin::{
     self as protocol, DaemonStatus, Outcome, Request, Response, UpgradeReport,
 };
 use waiaas_shared::config::Config;
-use waiaas_shared::control::{self, FromDaemon};
-use waiaas_shared::handover::{HANDOVER_VERSION, Handover};
+use waiaas_shared::control::{self, FromDaemon, FromLauncher};
+use waiaas_shared::failpoint;
+use waiaas_shared::handover::{self, HANDOVER_ENV, HANDOVER_VERSION, Handover, TAKEOVER_GRACE};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
@@ -78,6 +79,9 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the supervisor until SIGTERM/SIGINT or an admin `stop`.
 pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
+    if std::env::var_os(HANDOVER_ENV).is_some() {
+        failpoint::hit("handover-after-exec");
+    }
     // Before any thread exists: both read and clear environment variables.
     let notifier = Notifier::from_env();
     let handover = Handover::take();
@@ -123,6 +127,7 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
         if let Some(h) = &handover {
             info!("took over from launcher {}", h.from_launcher);
             supervisor.ready_once = h.ready_sent;
+            supervisor.taken_over = true;
         }
         let reply = handover
             .and_then(|h| h.reply_fd)
@@ -286,6 +291,11 @@ struct Supervisor {
     exit: Option<Result<(), Failure>>,
     /// The admin socket's descriptor, for a handover.
     admin_fd: RawFd,
+    /// This process was handed the service by another launcher (an exec).
+    taken_over: bool,
+    /// A recovery restored a release whose launcher is another one: its
+    /// daemon is left for that launcher to start, at the first start.
+    start_deferred: bool,
 }
 
 impl Supervisor {
@@ -332,6 +342,8 @@ impl Supervisor {
             watchdog,
             exit: None,
             admin_fd: -1,
+            taken_over: false,
+            start_deferred: false,
         })
     }
 
@@ -354,16 +366,40 @@ impl Supervisor {
         // A step 7 handed to this launcher is finished first; any other change
         // a crash left half-done is rolled back before anything else.
         let (dir, config) = (self.dir.clone(), self.config.clone());
-        if self.dir.upgrade_journal().exists() {
+        let journal = self.dir.upgrade_journal().exists();
+        if self.taken_over && journal {
+            // Confirmed (the handover's deadline cancelled) once the start
+            // of this release's daemon has an outcome: see `upgrading`.
+            if let Some(left) = handover::deadline_left() {
+                info!(
+                    "finishing the handed-over step; confirming within {:.1} s \
+                     (else SIGALRM ends this launcher and the next start rolls back)",
+                    left.as_secs_f64()
+                );
+            }
+        } else if let Some(left) = handover::confirm() {
+            info!(
+                "confirmed the takeover ({:.1} s of its deadline left)",
+                left.as_secs_f64()
+            );
+        }
+        if journal {
             self.held = Some(State::Stopped);
-            self.upgrade = Some(match reply {
-                Some(reply) => Upgrade::resume(dir, config, Some(reply)),
-                None => Upgrade::recovery(dir, config),
+            self.upgrade = Some(if self.taken_over {
+                Upgrade::resume(dir, config, reply)
+            } else {
+                self.say_if_unconfirmed();
+                Upgrade::recovery(dir, config)
             });
         } else if let Some(folder) = crate::package::newer_release_beside(&self.dir) {
             info!(
-                "moving to the newer release beside this launcher ({})",
-                folder.display()
+                "moving to the newer release beside this launcher ({}){}",
+                folder.display(),
+                if crate::package::is_local_build(&folder) {
+                    ", a build without a signed release.json: accepted as the operator's own"
+                } else {
+                    ""
+                }
             );
             self.held = Some(State::Stopped);
             self.upgrade = Some(Upgrade::local(dir, config, folder));
@@ -479,6 +515,9 @@ impl Supervisor {
         }
         match Daemon::spawn(&self.program, &self.dir, &self.listener) {
             Ok(daemon) => {
+                if matches!(purpose, Purpose::Engine { .. }) && self.resuming() {
+                    failpoint::hit("handover-daemon-spawned");
+                }
                 let health_timeout = Duration::from_secs(self.config.update.health_timeout);
                 // `health_timeout` bounds the whole start (hello, ready,
                 // healthy): the time a new daemon has to become healthy (SPEC §3).
@@ -497,6 +536,9 @@ impl Supervisor {
     }
 
     fn frame(&mut self, frame: FromDaemon) {
+        if let FromDaemon::CheckpointsHeld | FromDaemon::CheckpointsNotHeld { .. } = frame {
+            return self.checkpoints_answer(frame);
+        }
         let Slot::Starting { daemon, stage, .. } = &mut self.slot else {
             if let FromDaemon::Stopping { reason } = frame {
                 info!("daemon is stopping: {reason}");
@@ -507,10 +549,14 @@ impl Supervisor {
             (
                 Stage::Hello { .. },
                 FromDaemon::Hello {
-                    protocol, version, ..
+                    protocol,
+                    version,
+                    holds_checkpoints,
+                    ..
                 },
             ) if protocol == control::PROTOCOL_VERSION => {
                 daemon.version = version;
+                daemon.holds_checkpoints = holds_checkpoints;
                 *stage = Stage::Ready;
             }
             (Stage::Hello { .. }, FromDaemon::Hello { protocol, .. }) => self.fail_start(format!(
@@ -531,6 +577,25 @@ impl Supervisor {
                 self.fail_start(format!("the daemon stopped: {reason}"))
             }
             _ => {}
+        }
+    }
+
+    /// The daemon's answer to a hold of its checkpoints, for the engine.
+    fn checkpoints_answer(&mut self, frame: FromDaemon) {
+        let Slot::Running(daemon) = &mut self.slot else {
+            return;
+        };
+        let held = match frame {
+            FromDaemon::CheckpointsNotHeld { reason } => {
+                warn!(
+                    "the daemon cannot hold its checkpoints ({reason}); backing up after it stops"
+                );
+                false
+            }
+            _ => true,
+        };
+        if let Some(answer) = daemon.hold_answer.take() {
+            let _ = answer.send(held);
         }
     }
 
@@ -579,6 +644,9 @@ impl Supervisor {
             return;
         };
         if let Purpose::Engine { done, .. } = purpose {
+            if self.resuming() {
+                failpoint::hit("handover-daemon-ready");
+            }
             let _ = done.send(Ok(()));
         }
         info!(pid = daemon.pid, version = %daemon.version, schema = daemon.schema_version, "daemon ready");
@@ -702,7 +770,7 @@ impl Supervisor {
                     }
                     AfterStop::Restart if self.held.is_none() => {
                         self.last_exit = Some(description);
-                        self.start(Purpose::Service);
+                        self.start_service();
                     }
                     AfterStop::Restart => self.last_exit = Some(description),
                     AfterStop::Engine(done) => {
@@ -854,7 +922,7 @@ impl Supervisor {
 
     fn after_stop_now(&mut self, then: AfterStop) {
         match then {
-            AfterStop::Restart => self.start(Purpose::Service),
+            AfterStop::Restart => self.start_service(),
             AfterStop::Exit => self.exit_now(),
             AfterStop::Engine(done) => {
                 let _ = done.send(Ok(()));
@@ -952,6 +1020,16 @@ impl Supervisor {
             HostCall::Running(answer) => {
                 let _ = answer.send(self.wants_daemon());
             }
+            HostCall::HoldCheckpoints(answer) => match &mut self.slot {
+                Slot::Running(daemon) if daemon.holds_checkpoints => {
+                    match daemon.send(&FromLauncher::HoldCheckpoints) {
+                        Ok(()) => daemon.hold_answer = Some(answer),
+                        Err(e) => warn!("cannot ask the daemon to hold its checkpoints: {e}"),
+                    }
+                }
+                // Dropped: no daemon that could hold them.
+                _ => drop(answer),
+            },
             HostCall::Stop(done) => {
                 // From here the upgrade decides when a daemon runs.
                 self.held = Some(State::Stopped);
@@ -973,7 +1051,18 @@ impl Supervisor {
                 )));
             }
             HostCall::Start { version, done } => {
-                if matches!(self.slot, Slot::Empty) {
+                let recovering =
+                    matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Recovery));
+                if recovering && self.current_launcher_if_other().is_some() {
+                    // The release a recovery restored brings its own launcher:
+                    // this process becomes it, and it starts its own daemon.
+                    info!(
+                        "{version} is restored; its own launcher starts its daemon \
+                         (one installation, one version)"
+                    );
+                    self.start_deferred = true;
+                    let _ = done.send(Ok(()));
+                } else if matches!(self.slot, Slot::Empty) {
                     self.start(Purpose::Engine { version, done });
                 } else {
                     let reason = "another daemon is still running".to_string();
@@ -984,6 +1073,8 @@ impl Supervisor {
     }
 
     async fn upgraded(&mut self, report: Option<UpgradeReport>) {
+        // Whatever it was, this launcher saw it to its end: nothing left to confirm.
+        handover::confirm();
         let upgrade = self.upgrade.take().expect("an upgrade ended");
         let mut back_to = None;
         // Before the first start (not an operator's request): start afterwards.
@@ -994,6 +1085,9 @@ impl Supervisor {
                 // Rolled back: the old release's launcher starts the old daemon.
                 if report.outcome == Outcome::RolledBack {
                     back_to = report.from.clone();
+                }
+                if matches!(report.outcome, Outcome::Upgraded | Outcome::Restored) {
+                    failpoint::hit("handover-committed");
                 }
                 upgrade.finish_flushed(report).await;
             }
@@ -1029,12 +1123,87 @@ impl Supervisor {
     /// brings a newer launcher: then this process becomes that launcher,
     /// which starts its own daemon (one installation, one version).
     async fn first_start(&mut self) {
-        if !daemon_binary::in_container()
-            && let Some(program) = crate::entry::newer_current_launcher(&self.dir)
-        {
+        // A launcher that was handed the service never hands it on at its
+        // first start: no exec loop, whatever a release folder holds. After
+        // a recovery that restored another release, that release's launcher
+        // (older or newer) starts its daemon; otherwise only a newer one does.
+        let program = if daemon_binary::in_container() || self.taken_over {
+            None
+        } else if std::mem::take(&mut self.start_deferred) {
+            self.other_current_launcher()
+        } else {
+            crate::entry::newer_current_launcher(&self.dir)
+        };
+        if let Some(program) = program {
             self.hand_over(&program).await;
         }
         self.start(Purpose::Service);
+    }
+
+    /// A start of the service's daemon asked for by the operator (`restart`,
+    /// SIGHUP) — by `current`'s own launcher: when `current` names a release
+    /// whose launcher is another version (left so by `upgrade --no-start`),
+    /// this process becomes that launcher, which starts its daemon.
+    fn start_service(&mut self) {
+        if let Some(program) = self.other_current_launcher() {
+            let message = format!(
+                "handing the service to {} (same pid), which starts its daemon; \
+                 see `waiaas-launcher status`",
+                program.display()
+            );
+            for reply in self.restart_replies.drain(..) {
+                let done = Response::Done {
+                    message: message.clone(),
+                };
+                // Written before the exec: the connection does not travel.
+                admin::answer_blocking(reply, &done, REPLY_TIMEOUT);
+            }
+            self.exec_handover(&program, None);
+        }
+        self.start(Purpose::Service);
+    }
+
+    /// `current`'s launcher, when it is another version than this one (read
+    /// from `current`'s link; no journal, not in the image).
+    fn other_current_launcher(&self) -> Option<PathBuf> {
+        if self.dir.upgrade_journal().exists() {
+            return None;
+        }
+        self.current_launcher_if_other()
+    }
+
+    /// [`Supervisor::other_current_launcher`], journal or not (a recovery's).
+    fn current_launcher_if_other(&self) -> Option<PathBuf> {
+        if daemon_binary::in_container() {
+            return None;
+        }
+        let current = crate::swap::current_version(&self.dir).ok().flatten()?;
+        let program = self.dir.version(&current).join("waiaas-launcher");
+        (current != VERSION && program.is_file()).then_some(program)
+    }
+
+    /// A start that finds a journal whose handover was never confirmed says
+    /// so before the recovery rolls the release back.
+    fn say_if_unconfirmed(&self) {
+        if let Ok(Some(journal)) = crate::journal::Journal::load(&self.dir)
+            && journal.handed_over
+            && journal.phase == crate::journal::Phase::Forward
+        {
+            warn!(
+                "the handover to {}'s launcher (step {} of the {} from {} to {}) was never \
+                 confirmed: that launcher exited, was killed, or hung past its deadline and \
+                 was ended by SIGALRM; rolling the whole release back to {} (launcher and daemon)",
+                journal.to,
+                journal.step,
+                match journal.operation {
+                    crate::journal::Operation::Upgrade => "upgrade",
+                    crate::journal::Operation::Rollback => "rollback",
+                },
+                journal.from,
+                journal.to,
+                journal.from
+            );
+        }
     }
 
     /// Becomes `program` (another release's launcher) in this process — same
@@ -1046,6 +1215,12 @@ impl Supervisor {
             Some(upgrade) => upgrade.detach_reply().await,
             None => None,
         };
+        self.exec_handover(program, reply_fd)
+    }
+
+    /// [`Supervisor::hand_over`] once the reply (if any) is detached: arms
+    /// the confirmation deadline (`waiaas_shared::handover`) and execs.
+    fn exec_handover(&mut self, program: &Path, reply_fd: Option<RawFd>) -> std::io::Error {
         let handover = Handover {
             version: HANDOVER_VERSION,
             from_launcher: VERSION.to_string(),
@@ -1054,14 +1229,30 @@ impl Supervisor {
             reply_fd,
             ready_sent: self.ready_once,
         };
-        info!("handing over to {}", program.display());
+        let deadline = Duration::from_secs(self.config.update.health_timeout) + TAKEOVER_GRACE;
+        info!(
+            "handing over to {} (it must confirm within {} s, or SIGALRM ends it and the next \
+             start rolls back)",
+            program.display(),
+            deadline.as_secs()
+        );
+        if let Err(e) = handover::arm_deadline(deadline) {
+            warn!("cannot arm the handover's deadline ({e}); handing over without one");
+        }
+        failpoint::hit("handover-before-exec");
         let root = self.dir.root().to_string_lossy().into_owned();
         let error = handover.exec(program, &["run", "--data-dir", &root], self.notifier.env());
+        handover::confirm();
         error!("cannot hand over to {}: {error}", program.display());
         if let (Some(fd), Some(upgrade)) = (reply_fd, &mut self.upgrade) {
             upgrade.reattach_reply(fd);
         }
         error
+    }
+
+    /// Whether the hosted upgrade finishes a step another launcher handed over.
+    fn resuming(&self) -> bool {
+        matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Resume))
     }
 
     /// Whether a daemon is meant to be running (a rollback starts it again).

@@ -25,6 +25,8 @@ use crate::upgrade::{Engine, Host, HostError};
 /// What the engine asks of the supervisor.
 pub enum HostCall {
     Running(oneshot::Sender<bool>),
+    /// Hold the running daemon's checkpoints; dropped unanswered if it cannot.
+    HoldCheckpoints(oneshot::Sender<bool>),
     Stop(oneshot::Sender<Result<(), HostError>>),
     Start {
         version: String,
@@ -46,6 +48,9 @@ pub enum HostCall {
 /// its answer (a loop that went away answers "shutting down").
 struct ChannelHost {
     calls: mpsc::UnboundedSender<HostCall>,
+    /// Finishing a handed-over step: the first start's outcome confirms the
+    /// handover (`waiaas_shared::handover::confirm`).
+    confirms_handover: bool,
 }
 
 impl Host for ChannelHost {
@@ -53,6 +58,14 @@ impl Host for ChannelHost {
         let (tx, rx) = oneshot::channel();
         let _ = self.calls.send(HostCall::Running(tx));
         rx.await.unwrap_or(false)
+    }
+
+    async fn hold_checkpoints(&mut self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.calls.send(HostCall::HoldCheckpoints(tx));
+        // A folded WAL is small; a daemon that does not answer in time is
+        // backed up after it stops, as if it could not hold them.
+        matches!(tokio::time::timeout(HOLD_TIMEOUT, rx).await, Ok(Ok(true)))
     }
 
     async fn stop_daemon(&mut self) -> Result<(), HostError> {
@@ -65,7 +78,18 @@ impl Host for ChannelHost {
         let (done, rx) = oneshot::channel();
         let version = version.to_string();
         let _ = self.calls.send(HostCall::Start { version, done });
-        rx.await.unwrap_or(Err(HostError::ShuttingDown))
+        let started = rx.await.unwrap_or(Err(HostError::ShuttingDown));
+        if std::mem::take(&mut self.confirms_handover) {
+            // Healthy, or failed and rolled back by this launcher: either
+            // way it is alive and in charge, within its own step deadlines.
+            if let Some(left) = waiaas_shared::handover::confirm() {
+                info!(
+                    "confirmed the handover ({:.1} s of its deadline left)",
+                    left.as_secs_f64()
+                );
+            }
+        }
+        started
     }
 
     async fn hands_over_to(&mut self, version: &str) -> bool {
@@ -116,6 +140,9 @@ struct Reply {
     writer: tokio::task::JoinHandle<Option<OwnedWriteHalf>>,
 }
 
+/// How long a daemon may take to hold its checkpoints (a checkpoint of its WAL).
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the last frames may take to reach a command before a handover.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -161,8 +188,11 @@ impl Upgrade {
     ) -> Self {
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let (progress_tx, progress) = mpsc::unbounded_channel();
-        let host = ChannelHost { calls: calls_tx };
         let resume = matches!(work, Work::Resume);
+        let host = ChannelHost {
+            calls: calls_tx,
+            confirms_handover: resume,
+        };
         Self {
             work,
             engine: Box::pin(drive(dir, config, host, progress_tx, request, resume)),
@@ -255,7 +285,11 @@ async fn drive(
         Some(request) => Some(engine.run(&request).await),
         None if resume => match engine.resume().await {
             Some(report) => Some(report),
-            None => engine.recover().await.err(),
+            None => {
+                // Nothing handed over to finish: taken over, now recover.
+                waiaas_shared::handover::confirm();
+                engine.recover().await.err()
+            }
         },
         None => engine.recover().await.err(),
     }

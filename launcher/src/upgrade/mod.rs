@@ -53,6 +53,12 @@ pub trait Host {
     /// Starts the daemon `current` points at and waits until `/health`
     /// reports `version`.
     async fn start_daemon(&mut self, version: &str) -> Result<(), HostError>;
+    /// Asks the running daemon to hold its checkpoints until it exits, so the
+    /// database's main file is copied while it serves; `false` when there is
+    /// no such daemon or it cannot (then the whole copy waits for the stop).
+    async fn hold_checkpoints(&mut self) -> bool {
+        false
+    }
     /// Whether release `version` brings a launcher other than this one, to
     /// which step 7 is handed over ([`Host::hand_over`]).
     async fn hands_over_to(&mut self, _version: &str) -> bool {
@@ -227,8 +233,12 @@ impl<H: Host> Engine<'_, H> {
         let mut journal = Journal::new(Operation::Upgrade, &from, &to, running);
 
         let result: Result<(), StepError> = async {
-            // 2. Stop the daemon: graceful, waited for, killed after the timeout.
-            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            // 2. Stop the daemon: graceful, waited for, killed after the timeout —
+            //    once the database's main file is copied while it still serves.
+            let request = backup_request(Kind::PreUpgrade, &from, &to, plan.database_schema);
+            let live = self
+                .copy_while_serving(&mut journal, steps, &request)
+                .await?;
             self.host.stop_daemon().await?;
 
             // 3. Back up the database (if there is one yet) and config, verified, then prune.
@@ -237,9 +247,7 @@ impl<H: Host> Engine<'_, H> {
                 None => "no database yet (never started): backing up config.toml",
             };
             self.enter(&mut journal, steps, 3, what)?;
-            let schema = plan.database_schema.unwrap_or(0);
-            let made = make_backup(self.dir, Kind::PreUpgrade, &from, &to, schema).await?;
-            journal.backup = Some(made);
+            journal.backup = Some(finish_backup(self.dir, live, request).await?);
             prune_backups(self.dir, self.config);
 
             // 4. Switch `current` to the new version, atomically.
@@ -308,6 +316,29 @@ impl<H: Host> Engine<'_, H> {
         }
         self.enter(journal, steps, last, format!("starting {to}"))?;
         Ok(self.host.start_daemon(to).await?)
+    }
+
+    /// Enters step 2 and does the long part of step 3 before the daemon
+    /// stops: its database's main file copied, hashed and checked while it
+    /// serves with checkpoints held. `None` when no daemon holds them (then
+    /// [`finish_backup`] copies everything after the stop).
+    async fn copy_while_serving(
+        &mut self,
+        journal: &mut Journal,
+        steps: &[&str],
+        request: &backup::Request,
+    ) -> Result<Option<backup::Pending>, StepError> {
+        let from = &request.from_version;
+        let held = self.dir.database().exists() && self.host.hold_checkpoints().await;
+        if !held {
+            self.enter(journal, steps, 2, format!("stopping {from}"))?;
+            return Ok(None);
+        }
+        let message = format!("copying data/waiaas.db while {from} serves, then stopping it");
+        self.enter(journal, steps, 2, message)?;
+        let (dir, request) = (self.dir.clone(), request.clone());
+        let pending = blocking(move || backup::begin(&dir, &request, backup::Database::Held));
+        Ok(Some(pending.await?))
     }
 
     /// Announces the step and records it in the journal (durably) before it
@@ -429,13 +460,16 @@ impl<H: Host> Engine<'_, H> {
         journal.restoring = Some(chosen.path.clone());
         let mut kept = Vec::new();
         let result: Result<PathBuf, StepError> = async {
-            self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
+            let schema = database_schema(self.dir).await;
+            let request = backup_request(Kind::PreRollback, &from, &to, Some(schema));
+            let live = self
+                .copy_while_serving(&mut journal, steps, &request)
+                .await?;
             self.host.stop_daemon().await?;
 
             let message = "saving the present state as a pre-rollback backup";
             self.enter(&mut journal, steps, 3, message)?;
-            let schema = database_schema(self.dir).await;
-            let safety = make_backup(self.dir, Kind::PreRollback, &from, &to, schema).await?;
+            let safety = finish_backup(self.dir, live, request).await?;
             journal.backup = Some(safety.clone());
 
             let message = format!("restoring {}", chosen.path.display());
@@ -514,23 +548,27 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .expect("a blocking upgrade step panicked")
 }
 
-/// [`backup::create`] on the blocking pool; returns the backup's folder.
-async fn make_backup(
+/// What a backup before changing `from` to `to` is of.
+fn backup_request(kind: Kind, from: &str, to: &str, schema: Option<u32>) -> backup::Request {
+    backup::Request {
+        kind,
+        from_version: from.to_string(),
+        to_version: to.to_string(),
+        schema_version: schema.unwrap_or(0),
+    }
+}
+
+/// Completes the backup [`Engine::copy_while_serving`] began (its WAL and
+/// the config), or makes all of it when none was begun; returns its folder.
+async fn finish_backup(
     dir: &DataDir,
-    kind: Kind,
-    from: &str,
-    to: &str,
-    schema_version: u32,
+    live: Option<backup::Pending>,
+    request: backup::Request,
 ) -> Result<PathBuf, StepError> {
-    let (dir, from, to) = (dir.clone(), from.to_string(), to.to_string());
-    let made = blocking(move || {
-        let request = backup::Request {
-            kind,
-            from_version: &from,
-            to_version: &to,
-            schema_version,
-        };
-        backup::create(&dir, &request)
+    let dir = dir.clone();
+    let made = blocking(move || match live {
+        Some(pending) => pending.finish(),
+        None => backup::create(&dir, &request),
     })
     .await?;
     Ok(made.path)

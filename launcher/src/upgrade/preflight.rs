@@ -60,7 +60,23 @@ impl<H: Host> Engine<'_, H> {
         allow_downgrade: bool,
         from: &str,
     ) -> Result<Preflight, Refusal> {
+        // The operator's own build beside a launcher run from it: accepted,
+        // unsigned, saying so (`package::install_local_build`).
+        let mut local = None;
         let target = match action {
+            UpgradeAction::FromFile(path) if package::is_local_build(path) => {
+                let message = format!(
+                    "{} has no signed release.json: accepting it as your own build \
+                     (its files' hashes are recorded in installed.json)",
+                    path.display()
+                );
+                tracing::warn!("{message}");
+                self.announce(&UPGRADE_STEPS, 1, message);
+                let installed = package::install_local_build(self.dir, path).await?;
+                let version = installed.version.clone();
+                local = Some(installed);
+                version
+            }
             UpgradeAction::Latest => package::latest(self.config).await?,
             UpgradeAction::To(text) => {
                 Version::parse(text.trim_start_matches('v')).map_err(|source| {
@@ -107,12 +123,13 @@ impl<H: Host> Engine<'_, H> {
                 });
             }
         }
-        let installed = match action {
-            UpgradeAction::FromFile(_) => {
+        let installed = match (local, action) {
+            (Some(local), _) => local,
+            (None, UpgradeAction::FromFile(_)) => {
                 let (dir, config, target) = (self.dir.clone(), self.config.clone(), target.clone());
                 blocking(move || package::verify_installed(&dir, &config, &target)).await?
             }
-            _ => self.download(&target).await?,
+            (None, _) => self.download(&target).await?,
         };
         let reported = daemon_binary::version_of(&installed.path).await?.version;
         if reported != installed.version.to_string() {

@@ -440,6 +440,11 @@ pub enum Fault {
     /// The daemon works; the launcher exits at once on `run` (a launcher
     /// that cannot take over).
     LauncherDiesOnRun,
+    /// The daemon works; the launcher, when started by a handover
+    /// (`WAIAAS_HANDOVER` set), blocks forever without serving: `exec sleep
+    /// 3600`, holding every descriptor it was handed. Every other command
+    /// (`--version`, `status`, a fresh `run`) is B's real launcher.
+    LauncherHangsOnHandover,
 }
 
 /// Makes `dir` (created) the bin dir of a release of B with a fault: one of
@@ -463,6 +468,13 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
             "waiaas-launcher",
             "run",
             "echo 'waiaas-launcher (test fault): dying at start' >&2; exit 1",
+        ),
+        Fault::LauncherHangsOnHandover => (
+            "waiaas-launcher",
+            "run",
+            "if [ -n \"$WAIAAS_HANDOVER\" ]; then \
+             echo 'waiaas-launcher (test fault): hanging in the handover' >&2; \
+             exec sleep 3600; fi",
         ),
     };
     for name in ["waiaas-launcher", "waiaas-daemon"] {

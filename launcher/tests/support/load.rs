@@ -1,7 +1,8 @@
 //! HTTP load: keep-alive clients sending `GET` without pause until stopped
 //! ([`Load`]), what they saw ([`Tally`]), and its statistics
 //! ([`percentile`], [`longest_gap`], [`overlaps`]). Times are µs since the
-//! load began.
+//! load began. And one client that writes ([`Writer`]), to show which
+//! acknowledged writes an upgrade keeps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::bench::micros;
+use super::http;
 
 /// Requests recorded per client at most (memory bound).
 const PER_CLIENT_CAP: usize = 2_000_000;
@@ -215,4 +217,54 @@ pub fn percentile(sorted: &[u64], q: f64) -> u64 {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One client creating wallets `<prefix>-0`, `<prefix>-1`, … one after
+/// another through the API until stopped (or for 10 minutes at most).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Written>,
+}
+
+/// What a [`Writer`] sent.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Answered 201, in order.
+    pub acknowledged: Vec<String>,
+    /// No answer (the daemon went away mid-request): written or not.
+    pub unknown: std::collections::BTreeSet<String>,
+}
+
+impl Writer {
+    pub fn start(port: u16, token: &str, prefix: &str) -> Self {
+        let (token, prefix) = (token.to_string(), prefix.to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut written = Written::default();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            for n in 0.. {
+                if stopped.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                let name = format!("{prefix}-{n}");
+                let body = format!(r#"{{"name":"{name}","chain":"solana","network":"devnet"}}"#);
+                match http(port, "POST", "/v1/wallets", Some(&token), Some(&body)) {
+                    Some((201, _)) => written.acknowledged.push(name),
+                    Some(_) => {}
+                    None => {
+                        written.unknown.insert(name);
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            }
+            written
+        });
+        Self { stop, thread }
+    }
+
+    pub fn stop(self) -> Written {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the writer")
+    }
 }

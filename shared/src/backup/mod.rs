@@ -1,0 +1,700 @@
+//! Backups of the database and config (SPEC §6 step 3). Made by the launcher
+//! before an upgrade or rollback and by the daemon before it migrates at start,
+//! so the format is a contract of both.
+//!
+//! A backup is built in a hidden temp folder and renamed into place only once
+//! every file is copied, verified and fsynced: a folder without the `.partial-`
+//! prefix is always complete. Backups are ordered by `created_at`, never by
+//! folder name (`1.10.0` sorts before `1.9.0` as text).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, write_atomic};
+use crate::layout::DataDir;
+use crate::time::UtcTime;
+
+mod wal;
+use wal::WalCopy;
+pub use wal::WalError;
+
+/// File name of the manifest inside each backup folder.
+pub const MANIFEST: &str = "backup.json";
+/// The database's main file, in a backup as in `data/`.
+pub const DB_FILE: &str = "waiaas.db";
+/// The database's write-ahead log, when a backup was taken live (see [`begin`]).
+pub const WAL_FILE: &str = "waiaas.db-wal";
+pub const CONFIG_FILE: &str = "config.toml";
+/// Every file a backup may hold; anything else in a `backup.json` is refused.
+pub const FILES: [&str; 3] = [DB_FILE, WAL_FILE, CONFIG_FILE];
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Why a backup was made; the folder name starts with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    PreUpgrade,
+    PreMigrate,
+    PreRollback,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::PreUpgrade => "pre-upgrade",
+            Kind::PreMigrate => "pre-migrate",
+            Kind::PreRollback => "pre-rollback",
+        }
+    }
+}
+
+/// `backup.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub kind: Kind,
+    /// The version running when the backup was taken.
+    pub from_version: String,
+    /// The version about to take over.
+    pub to_version: String,
+    /// The database's schema version at backup time.
+    pub schema_version: u32,
+    /// RFC 3339 UTC with milliseconds.
+    pub created_at: String,
+    /// SHA-256 of each file in the folder, by file name ([`FILES`]).
+    pub files: BTreeMap<String, String>,
+    /// Size in bytes of each file in `files` (absent from older backups).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, u64>,
+}
+
+impl Manifest {
+    /// When the backup was taken; unparsable dates sort first (oldest).
+    pub fn created(&self) -> UtcTime {
+        UtcTime::parse_rfc3339(&self.created_at).unwrap_or(UtcTime::from_unix_ms(0))
+    }
+}
+
+/// A complete backup on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// What a backup is of.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: Kind,
+    pub from_version: String,
+    pub to_version: String,
+    pub schema_version: u32,
+}
+
+/// Why a backup could not be made. Nothing is left behind on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot back up {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot checkpoint the database before backing it up: {0}")]
+    Checkpoint(#[source] rusqlite::Error),
+    #[error(
+        "the database is in use by another process (its WAL could not be folded in); stop it first"
+    )]
+    Busy,
+    #[error(
+        "the database failed its integrity check (PRAGMA quick_check), so it is not backed up: {0}"
+    )]
+    Corrupt(String),
+    #[error("cannot copy the database's write-ahead log: {0}")]
+    Wal(#[source] WalError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Backs up `data/waiaas.db` (after a WAL checkpoint, verified with
+/// `PRAGMA quick_check`) and `config.toml` (if present) into
+/// `backups/<kind>-<from>-<yyyymmddThhmmssZ>/` with a `backup.json`. Nothing
+/// may be using the database.
+pub fn create(dir: &DataDir, request: &Request) -> Result<Backup, BackupError> {
+    begin(dir, request, Database::Idle)?.finish()
+}
+
+/// How the database is used while [`begin`] copies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// Nobody uses it: checkpointed first, the main file is the whole database.
+    Idle,
+    /// A daemon serves from it with its checkpoints held (see
+    /// `control::FromLauncher::HoldCheckpoints`): the main file does not
+    /// change until that daemon exits, and every later write is in the WAL,
+    /// which [`Pending::finish`] copies once it has stopped.
+    Held,
+}
+
+/// A backup whose database main file is copied, hashed and checked, still
+/// hidden as `.partial-…`: [`Pending::finish`] completes it; dropping it
+/// removes it.
+#[derive(Debug)]
+pub struct Pending {
+    dir: DataDir,
+    root: PathBuf,
+    name: String,
+    partial: PathBuf,
+    request: Request,
+    now: UtcTime,
+    files: BTreeMap<String, Copied>,
+    /// The main file as it was when copied (`None` without a database).
+    copied_from: Option<Stamp>,
+    /// The WAL's committed frames, copied while the daemon serves.
+    wal: Option<WalCopy>,
+    /// Renamed into place: nothing is left for `Drop` to remove.
+    finished: bool,
+}
+
+/// What shows that a file was not written to: the same inode, size and mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    Ok(Stamp {
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
+}
+
+/// First half of a backup: the database's main file, copied with its hash
+/// taken on the way (one read) and checked with `quick_check` at the same
+/// time, from the same page cache. With [`Database::Held`] this is the long part, and it runs while
+/// the daemon still serves; the rest ([`Pending::finish`]) is small.
+pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pending, BackupError> {
+    let root = dir.backups();
+    fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let now = UtcTime::now();
+    let base = format!(
+        "{}-{}-{}",
+        request.kind.prefix(),
+        request.from_version,
+        now.compact()
+    );
+    let name = (1..)
+        .map(|n| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .find(|name| !root.join(name).exists())
+        .expect("an unused name exists");
+    let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
+    // Backups hold the whole database: the owner's alone (0700 / 0600).
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&partial)
+        .map_err(io_err(&partial))?;
+    let mut pending = Pending {
+        dir: dir.clone(),
+        root,
+        name,
+        partial,
+        request: request.clone(),
+        now,
+        files: BTreeMap::new(),
+        copied_from: None,
+        wal: None,
+        finished: false,
+    };
+    let db = dir.database();
+    // An installation never started has no database yet: the backup then
+    // holds the config alone, and restoring it removes any database.
+    if db.exists() {
+        if database == Database::Idle {
+            checkpoint(&db)?;
+        }
+        pending.copy_main()?;
+        if database == Database::Held {
+            pending.follow_wal()?;
+        }
+    }
+    Ok(pending)
+}
+
+impl Pending {
+    fn copy_main(&mut self) -> Result<(), BackupError> {
+        let db = self.dir.database();
+        let before = stamp(&db).map_err(io_err(&db))?;
+        let main = self.partial.join(DB_FILE);
+        // The file does not change while it is copied (checkpointed and idle,
+        // or its checkpoints held), so it is checked beside the copy, from
+        // the same page cache: the backup takes about as long as the copy.
+        let (copied, checked) = std::thread::scope(|scope| {
+            let check = scope.spawn(|| quick_check(&db));
+            let copied = copy(&db, &main);
+            (copied, check.join().expect("quick_check does not panic"))
+        });
+        let copied = copied?;
+        checked?;
+        self.files.insert(DB_FILE.to_string(), copied);
+        self.copied_from = Some(before);
+        Ok(())
+    }
+
+    /// Copies the WAL's committed frames while the daemon still writes:
+    /// pass after pass while a pass finds more than [`WAL_TAIL`], so that
+    /// little is left for [`Pending::finish`].
+    fn follow_wal(&mut self) -> Result<(), BackupError> {
+        let (wal, dest) = (self.dir.wal(), self.partial.join(WAL_FILE));
+        let mut copy = WalCopy::create(&dest).map_err(BackupError::Wal)?;
+        for _ in 0..WAL_PASSES {
+            if copy.catch_up(&wal).map_err(BackupError::Wal)? <= WAL_TAIL {
+                break;
+            }
+        }
+        self.wal = Some(copy);
+        Ok(())
+    }
+
+    /// Second half, once nothing uses the database any more: the rest of
+    /// the WAL and the config, then `backup.json`, and the folder renamed
+    /// into place. Had the main file changed since it was copied, or the WAL
+    /// restarted (a daemon that did not hold its checkpoints after all), the
+    /// database is checkpointed and copied again here.
+    pub fn finish(mut self) -> Result<Backup, BackupError> {
+        let db = self.dir.database();
+        if let Some(copied_from) = self.copied_from {
+            let wal = match self.wal.take() {
+                Some(copy) => copy,
+                None => WalCopy::create(&self.partial.join(WAL_FILE)).map_err(BackupError::Wal)?,
+            };
+            let unchanged = stamp(&db).map_err(io_err(&db))? == copied_from;
+            let wal = match unchanged.then(|| wal.finish(&self.dir.wal())) {
+                Some(Ok(copied)) => Some(copied),
+                Some(Err(e @ WalError::Io { .. })) => return Err(BackupError::Wal(e)),
+                Some(Err(WalError::Restarted(_))) | None => None,
+            };
+            match wal {
+                Some(copied) if copied.len > 0 => {
+                    self.files.insert(WAL_FILE.to_string(), copied);
+                }
+                Some(_) => remove(&self.partial.join(WAL_FILE))?,
+                None => {
+                    tracing::warn!(
+                        "{} changed while it was copied; copying it again with the daemon stopped",
+                        db.display()
+                    );
+                    for file in [DB_FILE, WAL_FILE] {
+                        remove(&self.partial.join(file))?;
+                    }
+                    checkpoint(&db)?;
+                    self.copy_main()?;
+                }
+            }
+        }
+        let config = self.dir.config();
+        if config.exists() {
+            let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
+            self.files.insert(CONFIG_FILE.to_string(), copied);
+        }
+        let manifest = Manifest {
+            kind: self.request.kind,
+            from_version: self.request.from_version.clone(),
+            to_version: self.request.to_version.clone(),
+            schema_version: self.request.schema_version,
+            created_at: self.now.rfc3339(),
+            files: self
+                .files
+                .iter()
+                .map(|(name, c)| (name.clone(), c.sha256.clone()))
+                .collect(),
+            sizes: self
+                .files
+                .iter()
+                .map(|(name, c)| (name.clone(), c.len))
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+        let path = self.partial.join(MANIFEST);
+        write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+        let done = self.root.join(&self.name);
+        fs::rename(&self.partial, &done).map_err(io_err(&done))?;
+        fsync_dir(&self.root).map_err(io_err(&self.root))?;
+        self.finished = true;
+        Ok(Backup {
+            path: done,
+            manifest,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Unfinished (an error, an abandoned upgrade): a full disk must not
+        // also keep a half-written folder.
+        if !self.finished {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Passes over a growing WAL before the daemon stops, at most.
+const WAL_PASSES: usize = 4;
+/// A pass that copied no more than this leaves the rest to the stop.
+const WAL_TAIL: u64 = 1 << 20;
+
+fn remove(path: &Path) -> Result<(), BackupError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Folds the WAL into the main file so copying the file alone is a full copy.
+fn checkpoint(db: &Path) -> Result<(), BackupError> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(BackupError::Checkpoint)?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .map_err(BackupError::Checkpoint)?;
+    if busy != 0 {
+        return Err(BackupError::Busy);
+    }
+    Ok(())
+}
+
+/// [`copy_hashed`] as the owner's alone (0600), fsynced.
+fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
+    copy_hashed(from, to, 0o600).map_err(|e| match e {
+        CopyError::Read(source) => io_err(from)(source),
+        CopyError::Write(source) => io_err(to)(source),
+    })
+}
+
+fn quick_check(db: &Path) -> Result<(), BackupError> {
+    // immutable=1: the main file alone, as a plain file: no WAL read, no
+    // lock taken, no -wal/-shm created beside it.
+    let uri = format!("file:{}?immutable=1", db.display());
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| BackupError::Corrupt(e.to_string()))?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| BackupError::Corrupt(e.to_string()))?;
+    if verdict == "ok" {
+        Ok(())
+    } else {
+        Err(BackupError::Corrupt(verdict))
+    }
+}
+
+/// Every complete backup, oldest first by `created_at`. Folders without a
+/// readable manifest (or still `.partial-`) are not backups and are skipped.
+pub fn list(dir: &DataDir) -> io::Result<Vec<Backup>> {
+    let root = dir.backups();
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut backups = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || !path.is_dir() {
+            continue;
+        }
+        let Ok(text) = fs::read(path.join(MANIFEST)) else {
+            continue;
+        };
+        if let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) {
+            backups.push(Backup { path, manifest });
+        }
+    }
+    backups.sort_by_key(|b| b.manifest.created());
+    Ok(backups)
+}
+
+/// Deletes all but the `keep` newest backups (by `created_at`) and any
+/// `.partial-` leftovers of an interrupted backup; returns what was deleted.
+pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let root = dir.backups();
+    if let Ok(entries) = fs::read_dir(&root) {
+        for entry in entries {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(PARTIAL_PREFIX))
+            {
+                fs::remove_dir_all(&path)?;
+                removed.push(path);
+            }
+        }
+    }
+    let backups = list(dir)?;
+    let excess = backups.len().saturating_sub(keep);
+    for backup in backups.into_iter().take(excess) {
+        fs::remove_dir_all(&backup.path)?;
+        removed.push(backup.path);
+    }
+    if !removed.is_empty() {
+        fsync_dir(&root)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::sha256_file;
+
+    fn install() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        fs::create_dir_all(dir.data()).unwrap();
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);")
+            .unwrap();
+        // Keep this connection open: its writes sit in the WAL until checkpointed.
+        std::mem::forget(conn);
+        fs::write(dir.config(), "[daemon]\nport = 3100\n").unwrap();
+        (tmp, dir)
+    }
+
+    fn request(from: &str) -> Request {
+        Request {
+            kind: Kind::PreUpgrade,
+            from_version: from.to_string(),
+            to_version: "9.9.9".to_string(),
+            schema_version: 16,
+        }
+    }
+
+    #[test]
+    fn a_backup_holds_verified_copies_and_a_manifest() {
+        let (_tmp, dir) = install();
+        let backup = create(&dir, &request("1.8.1")).unwrap();
+        let name = backup
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        assert!(name.starts_with("pre-upgrade-1.8.1-"), "{name}");
+        let copy = Connection::open(backup.path.join(DB_FILE)).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "rows still in the WAL are in the copy");
+        let m = &backup.manifest;
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files["config.toml"], sha256_file(&dir.config()).unwrap());
+        let on_disk: Manifest =
+            serde_json::from_slice(&fs::read(backup.path.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(&on_disk, m);
+        // The whole database, so the owner's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&backup.path), 0o700);
+        for file in [DB_FILE, "config.toml", MANIFEST] {
+            assert_eq!(mode(&backup.path.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(list(&dir).unwrap(), vec![backup]);
+    }
+
+    #[test]
+    fn listing_and_pruning_go_by_created_at_not_name() {
+        let (_tmp, dir) = install();
+        let root = dir.backups();
+        // Names that sort the wrong way as text.
+        for (name, from, at) in [
+            ("pre-upgrade-1.9.0-x", "1.9.0", "2026-01-01T00:00:00.000Z"),
+            ("pre-upgrade-1.10.0-x", "1.10.0", "2026-02-01T00:00:00.000Z"),
+            (
+                "pre-upgrade-2.0.0-rc.1-x",
+                "2.0.0-rc.1",
+                "2026-03-01T00:00:00.000Z",
+            ),
+        ] {
+            fs::create_dir_all(root.join(name)).unwrap();
+            let m = Manifest {
+                kind: Kind::PreUpgrade,
+                from_version: from.into(),
+                to_version: "x".into(),
+                schema_version: 1,
+                created_at: at.into(),
+                files: BTreeMap::new(),
+                sizes: BTreeMap::new(),
+            };
+            fs::write(
+                root.join(name).join(MANIFEST),
+                serde_json::to_vec(&m).unwrap(),
+            )
+            .unwrap();
+        }
+        fs::create_dir_all(root.join(".partial-pre-upgrade-3.0.0-x")).unwrap();
+        let order: Vec<_> = list(&dir)
+            .unwrap()
+            .iter()
+            .map(|b| b.manifest.from_version.clone())
+            .collect();
+        assert_eq!(order, ["1.9.0", "1.10.0", "2.0.0-rc.1"]);
+        prune(&dir, 2).unwrap();
+        let left: Vec<_> = list(&dir)
+            .unwrap()
+            .iter()
+            .map(|b| b.manifest.from_version.clone())
+            .collect();
+        assert_eq!(left, ["1.10.0", "2.0.0-rc.1"]);
+        assert!(!root.join(".partial-pre-upgrade-3.0.0-x").exists());
+    }
+
+    /// A daemon's connection with checkpoints held, as the daemon holds them.
+    fn held(dir: &DataDir) -> Connection {
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn
+    }
+
+    fn count(db: &Path) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_live_backup_holds_the_main_file_and_the_writes_made_while_it_was_copied() {
+        let (tmp, dir) = install();
+        let daemon = held(&dir);
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        // Written while (after) the main file is copied: they land in the WAL.
+        for x in 0..50 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+        drop(daemon);
+        assert!(
+            dir.wal().metadata().unwrap().len() > 0,
+            "no checkpoint at close"
+        );
+        let backup = pending.finish().unwrap();
+        let m = &backup.manifest;
+        assert_eq!(
+            m.files.keys().collect::<Vec<_>>(),
+            [CONFIG_FILE, DB_FILE, WAL_FILE]
+        );
+        for (file, sha) in &m.files {
+            let path = backup.path.join(file);
+            assert_eq!(&sha256_file(&path).unwrap(), sha, "{file}");
+            assert_eq!(m.sizes[file], path.metadata().unwrap().len(), "{file}");
+        }
+        // Main file and WAL together are the database as the daemon left it.
+        let check = tmp.path().join("check");
+        fs::create_dir_all(&check).unwrap();
+        fs::copy(backup.path.join(DB_FILE), check.join("x.db")).unwrap();
+        fs::copy(backup.path.join(WAL_FILE), check.join("x.db-wal")).unwrap();
+        assert_eq!(count(&check.join("x.db")), 52);
+        // The main file alone is the database as it was when the copy began.
+        fs::copy(backup.path.join(DB_FILE), check.join("y.db")).unwrap();
+        assert_eq!(count(&check.join("y.db")), 2);
+    }
+
+    #[test]
+    fn a_main_file_changed_during_a_live_copy_is_copied_again() {
+        let (_tmp, dir) = install();
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        // A daemon that did not hold its checkpoints: its write reaches the main file.
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        let backup = pending.finish().unwrap();
+        assert!(!backup.manifest.files.contains_key(WAL_FILE));
+        assert_eq!(count(&backup.path.join(DB_FILE)), 3);
+    }
+
+    #[test]
+    fn an_unfinished_backup_leaves_nothing() {
+        let (_tmp, dir) = install();
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        drop(pending);
+        let left: Vec<_> = fs::read_dir(dir.backups()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_damaged_database_is_not_backed_up() {
+        let (_tmp, dir) = install();
+        let conn = Connection::open(dir.database()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE big(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO big SELECT hex(randomblob(100)) FROM n;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+        drop(conn);
+        // Garbage over a b-tree page in the middle of the file.
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.database())
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        file.write_all_at(&[0xA5; 512], (len / 2) & !4095).unwrap();
+        drop(file);
+        let err = create(&dir, &request("1.8.1")).unwrap_err();
+        assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
+        let left: Vec<_> = fs::read_dir(dir.backups()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_failed_backup_leaves_nothing() {
+        let (_tmp, dir) = install();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", dir.database().display()));
+        }
+        fs::write(dir.database(), b"this is not a database").unwrap();
+        let err = create(&dir, &request("1.8.1")).unwrap_err();
+        assert!(
+            matches!(err, BackupError::Checkpoint(_) | BackupError::Corrupt(_)),
+            "{err}"
+        );
+        let left: Vec<_> = fs::read_dir(dir.backups()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
