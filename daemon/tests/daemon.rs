@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{Daemon, Install, api};
+use support::{Daemon, Install, api, client};
 use waiaas_daemon::migrate::LATEST_SCHEMA_VERSION;
 use waiaas_shared::exit::daemon as code;
 
@@ -17,7 +17,9 @@ async fn health_has_exactly_the_spec_fields() {
     let install = Install::new();
     let mut daemon = Daemon::start(&install);
     daemon.wait_healthy(READY).await;
-    let body: serde_json::Value = reqwest::get(format!("{}/health", daemon.base_url))
+    let body: serde_json::Value = client()
+        .get(format!("{}/health", daemon.base_url))
+        .send()
         .await
         .unwrap()
         .json()
@@ -58,7 +60,7 @@ async fn wallets_need_the_token_and_are_written_with_an_audit_entry() {
     assert_eq!(mode & 0o777, 0o600, "master.token must be owner-only");
 
     let url = format!("{}/v1/wallets", daemon.base_url);
-    let anonymous = reqwest::get(&url).await.unwrap();
+    let anonymous = client().get(&url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     let wrong = api("not-the-token").get(&url).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
@@ -236,7 +238,9 @@ async fn binds_its_own_port_without_a_handed_over_listener() {
     let url = format!("http://127.0.0.1:{port}/health");
     let mut healthy = false;
     for _ in 0..500 {
-        if reqwest::get(&url)
+        if client()
+            .get(&url)
+            .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {

@@ -2,7 +2,8 @@
 //! and registry URLs, against the real binaries: private folders and files at
 //! every start, nothing inherited reaching the daemon, a client that talks
 //! only to its own user's supervisor, and registries that must be https
-//! (or loopback http), decided before any connection.
+//! (or loopback http), decided before any connection — and https that works,
+//! with certificates checked, on the binaries' one TLS stack.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::Install;
-use support::registry::{Registry, Reply};
+use support::registry::{Registry, Reply, TestCa};
 use support::supervisor::{Supervisor, daemon_pid};
 use waiaas_shared::release::CLI_PACKAGE;
 
@@ -157,4 +158,57 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
     assert!(out.stderr.contains("refused a redirect"), "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(registry.hits(&tags), 1);
+}
+
+/// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA):
+/// on Linux the platform verifier takes its roots from there.
+fn check_over_https(install: &Install, ca_file: &Path) -> support::Outcome {
+    support::run(
+        install
+            .launcher(&["upgrade", "--check", "--json"])
+            .env("SSL_CERT_FILE", ca_file)
+            .env_remove("SSL_CERT_DIR"),
+    )
+}
+
+/// The shipped TLS stack (rustls on ring, nothing else linked) reaches an
+/// https registry whose certificate a trusted CA issued.
+#[test]
+fn an_https_registry_is_reached_on_the_shipped_tls_stack() {
+    let ca = TestCa::new();
+    let registry = Registry::start_tls(&ca);
+    registry.publish(CLI_PACKAGE, "9.9.9", b"cli".to_vec());
+    assert!(registry.url().starts_with("https://127.0.0.1:"));
+    let install = install_with_registry(registry.url());
+    let ca_file = install.home().join("ca.pem");
+    fs::write(&ca_file, &ca.cert_pem).unwrap();
+
+    let out = check_over_https(&install, &ca_file);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(json["latest"], "9.9.9", "{}", out.stdout);
+    assert_eq!(
+        registry.hits(&format!("/-/package/{CLI_PACKAGE}/dist-tags")),
+        1
+    );
+}
+
+/// A certificate no trusted CA issued is refused in the handshake: no
+/// request reaches the registry.
+#[test]
+fn an_https_registry_with_an_untrusted_certificate_is_refused() {
+    let registry = Registry::start_tls(&TestCa::new());
+    registry.publish(CLI_PACKAGE, "9.9.9", b"cli".to_vec());
+    let install = install_with_registry(registry.url());
+    let other_ca = install.home().join("other-ca.pem");
+    fs::write(&other_ca, TestCa::new().cert_pem).unwrap();
+
+    let out = check_over_https(&install, &other_ca);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(registry.total_hits(), 0);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     /// One of the two programs is not in `--bin-dir`.
-    #[error("{} not found: --bin-dir must hold both waiaas-launcher and waiaas-daemon (cargo build --release --workspace puts them in target/release/)", path.display())]
+    #[error("{} not found: --bin-dir must hold both waiaas-launcher and waiaas-daemon (cargo build --profile dist -p waiaas-launcher -p waiaas-daemon puts them in target/dist/)", path.display())]
     MissingBinary { path: PathBuf },
 
     /// A program is there but is not an executable regular file.

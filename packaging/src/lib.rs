@@ -51,7 +51,7 @@ pub use waiaas_shared::release::ReleaseManifest;
 /// What to pack.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
-    /// Folder holding `waiaas-launcher` and `waiaas-daemon` (e.g. `target/release`).
+    /// Folder holding `waiaas-launcher` and `waiaas-daemon` (e.g. `target/dist`).
     pub bin_dir: PathBuf,
     /// Where the two tarballs go (created if missing; same-named files are replaced).
     pub out_dir: PathBuf,

@@ -1729,3 +1729,62 @@ fn pr_title_check_enforces_conventional_commits() {
         );
     }
 }
+
+/// Releases ship binaries built with the `dist` profile (issue 12: half the
+/// size), and only release builds pay for it: `release`, which the tests
+/// build many times (launcher/tests/support/builds.rs), stays cheap.
+#[test]
+fn releases_ship_the_dist_profile_which_the_tests_never_build() {
+    let manifest = workspace_manifest();
+    let dist = manifest["profile"]["dist"]
+        .as_table()
+        .expect("[profile.dist]");
+    assert_eq!(dist["inherits"].as_str(), Some("release"));
+    assert_eq!(dist["lto"].as_str(), Some("fat"));
+    assert_eq!(dist["codegen-units"].as_integer(), Some(1));
+    assert_eq!(dist["strip"].as_str(), Some("symbols"));
+    assert!(dist.get("panic").is_none(), "panics must keep unwinding");
+    let release = manifest["profile"]["release"]
+        .as_table()
+        .expect("[profile.release]");
+    for key in ["lto", "codegen-units", "opt-level"] {
+        assert!(
+            release.get(key).is_none(),
+            "[profile.release] sets {key}: the tests build release, so it belongs in [profile.dist]"
+        );
+    }
+
+    let workflow = workflow("release.yml");
+    let package = workflow.job("package");
+    assert_eq!(
+        commands(&script(step(package, "Build the release binaries"))),
+        ["cargo build --profile dist --locked -p waiaas-launcher -p waiaas-daemon"]
+    );
+    let pack = script(step(package, "Pack and sign with a throwaway key"));
+    assert!(pack.contains("--bin-dir target/dist "), "{pack}");
+    let keep = script(step(package, "Keep the binaries for signing"));
+    assert!(
+        keep.contains("target/dist/waiaas-launcher target/dist/waiaas-daemon"),
+        "{keep}"
+    );
+
+    // The image ships the same binaries.
+    let build = dockerfile()
+        .into_iter()
+        .find(|i| i.keyword == "RUN" && i.args.contains("cargo build"))
+        .expect("the Dockerfile builds the binaries");
+    assert!(
+        build
+            .args
+            .contains("cargo build --profile dist --locked -p waiaas-launcher -p waiaas-daemon"),
+        "{}",
+        build.args
+    );
+    assert!(
+        build
+            .args
+            .contains("target/dist/waiaas-launcher target/dist/waiaas-daemon"),
+        "{}",
+        build.args
+    );
+}

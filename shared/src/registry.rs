@@ -98,6 +98,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A `reqwest` client builder on the binaries' one TLS stack: rustls with the
+/// `ring` crypto provider, installed as the process default on first use
+/// (reqwest is built without one of its own: its default, aws-lc, is 2 MB
+/// more in each binary; see Cargo.toml). Every client is made here.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err: another thread installed it meanwhile, and only ring is linked.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    reqwest::Client::builder()
+}
+
 /// Redirects within the same rule as the source: at most `max` hops, and never
 /// to a URL [`check_source`] would refuse (https → http is a downgrade).
 pub fn redirect_policy(max: usize, allow_insecure: bool) -> reqwest::redirect::Policy {
@@ -233,7 +245,7 @@ pub async fn latest_version(
     channel: &str,
     allow_insecure: bool,
 ) -> Result<Version, CheckError> {
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .timeout(CHECK_TIMEOUT)
         // A registry mirror may redirect once or twice; more is a loop or a trap.
         .redirect(redirect_policy(3, allow_insecure))

@@ -132,7 +132,7 @@ impl Daemon {
     }
 
     pub async fn health(&self) -> Result<HealthResponse, String> {
-        let response = reqwest::Client::new()
+        let response = client()
             .get(format!("{}/health", self.base_url))
             .timeout(Duration::from_secs(5))
             .send()
@@ -201,6 +201,12 @@ impl Drop for Daemon {
     }
 }
 
+/// A plain HTTP client. Built through the shared builder, which installs the
+/// TLS provider: reqwest is built without one of its own (see Cargo.toml).
+pub fn client() -> reqwest::Client {
+    waiaas_shared::registry::client_builder().build().unwrap()
+}
+
 /// An authenticated client for `/v1`.
 pub fn api(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -208,7 +214,7 @@ pub fn api(token: &str) -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().unwrap(),
     );
-    reqwest::Client::builder()
+    waiaas_shared::registry::client_builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(10))
         .build()

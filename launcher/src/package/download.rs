@@ -24,7 +24,7 @@ pub(super) fn http_client(
     limits: &Limits,
     allow_insecure: bool,
 ) -> Result<reqwest::Client, PackageError> {
-    reqwest::Client::builder()
+    registry::client_builder()
         .connect_timeout(limits.connect_timeout)
         .read_timeout(limits.read_timeout)
         // A registry or its CDN may redirect once or twice; more is a loop,

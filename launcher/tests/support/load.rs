@@ -118,7 +118,7 @@ async fn client(
     timeout: Duration,
 ) -> ClientLog {
     let mut log = ClientLog::default();
-    let client = reqwest::Client::builder()
+    let client = waiaas_shared::registry::client_builder()
         .timeout(timeout)
         .build()
         .expect("an HTTP client");

@@ -12,6 +12,10 @@
 //!
 //! One thread accepts connections and one thread answers each; every answer
 //! closes its connection, so no client keeps state between requests.
+//!
+//! [`Registry::start_tls`] serves the same over HTTPS with a certificate for
+//! 127.0.0.1 issued by a throwaway [`TestCa`]: the binaries' one TLS stack
+//! (rustls on `ring`) checked against a real handshake.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -74,10 +78,21 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry on a free loopback port that speaks HTTPS only,
+    /// with `ca`'s certificate for 127.0.0.1.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca.server.clone()))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = listener.local_addr().expect("local address").port();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let accept = {
             let (state, stop) = (state.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -86,13 +101,26 @@ impl Registry {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let state = state.clone();
-                    std::thread::spawn(move || answer(stream, &state));
+                    let tls = tls.clone();
+                    std::thread::spawn(move || match tls {
+                        None => answer(stream, &state),
+                        Some(config) => {
+                            let Ok(connection) = rustls::ServerConnection::new(config) else {
+                                return;
+                            };
+                            let mut stream = rustls::StreamOwned::new(connection, stream);
+                            answer(&mut stream, &state);
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
+                        }
+                    });
                 }
             })
         };
         Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             state,
             stop,
             accept: Some(accept),
@@ -100,7 +128,8 @@ impl Registry {
         }
     }
 
-    /// The base URL, `http://127.0.0.1:<port>`, for `[update] registry`.
+    /// The base URL, `http://127.0.0.1:<port>` (`https://` from
+    /// [`Registry::start_tls`]), for `[update] registry`.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -198,6 +227,49 @@ impl Drop for Registry {
     }
 }
 
+/// A throwaway certificate authority and the server certificate it issued
+/// for 127.0.0.1, both on rustls's `ring` provider (the one the binaries link).
+pub struct TestCa {
+    /// The CA certificate, PEM: what a client given `SSL_CERT_FILE` trusts.
+    pub cert_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "waiaas test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let server_key = rcgen::KeyPair::generate().expect("a server key");
+        let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("server parameters");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("issue the server certificate");
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone(), ca_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .expect("the server certificate");
+        Self {
+            cert_pem: ca_cert.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
 /// `sha512-<base64>`, as npm records `dist.integrity`.
 pub fn sri_sha512(bytes: &[u8]) -> String {
     let digest = Sha512::digest(bytes);
@@ -212,8 +284,7 @@ fn decode(path: &str) -> String {
     path.replace("%2f", "/").replace("%2F", "/")
 }
 
-fn answer(mut stream: TcpStream, state: &Mutex<State>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+fn answer(mut stream: impl Read + Write, state: &Mutex<State>) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -282,7 +353,7 @@ fn json_reply(value: &Value) -> Reply {
     )
 }
 
-fn send(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
+fn send(stream: &mut impl Write, reply: Reply) -> std::io::Result<()> {
     match reply {
         Reply::Body(body, content_type) => {
             write!(
