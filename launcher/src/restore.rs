@@ -139,10 +139,22 @@ fn staged_path(dir: &DataDir, file: &str) -> PathBuf {
     dir.data().join(format!(".{file}.restore"))
 }
 
-/// Removes the copies a restore interrupted by a crash left staged.
+/// Where [`put_back`] moves the database it replaces: freeing a large file's
+/// blocks takes seconds, which belong after the new daemon serves.
+fn replaced_path(dir: &DataDir) -> PathBuf {
+    dir.data().join(format!(".{DB_FILE}.replaced"))
+}
+
+/// Removes the database a restore replaced, and the copies a restore
+/// interrupted by a crash left staged. Slow for a large database: call it
+/// once the daemon serves.
 pub fn discard_staged(dir: &DataDir) {
-    for file in [DB_FILE, WAL_FILE] {
-        let _ = remove_if_present(&staged_path(dir, file));
+    for path in [
+        staged_path(dir, DB_FILE),
+        staged_path(dir, WAL_FILE),
+        replaced_path(dir),
+    ] {
+        let _ = remove_if_present(&path);
     }
 }
 
@@ -154,10 +166,15 @@ pub fn put_back(dir: &DataDir, mut staged: Staged) -> Result<Restored, RestoreEr
     // A leftover WAL would be replayed over the restored database: it goes
     // first. A backup without a database (taken before the first start)
     // records "no database", so any database goes too.
-    remove_database_sidecars(&database)?;
     if staged.files.is_empty() {
         remove_if_present(&database)?;
+    } else if database.exists() {
+        // Set aside, not unlinked (see [`discard_staged`]); a crash from here
+        // on has the journal put the backup back again.
+        let aside = replaced_path(dir);
+        std::fs::rename(&database, &aside).map_err(io_at(&aside))?;
     }
+    remove_database_sidecars(&database)?;
     // The main file before its WAL: a crash between leaves an older but
     // whole database, and the journal has the restore run again.
     for (copy, target) in std::mem::take(&mut staged.files) {

@@ -162,7 +162,8 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
 
 /// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA):
 /// on Linux the platform verifier takes its roots from there.
-fn check_over_https(install: &Install, ca_file: &Path) -> support::Outcome {
+/// `upgrade --check --json` trusting only the certificates in `ca_file`.
+fn check_trusting(install: &Install, ca_file: &Path) -> support::Outcome {
     support::run(
         install
             .launcher(&["upgrade", "--check", "--json"])
@@ -183,7 +184,7 @@ fn an_https_registry_is_reached_on_the_shipped_tls_stack() {
     let ca_file = install.home().join("ca.pem");
     fs::write(&ca_file, &ca.cert_pem).unwrap();
 
-    let out = check_over_https(&install, &ca_file);
+    let out = check_trusting(&install, &ca_file);
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(json["latest"], "9.9.9", "{}", out.stdout);
@@ -193,7 +194,23 @@ fn an_https_registry_is_reached_on_the_shipped_tls_stack() {
     );
 }
 
-/// A certificate no trusted CA issued is refused in the handshake: no
+/// A registry on plain http (here on loopback) is reached on a machine with
+/// no CA bundle at all, as a minimal container or chroot is: no certificate
+/// authority is needed for it, so none is loaded.
+#[test]
+fn an_http_registry_is_reached_without_a_ca_bundle() {
+    let registry = Registry::start();
+    registry.publish(CLI_PACKAGE, "9.9.9", b"cli".to_vec());
+    let install = install_with_registry(registry.url());
+    let empty = install.home().join("no-ca.pem");
+    fs::write(&empty, "").unwrap();
+    let out = check_trusting(&install, &empty);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(json["latest"], "9.9.9", "{}", out.stdout);
+}
+
+/// A certificate no trusted CA issued is refused in the handshake: no/// A certificate no trusted CA issued is refused in the handshake: no
 /// request reaches the registry.
 #[test]
 fn an_https_registry_with_an_untrusted_certificate_is_refused() {
@@ -203,7 +220,7 @@ fn an_https_registry_with_an_untrusted_certificate_is_refused() {
     let other_ca = install.home().join("other-ca.pem");
     fs::write(&other_ca, TestCa::new().cert_pem).unwrap();
 
-    let out = check_over_https(&install, &other_ca);
+    let out = check_trusting(&install, &other_ca);
     assert!(!out.status.success(), "{out:?}");
     assert!(
         out.stderr.to_lowercase().contains("certificate"),

@@ -110,6 +110,19 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// [`client_builder`] for requests to `registry`. A registry on plain http
+/// (loopback, or allowed insecure) needs no certificate authority, so none is
+/// loaded: a machine without a CA bundle (a minimal container or chroot)
+/// still reaches it. A redirect from it to https then fails as untrusted.
+pub fn registry_client_builder(registry: &str) -> reqwest::ClientBuilder {
+    let builder = client_builder();
+    if registry.starts_with("http://") {
+        builder.tls_certs_only(Vec::new())
+    } else {
+        builder
+    }
+}
+
 /// Redirects within the same rule as the source: at most `max` hops, and never
 /// to a URL [`check_source`] would refuse (https → http is a downgrade).
 pub fn redirect_policy(max: usize, allow_insecure: bool) -> reqwest::redirect::Policy {
@@ -245,7 +258,7 @@ pub async fn latest_version(
     channel: &str,
     allow_insecure: bool,
 ) -> Result<Version, CheckError> {
-    let client = client_builder()
+    let client = registry_client_builder(registry)
         .timeout(CHECK_TIMEOUT)
         // A registry mirror may redirect once or twice; more is a loop or a trap.
         .redirect(redirect_policy(3, allow_insecure))

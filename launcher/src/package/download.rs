@@ -21,10 +21,11 @@ pub struct Downloaded {
 }
 
 pub(super) fn http_client(
+    registry: &str,
     limits: &Limits,
     allow_insecure: bool,
 ) -> Result<reqwest::Client, PackageError> {
-    registry::client_builder()
+    registry::registry_client_builder(registry)
         .connect_timeout(limits.connect_timeout)
         .read_timeout(limits.read_timeout)
         // A registry or its CDN may redirect once or twice; more is a loop,

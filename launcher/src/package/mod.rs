@@ -123,7 +123,7 @@ pub async fn fetch_with_limits(
     }
 
     let registry_url = source(config)?;
-    let client = http_client(limits, config.update.allow_insecure_registry)?;
+    let client = http_client(&registry_url, limits, config.update.allow_insecure_registry)?;
     let cli = get_packument(&client, &registry_url, CLI_PACKAGE, limits).await?;
     if !cli.has_version(&name) {
         return Err(PackageError::NoSuchRelease {

@@ -174,7 +174,10 @@ impl<H: Host> Engine<'_, H> {
         self.announce(steps, journal.step, message);
         let started = self.host.start_daemon(&to).await.map_err(StepError::from);
         Some(match started.and_then(|()| commit(self.dir)) {
-            Ok(()) => report::resumed(&journal),
+            Ok(()) => {
+                discard_replaced(self.dir).await;
+                report::resumed(&journal)
+            }
             Err(error) => {
                 // The old launcher starts the old daemon once this process is it.
                 let mut journal = journal;
@@ -498,6 +501,7 @@ impl<H: Host> Engine<'_, H> {
 
             self.start_last(&mut journal, steps, &to, no_start).await?;
             commit(self.dir)?;
+            discard_replaced(self.dir).await;
             Ok(safety)
         }
         .await;
@@ -529,6 +533,12 @@ fn commit(dir: &DataDir) -> Result<(), StepError> {
         path: dir.upgrade_journal(),
         source,
     })
+}
+
+/// Frees the database a rollback replaced, now that the daemon serves.
+async fn discard_replaced(dir: &DataDir) {
+    let dir = dir.clone();
+    blocking(move || restore::discard_staged(&dir)).await;
 }
 
 fn point_current(dir: &DataDir, version: &str) -> Result<(), StepError> {
