@@ -304,20 +304,9 @@ impl Machine {
         self.ok(&format!("cat {DATA_DIR}/data/master.token"))
     }
 
-    /// Creates a wallet through the API; its id.
+    /// Creates a wallet through the API; returns its id.
     fn create_wallet(&self, name: &str) -> String {
-        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
-        let (status, answer) = http(
-            self.port,
-            "POST",
-            "/v1/wallets",
-            Some(&self.token()),
-            Some(&body.to_string()),
-        )
-        .expect("the API answers");
-        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
-        let wallet: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        wallet["id"].as_str().unwrap().to_string()
+        support::create_wallet(self.port, &self.token(), name)
     }
 
     /// The ids of the wallets the API lists.

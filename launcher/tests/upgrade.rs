@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
-use support::load::Writer;
+use support::load::{Writer, Written};
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
@@ -369,18 +369,7 @@ impl Site {
 
     /// Creates a wallet through the API; returns its id.
     fn create_wallet(&self, name: &str) -> String {
-        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
-        let (status, answer) = http(
-            self.port,
-            "POST",
-            "/v1/wallets",
-            Some(&self.token()),
-            Some(&body.to_string()),
-        )
-        .expect("the API answers");
-        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
-        let wallet: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        wallet["id"].as_str().unwrap().to_string()
+        support::create_wallet(self.port, &self.token(), name)
     }
 
     /// The wallets the API lists: id → name.
@@ -468,6 +457,25 @@ impl Site {
         assert_eq!(health.schema_version, schema, "/health schemaVersion");
         assert_eq!(&self.wallets(), wallets, "the wallets written before");
     }
+}
+
+/// An installation of A on [`big_database`] with a supervisor, upgraded to
+/// `offer` while a [`Writer`] creates wallets from before the command to
+/// after it.
+fn upgrade_while_writing(offer: Offer) -> (Site, Supervisor, Ran, UpgradeReport, Written) {
+    let site = Site::with(Setup {
+        offer,
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    (site, supervisor, out, report, written)
 }
 
 /// The `w-…` wallet names in the database at `db` (with its WAL, if any,
@@ -1485,17 +1493,8 @@ fn a_new_daemon_that_crashes_on_start_rolls_back() {
 /// while its main file was copied are in its WAL, and all are there again.
 #[test]
 fn an_automatic_rollback_restores_the_writes_in_the_backups_wal() {
-    let site = Site::with(Setup {
-        offer: Offer::Faulty(Fault::Crash),
-        big_db: true,
-        ..Setup::default()
-    });
-    let mut supervisor = site.supervisor();
-    supervisor.wait_healthy();
-    let writer = Writer::start(site.port, &site.token(), "w");
-    std::thread::sleep(Duration::from_millis(300));
-    let (out, report) = site.upgrade_json(&[]);
-    let written = writer.stop();
+    let (site, mut supervisor, out, report, written) =
+        upgrade_while_writing(Offer::Faulty(Fault::Crash));
     assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
     let backup = PathBuf::from(report.backup.expect("a backup"));
@@ -2103,18 +2102,8 @@ fn kill_9_inside_steps_3_to_7() {
 /// exactly that, WAL included.
 #[test]
 fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
-    let site = Site::with(Setup {
-        big_db: true,
-        ..Setup::default()
-    });
-    let mut supervisor = site.supervisor();
-    supervisor.wait_healthy();
-    let writer = Writer::start(site.port, &site.token(), "w");
-    std::thread::sleep(Duration::from_millis(300));
-    let (out, report) = site.upgrade_json(&[]);
+    let (site, supervisor, out, report, written) = upgrade_while_writing(Offer::B);
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
-    std::thread::sleep(Duration::from_millis(300));
-    let written = writer.stop();
     let log = supervisor.log();
     assert!(
         log.contains("checkpoints held until exit"),

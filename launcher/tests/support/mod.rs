@@ -191,6 +191,17 @@ impl Install {
     }
 }
 
+/// Creates a wallet named `name` through the API of the daemon on `port`;
+/// returns its id.
+pub fn create_wallet(port: u16, token: &str, name: &str) -> String {
+    let body = format!(r#"{{"name":"{name}","chain":"solana","network":"devnet"}}"#);
+    let (status, answer) =
+        http(port, "POST", "/v1/wallets", Some(token), Some(&body)).expect("the API answers");
+    assert_eq!(status, 201, "POST /v1/wallets: {answer}");
+    let wallet: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    wallet["id"].as_str().unwrap().to_string()
+}
+
 /// One HTTP/1.1 request on loopback; `(status, body)`, or `None` if nothing answered.
 pub fn http(
     port: u16,
