@@ -478,6 +478,15 @@ fn upgrade_while_writing(offer: Offer) -> (Site, Supervisor, Ran, UpgradeReport,
     (site, supervisor, out, report, written)
 }
 
+/// Nothing a restore staged or set aside is left in `data/` once it is done.
+fn assert_no_leftovers(site: &Site) {
+    let left: Vec<String> = names_in(&site.dir.data())
+        .into_iter()
+        .filter(|n| n.ends_with(".restore") || n.ends_with(".replaced"))
+        .collect();
+    assert!(left.is_empty(), "left in data/: {left:?}");
+}
+
 /// The `w-…` wallet names in the database at `db` (with its WAL, if any,
 /// beside it), read from a copy so that nothing is changed.
 fn written_names(db: &Path, wal: Option<&Path>) -> BTreeSet<String> {
@@ -1528,6 +1537,7 @@ fn an_automatic_rollback_restores_the_writes_in_the_backups_wal() {
         "no write reached the backup's WAL: the test proves nothing"
     );
     site.assert_fully_old(&now);
+    assert_no_leftovers(&site);
 }
 
 #[test]
@@ -2173,6 +2183,7 @@ fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
         restored, in_backup,
         "--rollback restores the backup, WAL included"
     );
+    assert_no_leftovers(&site);
 }
 
 /// kill -9 at random instants of the live copy (step 2, the daemon serving

@@ -130,6 +130,9 @@ impl<H: Host> Engine<'_, H> {
         if let Err(report) = self.recover_locked().await {
             return report;
         }
+        // What an earlier rollback set aside and could not free (it handed
+        // over first, or was killed) goes before any new copy is made.
+        discard_replaced(self.dir).await;
         match &request.action {
             UpgradeAction::Rollback => self.rollback(request.no_start).await,
             action => {
@@ -419,7 +422,9 @@ impl<H: Host> Engine<'_, H> {
             ));
         }
         Journal::remove(self.dir)
-            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))
+            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))?;
+        discard_replaced(self.dir).await;
+        Ok(())
     }
 
     /// `--rollback`: back to the state before the last upgrade.
