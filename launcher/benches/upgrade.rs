@@ -45,8 +45,8 @@
 //! (default `10,1024,4096`) the database sizes of sections 1 and 2,
 //! `WAIAAS_BENCH_DB_MB` (default 1024) the database size of section 3,
 //! `WAIAAS_BENCH_WRITES_PER_S` the writing client's pace (default: as fast
-//! as the daemon answers; every write during the live copy lands in the WAL
-//! the new daemon's migration then reads). The
+//! as the daemon answers; `0`: no writing client; every write during the
+//! live copy lands in the WAL the new daemon's migration then reads). The
 //! largest size needs about four times its size free on disk (the database,
 //! the pre-upgrade and pre-rollback backups, the migration's WAL).
 //!
@@ -367,13 +367,30 @@ fn sizes_mb() -> Vec<u64> {
     }
 }
 
-/// `WAIAAS_BENCH_WRITES_PER_S`: the writer's pace; unset or 0, as fast as
-/// the daemon answers.
-fn writes_per_second() -> Option<u32> {
-    std::env::var("WAIAAS_BENCH_WRITES_PER_S")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|n| *n > 0)
+/// The writing client's pace (`WAIAAS_BENCH_WRITES_PER_S`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// Unset: as fast as the daemon answers.
+    Unpaced,
+    /// `0`: no writing client, only the readers.
+    Off,
+    PerSecond(u32),
+}
+
+fn writes() -> Writes {
+    match std::env::var("WAIAAS_BENCH_WRITES_PER_S") {
+        Err(_) => Writes::Unpaced,
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(0) => Writes::Off,
+            Ok(n) => Writes::PerSecond(n),
+            Err(_) => {
+                eprintln!(
+                    "WAIAAS_BENCH_WRITES_PER_S must be a whole number (0: no writer), not {text:?}"
+                );
+                std::process::exit(2);
+            }
+        },
+    }
 }
 
 fn db_mb() -> u64 {
@@ -753,12 +770,12 @@ fn under_load(
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
     let token = fs::read_to_string(site.dir.master_token()).expect("data/master.token");
-    let writer = Writer::paced(
-        site.port,
-        token.trim(),
-        if expect == B_VERSION { "u" } else { "r" },
-        writes_per_second(),
-    );
+    let prefix = if expect == B_VERSION { "u" } else { "r" };
+    let writer = match writes() {
+        Writes::Off => None,
+        Writes::Unpaced => Some(Writer::paced(site.port, token.trim(), prefix, None)),
+        Writes::PerSecond(n) => Some(Writer::paced(site.port, token.trim(), prefix, Some(n))),
+    };
     let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);
 
@@ -769,7 +786,7 @@ fn under_load(
     supervisor.assert_alive(title);
     std::thread::sleep(LOAD_PAUSE);
     let tally = load.finish();
-    let written = writer.stop();
+    let written = writer.map(Writer::stop).unwrap_or_default();
     let ran = tally.ran;
     let after = supervisor.status();
     let after_daemon = after.as_ref().and_then(|s| s.daemon.clone());
