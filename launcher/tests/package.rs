@@ -250,9 +250,14 @@ fn snapshot(root: &Path) -> Snapshot {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            let meta = fs::symlink_metadata(&path).unwrap();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                // Listed, then gone (a download removed after a refusal):
+                // it was there all the same.
+                out.push((rel, "gone".into()));
+                continue;
+            };
             if meta.file_type().is_symlink() {
-                let link = fs::read_link(&path).unwrap();
+                let link = fs::read_link(&path).unwrap_or_default();
                 out.push((rel, format!("-> {}", link.display())));
             } else if meta.is_dir() {
                 out.push((rel, "dir".into()));
