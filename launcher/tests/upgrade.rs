@@ -2243,6 +2243,56 @@ fn kill_9_during_the_live_copy_and_the_wal_copy_loses_nothing() {
     );
 }
 
+/// kill -9 while `--rollback` stages its backup's copy beside the database
+/// (step 2, the daemon still serving): the next start discards the staged
+/// copy and the installation stays at the upgraded release, whole.
+#[test]
+fn kill_9_while_a_rollback_stages_its_backup_leaves_the_upgrade_in_place() {
+    let site = Site::with(Setup {
+        big_db: true,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    let (out, _) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    supervisor.wait_healthy();
+
+    let (mut client, _, _) = spawn_logged(
+        site.launcher(&["upgrade", "--rollback", "--json"]),
+        &site.home,
+        "rollback",
+    );
+    let staged = site.dir.data().join(".waiaas.db.restore");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !staged.exists() {
+        assert!(
+            client.try_wait().unwrap().is_none(),
+            "the rollback ended before it staged its backup"
+        );
+        assert!(Instant::now() < deadline, "the backup was never staged");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    supervisor.kill9();
+    wait_child(&mut client, Duration::from_secs(30), "the rollback command");
+    drop(supervisor);
+    // The next start waits for the killed launcher's daemon to let go of the port.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_mentioning(site.dir.root())
+        .values()
+        .any(|cmd| cmd.contains(" serve "))
+    {
+        assert!(Instant::now() < deadline, "a daemon outlived its launcher");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let mut next = site.supervisor();
+    next.wait_healthy();
+    site.assert_fully_new(&wallets);
+    assert_no_leftovers(&site);
+}
+
 // ---------------------------------------------------------------------------
 // Refusals before any downtime.
 
