@@ -209,6 +209,7 @@ impl<H: Host> Engine<'_, H> {
         );
         self.roll_back(journal).await?;
         tracing::warn!("rolled back {failed}");
+        discard_replaced(self.dir).await;
         Ok(())
     }
 
@@ -365,6 +366,7 @@ impl<H: Host> Engine<'_, H> {
         tracing::error!("step {failed_step} failed: {error}; rolling back");
         match self.roll_back(journal.clone()).await {
             Ok(()) => {
+                discard_replaced(self.dir).await;
                 let running = self.host.daemon_running().await;
                 report::rolled_back(&journal, failed_step, error.to_string(), running)
             }
@@ -422,9 +424,7 @@ impl<H: Host> Engine<'_, H> {
             ));
         }
         Journal::remove(self.dir)
-            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))?;
-        discard_replaced(self.dir).await;
-        Ok(())
+            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))
     }
 
     /// `--rollback`: back to the state before the last upgrade.
