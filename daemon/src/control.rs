@@ -13,42 +13,34 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use waiaas_shared::control::{
-    CONTROL_FD_ENV, FrameError, FromDaemon, FromLauncher, PROTOCOL_VERSION, read_frame, write_frame,
+    CONTROL_FD_ENV, FrameError, FromDaemon, FromLauncher, PROTOCOL_VERSION, PUBLIC_CHANNEL_FD_ENV,
+    read_frame, write_frame,
 };
 use waiaas_shared::version::VERSION;
 
 use crate::db::{self, Db};
 use crate::migrate;
 
+/// Takes the socket over which the public listener will arrive, named by
+/// `WAIAAS_PUBLIC_CHANNEL_FD`: present when the launcher starts this daemon
+/// on probation. Call before any thread is started: it edits the environment.
+pub fn take_public_channel() -> Result<Option<UnixStream>, String> {
+    take_socket(PUBLIC_CHANNEL_FD_ENV)
+}
+
 /// Takes the control socket named by `WAIAAS_CONTROL_FD`, if any, and says
-/// hello on it. Call before any thread is started: it edits the environment.
-pub fn take_and_greet() -> Result<Option<UnixStream>, String> {
-    let Some(value) = std::env::var_os(CONTROL_FD_ENV) else {
+/// hello on it (`probation`: started so, see [`take_public_channel`]). Call
+/// before any thread is started: it edits the environment.
+pub fn take_and_greet(probation: bool) -> Result<Option<UnixStream>, String> {
+    let Some(mut stream) = take_socket(CONTROL_FD_ENV)? else {
         return Ok(None);
-    };
-    // SAFETY: documented precondition: no other thread exists yet.
-    unsafe { std::env::remove_var(CONTROL_FD_ENV) };
-    let fd: i32 = value
-        .to_str()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|fd| *fd > 2)
-        .ok_or_else(|| format!("{CONTROL_FD_ENV}={value:?} is not a descriptor number"))?;
-    // SAFETY: fcntl only inspects/flags the descriptor; F_GETFD fails on a closed one.
-    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    if !open {
-        return Err(format!("{CONTROL_FD_ENV}={fd} is not an open descriptor"));
-    }
-    // SAFETY: the launcher handed this descriptor to us alone; close-on-exec keeps
-    // it out of our own children.
-    let mut stream = unsafe {
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        UnixStream::from_raw_fd(fd)
     };
     let hello = FromDaemon::Hello {
         protocol: PROTOCOL_VERSION,
         version: VERSION.to_string(),
         pid: std::process::id(),
         holds_checkpoints: true,
+        probation,
     };
     let mut frame = serde_json::to_vec(&hello).expect("a message serialises");
     frame.push(b'\n');
@@ -58,6 +50,31 @@ pub fn take_and_greet() -> Result<Option<UnixStream>, String> {
         .map_err(|e| format!("cannot greet the launcher on the control channel: {e}"))?;
     crate::failpoint::hit("after-hello");
     Ok(Some(stream))
+}
+
+/// The socket whose descriptor the environment variable `name` gives.
+fn take_socket(name: &str) -> Result<Option<UnixStream>, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    // SAFETY: documented precondition of the callers: no other thread exists yet.
+    unsafe { std::env::remove_var(name) };
+    let fd: i32 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("{name}={value:?} is not a descriptor number"))?;
+    // SAFETY: fcntl only inspects/flags the descriptor; F_GETFD fails on a closed one.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    if !open {
+        return Err(format!("{name}={fd} is not an open descriptor"));
+    }
+    // SAFETY: the launcher handed this descriptor to us alone; close-on-exec keeps
+    // it out of our own children.
+    Ok(Some(unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        UnixStream::from_raw_fd(fd)
+    }))
 }
 
 /// A running control channel.

@@ -25,6 +25,11 @@ pub struct State {
 
 /// All routes, with errors rendered as JSON.
 pub fn routes(state: State) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    api(state).recover(render_rejection)
+}
+
+/// The public API, rejections not yet rendered.
+fn api(state: State) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let health = warp::path!("health")
         .and(warp::get())
         .and(with(state.clone()))
@@ -36,7 +41,21 @@ pub fn routes(state: State) -> impl Filter<Extract = (impl Reply,), Error = Infa
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json())
         .and_then(create_wallet);
-    health.or(list).or(create).recover(render_rejection)
+    health.or(list).or(create)
+}
+
+/// [`routes`] and, for the launcher alone on the private listener of a daemon
+/// on probation, `POST /probe/write`: the write path exercised in a
+/// transaction that is rolled back, so a release whose writes fail never
+/// gets the public port (SPEC §13).
+pub fn probe_routes(
+    state: State,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let write = warp::path!("probe" / "write")
+        .and(warp::post())
+        .and(with(state.clone()))
+        .and_then(write_probe);
+    write.or(api(state)).recover(render_rejection)
 }
 
 fn with(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -66,6 +85,9 @@ fn unix_now() -> u64 {
 }
 
 async fn health(state: State) -> Result<impl Reply, Rejection> {
+    if crate::failpoint::fault("health-503") {
+        return Err(warp::reject::custom(ApiError::Database));
+    }
     let read = state
         .db
         .call(|conn| -> rusqlite::Result<(u32, Option<String>)> {
@@ -184,18 +206,7 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
         .db
         .call(move |conn| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            tx.execute(
-                "INSERT INTO wallets (id, name, chain, network, public_key, status, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'ACTIVE', ?6, ?6)",
-                rusqlite::params![row.0, row.1, row.2, row.3, row.4, row.5],
-            )?;
-            // Every write leaves a trace in the audit log, in the same transaction.
-            let details = serde_json::json!({ "name": row.1, "chain": row.2 }).to_string();
-            tx.execute(
-                "INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details)
-                 VALUES (?1, 'WALLET_CREATED', 'master', ?2, ?3)",
-                rusqlite::params![row.5, row.0, details],
-            )?;
+            insert_wallet(&tx, &row)?;
             tx.commit()
         })
         .await
@@ -203,7 +214,9 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
             rusqlite::Error::SqliteFailure(f, _)
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                warp::reject::custom(ApiError::Conflict("a wallet with this public key exists".into()))
+                warp::reject::custom(ApiError::Conflict(
+                    "a wallet with this public key exists".into(),
+                ))
             }
             e => database_error(e),
         })?;
@@ -211,6 +224,50 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
         warp::reply::json(&wallet),
         StatusCode::CREATED,
     ))
+}
+
+/// A new wallet's columns: id, name, chain, network, public key, time.
+type WalletRow = (String, String, String, String, String, i64);
+
+/// Inserts a wallet and its audit entry: every write leaves a trace in the
+/// audit log, in the same transaction.
+fn insert_wallet(tx: &rusqlite::Transaction<'_>, row: &WalletRow) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO wallets (id, name, chain, network, public_key, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'ACTIVE', ?6, ?6)",
+        rusqlite::params![row.0, row.1, row.2, row.3, row.4, row.5],
+    )?;
+    let details = serde_json::json!({ "name": row.1, "chain": row.2 }).to_string();
+    tx.execute(
+        "INSERT INTO audit_log (timestamp, event_type, actor, wallet_id, details)
+         VALUES (?1, 'WALLET_CREATED', 'master', ?2, ?3)",
+        rusqlite::params![row.5, row.0, details],
+    )?;
+    Ok(())
+}
+
+/// `POST /probe/write`: a wallet written and rolled back; 204 when the
+/// database took it.
+async fn write_probe(state: State) -> Result<impl Reply, Rejection> {
+    let id = token::random_hex(16).map_err(|_| warp::reject::custom(ApiError::Database))?;
+    let row: WalletRow = (
+        format!("probe-{id}"),
+        "write probe".into(),
+        CHAINS[0].into(),
+        "probe".into(),
+        format!("probe-{id}"),
+        unix_now() as i64,
+    );
+    state
+        .db
+        .call(move |conn| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            insert_wallet(&tx, &row)?;
+            tx.rollback()
+        })
+        .await
+        .map_err(database_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn database_error(e: rusqlite::Error) -> Rejection {

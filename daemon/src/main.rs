@@ -58,8 +58,13 @@ fn main() -> ExitCode {
     let inherited = listen_fds::take_listener()
         .map_err(|e| e.to_string())
         .and_then(|listener| {
-            let control = control::take_and_greet()?;
-            Ok(Inherited { listener, control })
+            let public = control::take_public_channel()?;
+            let control = control::take_and_greet(public.is_some())?;
+            Ok(Inherited {
+                listener,
+                control,
+                public,
+            })
         });
     let cli = Cli::parse();
     if cli.version {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
                 version: VERSION.to_string(),
                 schema_version: migrate::LATEST_SCHEMA_VERSION,
                 min_compatible_schema_version: compat::min_compatible_schema_version(),
+                probation: true,
             };
             println!(
                 "{}",

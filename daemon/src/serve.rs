@@ -5,6 +5,7 @@
 //! the listener is serving.
 
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use waiaas_shared::config::Config;
 use waiaas_shared::control::FromDaemon;
 use waiaas_shared::exit::daemon as code;
 use waiaas_shared::layout::DataDir;
-use waiaas_shared::{kv, version};
+use waiaas_shared::{kv, listen_fds, version};
 
 use crate::control::{self, Control};
 use crate::db::{self, Db};
@@ -46,6 +47,9 @@ pub struct Inherited {
     pub listener: Option<TcpListener>,
     /// The launcher's control channel, already greeted.
     pub control: Option<UnixStream>,
+    /// On probation: the socket the public listener arrives on, after the
+    /// launcher's commit; `listener` is then its private probe listener.
+    pub public: Option<UnixStream>,
 }
 
 /// Runs the daemon; returns the process exit code.
@@ -69,6 +73,12 @@ fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Re
     })?;
     let listener = match inherited.listener {
         Some(listener) => listener,
+        None if inherited.public.is_some() => {
+            return Err(Refusal::new(
+                code::FAILURE,
+                "started on probation without a probe listener (fd 3)",
+            ));
+        }
         None => {
             let addr = (config.daemon.hostname.as_str(), config.daemon.port);
             TcpListener::bind(addr).map_err(|e| {
@@ -86,7 +96,11 @@ fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Re
         .enable_all()
         .build()
         .map_err(|e| Refusal::new(code::FAILURE, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(config, conn, token, listener, inherited.control))
+    let channels = Channels {
+        control: inherited.control,
+        public: inherited.public,
+    };
+    runtime.block_on(serve(config, conn, token, listener, channels))
 }
 
 /// The database and its `-wal`/`-shm` are the owner's alone (0600): created
@@ -187,23 +201,82 @@ pub fn prepare_database(
     Ok(conn)
 }
 
+/// What the launcher gave besides the listener.
+struct Channels {
+    control: Option<UnixStream>,
+    public: Option<UnixStream>,
+}
+
+/// One HTTP server task and the order that stops it.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<Duration>>,
+}
+
+impl Server {
+    fn spawn<F>(listener: tokio::net::TcpListener, routes: F, draining: server::Draining) -> Self
+    where
+        F: warp::Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server::serve(listener, routes, draining, stop_rx));
+        Self {
+            task,
+            stop: Some(stop),
+        }
+    }
+
+    /// Orders the drain within `grace` (once).
+    fn stop(&mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+    }
+
+    /// Waits for the drain, bounded by `grace` plus a second; aborts after.
+    async fn finish(&mut self, grace: Duration) {
+        if tokio::time::timeout(grace + Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            warn!(
+                "the server did not stop within {} s; closing it",
+                grace.as_secs()
+            );
+            self.task.abort();
+        }
+    }
+}
+
 async fn serve(
     config: &Config,
     conn: Connection,
     token: String,
     listener: TcpListener,
-    control: Option<UnixStream>,
+    channels: Channels,
 ) -> Result<i32, Refusal> {
     let io_failed = |e: std::io::Error| Refusal::new(code::FAILURE, format!("cannot serve: {e}"));
     let schema_version = migrate::database_version(&conn).unwrap_or_default();
     let db = Db::new(conn);
     let started = Instant::now();
     let default_grace = Duration::from_secs(config.daemon.shutdown_timeout);
-    listener.set_nonblocking(true).map_err(io_failed)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(io_failed)?;
+    let listener = tokio_listener(listener).map_err(io_failed)?;
     let local = listener.local_addr().map_err(io_failed)?;
-    let mut control = control
+    let mut control = channels
+        .control
         .map(|stream| control::spawn(stream, db.clone(), started, default_grace))
+        .transpose()
+        .map_err(io_failed)?;
+    let mut public_channel = channels
+        .public
+        .map(|stream| {
+            stream.set_nonblocking(true)?;
+            tokio::net::UnixStream::from_std(stream)
+        })
         .transpose()
         .map_err(io_failed)?;
 
@@ -213,22 +286,65 @@ async fn serve(
         token: Arc::from(token),
     };
     let draining = server::Draining::default();
-    let routes = draining.wrap(http::routes(state));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
-    let mut server = tokio::spawn(server::serve(listener, routes, draining, stop_rx));
-    info!(
-        version = version::VERSION,
-        "ready: listening on http://{local}"
-    );
+    let routes = draining.wrap(http::routes(state.clone()));
+    // On probation the inherited listener is the launcher's private one: it
+    // alone is served, with the write probe, until the public one arrives.
+    let (mut public, mut probe) = match public_channel {
+        None => (
+            Some(Server::spawn(listener, routes.clone(), draining.clone())),
+            None,
+        ),
+        Some(_) => {
+            let draining = server::Draining::default();
+            let probe_routes = draining.wrap(http::probe_routes(state));
+            (None, Some(Server::spawn(listener, probe_routes, draining)))
+        }
+    };
+    match probe {
+        Some(_) => info!(
+            version = version::VERSION,
+            "ready on probation: serving the launcher's probe listener http://{local}; \
+             the public port once the upgrade is committed"
+        ),
+        None => info!(
+            version = version::VERSION,
+            "ready: listening on http://{local}"
+        ),
+    }
     if let Some(control) = &control {
         control.send(FromDaemon::Ready { schema_version });
     }
     let worker = version_check::spawn(config, db.clone());
 
-    let (reason, grace) = tokio::select! {
-        signal = shutdown_signal() => (signal, default_grace),
-        deadline = shutdown_order(control.as_mut()) => ("shutdown ordered by the launcher", deadline),
-        _ = &mut server => return Err(Refusal::new(code::FAILURE, "the HTTP server stopped unexpectedly")),
+    let mut signals = Signals::install();
+    let (reason, grace) = loop {
+        tokio::select! {
+            signal = signals.next() => break (signal, default_grace),
+            deadline = shutdown_order(control.as_mut()) => {
+                break ("shutdown ordered by the launcher", deadline)
+            }
+            _ = ended(public.as_mut()) => {
+                return Err(Refusal::new(code::FAILURE, "the HTTP server stopped unexpectedly"))
+            }
+            _ = ended(probe.as_mut().filter(|p| p.stop.is_some())) => {
+                return Err(Refusal::new(code::FAILURE, "the probe server stopped unexpectedly"))
+            }
+            received = public_listener(public_channel.as_ref()) => {
+                public_channel = None;
+                match received.and_then(|l| l.map(tokio_listener).transpose()) {
+                    Ok(Some(listener)) => {
+                        let addr = listener.local_addr().map_err(io_failed)?;
+                        public = Some(Server::spawn(listener, routes.clone(), draining.clone()));
+                        if let Some(probe) = &mut probe {
+                            probe.stop(Duration::ZERO);
+                        }
+                        info!("committed: serving http://{addr}");
+                    }
+                    Ok(None) => info!("no public listener will come: serving the probe listener only"),
+                    Err(e) => warn!("cannot take the public listener: {e}"),
+                }
+            }
+        }
     };
     info!("{reason}: stopping; finishing in-flight requests");
     if let Some(control) = &control {
@@ -236,17 +352,12 @@ async fn serve(
             reason: reason.to_string(),
         });
     }
-    let _ = stop_tx.send(grace);
-    // The server bounds its own drain by `grace`; this is only a backstop.
-    if tokio::time::timeout(grace + Duration::from_secs(1), &mut server)
-        .await
-        .is_err()
-    {
-        warn!(
-            "the server did not stop within {} s; closing it",
-            grace.as_secs()
-        );
-        server.abort();
+    // The servers bound their own drains by `grace`; `finish` is only a backstop.
+    for server in [&mut public, &mut probe].into_iter().flatten() {
+        server.stop(grace);
+    }
+    for server in [&mut public, &mut probe].into_iter().flatten() {
+        server.finish(grace).await;
     }
     worker.abort();
     // Held checkpoints stay held: the launcher copied the main file as it is.
@@ -262,6 +373,43 @@ async fn serve(
     Ok(code::OK)
 }
 
+fn tokio_listener(listener: TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// Resolves when `server`'s task ends; never without one.
+async fn ended(server: Option<&mut Server>) {
+    match server {
+        Some(server) => {
+            let _ = (&mut server.task).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The public listener the launcher hands over `channel` after its commit
+/// (`Ok(None)`: the channel closed without one); never without a channel.
+async fn public_listener(
+    channel: Option<&tokio::net::UnixStream>,
+) -> std::io::Result<Option<TcpListener>> {
+    let Some(channel) = channel else {
+        return std::future::pending().await;
+    };
+    loop {
+        channel.readable().await?;
+        let raw = channel.as_raw_fd();
+        // The channel is only borrowed as a std socket for recvmsg.
+        let borrowed = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(raw) });
+        match channel.try_io(tokio::io::Interest::READABLE, || {
+            listen_fds::recv_listener(&borrowed)
+        }) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
 /// Resolves with the deadline of the launcher's shutdown order; never without a channel.
 async fn shutdown_order(control: Option<&mut Control>) -> Duration {
     match control {
@@ -273,18 +421,30 @@ async fn shutdown_order(control: Option<&mut Control>) -> Duration {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (terminate) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, installed once for the whole serve loop.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT, naming which. Without handlers the
+    /// default action (terminate) still applies.
+    async fn next(&mut self) -> &'static str {
+        let (Some(term), Some(int)) = (&mut self.term, &mut self.int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }

@@ -21,6 +21,8 @@ use warp::Filter;
 use warp::http::HeaderValue;
 use warp::http::header::CONNECTION;
 
+use waiaas_shared::health::VERSION_HEADER;
+
 /// How long open connections get to make their last request before idle ones
 /// are closed.
 pub const LAME_DUCK: Duration = Duration::from_secs(1);
@@ -34,7 +36,8 @@ impl Draining {
         self.0.store(true, Ordering::SeqCst);
     }
 
-    /// Wraps `routes` so responses close their connection while draining.
+    /// Wraps `routes` so responses close their connection while draining,
+    /// and name the version that answered.
     pub fn wrap<F, R>(
         &self,
         routes: F,
@@ -49,7 +52,12 @@ impl Draining {
     {
         let flag = self.0.clone();
         routes.map(move |reply: R| {
+            crate::failpoint::answered();
             let mut response = reply.into_response();
+            response.headers_mut().insert(
+                VERSION_HEADER,
+                HeaderValue::from_static(waiaas_shared::version::VERSION),
+            );
             if flag.load(Ordering::SeqCst) {
                 response
                     .headers_mut()

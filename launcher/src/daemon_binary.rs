@@ -5,6 +5,9 @@
 //! both go through here.
 
 use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,8 +16,10 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use waiaas_shared::compat::CompatReport;
+use waiaas_shared::control::PUBLIC_CHANNEL_FD_ENV;
 use waiaas_shared::exit;
 use waiaas_shared::layout::DataDir;
+use waiaas_shared::listen_fds;
 use waiaas_shared::version::DaemonVersion;
 
 use crate::failure::Failure;
@@ -53,6 +58,76 @@ pub fn program(dir: &DataDir) -> Result<PathBuf, Failure> {
             "not initialised: {} is missing; run `waiaas-launcher init` first",
             current.display()
         )))
+    }
+}
+
+/// A daemon started on probation (SPEC §13): it serves a private probe
+/// listener on loopback, which only the launcher probes, and gets the public
+/// listener over a socket only once the change is committed — so a release
+/// that is then rolled back never acknowledged anything to a client.
+pub struct Probation {
+    /// Where the launcher probes it.
+    pub probe_addr: SocketAddr,
+    /// Until the spawn: the probe listener and the daemon's end of the channel.
+    theirs: Option<(TcpListener, UnixStream)>,
+    ours: UnixStream,
+}
+
+impl Probation {
+    pub fn new() -> io::Result<Self> {
+        let probe = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let probe_addr = probe.local_addr()?;
+        let (ours, theirs) = UnixStream::pair()?;
+        Ok(Self {
+            probe_addr,
+            theirs: Some((probe, theirs)),
+            ours,
+        })
+    }
+
+    /// Arranges `command`'s descriptors: the probe listener at 3, then
+    /// `others` (the control channel), then the public listener's channel.
+    pub fn pass(&self, command: &mut std::process::Command, others: &[RawFd]) {
+        let (probe, theirs) = self.theirs.as_ref().expect("passed before the spawn");
+        let mut fds = vec![probe.as_raw_fd()];
+        fds.extend_from_slice(others);
+        fds.push(theirs.as_raw_fd());
+        let at = listen_fds::FIRST_FD + fds.len() as RawFd - 1;
+        command.env(PUBLIC_CHANNEL_FD_ENV, at.to_string());
+        listen_fds::pass(command, &fds);
+    }
+
+    /// After the spawn: the child holds its descriptors; ours are closed.
+    pub fn spawned(&mut self) {
+        self.theirs = None;
+    }
+
+    /// Hands the daemon the public `listener`: from now on it serves clients.
+    pub fn open(&self, listener: &TcpListener) -> io::Result<()> {
+        listen_fds::send_listener(&self.ours, listener)
+    }
+}
+
+/// Whether the daemon in `version_dir` can start on probation; a daemon that
+/// cannot (an older release) serves the public port from its start, said in
+/// a warning.
+pub async fn starts_on_probation(version_dir: &Path) -> bool {
+    match version_of(version_dir).await {
+        Ok(info) if info.probation => true,
+        Ok(info) => {
+            tracing::warn!(
+                "{}'s daemon predates the readiness gate: it serves clients from its start, \
+                 before the change is committed, so a rollback now would drop what it acknowledged",
+                info.version
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot ask the daemon whether it starts on probation ({e}); assuming not"
+            );
+            false
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! A minimal `GET /health` over plain HTTP/1.1, so the supervisor can judge
-//! readiness without carrying an HTTP client stack in its resident memory.
+//! readiness without carrying an HTTP client stack in its resident memory;
+//! and, for a daemon on probation, its write probe (`POST /probe/write`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,11 +20,35 @@ pub async fn health(addr: SocketAddr, timeout: Duration) -> Result<HealthRespons
         .map_err(|_| format!("no answer from http://{addr}/health within {timeout:?}"))?
 }
 
+/// Asks a daemon on probation, at its probe listener `addr`, for `/health`
+/// and then to write (in a transaction it rolls back): healthy only if both
+/// answer right.
+pub async fn on_probation(addr: SocketAddr, timeout: Duration) -> Result<HealthResponse, String> {
+    tokio::time::timeout(timeout, async {
+        let health = ask(addr).await?;
+        let answer = exchange(addr, "POST /probe/write", "Content-Length: 0\r\n").await?;
+        match status_line(&answer) {
+            Some(status) if status.starts_with("HTTP/1.1 204") => Ok(health),
+            status => Err(format!(
+                "the write probe answered `{}`",
+                status.unwrap_or("garbage")
+            )),
+        }
+    })
+    .await
+    .map_err(|_| format!("no answer from the probes at http://{addr} within {timeout:?}"))?
+}
+
 async fn ask(addr: SocketAddr) -> Result<HealthResponse, String> {
+    parse(&exchange(addr, "GET /health", "").await?)
+}
+
+/// Sends one request (`line`: method and path) and reads the whole answer.
+async fn exchange(addr: SocketAddr, line: &str, headers: &str) -> Result<Vec<u8>, String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("{line} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -34,7 +59,12 @@ async fn ask(addr: SocketAddr) -> Result<HealthResponse, String> {
         .read_to_end(&mut answer)
         .await
         .map_err(|e| format!("cannot read from {addr}: {e}"))?;
-    parse(&answer)
+    Ok(answer)
+}
+
+fn status_line(answer: &[u8]) -> Option<&str> {
+    let head = std::str::from_utf8(answer.split(|&b| b == b'\r').next()?).ok()?;
+    head.starts_with("HTTP/").then_some(head)
 }
 
 fn parse(answer: &[u8]) -> Result<HealthResponse, String> {

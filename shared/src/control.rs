@@ -28,6 +28,15 @@ pub const CONTROL_FD_ENV: &str = "WAIAAS_CONTROL_FD";
 /// Descriptor number the launcher places the daemon's end at (after the listener at 3).
 pub const CONTROL_FD: i32 = 4;
 
+/// Environment variable naming a socket over which the public listener will
+/// arrive (`listen_fds::send_listener`). Its presence starts the daemon on
+/// probation: the listener at fd 3 is then a private probe listener, and the
+/// public port is served only once the launcher has committed (SPEC §13).
+pub const PUBLIC_CHANNEL_FD_ENV: &str = "WAIAAS_PUBLIC_CHANNEL_FD";
+
+/// Where the supervisor places that socket (after the control channel).
+pub const PUBLIC_CHANNEL_FD: i32 = 5;
+
 /// Largest frame either side accepts, newline included.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -43,6 +52,10 @@ pub enum FromDaemon {
         /// Understands [`FromLauncher::HoldCheckpoints`] (absent from older daemons).
         #[serde(default)]
         holds_checkpoints: bool,
+        /// Started on probation: serving only the probe listener until the
+        /// public one is handed over (absent from older daemons).
+        #[serde(default)]
+        probation: bool,
     },
     /// The database is ready and HTTP is being served.
     Ready { schema_version: u32 },

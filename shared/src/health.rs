@@ -4,6 +4,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Response header on every answer of the daemon's HTTP API: the version
+/// that answered, so a client (and a test) knows which release acknowledged
+/// a write.
+pub const VERSION_HEADER: &str = "x-waiaas-version";
+
 /// The body of `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

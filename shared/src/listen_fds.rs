@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -83,6 +84,84 @@ fn close_on_exec_from(first: RawFd) {
     }
 }
 
+/// Hands `listener` over `channel` (`SCM_RIGHTS`, with one byte of data):
+/// how a daemon started on probation gets the public listener once its
+/// upgrade is committed, and not a moment before (SPEC §13).
+pub fn send_listener(channel: &UnixStream, listener: &TcpListener) -> std::io::Result<()> {
+    let fd = listener.as_raw_fd();
+    let mut byte = [b'L'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64s: the control buffer must be aligned for a cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_* compute sizes and pointers inside `control`, which is
+    // large enough for one descriptor (CMSG_SPACE(4) is 24 bytes on Linux);
+    // sendmsg only reads the message.
+    let sent = unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        debug_assert!(space <= std::mem::size_of_val(&control));
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        libc::sendmsg(channel.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    match sent {
+        1 => Ok(()),
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Err(std::io::Error::other(
+            "the listener's message was not sent whole",
+        )),
+    }
+}
+
+/// Receives a listener [`send_listener`] handed over `channel`: `Ok(None)`
+/// when the other end closed without one; `WouldBlock` on a non-blocking
+/// channel with nothing yet. The descriptor arrives close-on-exec.
+pub fn recv_listener(channel: &UnixStream) -> std::io::Result<Option<TcpListener>> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: recvmsg writes at most `msg_controllen` bytes into `control`
+    // and one byte into `byte`; the cmsg walk stays inside what it wrote.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::other(
+                "the launcher's message carried no listener",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some(TcpListener::from_raw_fd(fd)))
+    }
+}
+
 /// Why an inherited listener could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum InheritError {
@@ -142,4 +221,45 @@ pub fn take_listener() -> Result<Option<TcpListener>, InheritError> {
         TcpListener::from_raw_fd(FIRST_FD)
     };
     Ok(Some(listener))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_listener_handed_over_a_socketpair_accepts_what_queued_before() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A client queued in the backlog before the hand-over is answered after it.
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"hi").unwrap();
+        send_listener(&ours, &listener).unwrap();
+        drop(listener);
+        let received = recv_listener(&theirs).unwrap().expect("a listener");
+        assert_eq!(received.local_addr().unwrap(), addr);
+        let (mut accepted, _) = received.accept().unwrap();
+        let mut got = [0u8; 2];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(received.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+
+    #[test]
+    fn a_channel_closed_without_a_listener_is_none_and_data_alone_is_an_error() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (&ours).write_all(b"x").unwrap();
+        assert!(recv_listener(&theirs).is_err());
+        drop(ours);
+        assert!(recv_listener(&theirs).unwrap().is_none());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let e = recv_listener(&theirs).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        drop(ours);
+    }
 }

@@ -47,6 +47,12 @@ pub struct DaemonVersion {
     pub schema_version: u32,
     /// The oldest schema this build still runs on without migrating.
     pub min_compatible_schema_version: u32,
+    /// Starts on probation when asked (SPEC §13): it serves a private probe
+    /// listener only, and the public one once the launcher hands it over
+    /// after the commit. Older daemons omit it and serve the public port
+    /// from their start.
+    #[serde(default)]
+    pub probation: bool,
 }
 
 impl DaemonVersion {
@@ -95,6 +101,7 @@ mod tests {
             version: "1.9.0".into(),
             schema_version: 17,
             min_compatible_schema_version: 12,
+            probation: true,
         };
         let printed = serde_json::to_string(&info).unwrap();
         assert_eq!(DaemonVersion::parse(&printed).unwrap(), info);

@@ -22,7 +22,7 @@ use waiaas_shared::control::{
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
 
-use crate::daemon_binary;
+use crate::daemon_binary::{self, Probation};
 
 /// A daemon process and its control channel.
 pub struct Daemon {
@@ -38,6 +38,8 @@ pub struct Daemon {
     /// (dropped — an answer of no — if the daemon exits first).
     pub hold_answer: Option<oneshot::Sender<bool>>,
     pub started: Instant,
+    /// Started on probation: serving only a probe listener until [`Daemon::open`].
+    probation: Option<Probation>,
     control: OwnedWriteHalf,
     frames: mpsc::UnboundedReceiver<FromDaemon>,
     /// The daemon closed its channel: no more frames, its exit follows.
@@ -50,12 +52,26 @@ pub enum DaemonEvent {
     Frame(FromDaemon),
 }
 
+/// Which listener a daemon starts with.
+pub enum Listening<'a> {
+    /// The public one: it serves clients from its start.
+    Public(&'a TcpListener),
+    /// A private probe listener; the public one only after [`Daemon::open`].
+    Probation,
+}
+
 impl Daemon {
-    /// Spawns `program serve` for `dir`, handing it `listener`. It gets
-    /// SIGTERM if the launcher dies (Linux), and its channel's end otherwise.
-    pub fn spawn(program: &Path, dir: &DataDir, listener: &TcpListener) -> Result<Self, String> {
+    /// Spawns `program serve` for `dir`, listening as `listening` says. It
+    /// gets SIGTERM if the launcher dies (Linux), and its channel's end otherwise.
+    pub fn spawn(program: &Path, dir: &DataDir, listening: Listening<'_>) -> Result<Self, String> {
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| format!("cannot create the control channel: {e}"))?;
+        let mut probation = match listening {
+            Listening::Public(_) => None,
+            Listening::Probation => Some(
+                Probation::new().map_err(|e| format!("cannot create the probe listener: {e}"))?,
+            ),
+        };
         let mut command = daemon_binary::command(program, libc::SIGTERM);
         command
             .arg("serve")
@@ -63,12 +79,23 @@ impl Daemon {
             .arg(dir.root())
             .env(CONTROL_FD_ENV, CONTROL_FD.to_string())
             .stdin(Stdio::null());
-        listen_fds::pass(&mut command, &[listener.as_raw_fd(), theirs.as_raw_fd()]);
+        match (&listening, &probation) {
+            (Listening::Public(listener), _) => {
+                listen_fds::pass(&mut command, &[listener.as_raw_fd(), theirs.as_raw_fd()])
+            }
+            (Listening::Probation, Some(probation)) => {
+                probation.pass(&mut command, &[theirs.as_raw_fd()])
+            }
+            (Listening::Probation, None) => unreachable!("made above"),
+        }
         let child = tokio::process::Command::from(command)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(theirs);
+        if let Some(probation) = &mut probation {
+            probation.spawned();
+        }
         let pid = child.id().unwrap_or_default();
         let stream = ours
             .set_nonblocking(true)
@@ -85,10 +112,25 @@ impl Daemon {
             holds_checkpoints: false,
             hold_answer: None,
             started: Instant::now(),
+            probation,
             control,
             frames,
             frames_closed: false,
         })
+    }
+
+    /// Where its readiness is probed while on probation; `None` once it
+    /// serves the public listener (or never was on probation).
+    pub fn probe_addr(&self) -> Option<std::net::SocketAddr> {
+        self.probation.as_ref().map(|p| p.probe_addr)
+    }
+
+    /// Ends its probation: hands it the public `listener` (once).
+    pub fn open(&mut self, listener: &TcpListener) -> std::io::Result<()> {
+        match self.probation.take() {
+            Some(probation) => probation.open(listener),
+            None => Ok(()),
+        }
     }
 
     /// The next exit or frame. A daemon that closed its channel only exits.

@@ -54,7 +54,7 @@ use crate::probe;
 use crate::sdnotify::Notifier;
 use crate::upgrade::HostError;
 use admin::AdminCall;
-use daemon::{Daemon, DaemonEvent};
+use daemon::{Daemon, DaemonEvent, Listening};
 use upgrading::{HostCall, Upgrade, Work};
 
 /// Delay before the second start within the stability window; doubled per
@@ -172,10 +172,13 @@ enum Purpose {
     /// The service: a failure is retried on the backoff schedule.
     Service,
     /// An upgrade's host call: a failure is reported to the engine, which
-    /// rolls back; the daemon must report `version`.
+    /// rolls back; the daemon must report `version`. With `probation` it
+    /// serves only a probe listener until the engine has committed and
+    /// opens it ([`HostCall::Open`]).
     Engine {
         version: String,
         done: oneshot::Sender<Result<(), HostError>>,
+        probation: bool,
     },
 }
 
@@ -513,7 +516,13 @@ impl Supervisor {
         if matches!(purpose, Purpose::Service) {
             self.held = None;
         }
-        match Daemon::spawn(&self.program, &self.dir, &self.listener) {
+        let listening = match &purpose {
+            Purpose::Engine {
+                probation: true, ..
+            } => Listening::Probation,
+            _ => Listening::Public(&self.listener),
+        };
+        match Daemon::spawn(&self.program, &self.dir, listening) {
             Ok(daemon) => {
                 if matches!(purpose, Purpose::Engine { .. }) && self.resuming() {
                     failpoint::hit("handover-daemon-spawned");
@@ -552,9 +561,17 @@ impl Supervisor {
                     protocol,
                     version,
                     holds_checkpoints,
+                    probation,
                     ..
                 },
             ) if protocol == control::PROTOCOL_VERSION => {
+                if probation != daemon.probe_addr().is_some() {
+                    return self.fail_start(format!(
+                        "the daemon {} on probation, but was started {}",
+                        if probation { "says it is" } else { "is not" },
+                        if probation { "serving" } else { "on probation" },
+                    ));
+                }
                 daemon.version = version;
                 daemon.holds_checkpoints = holds_checkpoints;
                 *stage = Stage::Ready;
@@ -844,12 +861,16 @@ impl Supervisor {
                 self.fail_start(reason);
             }
             Slot::Starting {
+                daemon,
                 stage: Stage::Healthy { next, .. },
                 deadline,
                 ..
             } if *next <= now && self.probe.is_none() => {
                 let left = deadline.saturating_duration_since(now).min(PROBE_TIMEOUT);
-                self.probe = Some(Box::pin(probe::health(self.health_addr, left)));
+                self.probe = Some(match daemon.probe_addr() {
+                    Some(addr) => Box::pin(probe::on_probation(addr, left)),
+                    None => Box::pin(probe::health(self.health_addr, left)),
+                });
             }
             Slot::Stopping {
                 daemon,
@@ -1030,6 +1051,7 @@ impl Supervisor {
                 // Dropped: no daemon that could hold them.
                 _ => drop(answer),
             },
+            HostCall::Open => self.open(),
             HostCall::Stop(done) => {
                 // From here the upgrade decides when a daemon runs.
                 self.held = Some(State::Stopped);
@@ -1063,12 +1085,45 @@ impl Supervisor {
                     self.start_deferred = true;
                     let _ = done.send(Ok(()));
                 } else if matches!(self.slot, Slot::Empty) {
-                    self.start(Purpose::Engine { version, done });
+                    let folder = self.program.parent().unwrap_or(Path::new("."));
+                    let probation = daemon_binary::starts_on_probation(folder).await;
+                    self.start(Purpose::Engine {
+                        version,
+                        done,
+                        probation,
+                    });
                 } else {
                     let reason = "another daemon is still running".to_string();
                     let _ = done.send(Err(HostError::NotReady(reason)));
                 }
             }
+        }
+    }
+
+    /// Ends the probation of the daemon the engine started, now that its
+    /// change is committed: it serves the public listener from here on. If
+    /// it died meanwhile, the committed release is started as the service.
+    fn open(&mut self) {
+        match &mut self.slot {
+            Slot::Running(daemon) => match daemon.open(&self.listener) {
+                Ok(()) => info!(pid = daemon.pid, version = %daemon.version, "serving clients"),
+                Err(e) => {
+                    warn!("cannot hand the daemon the public listener ({e}); restarting it");
+                    self.restart();
+                }
+            },
+            // An operator's upgrade starts the committed release's daemon
+            // again; before the first start, `upgraded` does (or the
+            // restored release's own launcher, when a recovery deferred it).
+            Slot::Empty
+                if matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Request)) =>
+            {
+                warn!("the daemon exited before it could serve clients; starting it again");
+                self.held = None;
+                self.start(Purpose::Service);
+            }
+            Slot::Empty => {}
+            Slot::Starting { .. } | Slot::Stopping { .. } => {}
         }
     }
 
@@ -1105,6 +1160,15 @@ impl Supervisor {
         }
         if !matches!(self.slot, Slot::Empty) {
             self.held = None;
+        }
+        // An engine that ended without opening its daemon (a path that
+        // forgot, or a report lost) leaves it on probation only while a
+        // journal says the change is not committed.
+        if let Slot::Running(daemon) = &self.slot
+            && daemon.probe_addr().is_some()
+            && !self.dir.upgrade_journal().exists()
+        {
+            self.open();
         }
         if let Some(from) = back_to {
             let program = self.dir.version(&from).join("waiaas-launcher");

@@ -28,6 +28,8 @@ pub enum HostCall {
     /// Hold the running daemon's checkpoints; dropped unanswered if it cannot.
     HoldCheckpoints(oneshot::Sender<bool>),
     Stop(oneshot::Sender<Result<(), HostError>>),
+    /// The change is committed: the daemon started on probation serves clients.
+    Open,
     Start {
         version: String,
         done: oneshot::Sender<Result<(), HostError>>,
@@ -51,6 +53,8 @@ struct ChannelHost {
     /// Finishing a handed-over step: the first start's outcome confirms the
     /// handover (`waiaas_shared::handover::confirm`).
     confirms_handover: bool,
+    /// A daemon this host started waits, on probation, to be opened.
+    started: bool,
 }
 
 impl Host for ChannelHost {
@@ -79,6 +83,7 @@ impl Host for ChannelHost {
         let version = version.to_string();
         let _ = self.calls.send(HostCall::Start { version, done });
         let started = rx.await.unwrap_or(Err(HostError::ShuttingDown));
+        self.started = started.is_ok();
         if std::mem::take(&mut self.confirms_handover) {
             // Healthy, or failed and rolled back by this launcher: either
             // way it is alive and in charge, within its own step deadlines.
@@ -90,6 +95,12 @@ impl Host for ChannelHost {
             }
         }
         started
+    }
+
+    async fn open(&mut self) {
+        if std::mem::take(&mut self.started) {
+            let _ = self.calls.send(HostCall::Open);
+        }
     }
 
     async fn hands_over_to(&mut self, version: &str) -> bool {
@@ -192,6 +203,7 @@ impl Upgrade {
         let host = ChannelHost {
             calls: calls_tx,
             confirms_handover: resume,
+            started: false,
         };
         Self {
             work,

@@ -50,9 +50,14 @@ pub trait Host {
     async fn daemon_running(&mut self) -> bool;
     /// Stops the daemon gracefully; returns once it has exited.
     async fn stop_daemon(&mut self) -> Result<(), HostError>;
-    /// Starts the daemon `current` points at and waits until `/health`
-    /// reports `version`.
+    /// Starts the daemon `current` points at on probation — it serves no
+    /// client yet — and waits until its probes pass (`/health` reports
+    /// `version`, a write goes through).
     async fn start_daemon(&mut self, version: &str) -> Result<(), HostError>;
+    /// Once the change is committed: the daemon [`Host::start_daemon`]
+    /// started serves clients. Never before the commit, so a rollback never
+    /// drops a write a client was told is kept (SPEC §13).
+    async fn open(&mut self) {}
     /// Asks the running daemon to hold its checkpoints until it exits, so the
     /// database's main file is copied while it serves; `false` when there is
     /// no such daemon or it cannot (then the whole copy waits for the stop).
@@ -178,6 +183,7 @@ impl<H: Host> Engine<'_, H> {
         let started = self.host.start_daemon(&to).await.map_err(StepError::from);
         Some(match started.and_then(|()| commit(self.dir)) {
             Ok(()) => {
+                self.host.open().await;
                 discard_replaced(self.dir).await;
                 report::resumed(&journal)
             }
@@ -289,12 +295,15 @@ impl<H: Host> Engine<'_, H> {
         .await;
 
         match result {
-            Ok(()) => report::upgraded(
-                &from,
-                &to,
-                journal.backup.as_deref(),
-                plan.database_schema.is_some(),
-            ),
+            Ok(()) => {
+                self.host.open().await;
+                report::upgraded(
+                    &from,
+                    &to,
+                    journal.backup.as_deref(),
+                    plan.database_schema.is_some(),
+                )
+            }
             Err(error) => self.fail(journal, error).await,
         }
     }
@@ -424,7 +433,9 @@ impl<H: Host> Engine<'_, H> {
             ));
         }
         Journal::remove(self.dir)
-            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))
+            .map_err(|e| failed(&journal, format!("cannot remove the journal: {e}")))?;
+        self.host.open().await;
+        Ok(())
     }
 
     /// `--rollback`: back to the state before the last upgrade.
@@ -506,6 +517,7 @@ impl<H: Host> Engine<'_, H> {
 
             self.start_last(&mut journal, steps, &to, no_start).await?;
             commit(self.dir)?;
+            self.host.open().await;
             discard_replaced(self.dir).await;
             Ok(safety)
         }

@@ -445,6 +445,10 @@ pub enum Fault {
     /// 3600`, holding every descriptor it was handed. Every other command
     /// (`--version`, `status`, a fresh `run`) is B's real launcher.
     LauncherHangsOnHandover,
+    /// The daemon serves and writes, but `/health` answers 503 (`WAIAAS_FAULT=health-503`).
+    Unhealthy,
+    /// The daemon aborts 1 s after its first answer (`WAIAAS_FAULT=abort-after-first-request`).
+    AbortsAfterFirstRequest,
 }
 
 /// Makes `dir` (created) the bin dir of a release of B with a fault: one of
@@ -464,6 +468,12 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
         ),
         Fault::Hang => ("waiaas-daemon", "serve", "exec sleep 3600"),
         Fault::HangMigrate => ("waiaas-daemon", "migrate", "exec sleep 3600"),
+        Fault::Unhealthy => ("waiaas-daemon", "serve", "export WAIAAS_FAULT=health-503"),
+        Fault::AbortsAfterFirstRequest => (
+            "waiaas-daemon",
+            "serve",
+            "export WAIAAS_FAULT=abort-after-first-request",
+        ),
         Fault::LauncherDiesOnRun => (
             "waiaas-launcher",
             "run",

@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::bench::micros;
-use super::http;
+use super::http_answer;
 
 /// Requests recorded per client at most (memory bound).
 const PER_CLIENT_CAP: usize = 2_000_000;
@@ -233,6 +233,12 @@ pub struct Written {
     pub acknowledged: Vec<String>,
     /// No answer (the daemon went away mid-request): written or not.
     pub unknown: std::collections::BTreeSet<String>,
+    /// For each acknowledged write, the daemon version that answered.
+    pub answered_by: Vec<String>,
+    /// Answers other than 201.
+    pub refused: usize,
+    /// The longest a request waited for its answer.
+    pub longest_wait: Duration,
 }
 
 impl Writer {
@@ -256,9 +262,14 @@ impl Writer {
                 let sent = Instant::now();
                 let name = format!("{prefix}-{n}");
                 let body = format!(r#"{{"name":"{name}","chain":"solana","network":"devnet"}}"#);
-                match http(port, "POST", "/v1/wallets", Some(&token), Some(&body)) {
-                    Some((201, _)) => written.acknowledged.push(name),
-                    Some(_) => {}
+                let answer = http_answer(port, "POST", "/v1/wallets", Some(&token), Some(&body));
+                written.longest_wait = written.longest_wait.max(sent.elapsed());
+                match answer {
+                    Some(answer) if answer.status == 201 => {
+                        written.acknowledged.push(name);
+                        written.answered_by.push(answer.version.unwrap_or_default());
+                    }
+                    Some(_) => written.refused += 1,
                     None => {
                         written.unknown.insert(name);
                         std::thread::sleep(Duration::from_millis(2));

@@ -210,6 +210,25 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_answer(port, method, path, token, body).map(|a| (a.status, a.body))
+}
+
+/// An answer of [`http_answer`].
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// The daemon version that answered (`x-waiaas-version`), if it said.
+    pub version: Option<String>,
+}
+
+/// [`http`], with the version that answered.
+pub fn http_answer(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<Answer> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream
@@ -233,6 +252,15 @@ pub fn http(
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = answer.split_once("\r\n\r\n")?;
-    Some((status, body.to_string()))
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let version = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case(waiaas_shared::health::VERSION_HEADER)
+            .then(|| value.trim().to_string())
+    });
+    Some(Answer {
+        status,
+        body: body.to_string(),
+        version,
+    })
 }
