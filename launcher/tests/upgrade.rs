@@ -32,6 +32,7 @@ use waiaas_packaging::Packed;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::fsutil::sha256_file;
+use waiaas_shared::handover::TAKEOVER_GRACE;
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
@@ -102,7 +103,11 @@ fn fault_release(fault: Fault) -> &'static Packed {
     static HANG_MIGRATE: OnceLock<Packed> = OnceLock::new();
     static LAUNCHER_DIES: OnceLock<Packed> = OnceLock::new();
     static LAUNCHER_HANGS: OnceLock<Packed> = OnceLock::new();
+    static UNHEALTHY: OnceLock<Packed> = OnceLock::new();
+    static ABORTS: OnceLock<Packed> = OnceLock::new();
     let cell = match fault {
+        Fault::Unhealthy => &UNHEALTHY,
+        Fault::AbortsAfterFirstRequest => &ABORTS,
         Fault::Crash => &CRASH,
         Fault::Hang => &HANG,
         Fault::HangMigrate => &HANG_MIGRATE,
@@ -1761,34 +1766,16 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
                 .chain(&written.acknowledged)
                 .chain(&written.unknown)
                 .collect();
-            // Killed while the old daemon served or during the backup: every
-            // acknowledged write is there. Killed later, the new daemon may
-            // have acknowledged writes before the commit, which the rollback
-            // to the backup does not keep (a known gap): the old daemon's,
-            // a prefix of the writes, are all there.
-            let kept = match journal_at_kill.as_ref().and_then(|j| j["step"].as_u64()) {
-                Some(step) if step > 3 => written
-                    .acknowledged
-                    .iter()
-                    .take_while(|n| names.contains(n))
-                    .count(),
-                _ => written.acknowledged.len(),
-            };
-            for name in wallets.values().chain(&written.acknowledged[..kept]) {
+            // Wherever the kill landed, every acknowledged write is kept: a
+            // new daemon serves clients only after the commit (SPEC §13).
+            for name in wallets.values().chain(&written.acknowledged) {
                 assert!(names.contains(name), "{name} was acknowledged and is lost");
             }
-            let holes: Vec<&String> = written.acknowledged[kept..]
-                .iter()
-                .filter(|n| names.contains(n))
-                .collect();
-            assert!(
-                holes.is_empty(),
-                "kept after a lost acknowledged write: {holes:?}"
-            );
-            if kept < written.acknowledged.len() {
-                eprintln!(
-                    "{what}: killed after the copies; {} writes the new daemon acknowledged before the commit are not kept",
-                    written.acknowledged.len() - kept
+            if uncommitted {
+                assert_eq!(
+                    answered_by(written, B_VERSION),
+                    0,
+                    "the new release answered clients, and the change was never committed"
                 );
             }
             assert!(names.is_subset(&sent), "wallets nobody wrote: {names:?}");
@@ -1917,12 +1904,36 @@ enum Handing {
 /// and `/proc/<pid>/exe`), the daemon, `current`, no journal, and the
 /// database row for row. Returns what went wrong (empty if nothing).
 fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<String> {
+    stop_in_handover(point, committed, handing, Stop::Kill)
+}
+
+/// How the launcher at a handover's instant is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It kills itself (SIGKILL).
+    Kill,
+    /// It freezes itself (SIGSTOP); once its handover deadline has passed it
+    /// is thawed, and the pending SIGALRM ends it.
+    Freeze,
+}
+
+/// [`kill_in_handover`], with a writer posting wallets throughout: every
+/// acknowledged write is kept, and a change never committed answered nobody.
+fn stop_in_handover(point: &str, committed: bool, handing: Handing, stop: Stop) -> Vec<String> {
     use std::os::unix::process::ExitStatusExt;
-    let what = format!("kill -9 at {point} ({handing:?})");
+    let what = format!("{stop:?} at {point} ({handing:?})");
     let mut problems = Vec::new();
-    let site = Site::new();
+    let health_timeout = 3;
+    let site = Site::with(Setup {
+        health_timeout,
+        ..Setup::default()
+    });
     let token = site.home.join("failpoint.token");
-    let armed = format!("{point}:kill:{}", token.display());
+    let action = match stop {
+        Stop::Kill => "kill",
+        Stop::Freeze => "pause",
+    };
+    let armed = format!("{point}:{action}:{}", token.display());
     let mut supervisor = site.supervisor_with(&[("WAIAAS_FAILPOINT", &armed)]);
     let pid = supervisor.wait_healthy().launcher_pid;
     let wallets = site.seed(&["treasury", "payroll"]);
@@ -1941,13 +1952,28 @@ fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<Strin
             (&["upgrade", "--rollback", "--json"], B_VERSION, a())
         }
     };
-    let before = DbDigest::of(&site.dir.database());
     fs::write(&token, b"").unwrap();
 
+    let writer = Writer::start(site.port, &site.token(), "w");
     let (mut command, _, _) = spawn_logged(site.launcher(args), &site.home, "handover");
+    if stop == Stop::Freeze {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while token.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Frozen past its handover deadline (health_timeout + the grace):
+        // the alarm is pending, and ends it as soon as it runs again.
+        std::thread::sleep(Duration::from_secs(health_timeout) + TAKEOVER_GRACE);
+        signal(pid as i32, libc::SIGCONT);
+    }
     let exit = supervisor.wait_exit(Duration::from_secs(120));
+    let written = writer.stop();
     let ended = wait_child(&mut command, Duration::from_secs(60), "the command");
-    if exit.signal() != Some(libc::SIGKILL) || token.exists() {
+    let expected_signal = match stop {
+        Stop::Kill => libc::SIGKILL,
+        Stop::Freeze => libc::SIGALRM,
+    };
+    if exit.signal() != Some(expected_signal) || token.exists() {
         problems.push(format!(
             "{what}: the launcher (pid {pid}) did not kill itself there: {exit}\n{}",
             supervisor.log()
@@ -2008,17 +2034,47 @@ fn kill_in_handover(point: &str, committed: bool, handing: Handing) -> Vec<Strin
             site.dir.version(B_VERSION).join("waiaas-launcher")
         };
         assert_eq!(exe, launcher, "the launcher's program");
-        if expect == a() {
-            site.assert_fully_old(&wallets);
-        } else {
-            site.assert_fully_new(&wallets);
+        let now = site.wallets();
+        for (id, name) in &wallets {
+            assert_eq!(now.get(id), Some(name), "a wallet written before");
         }
+        let mut stored: BTreeSet<String> = now
+            .values()
+            .filter(|n| n.starts_with("w-"))
+            .cloned()
+            .collect();
+        if handing == Handing::Rollback && committed {
+            // A committed rollback returns to the state before the upgrade
+            // on purpose; what the upgraded release acknowledged is kept in
+            // the pre-rollback backup it made first.
+            let backup = names_in(&site.dir.backups())
+                .into_iter()
+                .find(|n| n.starts_with("pre-rollback-"))
+                .map(|n| site.dir.backups().join(n))
+                .expect("a pre-rollback backup");
+            let wal = backup.join("waiaas.db-wal");
+            stored.extend(written_names(
+                &backup.join("waiaas.db"),
+                wal.exists().then_some(wal.as_path()),
+            ));
+        }
+        assert_acknowledged_kept(&written, &stored, &what);
         if !committed {
             assert_eq!(
-                DbDigest::of(&site.dir.database()),
-                before,
-                "the database rows"
+                answered_by(&written, new),
+                0,
+                "{new} answered clients, and the change was never committed"
             );
+        }
+        eprintln!(
+            "{what}: {} writes acknowledged ({} by {new}), all kept",
+            written.acknowledged.len(),
+            answered_by(&written, new)
+        );
+        if expect == a() {
+            site.assert_fully_old(&now);
+        } else {
+            site.assert_fully_new(&now);
         }
     }));
     if let Err(panic) = check {
@@ -2812,4 +2868,273 @@ fn offline_upgrade_from_a_tarball_on_disk() {
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     site.assert_fully_new(&wallets);
+}
+
+// ---------------------------------------------------------------------------
+// The readiness gate (SPEC §13): a daemon on probation answers no client
+// before the commit, so a rollback never drops an acknowledged write.
+
+/// Every write the writer was told is kept is in `stored`, and everything
+/// stored was sent.
+fn assert_acknowledged_kept(written: &Written, stored: &BTreeSet<String>, what: &str) {
+    let lost: Vec<&String> = written
+        .acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .collect();
+    assert!(lost.is_empty(), "{what}: acknowledged, then lost: {lost:?}");
+    let sent: BTreeSet<&String> = written
+        .acknowledged
+        .iter()
+        .chain(&written.unknown)
+        .collect();
+    let unsent: Vec<&String> = stored.iter().filter(|n| !sent.contains(n)).collect();
+    assert!(
+        unsent.is_empty(),
+        "{what}: stored but never sent: {unsent:?}"
+    );
+}
+
+/// How many of the writer's acknowledgements `version` gave.
+fn answered_by(written: &Written, version: &str) -> usize {
+    written.answered_by.iter().filter(|v| *v == version).count()
+}
+
+/// A release whose writes work but whose `/health` stays 503: it is probed
+/// on its private listener for `health_timeout`, never given the public
+/// port, and rolled back; clients wait in the backlog and are answered by
+/// the old daemon again — none fails, none is lost.
+#[test]
+fn an_unhealthy_release_answers_no_client_and_its_rollback_keeps_every_write() {
+    let health_timeout = 3;
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::Unhealthy),
+        health_timeout,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    supervisor.wait_healthy();
+    let stored: BTreeSet<String> = site.wallets().into_values().collect();
+    assert_acknowledged_kept(&written, &stored, "unhealthy release");
+    assert_eq!(
+        answered_by(&written, B_VERSION),
+        0,
+        "the unhealthy release answered clients before any commit"
+    );
+    assert_eq!(written.refused, 0, "refused requests");
+    assert!(
+        written.unknown.is_empty(),
+        "failed requests: {:?}",
+        written.unknown
+    );
+    eprintln!(
+        "unhealthy release: {} writes acknowledged, all by {}, all kept; longest wait {:.2} s \
+         (health_timeout {health_timeout} s + the rollback)",
+        written.acknowledged.len(),
+        a(),
+        written.longest_wait.as_secs_f64()
+    );
+    assert!(
+        written.longest_wait < Duration::from_secs(health_timeout + 5),
+        "a client waited {:?}",
+        written.longest_wait
+    );
+    assert!(
+        supervisor.log().contains("ready on probation"),
+        "the new daemon started on probation:\n{}",
+        supervisor.log()
+    );
+    site.assert_fully_old(&site.wallets());
+}
+
+/// A healthy upgrade under a writer: no request fails, the new release
+/// answers only after it is committed, and no wait is longer than
+/// `health_timeout` + 1 s.
+#[test]
+fn a_healthy_release_takes_over_with_no_failed_request_and_no_long_wait() {
+    let health_timeout = 3;
+    let site = Site::with(Setup {
+        health_timeout,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    supervisor.wait_healthy();
+    let stored: BTreeSet<String> = site.wallets().into_values().collect();
+    assert_acknowledged_kept(&written, &stored, "healthy release");
+    assert_eq!(written.refused, 0, "refused requests");
+    assert!(
+        written.unknown.is_empty(),
+        "failed requests: {:?}",
+        written.unknown
+    );
+    let by_b = answered_by(&written, B_VERSION);
+    assert!(
+        by_b > 0,
+        "the new release answered nothing: the test proves nothing"
+    );
+    // Versions answer in one run: the old release's, then only the new one's.
+    let first_b = written
+        .answered_by
+        .iter()
+        .position(|v| v == B_VERSION)
+        .unwrap();
+    assert!(
+        written.answered_by[first_b..]
+            .iter()
+            .all(|v| v == B_VERSION),
+        "the old release answered after the new one"
+    );
+    eprintln!(
+        "healthy release: {} writes, {by_b} by {B_VERSION}, none failed; longest wait {:.3} s",
+        written.acknowledged.len(),
+        written.longest_wait.as_secs_f64()
+    );
+    assert!(
+        written.longest_wait < Duration::from_secs(health_timeout + 1),
+        "a client waited {:?}",
+        written.longest_wait
+    );
+}
+
+/// A release that aborts 1 s after its first answer: its probes pass (they
+/// are its first answers), it is committed, and from then on it crashes and
+/// is restarted. Whatever it acknowledged between crashes is kept.
+#[test]
+fn a_release_that_crashes_after_its_first_request_loses_nothing() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::AbortsAfterFirstRequest),
+        health_timeout: 3,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let writer = Writer::start(site.port, &site.token(), "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, report) = site.upgrade_json(&[]);
+    // Long enough for the committed release to crash and come back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let written = writer.stop();
+    eprintln!(
+        "crashing release: {:?} ({} writes acknowledged, {} by {B_VERSION}, {} unanswered)",
+        report.outcome,
+        written.acknowledged.len(),
+        answered_by(&written, B_VERSION),
+        written.unknown.len()
+    );
+    if report.outcome == Outcome::RolledBack {
+        assert_eq!(
+            answered_by(&written, B_VERSION),
+            0,
+            "answered before the commit"
+        );
+    } else {
+        assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    }
+    site.stop(supervisor);
+    let wal = PathBuf::from(format!("{}-wal", site.dir.database().display()));
+    let stored = written_names(&site.dir.database(), wal.exists().then_some(wal.as_path()));
+    assert_acknowledged_kept(&written, &stored, "crashing release");
+}
+
+/// The standalone host probes the new daemon on a private listener: the
+/// public port stays closed throughout, so nothing but the committed
+/// release ever answers there.
+#[test]
+fn the_standalone_host_never_opens_the_public_port_to_an_uncommitted_release() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::Unhealthy),
+        health_timeout: 3,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    site.stop(supervisor);
+    let writer = Writer::start(site.port, &site.token(), "w");
+    let (out, report) = site.upgrade_json(&[]);
+    let written = writer.stop();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        written.acknowledged.is_empty(),
+        "{} writes were answered on the public port, by {:?}",
+        written.acknowledged.len(),
+        written.answered_by.iter().collect::<BTreeSet<_>>()
+    );
+}
+
+/// A small seeded generator for kill instants (the seed is printed, and
+/// `WAIAAS_TEST_SEED` replays it).
+struct Seeded(u64);
+
+impl Seeded {
+    fn new(what: &str) -> Self {
+        let seed = std::env::var("WAIAAS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{what}: seed {seed} (WAIAAS_TEST_SEED={seed} replays it)");
+        Self(seed | 1)
+    }
+
+    /// xorshift64*.
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Kill -9 of the supervisor at 50 seeded random instants from step 7's
+/// journal entry to well past the commit, while a writer writes: every
+/// acknowledged write is kept, and an uncommitted release answered nobody.
+#[test]
+fn kill_9_at_random_instants_around_the_commit_loses_no_acknowledged_write() {
+    let mut random = Seeded::new("kills around the commit");
+    let mut problems = Vec::new();
+    for round in 0..50 {
+        let delay = Duration::from_millis(random.below(700));
+        let point = KillPoint {
+            what: format!("kill {} ms into step 7 (round {round})", delay.as_millis()),
+            now: Box::new(|s, _| s == 7),
+            delay,
+            writes: true,
+        };
+        let site = Site::new();
+        problems.extend(kill_during_upgrade(&site, &point, Upgrader::Supervisor));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The new launcher frozen (SIGSTOP) with its daemon healthy on probation,
+/// before the commit, until its handover deadline ends it: nothing it
+/// started answered a client, and the rollback keeps every acknowledged write.
+#[test]
+fn a_new_launcher_frozen_past_its_handover_deadline_loses_no_acknowledged_write() {
+    let problems: Vec<String> = [Handing::Upgrade, Handing::Rollback]
+        .into_iter()
+        .flat_map(|handing| stop_in_handover("handover-daemon-ready", false, handing, Stop::Freeze))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
