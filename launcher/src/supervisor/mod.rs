@@ -1072,7 +1072,11 @@ impl Supervisor {
                     program.display()
                 )));
             }
-            HostCall::Start { version, done } => {
+            HostCall::Start {
+                version,
+                probation,
+                done,
+            } => {
                 let recovering =
                     matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Recovery));
                 if recovering && self.current_launcher_if_other().is_some() {
@@ -1085,8 +1089,6 @@ impl Supervisor {
                     self.start_deferred = true;
                     let _ = done.send(Ok(()));
                 } else if matches!(self.slot, Slot::Empty) {
-                    let folder = self.program.parent().unwrap_or(Path::new("."));
-                    let probation = daemon_binary::starts_on_probation(folder).await;
                     self.start(Purpose::Engine {
                         version,
                         done,

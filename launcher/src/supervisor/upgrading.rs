@@ -20,6 +20,7 @@ use waiaas_shared::config::Config;
 use waiaas_shared::control::write_frame;
 use waiaas_shared::layout::DataDir;
 
+use crate::daemon_binary;
 use crate::upgrade::{Engine, Host, HostError};
 
 /// What the engine asks of the supervisor.
@@ -32,6 +33,8 @@ pub enum HostCall {
     Open,
     Start {
         version: String,
+        /// Its daemon can start on probation (asked off the loop).
+        probation: bool,
         done: oneshot::Sender<Result<(), HostError>>,
     },
     /// Whether release `version`'s launcher is another one than this.
@@ -50,6 +53,8 @@ pub enum HostCall {
 /// its answer (a loop that went away answers "shutting down").
 struct ChannelHost {
     calls: mpsc::UnboundedSender<HostCall>,
+    /// `current`'s folder, whose daemon a start runs.
+    current: std::path::PathBuf,
     /// Finishing a handed-over step: the first start's outcome confirms the
     /// handover (`waiaas_shared::handover::confirm`).
     confirms_handover: bool,
@@ -81,7 +86,13 @@ impl Host for ChannelHost {
     async fn start_daemon(&mut self, version: &str) -> Result<(), HostError> {
         let (done, rx) = oneshot::channel();
         let version = version.to_string();
-        let _ = self.calls.send(HostCall::Start { version, done });
+        // Asked here, not on the loop: running a binary takes a moment.
+        let probation = daemon_binary::starts_on_probation(&self.current).await;
+        let _ = self.calls.send(HostCall::Start {
+            version,
+            probation,
+            done,
+        });
         let started = rx.await.unwrap_or(Err(HostError::ShuttingDown));
         self.started = started.is_ok();
         if std::mem::take(&mut self.confirms_handover) {
@@ -202,6 +213,7 @@ impl Upgrade {
         let resume = matches!(work, Work::Resume);
         let host = ChannelHost {
             calls: calls_tx,
+            current: dir.current(),
             confirms_handover: resume,
             started: false,
         };
