@@ -7,7 +7,7 @@
 //! path — by then the restored ones.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::runlock;
@@ -45,7 +45,8 @@ pub enum OrphanError {
 /// Stops the daemon holding `dir`'s daemon lock, if any: SIGTERM, `grace`
 /// to shut down, then SIGKILL and [`KILL_WAIT`]. Returns its pid when there
 /// was one. A daemon another live launcher supervises is not ours to stop.
-pub async fn stop(dir: &DataDir, grace: Duration) -> Result<Option<u32>, OrphanError> {
+/// Blocks while it waits.
+pub fn stop(dir: &DataDir, grace: Duration) -> Result<Option<u32>, OrphanError> {
     let path = dir.daemon_pid();
     let Some(pid) = runlock::holder(&path) else {
         return Ok(None);
@@ -69,9 +70,9 @@ pub async fn stop(dir: &DataDir, grace: Duration) -> Result<Option<u32>, OrphanE
     for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, KILL_WAIT)] {
         // SAFETY: kill(2) with a pid shown above to hold our lock file open.
         unsafe { libc::kill(pid as libc::pid_t, signal) };
-        let deadline = tokio::time::Instant::now() + wait;
-        while runlock::holder(&path).is_some() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(POLL).await;
+        let deadline = Instant::now() + wait;
+        while runlock::holder(&path).is_some() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
         }
         if runlock::holder(&path).is_none() {
             tracing::warn!("stopped the daemon (pid {pid}) this launcher did not start");

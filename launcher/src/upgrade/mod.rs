@@ -332,8 +332,8 @@ impl<H: Host> Engine<'_, H> {
     /// the next steps copy and rename.
     async fn stop_daemons(&mut self) -> Result<(), StepError> {
         self.host.stop_daemon().await?;
-        let grace = Duration::from_secs(self.config.daemon.shutdown_timeout);
-        orphan::stop(self.dir, grace).await?;
+        let (dir, grace) = (self.dir.clone(), self.config.daemon.shutdown_timeout);
+        blocking(move || orphan::stop(&dir, Duration::from_secs(grace))).await?;
         Ok(())
     }
 
