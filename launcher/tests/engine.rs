@@ -797,6 +797,58 @@ async fn a_crash_during_the_migration_is_rolled_back_by_recover() {
     setup.assert_recovered_to_the_old_version().await;
 }
 
+/// A daemon no launcher supervises (its launcher killed with kill -9 outside
+/// systemd; here `waiaas-daemon serve` started directly) still serves when
+/// the recovery runs (finding 8): the engine stops it gracefully before it
+/// restores anything, and what it wrote after the backup is kept in the
+/// rolled-back backup.
+#[tokio::test(flavor = "current_thread")]
+async fn recovery_stops_a_daemon_no_launcher_supervises_before_restoring() {
+    let setup = Setup::new(true);
+    let dir = &setup.install.dir;
+    let made = backup::create(
+        dir,
+        &backup::Request {
+            kind: Kind::PreUpgrade,
+            from_version: OLD.into(),
+            to_version: NEW.into(),
+            schema_version: 0,
+        },
+    )
+    .unwrap();
+    let journal = serde_json::json!({
+        "operation": "upgrade", "phase": "forward", "from": OLD, "to": NEW,
+        "step": 5, "step_name": "migrate the database", "backup": made.path,
+        "daemon_was_running": true, "started_at": "2026-01-01T00:00:00.000Z", "pid": 1,
+    });
+    fs::write(dir.upgrade_journal(), journal.to_string()).unwrap();
+    let mut orphan = support::Unsupervised::start(&setup.install);
+    // Written through the orphan's database after the backup.
+    setup
+        .install
+        .set_kv(MARKER, "written while the orphan served");
+
+    let mut host = FakeHost::default();
+    setup.recover(&mut host).await.unwrap();
+    let exited = orphan.child.try_wait().unwrap();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the orphan was not stopped gracefully: {exited:?}"
+    );
+    assert_eq!(host.calls, calls(&["stop", &format!("start {OLD}")]));
+    setup.assert_old_state();
+    let kept: Vec<backup::Backup> = backup::list(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.manifest.kind == Kind::RolledBack)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(
+        marker_in(&kept[0]).as_deref(),
+        Some("written while the orphan served")
+    );
+}
+
 /// A journal that cannot be written (a full disk) fails the step, but the
 /// rollback still runs: recording it is not a precondition of undoing.
 #[tokio::test(flavor = "current_thread")]

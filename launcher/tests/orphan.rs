@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -17,28 +16,7 @@ use waiaas_shared::backup::{self, Kind, Request};
 use waiaas_shared::layout::DataDir;
 
 use support::supervisor::{Supervisor, process_gone};
-use support::{Install, create_wallet, hermetic, http};
-
-/// The installed daemon serving `install`, started by nobody's launcher.
-fn orphan(install: &Install) -> Child {
-    let log = fs::File::create(install.home().join("orphan.stderr")).unwrap();
-    let mut command = hermetic(Command::new(install.installed_daemon()), install.home());
-    let child = command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(install.data_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http(install.port, "GET", "/health", None, None).is_none_or(|(s, _)| s != 200) {
-        assert!(Instant::now() < deadline, "the daemon never became healthy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
+use support::{Install, Unsupervised, create_wallet, http};
 
 fn token(dir: &DataDir) -> String {
     fs::read_to_string(dir.master_token())
@@ -94,7 +72,7 @@ fn stored(folder: &std::path::Path) -> BTreeSet<String> {
 #[test]
 fn recovery_stops_a_daemon_it_did_not_start_before_restoring() {
     let install = Install::new();
-    let mut daemon = orphan(&install);
+    let mut daemon = Unsupervised::start(&install);
     let before = write(&install, "before", 20);
     let made = backup::create(
         &install.dir,
@@ -116,12 +94,25 @@ fn recovery_stops_a_daemon_it_did_not_start_before_restoring() {
     });
     fs::write(install.dir.upgrade_journal(), journal.to_string()).unwrap();
     let after = write(&install, "after", 20);
-    let orphan_pid = daemon.id();
+    let orphan_pid = daemon.child.id();
 
     let mut supervisor = Supervisor::start(&install);
     let status = supervisor.wait_healthy();
+    // Kept once the restored daemon serves: the database it replaced.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        let kept: Vec<_> = backup::list(&install.dir)
+            .unwrap()
+            .into_iter()
+            .filter(|b| b.manifest.kind == Kind::RolledBack)
+            .collect();
+        if !kept.is_empty() || Instant::now() > deadline {
+            break kept;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let log = supervisor.log();
-    let exited = daemon.try_wait().unwrap();
+    let exited = daemon.child.try_wait().unwrap();
     assert!(
         exited.is_some_and(|s| s.success()),
         "the orphan (pid {orphan_pid}) was not stopped gracefully ({exited:?}):\n{log}"
@@ -155,11 +146,6 @@ fn recovery_stops_a_daemon_it_did_not_start_before_restoring() {
         .collect();
     assert_eq!(served, before);
     // Kept: what the orphan acknowledged after the backup.
-    let kept: Vec<_> = backup::list(&install.dir)
-        .unwrap()
-        .into_iter()
-        .filter(|b| b.manifest.kind == Kind::RolledBack)
-        .collect();
     assert_eq!(kept.len(), 1, "{kept:#?}");
     let all: BTreeSet<String> = before.union(&after).cloned().collect();
     assert_eq!(stored(&kept[0].path), all);
