@@ -482,7 +482,7 @@ fn upgrade_while_writing(offer: Offer) -> (Site, Supervisor, Ran, UpgradeReport,
 fn assert_no_leftovers(site: &Site) {
     let left: Vec<String> = names_in(&site.dir.data())
         .into_iter()
-        .filter(|n| n.ends_with(".restore") || n.ends_with(".replaced"))
+        .filter(|n| n.ends_with(".restore") || n.starts_with(".rolled-back-"))
         .collect();
     assert!(left.is_empty(), "left in data/: {left:?}");
 }
