@@ -726,6 +726,52 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
+    /// `adopt` moves a folder into `backups/` by a rename; with `backups/` on
+    /// another file system (here a tmpfs) it copies, and the backup is the same.
+    #[test]
+    fn a_folder_is_adopted_across_file_systems_too() {
+        let (_tmp, dir) = install();
+        let request = Request {
+            kind: Kind::RolledBack,
+            ..request("1.9.0")
+        };
+        let adopt_one = |dir: &DataDir| {
+            let folder = dir.data().join(".aside");
+            fs::create_dir_all(&folder).unwrap();
+            fs::copy(dir.database(), folder.join(DB_FILE)).unwrap();
+            fs::write(folder.join(WAL_FILE), b"frames").unwrap();
+            let made = adopt(dir, &folder, &request).unwrap();
+            assert!(!folder.exists());
+            assert_eq!(list(dir).unwrap(), vec![made.clone()]);
+            for (file, sha) in &made.manifest.files {
+                assert_eq!(&sha256_file(&made.path.join(file)).unwrap(), sha, "{file}");
+            }
+            let name = made.path.file_name().unwrap().to_string_lossy().to_string();
+            assert!(name.starts_with("rolled-back-1.9.0-"), "{name}");
+            fs::remove_dir_all(&made.path).unwrap();
+        };
+        adopt_one(&dir);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped the second half: mounting a tmpfs needs root");
+            return;
+        }
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+            .arg(dir.backups())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped the second half: mount -t tmpfs failed");
+            return;
+        }
+        let result = std::panic::catch_unwind(|| adopt_one(&dir));
+        let _ = std::process::Command::new("umount")
+            .arg(dir.backups())
+            .status();
+        result.unwrap();
+    }
+
     #[test]
     fn a_damaged_database_is_not_backed_up() {
         let (_tmp, dir) = install();
