@@ -6,6 +6,7 @@ pub mod control;
 pub mod db;
 pub mod failpoint;
 pub mod http;
+pub mod lock;
 pub mod migrate;
 pub mod serve;
 pub mod server;

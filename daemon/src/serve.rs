@@ -64,6 +64,8 @@ pub fn run(dir: &DataDir, config: &Config, inherited: Inherited) -> i32 {
 }
 
 fn start(dir: &DataDir, config: &Config, inherited: Inherited) -> Result<i32, Refusal> {
+    // Declared first, so dropped last: released only once the database is closed.
+    let _lock = crate::lock::hold(dir)?;
     let conn = prepare_database(dir, config, true)?;
     let token = token::load_or_create(&dir.master_token()).map_err(|e| {
         Refusal::new(

@@ -20,7 +20,7 @@
 //!   install into `versions/<v>`.
 //! - Low-level pieces both sides use: [`daemon_binary`] (running
 //!   `waiaas-daemon`), [`probe`] (`GET /health`), [`sdnotify`], [`pidfile`]
-//!   and [`lock`], [`journal`], [`swap`] (`current`), [`restore`],
+//!   and [`lock`], [`orphan`] (a daemon no launcher supervises), [`journal`], [`swap`] (`current`), [`restore`],
 //!   [`install_record`] (what `init` installed from a local build).
 //!
 //! Contracts spoken with the daemon and between commands and the supervisor
@@ -37,6 +37,7 @@ pub mod journal;
 pub mod lock;
 pub mod logging;
 pub mod notice;
+pub mod orphan;
 pub mod package;
 pub mod pidfile;
 pub mod probe;

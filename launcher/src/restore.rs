@@ -1,12 +1,16 @@
 //! Putting a backup back: the database and config, verified against the
 //! backup's manifest first, with the database's stale `-wal`/`-shm` removed
 //! *before* the restored file takes its place (a leftover WAL would be
-//! replayed over the restored database — SPEC §11).
+//! replayed over the restored database — SPEC §11). The database a restore
+//! replaces is set aside, its WAL with it, and kept as a `rolled-back-…`
+//! backup ([`keep_replaced`]): a net for writes a rollback would drop.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use waiaas_shared::backup::{self, Backup, CONFIG_FILE, DB_FILE, MANIFEST, Manifest, WAL_FILE};
+use waiaas_shared::backup::{
+    self, Backup, CONFIG_FILE, DB_FILE, Kind, MANIFEST, Manifest, Request, WAL_FILE,
+};
 use waiaas_shared::fsutil::{self, CopyError, fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 
@@ -59,10 +63,15 @@ pub struct Restored {
     pub kept: Vec<&'static str>,
 }
 
-/// Restores `backup` into `dir`. Idempotent: running it again after a crash
+/// Restores `backup` into `dir`, setting the database in use aside as
+/// `replaced` ([`put_back`]). Idempotent: running it again after a crash
 /// part-way gives the same result.
-pub fn restore(dir: &DataDir, backup: &Backup) -> Result<Restored, RestoreError> {
-    put_back(dir, stage(dir, backup)?)
+pub fn restore(
+    dir: &DataDir,
+    backup: &Backup,
+    replaced: &Request,
+) -> Result<Restored, RestoreError> {
+    put_back(dir, stage(dir, backup)?, replaced)
 }
 
 /// A backup's database copied beside its place in `data/` (and its config
@@ -139,41 +148,122 @@ fn staged_path(dir: &DataDir, file: &str) -> PathBuf {
     dir.data().join(format!(".{file}.restore"))
 }
 
-/// Where [`put_back`] moves the database it replaces: freeing a large file's
-/// blocks takes seconds, which belong after the new daemon serves.
-fn replaced_path(dir: &DataDir) -> PathBuf {
-    dir.data().join(format!(".{DB_FILE}.replaced"))
-}
-
-/// Removes the database a restore replaced, and the copies a restore
-/// interrupted by a crash left staged. Slow for a large database: call it
-/// once the daemon serves.
+/// Removes the copies a restore interrupted by a crash left staged.
 pub fn discard_staged(dir: &DataDir) {
-    for path in [
-        staged_path(dir, DB_FILE),
-        staged_path(dir, WAL_FILE),
-        replaced_path(dir),
-    ] {
+    for path in [staged_path(dir, DB_FILE), staged_path(dir, WAL_FILE)] {
         let _ = remove_if_present(&path);
     }
 }
 
-/// Puts a staged backup in place of the database and config in use.
-pub fn put_back(dir: &DataDir, mut staged: Staged) -> Result<Restored, RestoreError> {
+/// Folders of `data/` where [`put_back`] sets a replaced database aside
+/// (renames on the database's own file system, so it is quick), each until
+/// [`keep_replaced`] makes it a backup.
+const ASIDE_PREFIX: &str = ".rolled-back-";
+/// In such a folder: the [`Request`] its backup is to be made for.
+const ASIDE_REQUEST: &str = "request.json";
+
+/// The folders [`put_back`] set databases aside in.
+fn asides(dir: &DataDir) -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir.data())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(ASIDE_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    folders.sort();
+    folders
+}
+
+/// Moves the database in use, then its WAL (which holds writes not yet in
+/// the main file), into a new folder of [`asides`]. A crash between the two
+/// renames leaves a WAL without its main file in `data/`: run again, this
+/// moves it in beside the main file it belongs to.
+fn set_aside(dir: &DataDir, replaced: &Request) -> Result<(), RestoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (data, database, wal) = (dir.data(), dir.database(), dir.wal());
+    let wal_written = wal.metadata().is_ok_and(|m| m.len() > 0);
+    let folder = if database.exists() {
+        let folder = (1..)
+            .map(|n| data.join(format!("{ASIDE_PREFIX}{n}")))
+            .find(|f| !f.exists())
+            .expect("an unused name exists");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&folder)
+            .map_err(io_at(&folder))?;
+        let request = serde_json::to_vec(replaced).expect("a request serialises");
+        write_synced(&folder.join(ASIDE_REQUEST), &request)?;
+        let target = folder.join(DB_FILE);
+        std::fs::rename(&database, &target).map_err(io_at(&target))?;
+        folder
+    } else {
+        let interrupted = asides(dir)
+            .into_iter()
+            .find(|f| f.join(DB_FILE).exists() && !f.join(WAL_FILE).exists());
+        match interrupted {
+            Some(folder) if wal_written => folder,
+            _ => return Ok(()),
+        }
+    };
+    if wal_written {
+        let target = folder.join(WAL_FILE);
+        std::fs::rename(&wal, &target).map_err(io_at(&target))?;
+    }
+    fsync_dir(&folder).map_err(io_at(&folder))?;
+    fsync_dir(&data).map_err(io_at(&data))
+}
+
+/// Makes each database [`put_back`] set aside a `rolled-back-…` backup
+/// ([`backup::adopt`]); returns their folders. Hashing a large database
+/// takes seconds: call it once the daemon serves. One that cannot be made a
+/// backup stays where it is, and is tried again next time.
+pub fn keep_replaced(dir: &DataDir) -> Vec<PathBuf> {
+    let mut kept = Vec::new();
+    for folder in asides(dir) {
+        if !folder.join(DB_FILE).exists() {
+            // Made, but a crash came before anything was moved in.
+            let _ = std::fs::remove_dir_all(&folder);
+            continue;
+        }
+        let request = std::fs::read(folder.join(ASIDE_REQUEST))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_else(|| Request {
+                kind: Kind::RolledBack,
+                from_version: "unknown".into(),
+                to_version: "unknown".into(),
+                schema_version: 0,
+            });
+        match backup::adopt(dir, &folder, &request) {
+            Ok(made) => {
+                let _ = std::fs::remove_file(made.path.join(ASIDE_REQUEST));
+                kept.push(made.path);
+            }
+            Err(e) => tracing::warn!(
+                "the database a rollback replaced stays in {} (not yet a backup: {e})",
+                folder.display()
+            ),
+        }
+    }
+    kept
+}
+
+/// Puts a staged backup in place of the database and config in use; the
+/// database in use is set aside as `replaced` (see [`keep_replaced`]).
+pub fn put_back(
+    dir: &DataDir,
+    mut staged: Staged,
+    replaced: &Request,
+) -> Result<Restored, RestoreError> {
     let mut restored = Restored::default();
     let database = dir.database();
     let data = dir.data();
-    // A leftover WAL would be replayed over the restored database: it goes
-    // first. A backup without a database (taken before the first start)
-    // records "no database", so any database goes too.
-    if staged.files.is_empty() {
-        remove_if_present(&database)?;
-    } else if database.exists() {
-        // Set aside, not unlinked (see [`discard_staged`]); a crash from here
-        // on has the journal put the backup back again.
-        let aside = replaced_path(dir);
-        std::fs::rename(&database, &aside).map_err(io_at(&aside))?;
-    }
+    // Set aside with its WAL before anything else: a leftover WAL would be
+    // replayed over the restored database. A backup without a database
+    // (taken before the first start) records "no database", so any database
+    // goes too. A crash from here on has the journal put the backup back again.
+    set_aside(dir, replaced)?;
     remove_database_sidecars(&database)?;
     // The main file before its WAL: a crash between leaves an older but
     // whole database, and the journal has the restore run again.
@@ -274,6 +364,15 @@ fn remove_if_present(path: &Path) -> Result<(), RestoreError> {
 mod tests {
     use super::*;
 
+    fn replaced() -> Request {
+        Request {
+            kind: Kind::RolledBack,
+            from_version: "1.9.0".into(),
+            to_version: "1.8.1".into(),
+            schema_version: 17,
+        }
+    }
+
     fn rows(db: &Path) -> i64 {
         rusqlite::Connection::open(db)
             .unwrap()
@@ -327,7 +426,7 @@ mod tests {
             )
             .unwrap();
         drop(newer);
-        restore(&dir, &open(&made.path).unwrap()).unwrap();
+        restore(&dir, &open(&made.path).unwrap(), &replaced()).unwrap();
         assert_eq!(
             rows(&dir.database()),
             2,
@@ -345,6 +444,81 @@ mod tests {
             tables, 0,
             "nothing of the newer database's WAL was replayed"
         );
+    }
+
+    /// A database whose last writes are in its WAL (a daemon killed, or
+    /// one that held its checkpoints): `x` = 1..=`rows`.
+    fn database_with_wal(path: &Path, rows: i64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t(x);").unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        for x in 1..=rows {
+            conn.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+    }
+
+    /// What a restore replaces, WAL included, becomes a `rolled-back-…`
+    /// backup whose files match its manifest and hold every row; a crash
+    /// between setting aside the main file and its WAL loses neither.
+    #[test]
+    fn the_replaced_database_and_its_wal_are_kept_as_a_backup() {
+        use waiaas_shared::backup::{Database, Request};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        std::fs::create_dir_all(dir.data()).unwrap();
+        rusqlite::Connection::open(dir.database())
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (0);")
+            .unwrap();
+        let request = Request {
+            kind: Kind::PreUpgrade,
+            from_version: "1.8.1".into(),
+            to_version: "1.9.0".into(),
+            schema_version: 16,
+        };
+        let made = backup::begin(&dir, &request, Database::Idle)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let chosen = open(&made.path).unwrap();
+        for file in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{file}", dir.database().display()));
+        }
+        database_with_wal(&dir.database(), 30);
+        assert!(dir.wal().metadata().unwrap().len() > 0);
+
+        // A crash after the main file was set aside, before its WAL was.
+        set_aside(&dir, &replaced()).unwrap_or_else(|e| panic!("{e}"));
+        let folder = asides(&dir).pop().unwrap();
+        std::fs::rename(folder.join(WAL_FILE), dir.wal()).unwrap();
+        // The journal has the restore run again.
+        restore(&dir, &chosen, &replaced()).unwrap();
+        assert_eq!(rows(&dir.database()), 1, "the backup is restored");
+        assert_eq!(asides(&dir).len(), 1, "{:?}", asides(&dir));
+
+        let kept = keep_replaced(&dir);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(asides(&dir).is_empty());
+        let name = kept[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("rolled-back-1.9.0-"), "{name}");
+        let listed = backup::list(&dir).unwrap();
+        let backup = listed.iter().find(|b| b.path == kept[0]).expect("listed");
+        assert_eq!(backup.manifest.kind, Kind::RolledBack);
+        assert_eq!(backup.manifest.to_version, "1.8.1");
+        let files: Vec<&str> = backup.manifest.files.keys().map(String::as_str).collect();
+        assert_eq!(files, [DB_FILE, WAL_FILE]);
+        // It restores like any backup: the 30 rows, from its WAL too.
+        let other = DataDir::new(tmp.path().join("other"));
+        restore(&other, backup, &replaced()).unwrap();
+        assert_eq!(rows(&other.database()), 30);
     }
 
     #[test]
@@ -370,7 +544,7 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&copy, bytes).unwrap();
         let before = std::fs::read(dir.database()).unwrap();
-        let e = restore(&dir, &open(&made.path).unwrap()).unwrap_err();
+        let e = restore(&dir, &open(&made.path).unwrap(), &replaced()).unwrap_err();
         assert!(matches!(e, RestoreError::Damaged { .. }), "{e}");
         assert_eq!(std::fs::read(dir.database()).unwrap(), before);
         let names: Vec<String> = std::fs::read_dir(dir.data())
@@ -398,7 +572,7 @@ mod tests {
                 sizes: Default::default(),
             },
         };
-        let e = restore(&dir, &backup).unwrap_err();
+        let e = restore(&dir, &backup, &replaced()).unwrap_err();
         assert!(matches!(e, RestoreError::Unknown { .. }), "{e}");
     }
 

@@ -452,7 +452,124 @@ async fn the_fake_release_upgrades_and_rolls_back_on_request() {
         .iter()
         .map(|b| b.manifest.kind)
         .collect();
-    assert_eq!(kinds, [Kind::PreUpgrade, Kind::PreRollback]);
+    assert_eq!(
+        kinds,
+        [Kind::PreUpgrade, Kind::PreRollback, Kind::RolledBack]
+    );
+    // The database the rollback replaced is kept, named in the report.
+    let replaced = kept_replaced(&setup, &report);
+    assert_eq!(
+        (
+            replaced.manifest.from_version.as_str(),
+            replaced.manifest.to_version.as_str()
+        ),
+        (NEW, OLD)
+    );
+    assert_eq!(
+        marker_in(&replaced).as_deref(),
+        Some("written during the upgrade")
+    );
+}
+
+/// The one `rolled-back-…` backup: named in `report`'s message, its files as
+/// its manifest says, and nothing left set aside in `data/`.
+fn kept_replaced(setup: &Setup, report: &UpgradeReport) -> backup::Backup {
+    let dir = &setup.install.dir;
+    let kept: Vec<backup::Backup> = backup::list(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.manifest.kind == Kind::RolledBack)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    let kept = kept.into_iter().next().unwrap();
+    let name = kept
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with(&format!("rolled-back-{NEW}-")), "{name}");
+    assert!(
+        report.message.contains(&kept.path.display().to_string()),
+        "the report names {}: {report:#?}",
+        kept.path.display()
+    );
+    for (file, sha) in &kept.manifest.files {
+        let path = kept.path.join(file);
+        assert_eq!(
+            &waiaas_shared::fsutil::sha256_file(&path).unwrap(),
+            sha,
+            "{file}"
+        );
+    }
+    let left: Vec<String> = fs::read_dir(dir.data())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "left in data/: {left:?}");
+    kept
+}
+
+/// [`MARKER`] in a backup's database (with its WAL, if it has one), read
+/// from a copy.
+fn marker_in(backup: &backup::Backup) -> Option<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    for file in ["waiaas.db", "waiaas.db-wal"] {
+        if backup.manifest.files.contains_key(file) {
+            fs::copy(backup.path.join(file), tmp.path().join(file)).unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(tmp.path().join("waiaas.db")).unwrap();
+    waiaas_shared::kv::get(&conn, MARKER).unwrap()
+}
+
+/// A second `--rollback` would restore the backup the first one restored,
+/// dropping everything written since (finding 6): it is refused, naming that
+/// backup, and nothing is stopped, changed or made.
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_rollback_is_refused_naming_the_backup_it_would_restore_again() {
+    let setup = Setup::new(true);
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, no_hook).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    let pre_upgrade = report.backup.expect("a backup");
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, no_hook).await;
+    assert_eq!(report.outcome, Outcome::Restored, "{report:#?}");
+    setup.install.set_kv(MARKER, "written after the rollback");
+    let backups = backup::list(&setup.install.dir).unwrap();
+    let calls_before = host.calls.clone();
+
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, no_hook).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.message.contains(&pre_upgrade), "{report:#?}");
+    assert!(report.message.contains("already running"), "{report:#?}");
+    assert_eq!(host.calls, calls_before, "nothing stopped or started");
+    assert_eq!(setup.current(), OLD);
+    assert_eq!(
+        setup.install.kv(MARKER).as_deref(),
+        Some("written after the rollback")
+    );
+    assert_eq!(backup::list(&setup.install.dir).unwrap(), backups);
+    assert!(!setup.journal_left());
+}
+
+/// Backups a rollback keeps are pruned to `keep_backups` with the others,
+/// newest kept.
+#[tokio::test(flavor = "current_thread")]
+async fn what_a_rollback_replaces_is_pruned_like_the_other_backups() {
+    let setup = Setup::offering(NEW, true, "keep_backups = 2\n");
+    let mut host = FakeHost::running();
+    let (report, _) = setup.upgrade(&mut host, no_hook).await;
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:#?}");
+    let (report, _) = setup.run(&mut host, UpgradeAction::Rollback, no_hook).await;
+    assert_eq!(report.outcome, Outcome::Restored, "{report:#?}");
+    let kinds: Vec<Kind> = backup::list(&setup.install.dir)
+        .unwrap()
+        .iter()
+        .map(|b| b.manifest.kind)
+        .collect();
+    assert_eq!(kinds, [Kind::PreRollback, Kind::RolledBack]);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -559,6 +676,12 @@ async fn step_5_a_failed_migration_restores_the_backup() {
     setup.assert_rolled_back(&result, 5, MIGRATE_FAULT);
     let expected = ["stop", "stop", &format!("start {OLD}")];
     assert_eq!(host.calls, calls(&expected));
+    // What was written during the upgrade is kept beside the restored state.
+    let replaced = kept_replaced(&setup, &result.0);
+    assert_eq!(
+        marker_in(&replaced).as_deref(),
+        Some("written during the upgrade")
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -672,6 +795,58 @@ async fn a_crash_during_the_migration_is_rolled_back_by_recover() {
 
     // The daemon ran before the upgrade, so it runs again.
     setup.assert_recovered_to_the_old_version().await;
+}
+
+/// A daemon no launcher supervises (its launcher killed with kill -9 outside
+/// systemd; here `waiaas-daemon serve` started directly) still serves when
+/// the recovery runs (finding 8): the engine stops it gracefully before it
+/// restores anything, and what it wrote after the backup is kept in the
+/// rolled-back backup.
+#[tokio::test(flavor = "current_thread")]
+async fn recovery_stops_a_daemon_no_launcher_supervises_before_restoring() {
+    let setup = Setup::new(true);
+    let dir = &setup.install.dir;
+    let made = backup::create(
+        dir,
+        &backup::Request {
+            kind: Kind::PreUpgrade,
+            from_version: OLD.into(),
+            to_version: NEW.into(),
+            schema_version: 0,
+        },
+    )
+    .unwrap();
+    let journal = serde_json::json!({
+        "operation": "upgrade", "phase": "forward", "from": OLD, "to": NEW,
+        "step": 5, "step_name": "migrate the database", "backup": made.path,
+        "daemon_was_running": true, "started_at": "2026-01-01T00:00:00.000Z", "pid": 1,
+    });
+    fs::write(dir.upgrade_journal(), journal.to_string()).unwrap();
+    let mut orphan = support::Unsupervised::start(&setup.install);
+    // Written through the orphan's database after the backup.
+    setup
+        .install
+        .set_kv(MARKER, "written while the orphan served");
+
+    let mut host = FakeHost::default();
+    setup.recover(&mut host).await.unwrap();
+    let exited = orphan.child.try_wait().unwrap();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the orphan was not stopped gracefully: {exited:?}"
+    );
+    assert_eq!(host.calls, calls(&["stop", &format!("start {OLD}")]));
+    setup.assert_old_state();
+    let kept: Vec<backup::Backup> = backup::list(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.manifest.kind == Kind::RolledBack)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(
+        marker_in(&kept[0]).as_deref(),
+        Some("written while the orphan served")
+    );
 }
 
 /// A journal that cannot be written (a full disk) fails the step, but the

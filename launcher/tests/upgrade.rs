@@ -487,7 +487,7 @@ fn upgrade_while_writing(offer: Offer) -> (Site, Supervisor, Ran, UpgradeReport,
 fn assert_no_leftovers(site: &Site) {
     let left: Vec<String> = names_in(&site.dir.data())
         .into_iter()
-        .filter(|n| n.ends_with(".restore") || n.ends_with(".replaced"))
+        .filter(|n| n.ends_with(".restore") || n.starts_with(".rolled-back-"))
         .collect();
     assert!(left.is_empty(), "left in data/: {left:?}");
 }
@@ -1405,6 +1405,44 @@ fn scenario_10_rollback_restores_the_previous_state() {
         )
         .unwrap();
     assert_eq!(kept, 1, "the later change is in the pre-rollback backup");
+    let status = supervisor.wait_healthy();
+    assert_eq!(status.daemon.unwrap().version, a());
+}
+
+/// `--rollback` run twice (finding 6 of issue 16): the second would restore
+/// again the backup the first restored, dropping every write since. It is
+/// refused, naming that backup, and every write acknowledged (201) since the
+/// first rollback is still stored and served.
+#[test]
+fn a_second_rollback_is_refused_and_drops_no_write() {
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury"]);
+    let (out, report) = site.upgrade_json(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    let backup = report.backup.expect("a pre-upgrade backup");
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Restored, "{report:?}");
+    site.assert_fully_old(&wallets);
+
+    let token = site.token();
+    let acknowledged: BTreeSet<String> = (0..25)
+        .map(|i| {
+            let name = format!("after-the-rollback-{i}");
+            support::create_wallet(site.port, &token, &name);
+            name
+        })
+        .collect();
+    let (out, report) = site.upgrade_json(&["--rollback"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(report.message.contains(&backup), "{report:?}");
+    let stored: BTreeSet<String> = site.wallets().into_values().collect();
+    let lost: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    assert_eq!(site.current().as_deref(), Some(a()));
     let status = supervisor.wait_healthy();
     assert_eq!(status.daemon.unwrap().version, a());
 }
@@ -2720,10 +2758,21 @@ fn backups_are_chosen_by_time_not_name() {
     assert_eq!(left.len(), 2, "{left:?}");
 
     // Rollback: the newest by created_at wins, though 2.0.0-rc.1 sorts last by
-    // name and is the highest version, and 1.10.0 is above 1.9.0.
+    // name and is the highest version, and 1.10.0 is above 1.9.0. (It is of
+    // A: a backup of the version running is one already restored, refused.)
     std::thread::sleep(Duration::from_millis(1100));
     let db17 = scratch.join("17.db");
-    copy_with_marker(&site, &db17, "from-the-newest-backup");
+    copy_with_marker(&site, &db17, "from-an-older-backup");
+    let newest_db = scratch.join("16-newest.db");
+    fs::copy(&db16, &newest_db).unwrap();
+    Connection::open(&newest_db)
+        .unwrap()
+        .execute(
+            "INSERT INTO wallets (id, name, chain, network, public_key, status, created_at, updated_at)
+             VALUES (?1, ?1, 'solana', 'devnet', ?1, 'ACTIVE', 1700000000, 1700000000)",
+            ["from-the-newest-backup"],
+        )
+        .unwrap();
     let now = UtcTime::now().unix_seconds() * 1000;
     fabricate_backup(
         &site,
@@ -2739,7 +2788,7 @@ fn backups_are_chosen_by_time_not_name() {
         &db17,
         B_SCHEMA,
     );
-    let newest = fabricate_backup(&site, B_VERSION, UtcTime::now(), &db17, B_SCHEMA);
+    let newest = fabricate_backup(&site, a(), UtcTime::now(), &newest_db, A_SCHEMA);
     let (out, report) = site.upgrade_json(&["--rollback"]);
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Restored);
@@ -2748,11 +2797,10 @@ fn backups_are_chosen_by_time_not_name() {
         Some(newest.to_string_lossy().as_ref())
     );
     let mut expected = wallets.clone();
-    expected.insert(
-        "from-the-newest-backup".into(),
-        "from-the-newest-backup".into(),
-    );
-    site.assert_fully_new(&expected);
+    for marker in ["from-an-old-backup", "from-the-newest-backup"] {
+        expected.insert(marker.into(), marker.into());
+    }
+    site.assert_fully_old(&expected);
 }
 
 // ---------------------------------------------------------------------------

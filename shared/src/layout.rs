@@ -101,6 +101,11 @@ impl DataDir {
     pub fn launcher_pid(&self) -> PathBuf {
         self.run().join("launcher.pid")
     }
+    /// Locked by a serving daemon for its whole life, its pid inside
+    /// ([`crate::runlock`]): how a launcher finds a daemon it did not start.
+    pub fn daemon_pid(&self) -> PathBuf {
+        self.run().join("daemon.pid")
+    }
     pub fn upgrade_journal(&self) -> PathBuf {
         self.root.join("upgrade.json")
     }

@@ -16,5 +16,6 @@ pub mod layout;
 pub mod listen_fds;
 pub mod registry;
 pub mod release;
+pub mod runlock;
 pub mod time;
 pub mod version;

@@ -100,6 +100,12 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
             dir.root().display()
         ))
     })?;
+    // A recovery is due, and a daemon whose launcher was killed may still
+    // serve (and hold the port): it is stopped before anything is changed.
+    if handover.is_none() && dir.upgrade_journal().exists() {
+        let grace = Duration::from_secs(config.daemon.shutdown_timeout);
+        crate::orphan::stop(dir, grace).map_err(|e| Failure::new(e.to_string()))?;
+    }
     // SAFETY (both adoptions): the handover names descriptors this process
     // was given alone, checked open when it was taken.
     let listener = match (&handover, inherited) {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use waiaas_shared::backup::BackupError;
 
 use crate::daemon_binary::RunError;
+use crate::orphan::OrphanError;
 use crate::package::PackageError;
 use crate::restore::RestoreError;
 
@@ -96,6 +97,13 @@ pub enum Refusal {
     #[error("there is no pre-upgrade backup to roll back to")]
     NoBackup,
     #[error(
+        "the newest pre-upgrade backup, {path}, is of {version}, which is already running: it \
+         was restored already (by a rollback, or by an upgrade that rolled back), and restoring \
+         it again would drop every change made since. Nothing was changed; to go back further, \
+         move {path} out of the backups folder and run `waiaas-launcher upgrade --rollback` again"
+    )]
+    AlreadyRestored { path: PathBuf, version: String },
+    #[error(
         "the newest pre-upgrade backup, {path}, is unusable: {source}; move it away to use an older one"
     )]
     BadBackup {
@@ -145,6 +153,8 @@ pub enum StepError {
     RestoredRefused { version: String, detail: String },
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Orphan(#[from] OrphanError),
     #[error("cannot commit (remove {path}): {source}")]
     Commit {
         path: PathBuf,

@@ -36,6 +36,7 @@ pub use standalone::{Standalone, health_addr};
 use crate::daemon_binary;
 use crate::journal::{Journal, Operation, Phase};
 use crate::lock::UpgradeLock;
+use crate::orphan;
 use crate::restore;
 use crate::swap;
 use preflight::{Preflight, check_free_space, usable_version};
@@ -135,9 +136,9 @@ impl<H: Host> Engine<'_, H> {
         if let Err(report) = self.recover_locked().await {
             return report;
         }
-        // What an earlier rollback set aside and could not free (it handed
-        // over first, or was killed) goes before any new copy is made.
-        discard_replaced(self.dir).await;
+        // What an earlier rollback set aside and did not keep yet (it handed
+        // over first, or was killed) is kept before any new copy is made.
+        keep_replaced(self.dir, self.config).await;
         match &request.action {
             UpgradeAction::Rollback => self.rollback(request.no_start).await,
             action => {
@@ -184,8 +185,8 @@ impl<H: Host> Engine<'_, H> {
         Some(match started.and_then(|()| commit(self.dir)) {
             Ok(()) => {
                 self.host.open().await;
-                discard_replaced(self.dir).await;
-                report::resumed(&journal)
+                let replaced = keep_replaced(self.dir, self.config).await;
+                report::resumed(&journal, &replaced)
             }
             Err(error) => {
                 // The old launcher starts the old daemon once this process is it.
@@ -215,7 +216,9 @@ impl<H: Host> Engine<'_, H> {
         );
         self.roll_back(journal).await?;
         tracing::warn!("rolled back {failed}");
-        discard_replaced(self.dir).await;
+        for kept in keep_replaced(self.dir, self.config).await {
+            tracing::warn!("the database it replaced is kept in {}", kept.display());
+        }
         Ok(())
     }
 
@@ -251,7 +254,7 @@ impl<H: Host> Engine<'_, H> {
             let request = backup_request(Kind::PreUpgrade, &from, &to, plan.database_schema);
             self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
             let live = self.copy_while_serving(steps, &request).await?;
-            self.host.stop_daemon().await?;
+            self.stop_daemons().await?;
 
             // 3. Back up the database (if there is one yet) and config, verified, then prune.
             let what = match plan.database_schema {
@@ -333,6 +336,16 @@ impl<H: Host> Engine<'_, H> {
         Ok(self.host.start_daemon(to).await?)
     }
 
+    /// Stops the host's daemon, then any daemon it did not start that still
+    /// serves the data dir ([`orphan`]): nothing may use the database files
+    /// the next steps copy and rename.
+    async fn stop_daemons(&mut self) -> Result<(), StepError> {
+        self.host.stop_daemon().await?;
+        let (dir, grace) = (self.dir.clone(), self.config.daemon.shutdown_timeout);
+        blocking(move || orphan::stop(&dir, Duration::from_secs(grace))).await?;
+        Ok(())
+    }
+
     /// The long part of step 3, in step 2 before the daemon stops: its
     /// database's main file copied, hashed and checked, and its WAL's
     /// committed frames, while it serves with checkpoints held. `None` when
@@ -375,9 +388,9 @@ impl<H: Host> Engine<'_, H> {
         tracing::error!("step {failed_step} failed: {error}; rolling back");
         match self.roll_back(journal.clone()).await {
             Ok(()) => {
-                discard_replaced(self.dir).await;
+                let replaced = keep_replaced(self.dir, self.config).await;
                 let running = self.host.daemon_running().await;
-                report::rolled_back(&journal, failed_step, error.to_string(), running)
+                report::rolled_back(&journal, failed_step, error.to_string(), running, &replaced)
             }
             Err(mut report) => {
                 report.message = format!("Step {failed_step} failed: {error}. {}", report.message);
@@ -402,14 +415,17 @@ impl<H: Host> Engine<'_, H> {
         }
         // A crash while a backup was staged for `--rollback` left its copy.
         restore::discard_staged(self.dir);
-        if let Err(e) = self.host.stop_daemon().await {
+        if let Err(e) = self.stop_daemons().await {
             return Err(failed(&journal, format!("cannot stop the daemon: {e}")));
         }
         if let Some(path) = journal.backup.clone() {
             let dir = self.dir.clone();
-            let restored =
-                blocking(move || restore::open(&path).and_then(|b| restore::restore(&dir, &b)))
-                    .await;
+            // What is replaced is the state `to` had reached.
+            let replaced = backup_request(Kind::RolledBack, &journal.to, &from, None);
+            let restored = blocking(move || {
+                restore::open(&path).and_then(|b| restore::restore(&dir, &b, &replaced))
+            })
+            .await;
             match restored {
                 Ok(restored) if !restored.kept.is_empty() => tracing::warn!(
                     "kept [update] {} of the config in use",
@@ -462,6 +478,15 @@ impl<H: Host> Engine<'_, H> {
             let path = chosen.path.clone();
             return report::refused(Some(&from), None, &Refusal::BadBackup { path, source });
         }
+        // Its version runs already: a rollback (or an upgrade that rolled
+        // back) restored it, and restoring it again would drop every write since.
+        if to == from {
+            let error = Refusal::AlreadyRestored {
+                path: chosen.path.clone(),
+                version: to.clone(),
+            };
+            return report::refused(Some(&from), Some(&to), &error);
+        }
         if let Err(reason) = usable_version(self.dir, self.config, &to).await {
             let error = Refusal::UnusableVersion {
                 path: self.dir.version(&to),
@@ -477,7 +502,7 @@ impl<H: Host> Engine<'_, H> {
         let mut journal = Journal::new(Operation::Rollback, &from, &to, running);
         journal.restoring = Some(chosen.path.clone());
         let mut kept = Vec::new();
-        let result: Result<PathBuf, StepError> = async {
+        let result: Result<(PathBuf, Vec<PathBuf>), StepError> = async {
             let schema = database_schema(self.dir).await;
             let request = backup_request(Kind::PreRollback, &from, &to, Some(schema));
             self.enter(&mut journal, steps, 2, format!("stopping {from}"))?;
@@ -488,7 +513,7 @@ impl<H: Host> Engine<'_, H> {
             let (dir, backup) = (self.dir.clone(), chosen.clone());
             let staged = blocking(move || restore::stage(&dir, &backup)).await?;
             let live = self.copy_while_serving(steps, &request).await?;
-            self.host.stop_daemon().await?;
+            self.stop_daemons().await?;
 
             let message = "saving the present state as a pre-rollback backup";
             self.enter(&mut journal, steps, 3, message)?;
@@ -498,7 +523,8 @@ impl<H: Host> Engine<'_, H> {
             let message = format!("restoring {}", chosen.path.display());
             self.enter(&mut journal, steps, 4, message)?;
             let dir = self.dir.clone();
-            let restored = blocking(move || restore::put_back(&dir, staged)).await?;
+            let replaced = backup_request(Kind::RolledBack, &from, &to, Some(schema));
+            let restored = blocking(move || restore::put_back(&dir, staged, &replaced)).await?;
             kept = restored.kept;
 
             self.enter(&mut journal, steps, 5, format!("pointing current at {to}"))?;
@@ -518,18 +544,18 @@ impl<H: Host> Engine<'_, H> {
             self.start_last(&mut journal, steps, &to, no_start).await?;
             commit(self.dir)?;
             self.host.open().await;
-            discard_replaced(self.dir).await;
-            Ok(safety)
+            Ok((safety, keep_replaced(self.dir, self.config).await))
         }
         .await;
         match result {
-            Ok(safety) => report::restored(
+            Ok((safety, replaced)) => report::restored(
                 &from,
                 &to,
                 &chosen.path,
                 &chosen.manifest.created_at,
                 &safety,
                 &kept,
+                &replaced,
             ),
             Err(error) => self.fail(journal, error).await,
         }
@@ -552,10 +578,16 @@ fn commit(dir: &DataDir) -> Result<(), StepError> {
     })
 }
 
-/// Frees the database a rollback replaced, now that the daemon serves.
-async fn discard_replaced(dir: &DataDir) {
-    let dir = dir.clone();
-    blocking(move || restore::discard_staged(&dir)).await;
+/// Keeps the databases a rollback replaced as `rolled-back-…` backups, now
+/// that the daemon serves (hashing takes a while), pruned like the others;
+/// returns their folders.
+async fn keep_replaced(dir: &DataDir, config: &Config) -> Vec<PathBuf> {
+    let owned = dir.clone();
+    let kept = blocking(move || restore::keep_replaced(&owned)).await;
+    if !kept.is_empty() {
+        prune_backups(dir, config);
+    }
+    kept
 }
 
 fn point_current(dir: &DataDir, version: &str) -> Result<(), StepError> {

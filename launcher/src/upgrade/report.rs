@@ -1,7 +1,7 @@
 //! The one result of an upgrade or rollback ([`UpgradeReport`]), built here
 //! for each way it can end, and the manual steps for when undoing failed too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::layout::DataDir;
@@ -78,6 +78,15 @@ pub fn upgraded(from: &str, to: &str, backup: Option<&Path>, database: bool) -> 
     }
 }
 
+/// " The database it replaced is kept in …." (nothing when none was).
+fn replaced_kept(replaced: &[PathBuf]) -> String {
+    if replaced.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = replaced.iter().map(|p| p.display().to_string()).collect();
+    format!(" The database it replaced is kept in {}.", paths.join(", "))
+}
+
 /// `--rollback` done.
 pub fn restored(
     from: &str,
@@ -86,11 +95,13 @@ pub fn restored(
     taken: &str,
     safety: &Path,
     kept: &[&str],
+    replaced: &[PathBuf],
 ) -> UpgradeReport {
     let mut message = format!(
         "Rolled back {from} → {to} from the backup taken {taken}. Changes made after that \
-         moment are not in it; the state just before this rollback is saved in {}.",
-        safety.display()
+         moment are not in it; the state just before this rollback is saved in {}.{}",
+        safety.display(),
+        replaced_kept(replaced)
     );
     if !kept.is_empty() {
         message.push_str(&format!(
@@ -106,14 +117,14 @@ pub fn restored(
 }
 
 /// A change finished by the launcher it was handed over to.
-pub fn resumed(journal: &Journal) -> UpgradeReport {
+pub fn resumed(journal: &Journal, replaced: &[PathBuf]) -> UpgradeReport {
     let (from, to) = (journal.from.as_str(), journal.to.as_str());
     match (&journal.operation, &journal.restoring, &journal.backup) {
         (Operation::Rollback, Some(chosen), Some(safety)) => {
             let taken = crate::restore::open(chosen)
                 .map(|b| b.manifest.created_at)
                 .unwrap_or_else(|_| "earlier".to_string());
-            restored(from, to, chosen, &taken, safety, &[])
+            restored(from, to, chosen, &taken, safety, &[], replaced)
         }
         _ => {
             let database = journal
@@ -131,11 +142,13 @@ pub fn rolled_back(
     failed_step: String,
     error: String,
     running: bool,
+    replaced: &[PathBuf],
 ) -> UpgradeReport {
     let message = format!(
-        "Step {failed_step} failed: {error}. Rolled back: {} is in place{}.",
+        "Step {failed_step} failed: {error}. Rolled back: {} is in place{}.{}",
         journal.from,
-        if running { " and running" } else { "" }
+        if running { " and running" } else { "" },
+        replaced_kept(replaced)
     );
     UpgradeReport {
         failed_step: Some(failed_step),

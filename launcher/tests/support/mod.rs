@@ -191,6 +191,47 @@ impl Install {
     }
 }
 
+/// `waiaas-daemon serve` of `install`, started directly: a daemon no launcher
+/// supervises, as one is left running when its launcher is killed with
+/// kill -9 outside systemd. Killed on drop if it is still running.
+pub struct Unsupervised {
+    pub child: std::process::Child,
+}
+
+impl Unsupervised {
+    /// Starts it (stderr into `<home>/unsupervised.stderr`) and waits up to
+    /// 30 s for `/health` to answer.
+    pub fn start(install: &Install) -> Self {
+        let log = fs::File::create(install.home().join("unsupervised.stderr")).unwrap();
+        let child = hermetic(Command::new(install.installed_daemon()), install.home())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(install.data_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn waiaas-daemon serve");
+        let daemon = Self { child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while http(install.port, "GET", "/health", None, None).is_none_or(|(s, _)| s != 200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for Unsupervised {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Creates a wallet named `name` through the API of the daemon on `port`;
 /// returns its id.
 pub fn create_wallet(port: u16, token: &str, name: &str) -> String {

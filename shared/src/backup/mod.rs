@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, write_atomic};
+use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, sha256_file, write_atomic};
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
@@ -42,6 +42,8 @@ pub enum Kind {
     PreUpgrade,
     PreMigrate,
     PreRollback,
+    /// The database a rollback replaced, kept as it was ([`adopt`]).
+    RolledBack,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::PreUpgrade => "pre-upgrade",
             Kind::PreMigrate => "pre-migrate",
             Kind::PreRollback => "pre-rollback",
+            Kind::RolledBack => "rolled-back",
         }
     }
 }
@@ -88,7 +91,7 @@ pub struct Backup {
 }
 
 /// What a backup is of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub kind: Kind,
     pub from_version: String,
@@ -192,22 +195,7 @@ pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pen
     let root = dir.backups();
     fs::create_dir_all(&root).map_err(io_err(&root))?;
     let now = UtcTime::now();
-    let base = format!(
-        "{}-{}-{}",
-        request.kind.prefix(),
-        request.from_version,
-        now.compact()
-    );
-    let name = (1..)
-        .map(|n| {
-            if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
-            }
-        })
-        .find(|name| !root.join(name).exists())
-        .expect("an unused name exists");
+    let name = unused_name(&root, request, now);
     let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
     // Backups hold the whole database: the owner's alone (0700 / 0600).
     fs::DirBuilder::new()
@@ -239,6 +227,48 @@ pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pen
         }
     }
     Ok(pending)
+}
+
+/// `<kind>-<from>-<yyyymmddThhmmssZ>[-n]`, a name no folder of `root` has
+/// (a complete backup or a `.partial-` one).
+fn unused_name(root: &Path, request: &Request, now: UtcTime) -> String {
+    let base = format!(
+        "{}-{}-{}",
+        request.kind.prefix(),
+        request.from_version,
+        now.compact()
+    );
+    (1..)
+        .map(|n| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .find(|name| {
+            !root.join(name).exists() && !root.join(format!("{PARTIAL_PREFIX}{name}")).exists()
+        })
+        .expect("an unused name exists")
+}
+
+/// `backup.json` for `request`, taken at `now`, holding `files`.
+fn manifest(request: &Request, now: UtcTime, files: &BTreeMap<String, Copied>) -> Manifest {
+    Manifest {
+        kind: request.kind,
+        from_version: request.from_version.clone(),
+        to_version: request.to_version.clone(),
+        schema_version: request.schema_version,
+        created_at: now.rfc3339(),
+        files: files
+            .iter()
+            .map(|(name, c)| (name.clone(), c.sha256.clone()))
+            .collect(),
+        sizes: files
+            .iter()
+            .map(|(name, c)| (name.clone(), c.len))
+            .collect(),
+    }
 }
 
 impl Pending {
@@ -317,23 +347,7 @@ impl Pending {
             let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
             self.files.insert(CONFIG_FILE.to_string(), copied);
         }
-        let manifest = Manifest {
-            kind: self.request.kind,
-            from_version: self.request.from_version.clone(),
-            to_version: self.request.to_version.clone(),
-            schema_version: self.request.schema_version,
-            created_at: self.now.rfc3339(),
-            files: self
-                .files
-                .iter()
-                .map(|(name, c)| (name.clone(), c.sha256.clone()))
-                .collect(),
-            sizes: self
-                .files
-                .iter()
-                .map(|(name, c)| (name.clone(), c.len))
-                .collect(),
-        };
+        let manifest = manifest(&self.request, self.now, &self.files);
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
         let path = self.partial.join(MANIFEST);
         write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
@@ -356,6 +370,63 @@ impl Drop for Pending {
             let _ = fs::remove_dir_all(&self.partial);
         }
     }
+}
+
+/// Makes the database files in `folder` (`waiaas.db`, and its `waiaas.db-wal`
+/// if there is one) a complete backup of `request`: hashed where they are,
+/// `backup.json` written beside them, and the folder renamed into
+/// `backups/` — moved, not copied, so keeping a large database costs no
+/// space. Only when `backups/` is on another file system are the files
+/// copied (and `folder` removed after). A restore sets a replaced database
+/// aside in such a folder of `data/`; this makes it a [`Kind::RolledBack`].
+pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, BackupError> {
+    let root = dir.backups();
+    fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let now = UtcTime::now();
+    let name = unused_name(&root, request, now);
+    let mut files = BTreeMap::new();
+    for file in [DB_FILE, WAL_FILE] {
+        let path = folder.join(file);
+        let len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let sha256 = sha256_file(&path).map_err(io_err(&path))?;
+        files.insert(file.to_string(), Copied { sha256, len });
+    }
+    let manifest = manifest(request, now, &files);
+    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+    // Written first: the rename then makes the backup complete at once.
+    let path = folder.join(MANIFEST);
+    write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+    let done = root.join(&name);
+    match fs::rename(folder, &done) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&partial)
+                .map_err(io_err(&partial))?;
+            for file in files.keys() {
+                copy(&folder.join(file), &partial.join(file))?;
+            }
+            let path = partial.join(MANIFEST);
+            write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+            fs::rename(&partial, &done).map_err(io_err(&done))?;
+            fs::remove_dir_all(folder).map_err(io_err(folder))?;
+        }
+        Err(e) => return Err(io_err(&done)(e)),
+    }
+    fsync_dir(&root).map_err(io_err(&root))?;
+    if let Some(parent) = folder.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    Ok(Backup {
+        path: done,
+        manifest,
+    })
 }
 
 /// Passes over a growing WAL before the daemon stops, at most.
@@ -471,7 +542,6 @@ pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::sha256_file;
 
     fn install() -> (tempfile::TempDir, DataDir) {
         let tmp = tempfile::tempdir().unwrap();
@@ -654,6 +724,52 @@ mod tests {
         drop(pending);
         let left: Vec<_> = fs::read_dir(dir.backups()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// `adopt` moves a folder into `backups/` by a rename; with `backups/` on
+    /// another file system (here a tmpfs) it copies, and the backup is the same.
+    #[test]
+    fn a_folder_is_adopted_across_file_systems_too() {
+        let (_tmp, dir) = install();
+        let request = Request {
+            kind: Kind::RolledBack,
+            ..request("1.9.0")
+        };
+        let adopt_one = |dir: &DataDir| {
+            let folder = dir.data().join(".aside");
+            fs::create_dir_all(&folder).unwrap();
+            fs::copy(dir.database(), folder.join(DB_FILE)).unwrap();
+            fs::write(folder.join(WAL_FILE), b"frames").unwrap();
+            let made = adopt(dir, &folder, &request).unwrap();
+            assert!(!folder.exists());
+            assert_eq!(list(dir).unwrap(), vec![made.clone()]);
+            for (file, sha) in &made.manifest.files {
+                assert_eq!(&sha256_file(&made.path.join(file)).unwrap(), sha, "{file}");
+            }
+            let name = made.path.file_name().unwrap().to_string_lossy().to_string();
+            assert!(name.starts_with("rolled-back-1.9.0-"), "{name}");
+            fs::remove_dir_all(&made.path).unwrap();
+        };
+        adopt_one(&dir);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped the second half: mounting a tmpfs needs root");
+            return;
+        }
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+            .arg(dir.backups())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped the second half: mount -t tmpfs failed");
+            return;
+        }
+        let result = std::panic::catch_unwind(|| adopt_one(&dir));
+        let _ = std::process::Command::new("umount")
+            .arg(dir.backups())
+            .status();
+        result.unwrap();
     }
 
     #[test]
