@@ -1242,6 +1242,9 @@ impl Supervisor {
         }
         // A change left unfinished (its rollback failed) is never served.
         let unfinished = self.dir.upgrade_journal().exists();
+        // The service was refused for a change that a retry (`restart`,
+        // SIGHUP) has now rolled back.
+        let retried = !unfinished && self.uncommitted.take().is_some();
         if unfinished && matches!(self.slot, Slot::Empty) {
             self.refuse_uncommitted(failure.as_deref());
         }
@@ -1251,10 +1254,8 @@ impl Supervisor {
             self.start(Purpose::Service);
         } else if self.stop_after_upgrade {
             self.shutdown();
-        } else if self.uncommitted.is_some() && !unfinished && matches!(self.slot, Slot::Empty) {
-            // The unfinished change the service was refused for is rolled
-            // back now (a retry, or an operator's upgrade that recovered it
-            // first): the service starts, under `current`'s own launcher.
+        } else if retried && first && matches!(self.slot, Slot::Empty) {
+            // Started as a restart is: under `current`'s own launcher.
             info!("the unfinished change is rolled back; starting the service");
             self.start_service();
         } else if first && self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
@@ -1283,8 +1284,8 @@ impl Supervisor {
         };
         let message = format!(
             "{change} is unfinished ({} remains){}; nothing is served until it is rolled back: \
-             fix the cause, then `waiaas-launcher restart` retries the rollback (as does \
-             restarting the service, or `waiaas-launcher upgrade --rollback`)",
+             fix the cause, then `waiaas-launcher restart` retries the rollback and starts the \
+             service (as does restarting the service)",
             self.dir.upgrade_journal().display(),
             failure.map(|f| format!(": {f}")).unwrap_or_default()
         );
