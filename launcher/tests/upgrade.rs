@@ -3224,8 +3224,10 @@ fn a_supervisor_started_during_a_standalone_upgrade_waits_for_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut supervisor = site.supervisor();
+    let run_started = Instant::now();
     let writer = Writer::start(site.port, &token, "w");
     let status = wait_child(&mut upgrade, Duration::from_secs(180), "the upgrade");
+    let waited = run_started.elapsed();
     let report: UpgradeReport = serde_json::from_str(fs::read_to_string(&out).unwrap().trim())
         .unwrap_or_else(|e| panic!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()));
     assert!(status.success(), "{report:?}\n{}", supervisor.log());
@@ -3256,6 +3258,12 @@ fn a_supervisor_started_during_a_standalone_upgrade_waits_for_it() {
         .filter(|n| n.starts_with("w-"))
         .collect();
     assert_acknowledged_kept(&written, &stored, "a supervisor started mid-upgrade");
+    eprintln!(
+        "run waited {:.1} s for the standalone upgrade; then {} writes acknowledged, all by \
+         {B_VERSION}, all kept",
+        waited.as_secs_f64(),
+        written.acknowledged.len()
+    );
     let mut expected = wallets;
     expected.retain(|_, name| !name.starts_with("w-"));
     let mut after = site.wallets();
@@ -3371,5 +3379,11 @@ fn a_failed_rollback_leaves_the_service_refused_until_it_is_retried() {
         .filter(|n| n.starts_with("w-"))
         .collect();
     assert_acknowledged_kept(&written, &stored, "a failed rollback, retried");
+    eprintln!(
+        "a failed rollback, retried: {} writes acknowledged (all by {}), all kept; {} unanswered",
+        written.acknowledged.len(),
+        a(),
+        written.unknown.len()
+    );
     site.assert_fully_old(&site.wallets());
 }
