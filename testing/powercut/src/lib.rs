@@ -126,6 +126,12 @@ impl PowerCut {
         &self.mountpoint
     }
 
+    /// Makes everything written so far durable, as `sync(1)` would: for
+    /// setting up what has long been on disk before the part under test.
+    pub fn sync(&self) {
+        lock(&self.state).unsynced.clear();
+    }
+
     /// Loses power: every file goes back to its content at its last sync, and
     /// every later operation on the mount fails with `EIO`. The mount stays
     /// until [`PowerCut::unmount`], so that the caller can end the processes
@@ -396,7 +402,29 @@ impl State {
         Ok(file)
     }
 
+    /// Forgets the FUSE inode of `md`, a backing file whose last name is
+    /// gone: the backing filesystem reuses its number for a new file, which
+    /// must not get the old file's FUSE inode (the kernel may still cache it,
+    /// with another type).
+    fn forget_if_gone(&mut self, md: &fs::Metadata) {
+        if md.is_dir() || md.nlink() <= 1 {
+            self.inodes.remove(&(md.dev(), md.ino()));
+        }
+    }
+
+    fn remove(&mut self, path: &Path, op: fn(&Path) -> io::Result<()>) -> io::Result<()> {
+        let md = fs::symlink_metadata(path)?;
+        op(path)?;
+        self.forget_if_gone(&md);
+        Ok(())
+    }
+
     fn rename(&mut self, from: PathBuf, to: PathBuf, flags: RenameFlags) -> io::Result<()> {
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let moved = fs::symlink_metadata(&from)?;
+        let replaced = fs::symlink_metadata(&to)
+            .ok()
+            .filter(|md| !exchange && (md.dev(), md.ino()) != (moved.dev(), moved.ino()));
         let (a, b) = (cstring(&from)?, cstring(&to)?);
         // SAFETY: both are NUL-terminated paths that outlive the call.
         check(unsafe {
@@ -408,12 +436,20 @@ impl State {
                 flags.bits(),
             )
         })?;
-        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        if let Some(md) = replaced {
+            self.forget_if_gone(&md);
+        }
+        // (Not `join` of an empty rest: that adds a trailing `/`, which
+        // readlink would follow.)
+        let moved_to = |rest: &Path, base: &Path| match rest.as_os_str().is_empty() {
+            true => base.to_path_buf(),
+            false => base.join(rest),
+        };
         for path in self.paths.values_mut() {
             if let Ok(rest) = path.strip_prefix(&from) {
-                *path = to.join(rest);
+                *path = moved_to(rest, &to);
             } else if exchange && let Ok(rest) = path.strip_prefix(&to) {
-                *path = from.join(rest);
+                *path = moved_to(rest, &from);
             }
         }
         Ok(())
@@ -554,6 +590,31 @@ impl fuser::Filesystem for PowerCutFs {
         }
     }
 
+    /// Sockets and FIFOs (regular files come through `create`).
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        entry(
+            reply,
+            self.with(|s| {
+                let path = s.child(parent, name)?;
+                let c = cstring(&path)?;
+                // SAFETY: a NUL-terminated path.
+                check(unsafe {
+                    libc::mknod(c.as_ptr(), mode as libc::mode_t, libc::dev_t::from(rdev))
+                })?;
+                s.attr(path)
+            }),
+        );
+    }
+
     fn mkdir(
         &self,
         _req: &Request,
@@ -578,12 +639,21 @@ impl fuser::Filesystem for PowerCutFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         empty(
             reply,
-            self.with(|s| fs::remove_file(s.child(parent, name)?)),
+            self.with(|s| {
+                let path = s.child(parent, name)?;
+                s.remove(&path, |p| fs::remove_file(p))
+            }),
         );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.with(|s| fs::remove_dir(s.child(parent, name)?)));
+        empty(
+            reply,
+            self.with(|s| {
+                let path = s.child(parent, name)?;
+                s.remove(&path, |p| fs::remove_dir(p))
+            }),
+        );
     }
 
     fn symlink(
@@ -636,9 +706,9 @@ impl fuser::Filesystem for PowerCutFs {
             self.with(|s| {
                 let path = s.child(newparent, newname)?;
                 fs::hard_link(s.path(ino)?, &path)?;
-                let md = fs::symlink_metadata(&path)?;
-                // The inode keeps the path it had; the new name is only another.
-                Ok(attr(ino.0, &md))
+                // The new name becomes the inode's path: linking a temp file
+                // into place, then unlinking the temp name, is common.
+                s.attr(path)
             }),
         );
     }

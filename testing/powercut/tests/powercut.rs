@@ -206,3 +206,55 @@ fn renames_are_durable_at_once_and_carry_what_was_synced() {
     assert_eq!(read(&rig.at("c/unsynced")), b"");
     assert!(!rig.at("b").exists());
 }
+
+#[test]
+fn a_name_linked_into_place_then_unlinked_elsewhere_stays_reachable() {
+    if !tier_ready("a_name_linked_into_place_then_unlinked_elsewhere_stays_reachable") {
+        return;
+    }
+    let rig = Rig::new();
+    // `init`'s no-clobber pattern: link a temp file into place, drop the temp name.
+    write_synced(&rig.at(".config.tmp"), b"first");
+    fs::hard_link(rig.at(".config.tmp"), rig.at("config")).unwrap();
+    fs::remove_file(rig.at(".config.tmp")).unwrap();
+    fs::write(rig.at("config"), b"second").unwrap();
+    assert_eq!(read(&rig.at("config")), b"second");
+}
+
+#[test]
+fn a_symlink_swapped_into_place_again_and_again_resolves_each_time() {
+    if !tier_ready("a_symlink_swapped_into_place_again_and_again_resolves_each_time") {
+        return;
+    }
+    let rig = Rig::new();
+    // `current`'s pattern: files come and go (the backing folder may hand a
+    // freed inode number to the next new file), and a new symlink is renamed
+    // over the old one each time.
+    for i in 0..50 {
+        let dir = format!("v{i}");
+        fs::create_dir(rig.at(&dir)).unwrap();
+        fs::write(rig.at(&format!("{dir}/file")), b"x").unwrap();
+        fs::write(rig.at("temp"), b"y").unwrap();
+        assert!(fs::metadata(rig.at("temp")).unwrap().is_file());
+        fs::remove_file(rig.at("temp")).unwrap();
+        std::os::unix::fs::symlink(&dir, rig.at(".swap")).unwrap();
+        fs::rename(rig.at(".swap"), rig.at("current")).unwrap();
+        assert_eq!(read(&rig.at("current/file")), b"x", "round {i}");
+    }
+}
+
+#[test]
+fn sync_makes_everything_written_so_far_durable() {
+    if !tier_ready("sync_makes_everything_written_so_far_durable") {
+        return;
+    }
+    let mut rig = Rig::new();
+    fs::write(rig.at("before"), b"kept").unwrap();
+    rig.fs.as_ref().unwrap().sync();
+    fs::write(rig.at("after"), b"lost").unwrap();
+
+    rig.cut_and_remount();
+
+    assert_eq!(read(&rig.at("before")), b"kept");
+    assert_eq!(read(&rig.at("after")), b"");
+}
