@@ -160,7 +160,7 @@ async fn acknowledged_writes_survive_power_cuts_at_random_instants() {
         tokio::time::sleep(Duration::from_millis(rng.in_range(&RUN_MS))).await;
 
         let report = fs.as_ref().unwrap().cut().expect("cut the power");
-        lost_bytes += report.bytes;
+        lost_bytes += report.bytes();
         daemon.signal(libc::SIGKILL);
         daemon
             .wait_exit(Duration::from_secs(10))

@@ -32,10 +32,9 @@ fn main() -> ExitCode {
         match line.as_deref().map(str::trim) {
             Ok("cut") => match mount.cut() {
                 Ok(report) => {
-                    eprintln!(
-                        "power cut: {} files lost {} bytes",
-                        report.files, report.bytes
-                    );
+                    for (path, bytes) in &report.files {
+                        eprintln!("power cut: {} lost {bytes} unsynced bytes", path.display());
+                    }
                     break;
                 }
                 Err(e) => {
