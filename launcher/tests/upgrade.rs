@@ -3202,11 +3202,13 @@ fn a_new_launcher_frozen_past_its_handover_deadline_loses_no_acknowledged_write(
 const CUT_WITHIN_MS: u64 = 500;
 
 /// Upgrades A → B (or, after an upgrade, rolls B back to A) with a writer
-/// running, on a power-loss filesystem; cuts the power `delay` after the
-/// journal appears, kills every process of the installation, remounts, and
-/// starts a new supervisor. The installation must then be fully old or fully
-/// new with every acknowledged write. Returns what went wrong.
-fn cut_power_during_upgrade(rollback: bool, delay: Duration, what: &str) -> Vec<String> {
+/// running, on a power-loss filesystem (on [`big_database`] if `big_db`);
+/// cuts the power at `point` (its `writes` is ignored: the writer always
+/// runs), kills every process of the installation, remounts, and starts a new
+/// supervisor. The installation must then be fully old or fully new with
+/// every acknowledged write. Returns what went wrong.
+fn cut_power_during_upgrade(rollback: bool, big_db: bool, point: &KillPoint) -> Vec<String> {
+    let what = point.what.as_str();
     let tmp = tempfile::tempdir().unwrap();
     let (backing, home) = (tmp.path().join("backing"), tmp.path().join("home"));
     fs::create_dir(&backing).unwrap();
@@ -3214,6 +3216,7 @@ fn cut_power_during_upgrade(rollback: bool, delay: Duration, what: &str) -> Vec<
     let power = PowerCut::mount(&backing, &home).expect("mount the power-loss filesystem");
     let site = Site::with(Setup {
         home: Some(home.clone()),
+        big_db,
         ..Setup::default()
     });
     let mut supervisor = site.supervisor();
@@ -3241,16 +3244,20 @@ fn cut_power_during_upgrade(rollback: bool, delay: Duration, what: &str) -> Vec<
     let (mut client, out, err) = spawn_logged(site.launcher(args), tmp.path(), "upgrade");
     let deadline = Instant::now() + Duration::from_secs(120);
     let ended_first = loop {
-        if site.dir.upgrade_journal().exists() {
+        let step = site.journal().and_then(|j| j["step"].as_u64());
+        if let Some(step) = step
+            && (point.now)(step as u8, &site.dir)
+        {
             break false;
         }
+        // A point inside a short step can be missed: cut after the end instead.
         if client.try_wait().unwrap().is_some() {
             break true;
         }
-        assert!(Instant::now() < deadline, "{what}: no journal within 120 s");
+        assert!(Instant::now() < deadline, "{what}: never reached");
         std::thread::sleep(Duration::from_millis(1));
     };
-    std::thread::sleep(delay);
+    std::thread::sleep(point.delay);
     let at_cut = site.journal().map_or("no journal".to_string(), |j| {
         format!("step {} ({})", j["step"], j["step_name"])
     });
@@ -3325,6 +3332,10 @@ fn cut_power_during_upgrade(rollback: bool, delay: Duration, what: &str) -> Vec<
     problems
 }
 
+/// Power cuts at seeded random instants: each round cuts an upgrade and a
+/// rollback anywhere from their journal's first entry to just past the
+/// commit, and, on a 100 MB database, an upgrade inside its live copy and
+/// inside its WAL copy.
 #[test]
 fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
     if !waiaas_powercut::tier_ready(
@@ -3333,20 +3344,41 @@ fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
         return;
     }
     let mut random = Seeded::new("power cuts during an upgrade and its rollback");
-    let runs = std::env::var("WAIAAS_POWERCUT_UPGRADE_RUNS")
+    let rounds = std::env::var("WAIAAS_POWERCUT_UPGRADE_RUNS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(3u64)
+        .unwrap_or(2u64)
         .min(50);
     let mut problems = Vec::new();
-    for run in 0..runs * 2 {
-        let rollback = run % 2 == 1;
-        let delay = Duration::from_millis(random.below(CUT_WITHIN_MS));
-        let what = format!(
-            "power cut {delay:?} into {} (run {run})",
-            if rollback { "a rollback" } else { "an upgrade" }
-        );
-        problems.extend(cut_power_during_upgrade(rollback, delay, &what));
+    for round in 0..rounds {
+        for (kind, rollback) in [("an upgrade", false), ("a rollback", true)] {
+            let delay = Duration::from_millis(random.below(CUT_WITHIN_MS));
+            let point = KillPoint {
+                what: format!("power cut {delay:?} into {kind} (round {round})"),
+                now: Box::new(|_, _| true),
+                delay,
+                writes: true,
+            };
+            problems.extend(cut_power_during_upgrade(rollback, false, &point));
+        }
+        let delay = Duration::from_millis(random.below(250));
+        let live_copy = KillPoint {
+            what: format!("power cut {delay:?} into the live copy (round {round})"),
+            now: Box::new(|s, d| {
+                s == 2 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
+            }),
+            delay,
+            writes: true,
+        };
+        problems.extend(cut_power_during_upgrade(false, true, &live_copy));
+        let delay = Duration::from_millis(random.below(15));
+        let wal_copy = KillPoint {
+            what: format!("power cut {delay:?} into the WAL's copy (round {round})"),
+            now: Box::new(|s, _| s == 3),
+            delay,
+            writes: true,
+        };
+        problems.extend(cut_power_during_upgrade(false, true, &wal_copy));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
