@@ -130,11 +130,6 @@ impl PowerCut {
         })
     }
 
-    /// Where it is mounted.
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Makes everything written so far durable, as `sync(1)` would: for
     /// setting up what has long been on disk before the part under test.
     pub fn sync(&self) {
