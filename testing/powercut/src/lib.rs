@@ -185,7 +185,13 @@ impl PowerCut {
                 Some(libc::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Some(libc::EBUSY) => return Err(busy()),
+                Some(libc::EBUSY) => {
+                    // Still failing, but never left mounted: detached, it goes
+                    // once its last user does.
+                    // SAFETY: a NUL-terminated path.
+                    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                    return Err(busy());
+                }
                 _ => return Err(e),
             }
         }
