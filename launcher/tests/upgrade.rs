@@ -29,6 +29,7 @@ use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
 use support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
 use waiaas_packaging::Packed;
+use waiaas_powercut::PowerCut;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::fsutil::sha256_file;
@@ -2082,19 +2083,7 @@ fn stop_in_handover(point: &str, committed: bool, handing: Handing, stop: Stop) 
             .cloned()
             .collect();
         if handing == Handing::Rollback && committed {
-            // A committed rollback returns to the state before the upgrade
-            // on purpose; what the upgraded release acknowledged is kept in
-            // the pre-rollback backup it made first.
-            let backup = names_in(&site.dir.backups())
-                .into_iter()
-                .find(|n| n.starts_with("pre-rollback-"))
-                .map(|n| site.dir.backups().join(n))
-                .expect("a pre-rollback backup");
-            let wal = backup.join("waiaas.db-wal");
-            stored.extend(written_names(
-                &backup.join("waiaas.db"),
-                wal.exists().then_some(wal.as_path()),
-            ));
+            stored.extend(pre_rollback_names(&site));
         }
         assert_acknowledged_kept(&written, &stored, &what);
         if !committed {
@@ -2943,6 +2932,22 @@ fn assert_acknowledged_kept(written: &Written, stored: &BTreeSet<String>, what: 
     );
 }
 
+/// The `w-…` wallets in the pre-rollback backup: a committed rollback
+/// returns to the state before the upgrade on purpose, and what the upgraded
+/// release acknowledged is kept in the backup it made first.
+fn pre_rollback_names(site: &Site) -> BTreeSet<String> {
+    let backup = names_in(&site.dir.backups())
+        .into_iter()
+        .find(|n| n.starts_with("pre-rollback-"))
+        .map(|n| site.dir.backups().join(n))
+        .expect("a pre-rollback backup");
+    let wal = backup.join("waiaas.db-wal");
+    written_names(
+        &backup.join("waiaas.db"),
+        wal.exists().then_some(wal.as_path()),
+    )
+}
+
 /// How many of the writer's acknowledgements `version` gave.
 fn answered_by(written: &Written, version: &str) -> usize {
     written.answered_by.iter().filter(|v| *v == version).count()
@@ -3184,6 +3189,197 @@ fn a_new_launcher_frozen_past_its_handover_deadline_loses_no_acknowledged_write(
         .into_iter()
         .flat_map(|handing| stop_in_handover("handover-daemon-ready", false, handing, Stop::Freeze))
         .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Power cuts (the power-loss tier): the installation on a filesystem that
+// drops every byte not fsynced when the power goes (`waiaas-powercut`).
+
+/// The longest a cut waits after the journal appears: a little more than an
+/// upgrade's steps 2–7 (or a rollback's) take on a small database, so cuts
+/// spread over them and some land after the commit.
+const CUT_WITHIN_MS: u64 = 500;
+
+/// Upgrades A → B (or, after an upgrade, rolls B back to A) with a writer
+/// running, on a power-loss filesystem (on [`big_database`] if `big_db`);
+/// cuts the power at `point` (its `writes` is ignored: the writer always
+/// runs), kills every process of the installation, remounts, and starts a new
+/// supervisor. The installation must then be fully old or fully new with
+/// every acknowledged write. Returns what went wrong.
+fn cut_power_during_upgrade(rollback: bool, big_db: bool, point: &KillPoint) -> Vec<String> {
+    let what = point.what.as_str();
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, home) = (tmp.path().join("backing"), tmp.path().join("home"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&home).unwrap();
+    let power = PowerCut::mount(&backing, &home).expect("mount the power-loss filesystem");
+    let site = Site::with(Setup {
+        home: Some(home.clone()),
+        big_db,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let (from, to) = if rollback {
+        let (out, report) = site.upgrade_json(&[]);
+        assert!(
+            out.status.success(),
+            "{what}: the upgrade before the rollback: {out:?}"
+        );
+        assert_eq!(report.outcome, Outcome::Upgraded, "{what}");
+        (B_VERSION, a())
+    } else {
+        (a(), B_VERSION)
+    };
+    // What is there so far has long been on disk.
+    power.sync();
+
+    let writer = Writer::start(site.port, &site.token(), "w");
+    let args: &[&str] = if rollback {
+        &["upgrade", "--rollback", "--json"]
+    } else {
+        &["upgrade", "--json"]
+    };
+    let (mut client, out, err) = spawn_logged(site.launcher(args), tmp.path(), "upgrade");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ended_first = loop {
+        let step = site.journal().and_then(|j| j["step"].as_u64());
+        if let Some(step) = step
+            && (point.now)(step as u8, &site.dir)
+        {
+            break false;
+        }
+        // A point inside a short step can be missed: cut after the end instead.
+        if client.try_wait().unwrap().is_some() {
+            break true;
+        }
+        assert!(Instant::now() < deadline, "{what}: never reached");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::thread::sleep(point.delay);
+    let at_cut = site.journal().map_or("no journal".to_string(), |j| {
+        format!("step {} ({})", j["step"], j["step_name"])
+    });
+    let dropped = power.cut().expect("cut the power");
+    for pid in processes_mentioning(site.dir.root()).into_keys() {
+        signal(pid, libc::SIGKILL);
+    }
+    supervisor.kill9();
+    wait_child(&mut client, Duration::from_secs(30), "the upgrade command");
+    let written = writer.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_mentioning(site.dir.root()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: processes outlived SIGKILL by 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    power.unmount().expect("unmount after the cut");
+    let power = PowerCut::mount(&backing, &home).expect("remount");
+    eprintln!(
+        "{what}: cut at {at_cut}{}; {} writes acknowledged; unsynced bytes dropped: {:?}",
+        if ended_first {
+            ", the command had ended"
+        } else {
+            ""
+        },
+        written.acknowledged.len(),
+        dropped.files
+    );
+
+    let mut problems = Vec::new();
+    let mut next = site.supervisor();
+    let status = next.wait_for(Duration::from_secs(120), "recovery", |s| {
+        healthy(s) || s.state == "refused"
+    });
+    if !healthy(&status) {
+        problems.push(format!(
+            "{what} (cut at {at_cut}): the next supervisor did not recover: {status:?}\n{}",
+            next.log()
+        ));
+    } else if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let current = site.current().expect("current names a release");
+        assert!(
+            current == from || current == to,
+            "current is {current}, neither {from} nor {to}"
+        );
+        let schema = if current == B_VERSION {
+            B_SCHEMA
+        } else {
+            A_SCHEMA
+        };
+        let now = site.wallets();
+        site.assert_state(&current, schema, &now);
+        let mut stored: BTreeSet<String> = now.into_values().collect();
+        if rollback && current == to {
+            stored.extend(pre_rollback_names(&site));
+        }
+        assert_acknowledged_kept(&written, &stored, what);
+        eprintln!("{what}: fully {current}, all acknowledged writes kept");
+    })) {
+        problems.push(format!(
+            "{what} (cut at {at_cut}): {}\nupgrade: {}{}\nrecovering supervisor:\n{}",
+            panic_message(panic.as_ref()),
+            fs::read_to_string(&out).unwrap_or_default(),
+            fs::read_to_string(&err).unwrap_or_default(),
+            next.log()
+        ));
+    }
+    site.stop(next);
+    power.unmount().expect("unmount");
+    problems
+}
+
+/// Power cuts at seeded random instants: each round cuts an upgrade and a
+/// rollback anywhere from their journal's first entry to just past the
+/// commit, and, on a 100 MB database, an upgrade inside its live copy and
+/// inside its WAL copy.
+#[test]
+fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
+    if !waiaas_powercut::tier_ready(
+        "power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new",
+    ) {
+        return;
+    }
+    let mut random = Seeded::new("power cuts during an upgrade and its rollback");
+    let rounds = std::env::var("WAIAAS_POWERCUT_UPGRADE_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2u64)
+        .min(50);
+    let mut problems = Vec::new();
+    for round in 0..rounds {
+        for (kind, rollback) in [("an upgrade", false), ("a rollback", true)] {
+            let delay = Duration::from_millis(random.below(CUT_WITHIN_MS));
+            let point = KillPoint {
+                what: format!("power cut {delay:?} into {kind} (round {round})"),
+                now: Box::new(|_, _| true),
+                delay,
+                writes: true,
+            };
+            problems.extend(cut_power_during_upgrade(rollback, false, &point));
+        }
+        let delay = Duration::from_millis(random.below(250));
+        let live_copy = KillPoint {
+            what: format!("power cut {delay:?} into the live copy (round {round})"),
+            now: Box::new(|s, d| {
+                s == 2 && exists_with_prefix(&d.backups(), ".partial-pre-upgrade")
+            }),
+            delay,
+            writes: true,
+        };
+        problems.extend(cut_power_during_upgrade(false, true, &live_copy));
+        let delay = Duration::from_millis(random.below(15));
+        let wal_copy = KillPoint {
+            what: format!("power cut {delay:?} into the WAL's copy (round {round})"),
+            now: Box::new(|s, _| s == 3),
+            delay,
+            writes: true,
+        };
+        problems.extend(cut_power_during_upgrade(false, true, &wal_copy));
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 

@@ -25,16 +25,28 @@ pub struct Install {
 
 impl Install {
     pub fn new() -> Self {
+        Self::mounted(|_| ()).0
+    }
+
+    /// [`Install::new`] with `mount` called on the empty data dir first (to
+    /// mount a filesystem there); returns what it returned too.
+    pub fn mounted<T>(mount: impl FnOnce(&Path) -> T) -> (Self, T) {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = DataDir::new(tmp.path().join("waiaas"));
         fs::create_dir_all(dir.root()).unwrap();
+        let mounted = mount(dir.root());
         let install = Self { tmp, dir };
         install.write_config("[daemon]\nupdate_check = false\n");
-        install
+        (install, mounted)
     }
 
+    /// Writes config.toml, fsynced: the data dir may be on a filesystem that
+    /// loses power (tests/powercut.rs).
     pub fn write_config(&self, text: &str) {
         fs::write(self.dir.config(), text).unwrap();
+        fs::File::open(self.dir.config())
+            .and_then(|f| f.sync_all())
+            .unwrap();
     }
 
     pub fn data_dir(&self) -> &Path {
