@@ -131,6 +131,9 @@ pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
         ),
         None => println!("daemon:   not running"),
     }
+    if let Some(refused) = &status.refused {
+        println!("refused:  {refused}");
+    }
     if let Some(last) = &status.last_exit {
         println!("last exit: daemon {last}");
     }
@@ -169,6 +172,18 @@ pub fn start(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     if let Some(pid) = PidFile::holder(dir) {
         return Err(Failure::new(format!("already running (pid {pid})")));
     }
+    // Not beside a standalone upgrade: after it (`run` would wait too, but
+    // with no admin socket to say so meanwhile).
+    let limit = crate::lock::wait_limit(config);
+    crate::lock::wait_for_upgrade(dir, limit, &crate::lock::SystemClock, |pid, waited| {
+        eprintln!(
+            "waiting for the upgrade in progress (pid {pid}) to finish before starting \
+             ({} s so far, at most {} s)",
+            waited.as_secs(),
+            limit.as_secs()
+        )
+    })
+    .map_err(|e| Failure::new(e.to_string()))?;
     let logs = dir.logs();
     std::fs::create_dir_all(&logs)
         .map_err(|e| Failure::new(format!("cannot create {}: {e}", logs.display())))?;
@@ -220,6 +235,9 @@ pub fn start(dir: &DataDir, config: &Config) -> Result<(), Failure> {
                         status.launcher_pid, d.pid, d.version, d.schema_version
                     );
                     return Ok(());
+                }
+                ("refused", _) if status.refused.is_some() => {
+                    return Err(Failure::new(status.refused.unwrap_or_default()));
                 }
                 ("refused", _) => {
                     return Err(Failure::new(format!(

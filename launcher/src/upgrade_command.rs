@@ -16,7 +16,9 @@ use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
 
 use crate::failure::{Failure, load_config};
-use crate::upgrade::{Engine, Standalone, health_addr};
+use crate::lock::UpgradeLock;
+use crate::pidfile::PidFile;
+use crate::upgrade::{Engine, Refusal, Standalone, health_addr, report};
 use crate::{package, probe, swap};
 
 #[derive(Args, Debug)]
@@ -229,14 +231,30 @@ fn download_bar(total: Option<u64>, message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// No supervisor: run the engine here, after making sure no daemon is serving
-/// this installation unsupervised (it would be running on the files we change).
+/// No supervisor: run the engine here, holding the upgrade lock from before
+/// its checks to the end — a supervisor starting meanwhile waits for it
+/// (`crate::lock::wait_for_upgrade`) — after making sure no supervisor is
+/// starting and no daemon serves this installation unsupervised (either
+/// would be running on the files we change).
 async fn standalone(
     dir: &DataDir,
     config: &Config,
     request: &UpgradeRequest,
     render: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<UpgradeReport, Failure> {
+    let lock = match UpgradeLock::acquire(dir) {
+        Ok(lock) => lock,
+        Err(message) => return Ok(report::refused(None, None, &Refusal::Locked(message))),
+    };
+    // Taken after its pid file: a supervisor that is not seen here sees
+    // this lock, and waits.
+    if let Some(pid) = PidFile::holder(dir) {
+        let refusal = Refusal::SupervisorStarting {
+            pid,
+            dir: dir.root().to_path_buf(),
+        };
+        return Ok(report::refused(None, None, &refusal));
+    }
     let addr = health_addr(config).map_err(Failure::new)?;
     if probe::health(addr, std::time::Duration::from_secs(1))
         .await
@@ -255,7 +273,7 @@ async fn standalone(
         host: &mut host,
         progress: render,
     }
-    .run(request)
+    .run_holding(&lock, request)
     .await;
     let mut report = report;
     if matches!(report.outcome, Outcome::Upgraded | Outcome::Restored) && !request.no_start {

@@ -442,3 +442,59 @@ fn an_unreadable_handover_starts_afresh_and_says_so() {
         "{log}"
     );
 }
+
+/// `start` while an upgrade holds the upgrade lock (held by this test here,
+/// as a standalone upgrade holds it): it waits, saying so, starts nothing
+/// meanwhile, and starts the service once the lock is free.
+#[test]
+fn start_waits_for_an_upgrade_in_progress_saying_so() {
+    let install = Install::new();
+    let held = waiaas_shared::runlock::lock_run_file(
+        &install.dir,
+        &install.dir.run().join("upgrade.lock"),
+    )
+    .unwrap();
+    let stderr = install.home().join("start.stderr");
+    let mut start = install
+        .launcher(&["start"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        start.try_wait().unwrap().is_none(),
+        "start did not wait: {said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "waiting for the upgrade in progress (pid {})",
+            std::process::id()
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        waiaas_shared::runlock::holder(&install.dir.launcher_pid()),
+        None,
+        "a supervisor started beside the upgrade"
+    );
+    assert!(
+        support::http(install.port, "GET", "/health", None, None).is_none(),
+        "something serves beside the upgrade"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = start.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "start never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    let stop = support::run(&mut install.launcher(&["stop"]));
+    assert!(status.success(), "{said}");
+    assert!(stop.status.success(), "{stop:?}");
+}

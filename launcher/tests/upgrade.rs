@@ -3382,3 +3382,204 @@ fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+// ---------------------------------------------------------------------------
+// One upgrade lock for every path; nothing served while a change is
+// unfinished (SPEC §13).
+
+/// `run` started while a standalone upgrade downloads (throttled here): it
+/// waits for the upgrade's lock, saying so, and starts only once the upgrade
+/// is done — the two never act at once, and every acknowledged write is kept.
+#[test]
+fn a_supervisor_started_during_a_standalone_upgrade_waits_for_it() {
+    let r = releases();
+    let site = Site::new();
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    let wallets = site.seed(&["treasury", "payroll"]);
+    site.stop(supervisor);
+    let token = site.token();
+    // The download takes about 4 s.
+    let tarball = fs::read(&r.b.platform_tarball).unwrap();
+    let path = Registry::tarball_path(&platform_package(this_target().unwrap()), B_VERSION);
+    let chunk = tarball.len() / 40 + 1;
+    site.registry.serve(
+        &path,
+        support::registry::Reply::Trickle {
+            body: tarball,
+            chunk,
+            every: Duration::from_millis(100),
+        },
+    );
+    let (mut upgrade, out, err) =
+        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while site.registry.hits(&path) == 0 {
+        assert!(upgrade.try_wait().unwrap().is_none(), "the upgrade ended");
+        assert!(Instant::now() < deadline, "the download never began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut supervisor = site.supervisor();
+    let run_started = Instant::now();
+    let writer = Writer::start(site.port, &token, "w");
+    let status = wait_child(&mut upgrade, Duration::from_secs(180), "the upgrade");
+    let waited = run_started.elapsed();
+    let report: UpgradeReport = serde_json::from_str(fs::read_to_string(&out).unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()));
+    assert!(status.success(), "{report:?}\n{}", supervisor.log());
+    assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+    supervisor.wait_healthy();
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!(
+            "an upgrade without a supervisor (pid {}) is changing",
+            upgrade.id()
+        )),
+        "the supervisor said it waited:\n{log}"
+    );
+    assert_eq!(
+        answered_by(&written, a()),
+        0,
+        "the old release served while the upgrade ran:\n{log}"
+    );
+    assert!(
+        answered_by(&written, B_VERSION) > 0,
+        "nothing was written after the upgrade: the test proves nothing"
+    );
+    let stored: BTreeSet<String> = site
+        .wallets()
+        .into_values()
+        .filter(|n| n.starts_with("w-"))
+        .collect();
+    assert_acknowledged_kept(&written, &stored, "a supervisor started mid-upgrade");
+    eprintln!(
+        "run waited {:.1} s for the standalone upgrade; then {} writes acknowledged, all by \
+         {B_VERSION}, all kept",
+        waited.as_secs_f64(),
+        written.acknowledged.len()
+    );
+    let mut expected = wallets;
+    expected.retain(|_, name| !name.starts_with("w-"));
+    let mut after = site.wallets();
+    after.retain(|_, name| !name.starts_with("w-"));
+    assert_eq!(after, expected, "the wallets written before");
+    assert_eq!(site.current().as_deref(), Some(B_VERSION));
+    assert!(!site.dir.upgrade_journal().exists());
+}
+
+/// A standalone upgrade that finds a supervisor starting (its pid file held,
+/// no admin socket yet) does not go ahead on its own, and says why.
+#[test]
+fn a_standalone_upgrade_refuses_while_a_supervisor_starts() {
+    let site = Site::new();
+    let before = site.snapshot();
+    let starting =
+        waiaas_shared::runlock::lock_run_file(&site.dir, &site.dir.launcher_pid()).unwrap();
+    let (out, report) = site.upgrade_json(&[]);
+    drop(starting);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(
+        report.message.contains(&format!(
+            "a supervisor (pid {}) is starting",
+            std::process::id()
+        )),
+        "{}",
+        report.message
+    );
+    assert_eq!(site.snapshot(), before, "nothing changed");
+    assert_eq!(
+        site.registry.total_hits(),
+        0,
+        "not even the registry was asked"
+    );
+}
+
+/// A rollback that fails (the backup found damaged when it is restored)
+/// leaves the service refused: no daemon serves the migrated database while
+/// the journal exists, `status` says why and what to do, and once the cause
+/// is fixed `restart` retries the rollback — every acknowledged write kept.
+#[test]
+fn a_failed_rollback_leaves_the_service_refused_until_it_is_retried() {
+    let site = Site::with(Setup {
+        offer: Offer::Faulty(Fault::Unhealthy),
+        health_timeout: 3,
+        ..Setup::default()
+    });
+    let mut supervisor = site.supervisor();
+    supervisor.wait_healthy();
+    site.seed(&["treasury", "payroll"]);
+    let writer = Writer::start(site.port, &site.token(), "w");
+    let (mut upgrade, out, err) =
+        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
+    wait_for_journal(&site, 4, &mut upgrade);
+    let backup = PathBuf::from(
+        site.journal().unwrap()["backup"]
+            .as_str()
+            .expect("step 4 names the backup"),
+    );
+    let db = backup.join("waiaas.db");
+    let original = fs::read(&db).unwrap();
+    let mut damaged = original.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    fs::write(&db, &damaged).unwrap();
+
+    wait_child(&mut upgrade, Duration::from_secs(180), "the upgrade");
+    let report: UpgradeReport = serde_json::from_str(fs::read_to_string(&out).unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()));
+    assert_eq!(report.outcome, Outcome::RollbackFailed, "{report:?}");
+    // For a while: nothing serves, the service is refused and says why.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let status = supervisor.status().expect("the supervisor answers");
+        assert!(site.dir.upgrade_journal().exists(), "the journal is kept");
+        assert_eq!(status.state, "refused", "{status:?}\n{}", supervisor.log());
+        assert!(status.daemon.is_none(), "a daemon runs: {status:?}");
+        let refused = status.refused.unwrap_or_default();
+        assert!(
+            refused.contains("is unfinished")
+                && refused.contains("damaged")
+                && refused.contains("waiaas-launcher restart"),
+            "{refused}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = run(&mut site.launcher(&["status"]));
+    assert!(
+        shown.stdout.contains("refused") && shown.stdout.contains("retries the rollback"),
+        "{shown:?}"
+    );
+
+    // The cause fixed, `restart` retries the rollback; the old release serves.
+    fs::write(&db, &original).unwrap();
+    let restarted = run(&mut site.launcher(&["restart"]));
+    assert!(
+        restarted.status.success(),
+        "{restarted:?}\n{}",
+        supervisor.log()
+    );
+    supervisor.wait_healthy();
+    std::thread::sleep(Duration::from_millis(300));
+    let written = writer.stop();
+    assert_eq!(
+        answered_by(&written, B_VERSION),
+        0,
+        "the unfinished release answered clients"
+    );
+    let stored: BTreeSet<String> = site
+        .wallets()
+        .into_values()
+        .filter(|n| n.starts_with("w-"))
+        .collect();
+    assert_acknowledged_kept(&written, &stored, "a failed rollback, retried");
+    eprintln!(
+        "a failed rollback, retried: {} writes acknowledged (all by {}), all kept; {} unanswered",
+        written.acknowledged.len(),
+        a(),
+        written.unknown.len()
+    );
+    site.assert_fully_old(&site.wallets());
+}

@@ -154,6 +154,10 @@ pub struct Status {
     pub restarts: u32,
     /// How the last daemon ended, in words, if one has ended.
     pub last_exit: Option<String>,
+    /// While the state is `refused` for an unfinished upgrade: why nothing
+    /// is served, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The running daemon, as its control channel and `/health` describe it.

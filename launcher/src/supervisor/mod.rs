@@ -94,6 +94,10 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
 
     let program = daemon_binary::program(dir)?;
     let pidfile = PidFile::acquire(dir)?;
+    // A standalone upgrade may be changing the files a daemon would serve:
+    // wait for it (its journal, if it left one, is recovered below). After
+    // the pid file, so an upgrade that starts meanwhile sees this launcher.
+    wait_for_standalone_upgrade(dir, config, &notifier)?;
     dir.make_private().map_err(|e| {
         Failure::new(format!(
             "cannot make {} and its folders private (0700): {e}",
@@ -145,6 +149,36 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(pidfile);
     result
+}
+
+/// [`crate::lock::wait_for_upgrade`] with its progress logged, and told to
+/// systemd (its start timeout extended while the wait lasts).
+fn wait_for_standalone_upgrade(
+    dir: &DataDir,
+    config: &Config,
+    notifier: &Notifier,
+) -> Result<(), Failure> {
+    let limit = crate::lock::wait_limit(config);
+    let tell = |pid: u32, waited: Duration| {
+        info!(
+            "an upgrade without a supervisor (pid {pid}) is changing {}; starting once it has \
+             finished (waited {} s, at most {} s)",
+            dir.root().display(),
+            waited.as_secs(),
+            limit.as_secs()
+        );
+        let extend = 3 * crate::lock::WAIT_TELL_EVERY;
+        notifier.notify(&format!(
+            "STATUS=waiting for the upgrade in progress (pid {pid})\nEXTEND_TIMEOUT_USEC={}",
+            extend.as_micros()
+        ));
+        if notifier.watchdog_interval().is_some() {
+            notifier.notify("WATCHDOG=1");
+        }
+    };
+    crate::lock::wait_for_upgrade(dir, limit, &crate::lock::SystemClock, tell)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    Ok(())
 }
 
 /// What the supervisor is doing, as `status` names it.
@@ -287,6 +321,8 @@ struct Supervisor {
     refused_code: Option<i32>,
     /// No automatic starts: stopped on purpose, refused, or held by an upgrade.
     held: Option<State>,
+    /// Refused because a journal says a change is unfinished: why, and what to do.
+    uncommitted: Option<String>,
     upgrade: Option<Upgrade>,
     /// A stop was asked for while an upgrade could not be abandoned.
     stop_after_upgrade: bool,
@@ -342,6 +378,7 @@ impl Supervisor {
             ready_once: false,
             refused_code: None,
             held: None,
+            uncommitted: None,
             upgrade: None,
             stop_after_upgrade: false,
             restart_replies: Vec::new(),
@@ -494,7 +531,7 @@ impl Supervisor {
                     warn!("SIGHUP: ignored while an upgrade runs");
                 } else {
                     info!("SIGHUP: restarting the daemon");
-                    self.restart();
+                    self.restart_or_recover();
                 }
             }
             Event::Admin(call) => self.admin(call),
@@ -520,7 +557,13 @@ impl Supervisor {
         debug_assert!(matches!(self.slot, Slot::Empty));
         self.retry_at = None;
         if matches!(purpose, Purpose::Service) {
+            // Only the engine starts a daemon while a change is unfinished:
+            // the service would serve an installation not committed.
+            if self.dir.upgrade_journal().exists() {
+                return self.refuse_uncommitted(None);
+            }
             self.held = None;
+            self.uncommitted = None;
         }
         let listening = match &purpose {
             Purpose::Engine {
@@ -960,6 +1003,16 @@ impl Supervisor {
         }
     }
 
+    /// A restart the operator asked for; with an unfinished change, a retry
+    /// of its rollback instead (the service starts after it).
+    fn restart_or_recover(&mut self) {
+        if self.dir.upgrade_journal().exists() {
+            self.recover();
+        } else {
+            self.restart();
+        }
+    }
+
     fn restart(&mut self) {
         self.failures = 0;
         self.held = None;
@@ -1029,7 +1082,7 @@ impl Supervisor {
             ),
             Request::Restart => {
                 self.restart_replies.push(reply);
-                self.restart();
+                self.restart_or_recover();
             }
             Request::Upgrade(_) if self.upgrade.is_some() => refuse(
                 reply,
@@ -1142,8 +1195,15 @@ impl Supervisor {
         let mut back_to = None;
         // Before the first start (not an operator's request): start afterwards.
         let first = !matches!(upgrade.work, Work::Request);
+        // Why the change is left unfinished, when its rollback failed.
+        let mut failure = None;
         match (&upgrade.work, report) {
-            (Work::Request | Work::Local, Some(report)) => upgrade.finish(report),
+            (Work::Request | Work::Local, Some(report)) => {
+                if report.outcome == Outcome::RollbackFailed {
+                    failure = Some(report.message.clone());
+                }
+                upgrade.finish(report);
+            }
             (Work::Resume, Some(report)) => {
                 // Rolled back: the old release's launcher starts the old daemon.
                 if report.outcome == Outcome::RolledBack {
@@ -1151,6 +1211,9 @@ impl Supervisor {
                 }
                 if matches!(report.outcome, Outcome::Upgraded | Outcome::Restored) {
                     failpoint::hit("handover-committed");
+                }
+                if report.outcome == Outcome::RollbackFailed {
+                    failure = Some(report.message.clone());
                 }
                 upgrade.finish_flushed(report).await;
             }
@@ -1160,8 +1223,7 @@ impl Supervisor {
                     report.message,
                     report.manual_steps.join(" ")
                 );
-                self.last_exit = Some(report.message);
-                self.held = Some(State::Refused);
+                failure = Some(report.message);
             }
             (Work::Request | Work::Local, None) => unreachable!("a request always reports"),
             (_, None) => {}
@@ -1178,17 +1240,73 @@ impl Supervisor {
         {
             self.open();
         }
+        // A change left unfinished (its rollback failed) is never served.
+        let unfinished = self.dir.upgrade_journal().exists();
+        // The service was refused for a change that a retry (`restart`,
+        // SIGHUP) has now rolled back.
+        let retried = !unfinished && self.uncommitted.take().is_some();
+        if unfinished && matches!(self.slot, Slot::Empty) {
+            self.refuse_uncommitted(failure.as_deref());
+        }
         if let Some(from) = back_to {
             let program = self.dir.version(&from).join("waiaas-launcher");
             self.hand_over(&program).await;
             self.start(Purpose::Service);
         } else if self.stop_after_upgrade {
             self.shutdown();
+        } else if retried && first && matches!(self.slot, Slot::Empty) {
+            // Started as a restart is: under `current`'s own launcher.
+            info!("the unfinished change is rolled back; starting the service");
+            self.start_service();
         } else if first && self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
             // Recovered, resumed with nothing to resume, or a local upgrade
             // that did not start a daemon: the first start.
             self.first_start().await;
         }
+    }
+
+    /// Holds the service refused: a journal says a change is unfinished, and
+    /// only the engine may start a daemon then (the service would serve an
+    /// installation that is not committed, which the next recovery rolls
+    /// back, dropping every write since). `failure` is why, when known.
+    fn refuse_uncommitted(&mut self, failure: Option<&str>) {
+        let change = match crate::journal::Journal::load(&self.dir) {
+            Ok(Some(j)) => format!(
+                "the {} from {} to {}",
+                match j.operation {
+                    crate::journal::Operation::Upgrade => "upgrade",
+                    crate::journal::Operation::Rollback => "rollback",
+                },
+                j.from,
+                j.to
+            ),
+            _ => "a change".to_string(),
+        };
+        let message = format!(
+            "{change} is unfinished ({} remains){}; nothing is served until it is rolled back: \
+             fix the cause, then `waiaas-launcher restart` retries the rollback and starts the \
+             service (as does restarting the service)",
+            self.dir.upgrade_journal().display(),
+            failure.map(|f| format!(": {f}")).unwrap_or_default()
+        );
+        error!("{message}");
+        self.notifier
+            .notify(&format!("STATUS=refused: {change} is unfinished"));
+        for reply in self.restart_replies.drain(..) {
+            let message = message.clone();
+            admin::answer_later(reply, Response::Error { message });
+        }
+        self.held = Some(State::Refused);
+        self.uncommitted = Some(message);
+    }
+
+    /// `restart` or SIGHUP while a journal records an unfinished change:
+    /// retries its rollback, and the service starts once it is done.
+    fn recover(&mut self) {
+        info!("retrying the rollback of the unfinished change; the service starts after it");
+        self.held = Some(State::Stopped);
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        self.upgrade = Some(Upgrade::recovery(dir, config));
     }
 
     /// The first start of a daemon — unless the data dir's current release
@@ -1218,18 +1336,6 @@ impl Supervisor {
     /// this process becomes that launcher, which starts its daemon.
     fn start_service(&mut self) {
         if let Some(program) = self.other_current_launcher() {
-            let message = format!(
-                "handing the service to {} (same pid), which starts its daemon; \
-                 see `waiaas-launcher status`",
-                program.display()
-            );
-            for reply in self.restart_replies.drain(..) {
-                let done = Response::Done {
-                    message: message.clone(),
-                };
-                // Written before the exec: the connection does not travel.
-                admin::answer_blocking(reply, &done, REPLY_TIMEOUT);
-            }
             self.exec_handover(&program, None);
         }
         self.start(Purpose::Service);
@@ -1293,6 +1399,18 @@ impl Supervisor {
     /// [`Supervisor::hand_over`] once the reply (if any) is detached: arms
     /// the confirmation deadline (`waiaas_shared::handover`) and execs.
     fn exec_handover(&mut self, program: &Path, reply_fd: Option<RawFd>) -> std::io::Error {
+        let message = format!(
+            "handing the service to {} (same pid), which starts its daemon; \
+             see `waiaas-launcher status`",
+            program.display()
+        );
+        for reply in self.restart_replies.drain(..) {
+            let done = Response::Done {
+                message: message.clone(),
+            };
+            // Written before the exec: the connection does not travel.
+            admin::answer_blocking(reply, &done, REPLY_TIMEOUT);
+        }
         let handover = Handover {
             version: HANDOVER_VERSION,
             from_launcher: VERSION.to_string(),
@@ -1369,6 +1487,10 @@ impl Supervisor {
             daemon,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
+            refused: self
+                .uncommitted
+                .clone()
+                .filter(|_| self.state() == State::Refused),
         }
     }
 }

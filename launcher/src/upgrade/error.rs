@@ -33,6 +33,11 @@ pub enum HostError {
 pub enum Refusal {
     #[error("{0}")]
     Locked(String),
+    #[error(
+        "a supervisor (pid {pid}) is starting for {dir}; run the upgrade again once it is up \
+         (`waiaas-launcher status`): it does the upgrade then"
+    )]
+    SupervisorStarting { pid: u32, dir: PathBuf },
     #[error("{path} is unreadable ({source}); inspect it, fix or remove it by hand")]
     Journal {
         path: PathBuf,

@@ -129,10 +129,19 @@ impl<H: Host> Engine<'_, H> {
     /// Runs `request` under the upgrade lock, after finishing any change a
     /// crash left half-done.
     pub async fn run(&mut self, request: &UpgradeRequest) -> UpgradeReport {
-        let _lock = match UpgradeLock::acquire(self.dir) {
-            Ok(lock) => lock,
-            Err(message) => return report::refused(None, None, &Refusal::Locked(message)),
-        };
+        match UpgradeLock::acquire(self.dir) {
+            Ok(lock) => self.run_holding(&lock, request).await,
+            Err(message) => report::refused(None, None, &Refusal::Locked(message)),
+        }
+    }
+
+    /// [`Engine::run`] for a caller that took the upgrade lock itself (the
+    /// standalone command, which holds it from before its checks).
+    pub async fn run_holding(
+        &mut self,
+        _lock: &UpgradeLock,
+        request: &UpgradeRequest,
+    ) -> UpgradeReport {
         if let Err(report) = self.recover_locked().await {
             return report;
         }
