@@ -6,12 +6,18 @@
 //!    (`WAIAAS_BENCH_SECONDS`);
 //! 4. migration from `MIN_COMPATIBLE_SCHEMA_VERSION` to the latest schema on
 //!    1,000,000 rows (`WAIAAS_BENCH_MIGRATION_ROWS`), with the row counts
-//!    verified afterwards.
+//!    verified afterwards;
+//! 5. writers: `POST /v1/wallets` back to back from 1 and 8 keep-alive
+//!    clients (`WAIAAS_BENCH_WRITE_SECONDS` each), writes/s and p99 latency
+//!    with the durable `synchronous=FULL` beside `NORMAL` (the daemon's
+//!    `synchronous-normal` test fault), every 201 found in the database after.
 //!
-//! Run with `cargo bench -p waiaas-daemon --bench daemon`. Prints readable
+//! Run with `cargo bench -p waiaas-daemon --bench daemon`; `WAIAAS_BENCH_ONLY=5`
+//! (a comma-separated list) runs only those sections. Prints readable
 //! lines, then one line of JSON; exits non-zero when the row counts differ
-//! after the migration. Every daemon listens on a 127.0.0.1 socket handed over
-//! through `LISTEN_FDS`; every file lives in a temp dir removed at the end.
+//! after the migration or a written wallet is missing. Every daemon listens
+//! on a 127.0.0.1 socket handed over through `LISTEN_FDS`; every file lives
+//! in a temp dir removed at the end.
 //!
 //! The HTTP clients are hand-rolled HTTP/1.1 over `TcpStream` (blocking for
 //! the readiness probe, tokio for the load), so the client's own cost stays
@@ -34,6 +40,7 @@ use serde_json::{Value as Json, json};
 use support::seed::{self, Allowed, Column};
 use support::{Daemon, Install};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waiaas_daemon::failpoint::FAULT_ENV;
 use waiaas_daemon::migrate::{self, LATEST_SCHEMA_VERSION};
 use waiaas_daemon::{compat, db};
 
@@ -85,11 +92,19 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let fresh = bench_fresh_start();
-    let big = bench_big_start(db_mb);
-    let load = bench_health_load(seconds);
-    let migration = bench_migration(migration_rows);
-    let ok = migration["counts"] == "OK";
+    let write_seconds = env_number("WAIAAS_BENCH_WRITE_SECONDS", 10);
+    let only = std::env::var("WAIAAS_BENCH_ONLY").unwrap_or_default();
+    let runs = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    let section = |n: &str, bench: &dyn Fn() -> Json| {
+        if runs(n) { bench() } else { Json::Null }
+    };
+    let fresh = section("1", &bench_fresh_start);
+    let big = section("2", &|| bench_big_start(db_mb));
+    let load = section("3", &|| bench_health_load(seconds));
+    let migration = section("4", &|| bench_migration(migration_rows));
+    let writers = section("5", &|| bench_writers(write_seconds));
+    let ok = (migration.is_null() || migration["counts"] == "OK")
+        && (writers.is_null() || writers["all_stored"] == true);
 
     let total = started.elapsed().as_secs_f64();
     println!();
@@ -101,6 +116,7 @@ fn main() -> ExitCode {
         "start_big_db": big,
         "health_load": load,
         "migration": migration,
+        "writers": writers,
         "total_s": round(total, 1),
     });
     println!("{summary}");
@@ -407,8 +423,9 @@ async fn client_task(
         .await
         .ok()
         .and_then(Result::ok);
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
     if let Some(c) = client.as_mut() {
-        let warm = tokio::time::timeout(REQUEST_TIMEOUT, c.health()).await;
+        let warm = tokio::time::timeout(REQUEST_TIMEOUT, c.call(&request)).await;
         if !matches!(warm, Ok(Ok(_))) {
             client = None;
         }
@@ -430,7 +447,7 @@ async fn client_task(
             },
         };
         let sent = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, c.health()).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, c.call(&request)).await {
             Ok(Ok(answer)) => {
                 if answer.status == 200 {
                     latencies.push(sent.elapsed().as_nanos() as u64);
@@ -450,11 +467,10 @@ async fn client_task(
     (latencies, failures)
 }
 
-/// A minimal HTTP/1.1 keep-alive client for `GET /health`: bodies must carry
-/// `Content-Length` (warp's JSON replies do).
+/// A minimal HTTP/1.1 keep-alive client: bodies must carry `Content-Length`
+/// (warp's JSON replies do).
 struct Client {
     stream: tokio::net::TcpStream,
-    request: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -469,13 +485,13 @@ impl Client {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
-            request: format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(),
             buf: Vec::with_capacity(4096),
         })
     }
 
-    async fn health(&mut self) -> io::Result<Answer> {
-        self.stream.write_all(&self.request).await?;
+    /// Sends one whole request and reads its answer.
+    async fn call(&mut self, request: &[u8]) -> io::Result<Answer> {
+        self.stream.write_all(request).await?;
         let mut chunk = [0u8; 4096];
         let head_end = loop {
             if let Some(at) = find(&self.buf, b"\r\n\r\n") {
@@ -874,6 +890,213 @@ fn literal(value: &Value) -> String {
         Value::Integer(n) => n.to_string(),
         other => panic!("a CHECK value of an unexpected kind: {other:?}"),
     }
+}
+
+// --------------------------------------------------------------------- 5 --
+
+/// Concurrent writers of each run of section 5.
+const WRITERS: [usize; 2] = [1, 8];
+
+/// Section 5: for each count of writers, a fresh daemon with
+/// `synchronous=NORMAL` (its test fault) and one as it ships (FULL), each
+/// writer creating wallets back to back on its own keep-alive connection.
+/// Every 201 is recorded and looked up in the database afterwards.
+fn bench_writers(seconds: u64) -> Json {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    heading(&format!(
+        "5. writers: POST /v1/wallets back to back for {seconds} s, \
+         synchronous=NORMAL vs FULL (hand-rolled HTTP/1.1 on a {workers}-worker tokio runtime)"
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut runs = Vec::new();
+    let mut all_stored = true;
+    for writers in WRITERS {
+        for synchronous in ["NORMAL", "FULL"] {
+            let install = Install::new();
+            let env: &[(&str, &str)] = match synchronous {
+                "NORMAL" => &[(FAULT_ENV, db::FAULT_SYNCHRONOUS_NORMAL)],
+                _ => &[],
+            };
+            let mut daemon = Daemon::start_with_env(&install, env);
+            wait_ready(&mut daemon, Instant::now());
+            assert_eq!(
+                daemon.stderr().contains("synchronous=NORMAL"),
+                synchronous == "NORMAL",
+                "the daemon did not take synchronous={synchronous}:\n{}",
+                daemon.stderr()
+            );
+            let token = install.token();
+            let result = runtime.block_on(write_load(
+                daemon.addr,
+                &token,
+                writers,
+                Duration::from_secs(seconds),
+            ));
+            let status = daemon.stop();
+            if !status.success() {
+                println!("warning: the daemon exited with {status} after SIGTERM");
+            }
+            let missing = missing_wallets(&install.dir.database(), &result.acknowledged);
+            all_stored &= missing == 0;
+            runs.push(print_writes(synchronous, writers, result, missing));
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    json!({ "runs": runs, "all_stored": all_stored })
+}
+
+/// Prints one run of section 5; returns it as JSON.
+fn print_writes(synchronous: &str, writers: usize, result: WriteResult, missing: usize) -> Json {
+    let mut latencies = result.latencies;
+    latencies.sort_unstable();
+    let writes = latencies.len() as u64;
+    let wps = writes as f64 / result.elapsed.as_secs_f64();
+    let ms = |nanos: u64| nanos as f64 / 1e6;
+    let (p50, p99, max) = match latencies.last() {
+        None => (0.0, 0.0, 0.0),
+        Some(&max) => (
+            ms(percentile(&latencies, 0.50)),
+            ms(percentile(&latencies, 0.99)),
+            ms(max),
+        ),
+    };
+    println!(
+        "synchronous={synchronous:<6} {writers} writer(s): {writes} writes in {:.2} s = {wps:.0} writes/s; \
+         latency p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms; {} failures; {missing} acknowledged but not stored",
+        result.elapsed.as_secs_f64(),
+        result.failures,
+    );
+    json!({
+        "synchronous": synchronous,
+        "writers": writers,
+        "writes": writes,
+        "failures": result.failures,
+        "writes_per_s": round(wps, 0),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3),
+        "max_ms": round(max, 3),
+        "missing": missing,
+    })
+}
+
+struct WriteResult {
+    /// Nanoseconds per acknowledged (201) write.
+    latencies: Vec<u64>,
+    /// The public key of every acknowledged wallet.
+    acknowledged: Vec<String>,
+    failures: u64,
+    elapsed: Duration,
+}
+
+async fn write_load(
+    addr: SocketAddr,
+    token: &str,
+    writers: usize,
+    duration: Duration,
+) -> WriteResult {
+    // Every writer connects before the clock starts.
+    let barrier = Arc::new(tokio::sync::Barrier::new(writers + 1));
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let (barrier, token) = (Arc::clone(&barrier), token.to_string());
+            tokio::spawn(writer_task(addr, token, writer, duration, barrier))
+        })
+        .collect();
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut result = WriteResult {
+        latencies: Vec::new(),
+        acknowledged: Vec::new(),
+        failures: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (mut latencies, mut acknowledged, failures) = task.await.expect("writer task panicked");
+        result.latencies.append(&mut latencies);
+        result.acknowledged.append(&mut acknowledged);
+        result.failures += failures;
+    }
+    result.elapsed = started.elapsed();
+    result
+}
+
+/// One writer: a wallet with a unique public key per request until `duration`
+/// has passed; its latencies, the keys acknowledged, and its failures.
+async fn writer_task(
+    addr: SocketAddr,
+    token: String,
+    writer: usize,
+    duration: Duration,
+    barrier: Arc<tokio::sync::Barrier>,
+) -> (Vec<u64>, Vec<String>, u64) {
+    let mut client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(addr))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    barrier.wait().await;
+    let deadline = Instant::now() + duration;
+    let (mut latencies, mut acknowledged, mut failures) = (Vec::new(), Vec::new(), 0u64);
+    for n in 0u64.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(addr)).await {
+                Ok(Ok(c)) => client.insert(c),
+                _ => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let key = format!("bench-{writer}-{n}");
+        let body = json!({ "name": key, "chain": "solana", "network": "bench", "publicKey": key })
+            .to_string();
+        let request = format!(
+            "POST /v1/wallets HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let sent = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, c.call(request.as_bytes())).await {
+            Ok(Ok(answer)) => {
+                if answer.status == 201 {
+                    latencies.push(sent.elapsed().as_nanos() as u64);
+                    acknowledged.push(key);
+                } else {
+                    failures += 1;
+                }
+                if !answer.keep_alive {
+                    client = None;
+                }
+            }
+            _ => {
+                failures += 1;
+                client = None;
+            }
+        }
+    }
+    (latencies, acknowledged, failures)
+}
+
+/// How many of the `acknowledged` public keys have no wallet in `db`.
+fn missing_wallets(db: &Path, acknowledged: &[String]) -> usize {
+    let conn = Connection::open(db).expect("open the database");
+    let mut select = conn
+        .prepare("SELECT public_key FROM wallets")
+        .expect("select the wallets");
+    let stored: std::collections::HashSet<String> = select
+        .query_map([], |row| row.get(0))
+        .expect("read the wallets")
+        .collect::<Result<_, _>>()
+        .expect("read a wallet");
+    acknowledged.iter().filter(|k| !stored.contains(*k)).count()
 }
 
 // ---------------------------------------------------------------- helpers --

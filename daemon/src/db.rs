@@ -8,14 +8,37 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
+/// `PRAGMA synchronous` as SQLite reports FULL.
+pub const SYNCHRONOUS_FULL: i64 = 2;
+
+/// The lasting fault (`WAIAAS_FAULT`) that opens the database with
+/// `synchronous=NORMAL`: the baseline of the writers' benchmark, never a setting.
+pub const FAULT_SYNCHRONOUS_NORMAL: &str = "synchronous-normal";
+
 /// Opens (creating if needed) the database in WAL mode with foreign keys on.
+///
+/// `synchronous=FULL`: each commit fsyncs the WAL before it returns, so a 2xx
+/// for a write means the write is on disk. NORMAL syncs only at checkpoints,
+/// and while checkpoints are held for a live backup there are none until the
+/// daemon exits.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous = if crate::failpoint::fault(FAULT_SYNCHRONOUS_NORMAL) {
+        tracing::warn!("test fault: synchronous=NORMAL, acknowledged writes are not durable");
+        "NORMAL"
+    } else {
+        "FULL"
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// The connection's `PRAGMA synchronous` ([`SYNCHRONOUS_FULL`] when durable).
+pub fn synchronous(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA synchronous", [], |row| row.get(0))
 }
 
 /// Folds the WAL back into the main file, so the file alone is the database.
@@ -64,5 +87,38 @@ impl Db {
         })
         .await
         .expect("database task panicked")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waiaas_shared::config::Config;
+    use waiaas_shared::layout::DataDir;
+
+    /// The connection `serve` answers from fsyncs every commit, and still does
+    /// once its checkpoints are held, when the WAL is the only copy of a write.
+    #[test]
+    fn the_serving_connection_syncs_every_commit_also_with_checkpoints_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let conn = crate::serve::prepare_database(&dir, &Config::default(), true).unwrap();
+        assert_eq!(synchronous(&conn).unwrap(), SYNCHRONOUS_FULL);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        hold_checkpoints(&conn).unwrap();
+        assert!(checkpoints_held(&conn).unwrap());
+        conn.execute(
+            "INSERT INTO key_value_store (key, value, updated_at) VALUES ('x', 'y', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(synchronous(&conn).unwrap(), SYNCHRONOUS_FULL);
+        // Connections that set no pragma (the launcher's update notice, a
+        // backup's checkpoint) get the bundled SQLite's default: FULL too.
+        let other = Connection::open(dir.database()).unwrap();
+        assert_eq!(synchronous(&other).unwrap(), SYNCHRONOUS_FULL);
     }
 }

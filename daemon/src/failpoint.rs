@@ -8,7 +8,9 @@
 //!   life — set by that release's wrapper script, so only its daemon has it
 //!   (the readiness gate's matrix in `launcher/tests/gate.rs`):
 //!   `health-503` (`/health` answers 503 while writes work) and
-//!   `abort-after-first-request` (aborts 1 s after its first answer).
+//!   `abort-after-first-request` (aborts 1 s after its first answer). The
+//!   writers' benchmark (`benches/daemon.rs`) sets `synchronous-normal` for
+//!   its baseline: commits that do not fsync.
 
 use std::sync::Once;
 use std::time::Duration;

@@ -567,6 +567,7 @@ mod tests {
                 from_version: "1.8.1".into(),
                 to_version: "1.9.0".into(),
                 schema_version: 16,
+                sequence: None,
                 created_at: "2026-01-01T00:00:00.000Z".into(),
                 files,
                 sizes: Default::default(),

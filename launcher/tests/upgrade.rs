@@ -2636,13 +2636,14 @@ fn wait_for_journal(site: &Site, step: u64, child: &mut Child) {
 }
 
 // ---------------------------------------------------------------------------
-// Backups by time.
+// Backups in order.
 
-/// A backup folder as the engine writes it: real copies, a real manifest.
+/// A backup folder as the engine writes it: real copies, a real manifest;
+/// without a `sequence`, as releases before it wrote them.
 fn fabricate_backup(
     site: &Site,
     from: &str,
-    created: UtcTime,
+    (created, sequence): (UtcTime, Option<u64>),
     database: &Path,
     schema: u32,
 ) -> PathBuf {
@@ -2661,6 +2662,7 @@ fn fabricate_backup(
         from_version: from.to_string(),
         to_version: "9.9.9".to_string(),
         schema_version: schema,
+        sequence,
         created_at: created.rfc3339(),
         files,
         sizes: Default::default(),
@@ -2691,7 +2693,7 @@ fn copy_with_marker(site: &Site, to: &Path, marker: &str) {
 }
 
 #[test]
-fn backups_are_chosen_by_time_not_name() {
+fn backups_are_chosen_by_sequence_not_time_or_name() {
     let day = 86_400_000;
     let site = Site::with(Setup {
         keep_backups: 2,
@@ -2703,28 +2705,29 @@ fn backups_are_chosen_by_time_not_name() {
     let scratch = site.home.join("scratch");
     fs::create_dir_all(&scratch).unwrap();
 
-    // Retention: three older backups whose name order is not their time order.
+    // Retention: three backups of older releases (no sequence) whose name
+    // order is not their time order.
     let now = UtcTime::now().unix_seconds() * 1000;
     let db16 = scratch.join("16.db");
     copy_with_marker(&site, &db16, "from-an-old-backup");
     let rc = fabricate_backup(
         &site,
         "2.0.0-rc.1",
-        UtcTime::from_unix_ms(now - 3 * day),
+        (UtcTime::from_unix_ms(now - 3 * day), None),
         &db16,
         A_SCHEMA,
     );
     let ten = fabricate_backup(
         &site,
         "1.10.0",
-        UtcTime::from_unix_ms(now - 2 * day),
+        (UtcTime::from_unix_ms(now - 2 * day), None),
         &db16,
         A_SCHEMA,
     );
     let nine = fabricate_backup(
         &site,
         "1.9.0",
-        UtcTime::from_unix_ms(now - day),
+        (UtcTime::from_unix_ms(now - day), None),
         &db16,
         A_SCHEMA,
     );
@@ -2746,9 +2749,10 @@ fn backups_are_chosen_by_time_not_name() {
     );
     assert_eq!(left.len(), 2, "{left:?}");
 
-    // Rollback: the newest by created_at wins, though 2.0.0-rc.1 sorts last by
-    // name and is the highest version, and 1.10.0 is above 1.9.0. (It is of
-    // A: a backup of the version running is one already restored, refused.)
+    // Rollback: the newest by sequence wins, though its created_at is the
+    // oldest (a clock that stepped back), 2.0.0-rc.1 sorts last by name and is
+    // the highest version, and 1.10.0 is above 1.9.0. (It is of A: a backup
+    // of the version running is one already restored, refused.)
     std::thread::sleep(Duration::from_millis(1100));
     let db17 = scratch.join("17.db");
     copy_with_marker(&site, &db17, "from-an-older-backup");
@@ -2766,18 +2770,19 @@ fn backups_are_chosen_by_time_not_name() {
     fabricate_backup(
         &site,
         "2.0.0-rc.1",
-        UtcTime::from_unix_ms(now - 2 * day),
+        (UtcTime::from_unix_ms(now), Some(1000)),
         &db17,
         B_SCHEMA,
     );
     fabricate_backup(
         &site,
         "1.10.0",
-        UtcTime::from_unix_ms(now - day),
+        (UtcTime::from_unix_ms(now + day), Some(1001)),
         &db17,
         B_SCHEMA,
     );
-    let newest = fabricate_backup(&site, a(), UtcTime::now(), &newest_db, A_SCHEMA);
+    let stepped_back = UtcTime::from_unix_ms(now - 3 * day);
+    let newest = fabricate_backup(&site, a(), (stepped_back, Some(1002)), &newest_db, A_SCHEMA);
     let (out, report) = site.upgrade_json(&["--rollback"]);
     assert!(out.status.success(), "{out:?}\n{}", supervisor.log());
     assert_eq!(report.outcome, Outcome::Restored);

@@ -4,8 +4,9 @@
 //!
 //! A backup is built in a hidden temp folder and renamed into place only once
 //! every file is copied, verified and fsynced: a folder without the `.partial-`
-//! prefix is always complete. Backups are ordered by `created_at`, never by
-//! folder name (`1.10.0` sorts before `1.9.0` as text).
+//! prefix is always complete. Backups are ordered by their `sequence`, never by
+//! the clock (it can step back) nor by folder name (`1.10.0` sorts before
+//! `1.9.0` as text).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -67,7 +68,12 @@ pub struct Manifest {
     pub to_version: String,
     /// The database's schema version at backup time.
     pub schema_version: u32,
-    /// RFC 3339 UTC with milliseconds.
+    /// Where the backup stands among the others: one more than the highest
+    /// when it was made. Absent from older releases' backups, which come
+    /// before every numbered one (see [`Manifest::order`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// RFC 3339 UTC with milliseconds: information, never the order.
     pub created_at: String,
     /// SHA-256 of each file in the folder, by file name ([`FILES`]).
     pub files: BTreeMap<String, String>,
@@ -80,6 +86,12 @@ impl Manifest {
     /// When the backup was taken; unparsable dates sort first (oldest).
     pub fn created(&self) -> UtcTime {
         UtcTime::parse_rfc3339(&self.created_at).unwrap_or(UtcTime::from_unix_ms(0))
+    }
+
+    /// The key backups are listed by, oldest first: unnumbered ones (older
+    /// releases) by `created_at`, then numbered ones by `sequence`.
+    pub fn order(&self) -> (Option<u64>, UtcTime) {
+        (self.sequence, self.created())
     }
 }
 
@@ -134,7 +146,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 /// `backups/<kind>-<from>-<yyyymmddThhmmssZ>/` with a `backup.json`. Nothing
 /// may be using the database.
 pub fn create(dir: &DataDir, request: &Request) -> Result<Backup, BackupError> {
-    begin(dir, request, Database::Idle)?.finish()
+    create_at(dir, request, UtcTime::now())
+}
+
+/// [`create`], taken at `now`.
+fn create_at(dir: &DataDir, request: &Request, now: UtcTime) -> Result<Backup, BackupError> {
+    begin_at(dir, request, Database::Idle, now)?.finish()
 }
 
 /// How the database is used while [`begin`] copies it.
@@ -192,9 +209,18 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
 /// time, from the same page cache. With [`Database::Held`] this is the long part, and it runs while
 /// the daemon still serves; the rest ([`Pending::finish`]) is small.
 pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pending, BackupError> {
+    begin_at(dir, request, database, UtcTime::now())
+}
+
+/// [`begin`], taken at `now`.
+fn begin_at(
+    dir: &DataDir,
+    request: &Request,
+    database: Database,
+    now: UtcTime,
+) -> Result<Pending, BackupError> {
     let root = dir.backups();
     fs::create_dir_all(&root).map_err(io_err(&root))?;
-    let now = UtcTime::now();
     let name = unused_name(&root, request, now);
     let partial = root.join(format!("{PARTIAL_PREFIX}{name}"));
     // Backups hold the whole database: the owner's alone (0700 / 0600).
@@ -252,13 +278,26 @@ fn unused_name(root: &Path, request: &Request, now: UtcTime) -> String {
         .expect("an unused name exists")
 }
 
-/// `backup.json` for `request`, taken at `now`, holding `files`.
-fn manifest(request: &Request, now: UtcTime, files: &BTreeMap<String, Copied>) -> Manifest {
-    Manifest {
+/// `backup.json` for `request`, taken at `now`, holding `files`: numbered
+/// after every backup in `dir`, so it is the newest whatever the clock says.
+fn manifest(
+    dir: &DataDir,
+    request: &Request,
+    now: UtcTime,
+    files: &BTreeMap<String, Copied>,
+) -> Result<Manifest, BackupError> {
+    let root = dir.backups();
+    let highest = list(dir)
+        .map_err(io_err(&root))?
+        .iter()
+        .filter_map(|b| b.manifest.sequence)
+        .max();
+    Ok(Manifest {
         kind: request.kind,
         from_version: request.from_version.clone(),
         to_version: request.to_version.clone(),
         schema_version: request.schema_version,
+        sequence: Some(highest.map_or(1, |n| n + 1)),
         created_at: now.rfc3339(),
         files: files
             .iter()
@@ -268,7 +307,7 @@ fn manifest(request: &Request, now: UtcTime, files: &BTreeMap<String, Copied>) -
             .iter()
             .map(|(name, c)| (name.clone(), c.len))
             .collect(),
-    }
+    })
 }
 
 impl Pending {
@@ -347,7 +386,7 @@ impl Pending {
             let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
             self.files.insert(CONFIG_FILE.to_string(), copied);
         }
-        let manifest = manifest(&self.request, self.now, &self.files);
+        let manifest = manifest(&self.dir, &self.request, self.now, &self.files)?;
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
         let path = self.partial.join(MANIFEST);
         write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
@@ -395,7 +434,7 @@ pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, 
         let sha256 = sha256_file(&path).map_err(io_err(&path))?;
         files.insert(file.to_string(), Copied { sha256, len });
     }
-    let manifest = manifest(request, now, &files);
+    let manifest = manifest(dir, request, now, &files)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
     // Written first: the rename then makes the backup complete at once.
     let path = folder.join(MANIFEST);
@@ -481,7 +520,7 @@ fn quick_check(db: &Path) -> Result<(), BackupError> {
     }
 }
 
-/// Every complete backup, oldest first by `created_at`. Folders without a
+/// Every complete backup, oldest first by [`Manifest::order`]. Folders without a
 /// readable manifest (or still `.partial-`) are not backups and are skipped.
 pub fn list(dir: &DataDir) -> io::Result<Vec<Backup>> {
     let root = dir.backups();
@@ -506,11 +545,12 @@ pub fn list(dir: &DataDir) -> io::Result<Vec<Backup>> {
             backups.push(Backup { path, manifest });
         }
     }
-    backups.sort_by_key(|b| b.manifest.created());
+    backups.sort_by(|a, b| (a.manifest.order(), &a.path).cmp(&(b.manifest.order(), &b.path)));
     Ok(backups)
 }
 
-/// Deletes all but the `keep` newest backups (by `created_at`) and any
+/// Deletes all but the `keep` (at least 1) newest backups by
+/// [`Manifest::order`], so the one just made is never deleted, and any
 /// `.partial-` leftovers of an interrupted backup; returns what was deleted.
 pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
@@ -528,7 +568,7 @@ pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
         }
     }
     let backups = list(dir)?;
-    let excess = backups.len().saturating_sub(keep);
+    let excess = backups.len().saturating_sub(keep.max(1));
     for backup in backups.into_iter().take(excess) {
         fs::remove_dir_all(&backup.path)?;
         removed.push(backup.path);
@@ -598,8 +638,32 @@ mod tests {
         assert_eq!(list(&dir).unwrap(), vec![backup]);
     }
 
+    /// A machine without a real-time clock can boot before NTP sets its
+    /// time: a backup made then has an earlier `created_at` than the last one,
+    /// and is still the newest.
     #[test]
-    fn listing_and_pruning_go_by_created_at_not_name() {
+    fn a_backup_made_after_the_clock_stepped_back_is_the_newest() {
+        let (_tmp, dir) = install();
+        let t = 1_800_000_000_000;
+        let a = create_at(&dir, &request("1.8.1"), UtcTime::from_unix_ms(t)).unwrap();
+        let b = create_at(
+            &dir,
+            &request("1.9.0"),
+            UtcTime::from_unix_ms(t - 3_600_000),
+        )
+        .unwrap();
+        assert!(b.manifest.created() < a.manifest.created());
+        assert_eq!(
+            (a.manifest.sequence, b.manifest.sequence),
+            (Some(1), Some(2))
+        );
+        assert_eq!(list(&dir).unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(prune(&dir, 1).unwrap(), vec![a.path]);
+        assert_eq!(list(&dir).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn listing_and_pruning_go_by_sequence_then_created_at_not_name() {
         let (_tmp, dir) = install();
         let root = dir.backups();
         // Names that sort the wrong way as text.
@@ -618,6 +682,7 @@ mod tests {
                 from_version: from.into(),
                 to_version: "x".into(),
                 schema_version: 1,
+                sequence: None,
                 created_at: at.into(),
                 files: BTreeMap::new(),
                 sizes: BTreeMap::new(),
@@ -643,6 +708,14 @@ mod tests {
             .collect();
         assert_eq!(left, ["1.10.0", "2.0.0-rc.1"]);
         assert!(!root.join(".partial-pre-upgrade-3.0.0-x").exists());
+        // Numbered backups come after every unnumbered one (an older
+        // release's), whatever their times.
+        let made = create_at(&dir, &request("3.0.0"), UtcTime::from_unix_ms(0)).unwrap();
+        assert_eq!(made.manifest.sequence, Some(1));
+        let newer = create_at(&dir, &request("3.1.0"), UtcTime::from_unix_ms(0)).unwrap();
+        assert_eq!(newer.manifest.sequence, Some(2));
+        prune(&dir, 2).unwrap();
+        assert_eq!(list(&dir).unwrap(), vec![made, newer]);
     }
 
     /// A daemon's connection with checkpoints held, as the daemon holds them.

@@ -6,12 +6,13 @@
 //! ([`WalCopy::finish`]) — the downtime holds a small tail, not the whole log.
 //!
 //! Frames of a transaction still open may be rewritten in place, so a pass
-//! stops at the last commit frame. The layout read here is SQLite's WAL
-//! format (sqlite.org/fileformat2.html#walformat): a 32-byte header, then
+//! stops at the last commit frame, and only at one the checksum chain
+//! reaches, as SQLite's own recovery does. The layout read here is SQLite's
+//! WAL format (sqlite.org/fileformat2.html#walformat): a 32-byte header, then
 //! frames of a 24-byte header and one page.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,11 @@ use crate::fsutil::Copied;
 const HEADER: u64 = 32;
 const FRAME_HEADER: u64 = 24;
 const MAGIC: [u32; 2] = [0x377f_0682, 0x377f_0683];
+
+/// The log's 32-byte header.
+type Header = [u8; HEADER as usize];
+/// A value of the checksum chain: two 32-bit words.
+type Chain = [u32; 2];
 
 /// Why a WAL could not be copied.
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +51,19 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     }
 }
 
-/// A WAL being copied to `dest`: its first `len` bytes so far, all of them
-/// committed frames.
+/// A WAL being copied to `dest`: its first `len` bytes so far, the header
+/// and whole transactions whose frames follow SQLite's checksum chain.
 #[derive(Debug)]
 pub struct WalCopy {
     dest: PathBuf,
     file: File,
+    /// The hash of the first `len` bytes of `dest`.
     hasher: Sha256,
     len: u64,
     /// The log's header as copied: a restarted log has other salts.
-    header: Option<[u8; HEADER as usize]>,
+    header: Option<Header>,
+    /// The checksum chain's value at `len`: where the next frame's starts.
+    chain: Chain,
 }
 
 impl WalCopy {
@@ -74,6 +83,7 @@ impl WalCopy {
             hasher: Sha256::new(),
             len: 0,
             header: None,
+            chain: [0; 2],
         })
     }
 
@@ -84,53 +94,29 @@ impl WalCopy {
             return Ok(0);
         };
         let end = source.metadata().map_err(io_at(wal))?.len();
-        let header = match self.header {
-            Some(header) => header,
+        let (header, chain) = match self.header {
+            Some(header) => (header, self.chain),
             None => match read_header(&source, wal, end)? {
-                Some(header) => header,
+                Some(read) => read,
                 None => return Ok(0),
             },
         };
-        let page_size = u64::from(u32::from_be_bytes(header[8..12].try_into().unwrap()));
-        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-            return Err(WalError::Restarted(wal.to_path_buf()));
-        }
-        let frame = FRAME_HEADER + page_size;
-        let mut at = self.len.max(HEADER);
-        let mut committed = self.len;
-        let mut frame_header = [0u8; FRAME_HEADER as usize];
-        while at + frame <= end {
-            source
-                .read_exact_at(&mut frame_header, at)
-                .map_err(io_at(wal))?;
-            // A frame of another generation of the log ends this one.
-            if frame_header[8..16] != header[16..24] {
-                break;
-            }
-            at += frame;
-            if frame_header[4..8] != [0; 4] {
-                committed = at;
-            }
-        }
-        if committed <= self.len {
-            return Ok(0);
-        }
-        let copied = self.append(source, wal, committed - self.len)?;
-        self.header = Some(header);
-        Ok(copied)
+        self.copy_committed(&source, wal, end, header, chain)
     }
 
     /// Once nothing writes the log any more: checks it is the one copied so
-    /// far, copies the rest, and fsyncs. What was copied in all.
+    /// far, copies the rest of its committed frames, and fsyncs. What was
+    /// copied in all.
     pub fn finish(mut self, wal: &Path) -> Result<Copied, WalError> {
         if let Some(source) = open(wal)? {
             let end = source.metadata().map_err(io_at(wal))?.len();
             if let Some(copied) = self.header {
-                if end < self.len || read_header(&source, wal, end)? != Some(copied) {
+                let now = read_header(&source, wal, end)?.map(|(header, _)| header);
+                if end < self.len || now != Some(copied) {
                     return Err(WalError::Restarted(wal.to_path_buf()));
                 }
             }
-            self.append(source, wal, end - self.len)?;
+            self.catch_up(wal)?;
         } else if self.len > 0 {
             return Err(WalError::Restarted(wal.to_path_buf()));
         }
@@ -140,26 +126,121 @@ impl WalCopy {
         })
     }
 
-    /// Appends `count` bytes of `source` from where the copy ends, fsynced.
-    fn append(&mut self, mut source: File, wal: &Path, count: u64) -> Result<u64, WalError> {
-        source.seek(SeekFrom::Start(self.len)).map_err(io_at(wal))?;
-        let mut left = count;
-        let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = source.read(&mut buf[..want]).map_err(io_at(wal))?;
-            if n == 0 {
-                // Shorter than measured: only a replaced log shrinks.
-                return Err(WalError::Restarted(wal.to_path_buf()));
-            }
-            self.hasher.update(&buf[..n]);
-            self.file.write_all(&buf[..n]).map_err(io_at(&self.dest))?;
-            left -= n as u64;
+    /// Reads the frames of `source` after `len` (up to `end`) once, and
+    /// copies those bytes up to the last commit frame the chain reaches: a
+    /// frame is the log's while its salts are the header's and its checksum,
+    /// seeded by the one before, matches — what SQLite's recovery keeps. Past
+    /// that (a frame of another generation, a page rewritten after its header,
+    /// a torn write) SQLite ignores the rest, and so does the copy: reading
+    /// each byte once means what is checked is what is copied.
+    fn copy_committed(
+        &mut self,
+        source: &File,
+        wal: &Path,
+        end: u64,
+        header: Header,
+        mut chain: Chain,
+    ) -> Result<u64, WalError> {
+        let page_size = u64::from(u32::from_be_bytes(header[8..12].try_into().unwrap()));
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(WalError::Restarted(wal.to_path_buf()));
         }
+        let big_endian = u32::from_be_bytes(header[0..4].try_into().unwrap()) == MAGIC[1];
+        let frame = usize::try_from(FRAME_HEADER + page_size).expect("a frame fits in memory");
+        let mut tentative = self.hasher.clone();
+        let mut at = self.len;
+        if at == 0 {
+            self.file
+                .write_all_at(&header, 0)
+                .map_err(io_at(&self.dest))?;
+            tentative.update(header);
+            at = HEADER;
+        }
+        let mut committed = None;
+        // About 1 MiB of frames per read.
+        let mut buf = vec![0u8; frame * (COPY_CHUNK / frame).max(1)];
+        while at + frame as u64 <= end {
+            let frames = usize::try_from((end - at) / frame as u64)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() / frame);
+            let chunk = &mut buf[..frames * frame];
+            source
+                .read_exact_at(chunk, at)
+                .map_err(|e| match e.kind() {
+                    // Shorter than measured: only a replaced log shrinks.
+                    io::ErrorKind::UnexpectedEof => WalError::Restarted(wal.to_path_buf()),
+                    _ => io_at(wal)(e),
+                })?;
+            let (from, mut valid, mut ended) = (at, 0, false);
+            for one in chunk.chunks_exact(frame) {
+                let salts_match = one[8..16] == header[16..24];
+                let page_number = u32::from_be_bytes(one[0..4].try_into().unwrap());
+                let next = checksum(
+                    big_endian,
+                    checksum(big_endian, chain, &one[..8]),
+                    &one[24..],
+                );
+                if !salts_match || page_number == 0 || one[16..24] != chain_bytes(next) {
+                    ended = true;
+                    break;
+                }
+                tentative.update(one);
+                chain = next;
+                valid += frame;
+                at += frame as u64;
+                if one[4..8] != [0; 4] {
+                    committed = Some((at, tentative.clone(), chain));
+                }
+            }
+            self.file
+                .write_all_at(&chunk[..valid], from)
+                .map_err(io_at(&self.dest))?;
+            if ended {
+                break;
+            }
+        }
+        let Some((len, hasher, chain)) = committed else {
+            // Frames of no commit, or only a header, may have been written: dropped.
+            self.file.set_len(self.len).map_err(io_at(&self.dest))?;
+            return Ok(0);
+        };
+        self.file.set_len(len).map_err(io_at(&self.dest))?;
         self.file.sync_all().map_err(io_at(&self.dest))?;
-        self.len += count;
-        Ok(count)
+        let copied = len - self.len;
+        (self.len, self.hasher, self.chain) = (len, hasher, chain);
+        self.header = Some(header);
+        Ok(copied)
     }
+}
+
+/// Bytes of frames read at once.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// SQLite's WAL checksum (`walChecksumBytes`) of `data`, seeded by `seed`:
+/// 32-bit words in the byte order the header's magic names, two by two.
+fn checksum(big_endian: bool, seed: Chain, data: &[u8]) -> Chain {
+    let word = |bytes: &[u8]| {
+        let bytes: [u8; 4] = bytes.try_into().unwrap();
+        if big_endian {
+            u32::from_be_bytes(bytes)
+        } else {
+            u32::from_le_bytes(bytes)
+        }
+    };
+    let [mut s1, mut s2] = seed;
+    for pair in data.chunks_exact(8) {
+        s1 = s1.wrapping_add(word(&pair[0..4])).wrapping_add(s2);
+        s2 = s2.wrapping_add(word(&pair[4..8])).wrapping_add(s1);
+    }
+    [s1, s2]
+}
+
+/// A checksum as SQLite stores it: two big-endian words.
+fn chain_bytes([s1, s2]: Chain) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&s1.to_be_bytes());
+    bytes[4..].copy_from_slice(&s2.to_be_bytes());
+    bytes
 }
 
 fn open(wal: &Path) -> Result<Option<File>, WalError> {
@@ -170,12 +251,10 @@ fn open(wal: &Path) -> Result<Option<File>, WalError> {
     }
 }
 
-/// The log's header, `None` while it has none yet (empty after a checkpoint).
-fn read_header(
-    source: &File,
-    wal: &Path,
-    end: u64,
-) -> Result<Option<[u8; HEADER as usize]>, WalError> {
+/// The log's header and its checksum (the chain's seed); `None` while it has
+/// no valid one yet (empty after a checkpoint, or being written), when
+/// SQLite reads the log as empty too.
+fn read_header(source: &File, wal: &Path, end: u64) -> Result<Option<(Header, Chain)>, WalError> {
     if end < HEADER {
         return Ok(None);
     }
@@ -185,7 +264,8 @@ fn read_header(
     if !MAGIC.contains(&magic) {
         return Err(WalError::Restarted(wal.to_path_buf()));
     }
-    Ok(Some(header))
+    let sum = checksum(magic == MAGIC[1], [0; 2], &header[..24]);
+    Ok((header[24..32] == chain_bytes(sum)).then_some((header, sum)))
 }
 
 #[cfg(test)]
@@ -267,6 +347,49 @@ mod tests {
         assert_eq!(copy.catch_up(&wal).unwrap(), committed);
         conn.execute_batch("COMMIT").unwrap();
         assert!(copy.catch_up(&wal).unwrap() > 0);
+    }
+
+    /// A log whose later frames keep their salts but fail the checksum chain
+    /// (here a commit frame's header over the page of an earlier frame, as a
+    /// daemon restarted mid-copy can leave): SQLite's recovery stops at the
+    /// first such frame, and the copy stops at the last commit before it.
+    #[test]
+    fn a_stale_tail_is_not_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        let main = tmp.path().join("main-copy");
+        std::fs::copy(tmp.path().join("x.db"), &main).unwrap();
+        let wal = tmp.path().join("x.db-wal");
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        insert(&conn, 3);
+        assert!(copy.catch_up(&wal).unwrap() > 0);
+        insert(&conn, 2);
+        let good = std::fs::metadata(&wal).unwrap().len();
+        insert(&conn, 5);
+        drop(conn);
+        let mut log = std::fs::read(&wal).unwrap();
+        let page_size = u32::from_be_bytes(log[8..12].try_into().unwrap()) as usize;
+        let frame = FRAME_HEADER as usize + page_size;
+        let good = usize::try_from(good).unwrap();
+        assert!(log.len() > good + frame, "frames after the fifth commit");
+        // The next frame's own header (salts and all) over the page of the
+        // last frame before it: stale.
+        let stale = log[good - page_size..good].to_vec();
+        assert_ne!(stale, log[good + 24..good + frame], "the page changed");
+        log[good + 24..good + frame].copy_from_slice(&stale);
+        std::fs::write(&wal, &log).unwrap();
+
+        let copied = copy.finish(&wal).unwrap();
+        assert_eq!(
+            copied.len, good as u64,
+            "copied up to the last valid commit"
+        );
+        assert_eq!(copied.sha256, hex::encode(Sha256::digest(&log[..good])));
+        assert_eq!(std::fs::read(tmp.path().join("copy")).unwrap(), log[..good]);
+        let restored = tempfile::tempdir().unwrap();
+        std::fs::copy(&main, restored.path().join("y.db")).unwrap();
+        std::fs::copy(tmp.path().join("copy"), restored.path().join("y.db-wal")).unwrap();
+        assert_eq!(count(&restored.path().join("y.db")), 5);
     }
 
     #[test]
