@@ -737,7 +737,8 @@ struct LogEvents {
     old_stopping: Option<i64>,
     /// The supervisor reaped the old daemon ("daemon exited …").
     old_exited: Option<i64>,
-    /// The new daemon listens ("ready: listening …").
+    /// The new daemon serves clients: "ready: listening …", or for a daemon
+    /// started on probation "committed: serving …" (after the commit).
     new_listening: Option<i64>,
     /// The supervisor has the new daemon healthy ("daemon ready …").
     new_ready: Option<i64>,
@@ -1158,7 +1159,9 @@ fn log_events(text: &str, origin_unix_us: i64) -> LogEvents {
             events.old_stopping.get_or_insert(at);
         } else if line.contains("daemon exited") || line.contains("daemon was killed") {
             events.old_exited.get_or_insert(at);
-        } else if line.contains("ready: listening") && events.old_exited.is_some() {
+        } else if (line.contains("ready: listening") || line.contains("committed: serving"))
+            && events.old_exited.is_some()
+        {
             events.new_listening.get_or_insert(at);
         } else if line.contains("daemon ready") && events.old_exited.is_some() {
             events.new_ready.get_or_insert(at);

@@ -1849,7 +1849,8 @@ fn kill_during_upgrade(site: &Site, point: &KillPoint, upgrader: Upgrader) -> Ve
         problems.push(format!("{what}: the recovery is not in the log:\n{log}"));
     }
     // Each daemon logs this once it serves (its stderr is the supervisor's).
-    let launches = log.matches("ready: listening on").count();
+    let launches =
+        log.matches("ready: listening on").count() + log.matches("committed: serving").count();
     if launches > 1 {
         problems.push(format!(
             "{what} (killed at {killed_at}): the recovering supervisor started {launches} daemons:\n{}",
