@@ -115,6 +115,7 @@ fn main() {
         sign_key: secret,
         target: this_target().unwrap().to_string(),
         also_targets: Vec::new(),
+        rollout_seconds: None,
     })
     .expect("pack the release build (cargo build --release --workspace first)");
     let release_size = fs::metadata(&packed.platform_tarball).unwrap().len();

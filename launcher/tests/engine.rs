@@ -148,6 +148,7 @@ exec '{real}' "$@"
         sign_key: key().1.clone(),
         target: waiaas_shared::release::this_target().unwrap().into(),
         also_targets: Vec::new(),
+        rollout_seconds: None,
     })
     .unwrap();
     let tarball = &packed.platform_tarball;

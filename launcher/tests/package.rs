@@ -72,6 +72,7 @@ fn fixture() -> &'static Fixture {
             sign_key: secret.clone(),
             target: target().to_string(),
             also_targets: Vec::new(),
+            rollout_seconds: None,
         })
         .expect("pack this build");
         let real = fs::read(&packed.platform_tarball).unwrap();
@@ -158,6 +159,7 @@ fn manifest_of(files: &[(String, Vec<u8>)]) -> ReleaseManifest {
             .filter(|(path, _)| path != "package.json")
             .map(|(path, bytes)| (path.clone(), sha256_hex(bytes)))
             .collect::<BTreeMap<_, _>>(),
+        rollout_seconds: None,
     }
 }
 
@@ -540,6 +542,143 @@ async fn latest_follows_the_channel() {
     s.registry.set_tag(CLI_PACKAGE, "latest", "2.0.0-rc.1");
     let msg = package::latest(&s.config).await.unwrap_err().to_string();
     assert!(msg.contains("prerelease"), "{msg}");
+}
+
+#[tokio::test]
+async fn releases_list_publish_times_deprecations_and_the_tag() {
+    let s = Scenario::new();
+    let before = now_unix_ms();
+    for v in ["1.9.0", "1.9.1", "not-semver", "2.0.0-rc.1"] {
+        s.registry.publish(CLI_PACKAGE, v, b"x".to_vec());
+    }
+    let after = now_unix_ms();
+    s.registry.set_tag(CLI_PACKAGE, "latest", "1.9.1");
+    s.registry.set_tag(CLI_PACKAGE, "rc", "2.0.0-rc.1");
+    s.registry
+        .deprecate(CLI_PACKAGE, "1.9.1", "corrupts the ledger; use 1.9.2");
+
+    let listing = package::releases(&s.config).await.unwrap();
+    assert_eq!(listing.tag.to_string(), "1.9.1");
+    let shown: Vec<(String, Option<String>)> = listing
+        .releases
+        .iter()
+        .map(|r| (r.version.to_string(), r.deprecated.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("1.9.0".into(), None),
+            (
+                "1.9.1".into(),
+                Some("corrupts the ledger; use 1.9.2".into())
+            ),
+            ("2.0.0-rc.1".into(), None),
+        ],
+        "not-semver is skipped"
+    );
+    for release in &listing.releases {
+        let at = release.published_unix_ms.expect("a publish time");
+        // The registry writes milliseconds; allow for its rounding.
+        assert!((before - 1..=after + 1).contains(&at), "{release:?}");
+    }
+    let v191 = Version::parse("1.9.1").unwrap();
+    assert_eq!(listing.release(&v191), Some(&listing.releases[1]));
+    // One full packument: nothing else asked, not the abbreviated form.
+    assert_eq!(s.registry.total_hits(), 1);
+
+    let mut rc = s.config.clone();
+    rc.update.channel = "rc".into();
+    let listing = package::releases(&rc).await.unwrap();
+    assert_eq!(listing.tag.to_string(), "2.0.0-rc.1");
+    s.registry.set_tag(CLI_PACKAGE, "latest", "2.0.0-rc.1");
+    let message = package::releases(&s.config).await.unwrap_err().to_string();
+    assert!(message.contains("prerelease"), "{message}");
+    s.registry.serve(
+        &Registry::packument_path(CLI_PACKAGE),
+        Reply::Body(b"<html>".to_vec(), "text/html"),
+    );
+    let message = package::releases(&s.config).await.unwrap_err().to_string();
+    assert!(
+        message.contains("the packument of @waiaas/cli"),
+        "{message}"
+    );
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A small signed package whose `release.json` carries a 48 h rollout.
+fn with_rollout(signed: Signed) -> Vec<u8> {
+    let files = payload();
+    let mut manifest = manifest_of(&files);
+    manifest.rollout_seconds = Some(48 * 3600);
+    tgz(&package_entries(&files, &manifest, signed))
+}
+
+#[tokio::test]
+async fn signed_release_reads_the_rollout_and_installs_nothing() {
+    let s = Scenario::new();
+    s.publish(with_rollout(Signed::Trusted));
+    let manifest = package::signed_release(&s.dir, &s.config, &version())
+        .await
+        .expect("a good package is read");
+    assert_eq!(manifest.rollout_seconds, Some(48 * 3600));
+    assert_eq!(manifest.version, VERSION);
+    s.assert_unchanged();
+
+    // Once installed, it is read from versions/<v>: no download.
+    s.fetch().await.expect("it installs");
+    let downloads = s.registry.hits(&s.tarball_path());
+    let again = package::signed_release(&s.dir, &s.config, &version())
+        .await
+        .unwrap();
+    assert_eq!(again, manifest);
+    assert_eq!(s.registry.hits(&s.tarball_path()), downloads);
+}
+
+#[tokio::test]
+async fn signed_release_refuses_a_tampered_package_and_leaves_nothing() {
+    let s = Scenario::new();
+    s.publish(with_rollout(Signed::OtherBytes));
+    s.assert_refused(
+        package::signed_release(&s.dir, &s.config, &version()).await,
+        "signature check failed",
+    );
+
+    // A rollout edited after signing: the signature no longer holds.
+    let s = Scenario::new();
+    let files = payload();
+    let mut manifest = manifest_of(&files);
+    manifest.rollout_seconds = Some(48 * 3600);
+    let mut entries = package_entries(&files, &manifest, Signed::Trusted);
+    manifest.rollout_seconds = Some(0);
+    let name = format!("package/{MANIFEST}");
+    let at = entries.iter().position(|e| e.path == name).unwrap();
+    entries[at] = Entry::file(name, serde_json::to_vec_pretty(&manifest).unwrap(), 0o644);
+    s.publish(tgz(&entries));
+    s.assert_refused(
+        package::signed_release(&s.dir, &s.config, &version()).await,
+        "signature check failed",
+    );
+
+    // Bytes that are not what the registry promised.
+    let s = Scenario::new();
+    let good = with_rollout(Signed::Trusted);
+    let integrity = support::registry::sri_sha512(&good);
+    let mut bad = good;
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    s.registry.publish(CLI_PACKAGE, VERSION, b"x".to_vec());
+    s.registry
+        .publish_with_integrity(&platform_package(target()), VERSION, bad, &integrity);
+    s.assert_refused(
+        package::signed_release(&s.dir, &s.config, &version()).await,
+        "integrity check failed",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1330,6 +1469,7 @@ async fn a_key_made_by_the_reference_minisign_packs_a_release_the_launcher_accep
         sign_key: secret,
         target: target().to_string(),
         also_targets: Vec::new(),
+        rollout_seconds: None,
     })
     .expect("the reference tool's key packs");
     assert_eq!(packed.public_key, public);

@@ -26,6 +26,7 @@ mod error;
 mod npm;
 mod probe;
 mod reference;
+mod rollout;
 mod sign;
 mod tarball;
 
@@ -40,6 +41,7 @@ pub use crate::error::PackError;
 pub use crate::npm::{CLI_README, CLI_SHIM, CLI_SHIM_PATH, NODE_ENGINES};
 pub use crate::probe::SUPPORTED_TARGETS;
 pub use crate::reference::reference_minisign;
+pub use crate::rollout::parse_rollout;
 pub use crate::sign::{
     PUBLIC_KEY_FILE, SECRET_KEY_FILE, generate_keypair, public_key, sign, sign_with_comment,
 };
@@ -62,6 +64,10 @@ pub struct PackOptions {
     /// Further platforms whose packages are built elsewhere but which
     /// `@waiaas/cli` lists in `optionalDependencies`.
     pub also_targets: Vec<String>,
+    /// Staged rollout: written into the signed `release.json` as
+    /// `rollout_seconds` (see [`ReleaseManifest::rollout_seconds`]); `None`
+    /// leaves it out, and every installation may take the release at once.
+    pub rollout_seconds: Option<u64>,
 }
 
 /// What [`pack`] wrote.
@@ -123,6 +129,7 @@ pub fn pack(opts: &PackOptions) -> Result<Packed, PackError> {
             (launcher_entry.clone(), sha256_hex(&launcher)),
             (daemon_entry.clone(), sha256_hex(&daemon)),
         ]),
+        rollout_seconds: opts.rollout_seconds,
     };
     let mut manifest_json = serde_json::to_vec_pretty(&manifest)?;
     manifest_json.push(b'\n');

@@ -30,6 +30,10 @@ struct Cli {
     /// Another platform @waiaas/cli should list in optionalDependencies (repeatable).
     #[arg(long = "also-target", value_name = "OS-CPU")]
     also_targets: Vec<String>,
+    /// Staged rollout: installations upgrading by themselves spread their
+    /// upgrades over this long after publishing (e.g. 48h, 30m, 2d, 0s).
+    #[arg(long, value_name = "DURATION", value_parser = waiaas_packaging::parse_rollout)]
+    rollout: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -83,6 +87,7 @@ fn run(cli: Cli) -> Result<(), String> {
         sign_key: cli.sign_key.expect("required by clap"),
         target,
         also_targets: cli.also_targets,
+        rollout_seconds: cli.rollout,
     };
     let packed = pack(&opts).map_err(|e| e.to_string())?;
     println!("{} {}", packed.cli_tarball.display(), packed.cli_integrity);

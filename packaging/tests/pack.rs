@@ -71,6 +71,7 @@ fn fixture() -> &'static Fixture {
             sign_key: key.clone(),
             target: target(),
             also_targets: ALSO.iter().map(|s| s.to_string()).collect(),
+            rollout_seconds: None,
         })
         .unwrap();
         eprintln!(
@@ -340,6 +341,54 @@ fn packing_twice_is_byte_identical_and_the_cli_prints_paths_integrity_and_key() 
 }
 
 #[test]
+fn the_cli_signs_a_rollout_into_release_json_and_refuses_a_bad_one() {
+    let f = fixture();
+    let out = tempfile::tempdir().unwrap();
+    let pack_with = |rollout: &str| {
+        Command::new(env!("CARGO_BIN_EXE_waiaas-pack"))
+            .args(["--bin-dir", &f.bins.display().to_string()])
+            .args(["--out", &out.path().display().to_string()])
+            .args(["--sign-key", &f.key.display().to_string()])
+            .args(["--target", &f.target, "--rollout", rollout])
+            .output()
+            .unwrap()
+    };
+    let run = pack_with("48h");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let platform = out
+        .path()
+        .join(f.packed.platform_tarball.file_name().unwrap());
+    let e = entries(&platform);
+    let manifest: ReleaseManifest =
+        serde_json::from_slice(contents(&e, "package/release.json")).unwrap();
+    assert_eq!(manifest.rollout_seconds, Some(48 * 3600));
+    assert_eq!(
+        f.packed.manifest.rollout_seconds, None,
+        "absent unless asked"
+    );
+    let signature = minisign_verify::Signature::decode(
+        std::str::from_utf8(contents(&e, "package/release.json.minisig")).unwrap(),
+    )
+    .unwrap();
+    minisign_verify::PublicKey::from_base64(&f.public)
+        .unwrap()
+        .verify(contents(&e, "package/release.json"), &signature, false)
+        .expect("the rollout is signed with the rest");
+
+    let run = pack_with("2 days");
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--rollout") && stderr.contains("48h"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_launcher_and_daemon_of_different_versions_are_refused() {
     let f = fixture();
     let tmp = tempfile::tempdir().unwrap();
@@ -357,6 +406,7 @@ fn a_launcher_and_daemon_of_different_versions_are_refused() {
         sign_key: f.key.clone(),
         target: f.target.clone(),
         also_targets: vec![],
+        rollout_seconds: None,
     })
     .unwrap_err();
     assert!(matches!(err, PackError::VersionMismatch { .. }), "{err:?}");
@@ -396,6 +446,7 @@ fn missing_binaries_bad_keys_and_unknown_targets_are_refused_clearly() {
         sign_key: key.to_path_buf(),
         target: target.to_string(),
         also_targets: vec![],
+        rollout_seconds: None,
     };
 
     let empty = tmp.path().join("empty");
@@ -489,6 +540,7 @@ fn a_key_made_by_the_reference_minisign_packs_and_minisign_verifies_it() {
         sign_key: key,
         target: f.target.clone(),
         also_targets: vec![],
+        rollout_seconds: None,
     })
     .unwrap();
     assert_eq!(packed.public_key, public);

@@ -287,6 +287,15 @@ pub async fn latest_version(
 pub fn pick_tag(body: &[u8], channel: &str) -> Result<Version, CheckError> {
     let tags: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| CheckError::BadJson(e.to_string()))?;
+    pick_tag_from(&tags, channel)
+}
+
+/// The channel's version out of parsed dist-tags (a packument's or the
+/// dist-tags endpoint's), by the rule of [`pick_tag`].
+pub fn pick_tag_from(
+    tags: &serde_json::Map<String, serde_json::Value>,
+    channel: &str,
+) -> Result<Version, CheckError> {
     let value = tags
         .get(channel)
         .ok_or_else(|| CheckError::NoSuchTag(channel.to_string()))?;
@@ -310,6 +319,10 @@ pub const PACKUMENT_BODY_CAP: u64 = 32 << 20;
 pub const PACKUMENT_ACCEPT: &str =
     "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
 
+/// The `Accept` header for the full packument, the only form with `time`
+/// (publish times) and each version's `deprecated`.
+pub const FULL_PACKUMENT_ACCEPT: &str = "application/json";
+
 /// Where a package's packument is: `<registry>/@scope%2fname`.
 pub fn packument_url(registry: &str, name: &str) -> String {
     join(registry, &escape_name(name))
@@ -325,7 +338,29 @@ pub struct Packument {
     pub dist_tags: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub versions: serde_json::Map<String, serde_json::Value>,
+    /// The full packument's `time`: `{"<version>": "<RFC 3339>", "created": …}`.
+    /// Raw, so that a malformed one costs only the publish times.
+    #[serde(default)]
+    pub time: serde_json::Value,
 }
+
+/// One release a full packument lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub version: Version,
+    /// `time[<version>]`, in milliseconds since the Unix epoch; `None` when
+    /// missing or not a timestamp as npm writes them (`2026-01-02T03:04:05.678Z`).
+    pub published_unix_ms: Option<i64>,
+    /// `versions[<version>].deprecated` (`npm deprecate`): the message, made
+    /// safe to print (control characters replaced, at most
+    /// [`DEPRECATION_MESSAGE_CAP`] characters). A deprecation that is not a
+    /// string still counts, with its JSON as the message: it is an unsigned
+    /// signal that can only hold an automatic upgrade back, so doubt holds back.
+    pub deprecated: Option<String>,
+}
+
+/// Longest deprecation message kept, in characters.
+pub const DEPRECATION_MESSAGE_CAP: usize = 300;
 
 /// `versions[V].dist` of a packument: where the tarball is and its hash.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -376,6 +411,32 @@ impl Packument {
         self.versions.contains_key(version)
     }
 
+    /// Every version listed that is semver, with its publish time and
+    /// deprecation, oldest version first. An entry that is not semver is
+    /// skipped; a malformed time or entry costs only that field.
+    pub fn releases(&self) -> Vec<Published> {
+        let mut releases: Vec<Published> = self
+            .versions
+            .iter()
+            .filter_map(|(key, entry)| {
+                let version = Version::parse(key).ok()?;
+                Some(Published {
+                    published_unix_ms: self.published_unix_ms(key),
+                    deprecated: entry.get("deprecated").and_then(deprecation),
+                    version,
+                })
+            })
+            .collect();
+        releases.sort_by(|a, b| a.version.cmp(&b.version));
+        releases
+    }
+
+    fn published_unix_ms(&self, version: &str) -> Option<i64> {
+        let text = self.time.get(version)?.as_str()?;
+        let at = crate::time::UtcTime::parse_rfc3339(text)?;
+        i64::try_from(at.unix_ms()).ok()
+    }
+
     /// `versions[version].dist`, with an absolute http(s) tarball URL.
     pub fn dist(&self, version: &str) -> Result<Dist, PackumentError> {
         let entry = self
@@ -402,6 +463,24 @@ impl Packument {
         }
         Ok(dist)
     }
+}
+
+/// A `deprecated` value as a message; `None` for not deprecated (absent,
+/// `null`, `false`, or the empty string `npm deprecate <pkg> ""` leaves).
+fn deprecation(value: &serde_json::Value) -> Option<String> {
+    let raw = match value {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => return None,
+        serde_json::Value::String(text) if text.trim().is_empty() => return None,
+        serde_json::Value::String(text) => text.trim().to_string(),
+        other => other.to_string(),
+    };
+    // The registry's words reach terminals and logs: no escape sequences.
+    Some(
+        raw.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(DEPRECATION_MESSAGE_CAP)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -505,6 +584,64 @@ mod tests {
         );
         std::fs::write(&rc, "registry=not-a-url\n").unwrap();
         assert_eq!(npmrc_registry(&rc), None);
+    }
+
+    #[test]
+    fn publish_times_and_deprecations_are_read_one_version_at_a_time() {
+        let body = br#"{"name":"@waiaas/cli","dist-tags":{"latest":"1.9.0"},
+            "time":{"created":"2026-01-01T00:00:00.000Z","1.8.0":"2026-01-02T03:04:05.678Z",
+                    "1.9.0":"2026-01-03T00:00:00Z","1.9.1":"yesterday","2.0.0":42,
+                    "1.7.0":"2026-13-01T00:00:00.000Z"},
+            "versions":{"1.9.0":{"deprecated":"broken migration\u001b[31m, use 1.9.2"},
+                        "1.8.0":{"deprecated":""},
+                        "1.9.1":{"deprecated":true},
+                        "2.0.0":"not an object",
+                        "1.7.0":{"deprecated":null},
+                        "v-next":{"deprecated":"x"},
+                        "1.6.0":{"deprecated":{"why":"?"}}}}"#;
+        let p = Packument::parse(body, "@waiaas/cli").unwrap();
+        let got: Vec<(String, Option<i64>, Option<String>)> = p
+            .releases()
+            .into_iter()
+            .map(|r| (r.version.to_string(), r.published_unix_ms, r.deprecated))
+            .collect();
+        let day = 86_400_000;
+        let jan1 = 1_767_225_600_000;
+        assert_eq!(
+            got,
+            [
+                ("1.6.0".into(), None, Some(r#"{"why":"?"}"#.into())),
+                ("1.7.0".into(), None, None),
+                ("1.8.0".into(), Some(jan1 + day + 11_045_678), None),
+                (
+                    "1.9.0".into(),
+                    Some(jan1 + 2 * day),
+                    Some("broken migration [31m, use 1.9.2".into())
+                ),
+                ("1.9.1".into(), None, Some("true".into())),
+                ("2.0.0".into(), None, None),
+            ]
+        );
+        let long = format!(
+            r#"{{"name":"@waiaas/cli","versions":{{"1.0.0":{{"deprecated":"{}"}}}}}}"#,
+            "x".repeat(10_000)
+        );
+        let p = Packument::parse(long.as_bytes(), "@waiaas/cli").unwrap();
+        let message = p.releases()[0].deprecated.clone().unwrap();
+        assert_eq!(message.chars().count(), DEPRECATION_MESSAGE_CAP);
+        // `time` of the wrong shape, or none (the abbreviated form): no times, all versions.
+        for time in [r#","time":"soon""#, r#","time":[1,2]"#, ""] {
+            let body = format!(r#"{{"name":"@waiaas/cli","versions":{{"1.0.0":{{}}}}{time}}}"#);
+            let p = Packument::parse(body.as_bytes(), "@waiaas/cli").unwrap();
+            let releases = p.releases();
+            assert_eq!(releases.len(), 1, "{time}");
+            assert_eq!(releases[0].published_unix_ms, None, "{time}");
+        }
+        let tags = p.dist_tags.clone();
+        assert!(matches!(
+            pick_tag_from(&tags, "latest"),
+            Err(CheckError::NoSuchTag(_))
+        ));
     }
 
     #[test]

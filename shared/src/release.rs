@@ -34,6 +34,12 @@ pub struct ReleaseManifest {
     /// SHA-256 (hex) of every other file of the package, by path relative to
     /// the package root (`bin/waiaas-daemon`, …).
     pub files: BTreeMap<String, String>,
+    /// Staged rollout (SPEC §13): installations upgrading by themselves take
+    /// this release at publish time + f × this many seconds, f being each
+    /// installation's stable fraction in [0, 1). Absent: all at once. Signed
+    /// with the rest, so a registry cannot shorten it; older launchers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_seconds: Option<u64>,
 }
 
 /// The platform package for `target`.
@@ -81,5 +87,27 @@ mod tests {
                 .version,
             "1.0.0"
         );
+    }
+
+    #[test]
+    fn the_rollout_is_optional_and_omitted_when_absent() {
+        let base = r#"{"name":"n","version":"1.0.0","target":"linux-x64","schema_version":1,
+            "min_compatible_schema_version":1,"files":{}"#;
+        let without: ReleaseManifest = serde_json::from_str(&format!("{base}}}")).unwrap();
+        assert_eq!(without.rollout_seconds, None);
+        assert!(!serde_json::to_string(&without).unwrap().contains("rollout"));
+        let with: ReleaseManifest =
+            serde_json::from_str(&format!(r#"{base},"rollout_seconds":172800}}"#)).unwrap();
+        assert_eq!(with.rollout_seconds, Some(172_800));
+        let again: ReleaseManifest =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(again, with);
+        for bad in [r#""48h""#, "-1", "1.5"] {
+            let json = format!(r#"{base},"rollout_seconds":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<ReleaseManifest>(&json).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -21,6 +21,10 @@ impl UtcTime {
         Self { unix_ms }
     }
 
+    pub fn unix_ms(self) -> u64 {
+        self.unix_ms
+    }
+
     pub fn unix_seconds(self) -> u64 {
         self.unix_ms / 1000
     }

@@ -529,6 +529,7 @@ mod tests {
                 .iter()
                 .map(|(path, bytes)| (path.to_string(), sha256_hex(bytes)))
                 .collect(),
+            rollout_seconds: None,
         }
     }
 

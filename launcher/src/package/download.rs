@@ -50,12 +50,26 @@ fn shown_url(url: &str) -> String {
     }
 }
 
+/// Which form of a packument to ask for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Form {
+    /// npm's abbreviated metadata: enough to download.
+    Abbreviated,
+    /// The whole document: also publish times and deprecations.
+    Full,
+}
+
 pub(super) async fn get_packument(
     client: &reqwest::Client,
     registry_url: &str,
     name: &str,
+    form: Form,
     limits: &Limits,
 ) -> Result<Packument, PackageError> {
+    let accept = match form {
+        Form::Abbreviated => registry::PACKUMENT_ACCEPT,
+        Form::Full => registry::FULL_PACKUMENT_ACCEPT,
+    };
     let url = registry::packument_url(registry_url, name);
     let what = format!("the packument of {name}");
     let request_failed = |e: reqwest::Error| PackageError::Request {
@@ -64,7 +78,7 @@ pub(super) async fn get_packument(
     };
     let mut response = client
         .get(&url)
-        .header(reqwest::header::ACCEPT, registry::PACKUMENT_ACCEPT)
+        .header(reqwest::header::ACCEPT, accept)
         .timeout(limits.packument_timeout)
         .send()
         .await

@@ -16,7 +16,7 @@ use waiaas_shared::fsutil::{self, CopyError, fsync_dir, sha256_file};
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{MANIFEST, ReleaseManifest, SIGNATURE};
 
-use super::archive::{scan, unpack};
+use super::archive::{Scanned, scan, unpack};
 use super::error::{PackageError, io_error};
 use super::keys::KeyRing;
 use super::limits::{Limits, human};
@@ -130,6 +130,32 @@ pub(super) fn install_tarball(
     target: &str,
     limits: &Limits,
 ) -> Result<Installed, PackageError> {
+    let Checked {
+        scanned,
+        version,
+        manifest,
+    } = check_tarball(ring, tarball, asked, target, limits)?;
+    let fill = |partial: &Path| unpack(tarball, partial, &scanned, &manifest, limits);
+    place(dir, ring, version, manifest.clone(), target, fill)
+}
+
+/// A tarball whose first pass passed: signed, naming what was asked, and
+/// listing exactly the files it holds.
+pub(super) struct Checked {
+    scanned: Scanned,
+    pub(super) version: Version,
+    pub(super) manifest: ReleaseManifest,
+}
+
+/// The first pass over `tarball` and every check that needs nothing written:
+/// the signature, what `release.json` names, and its listing.
+pub(super) fn check_tarball(
+    ring: &KeyRing,
+    tarball: &Path,
+    asked: Option<&Version>,
+    target: &str,
+    limits: &Limits,
+) -> Result<Checked, PackageError> {
     let scanned = scan(tarball, limits)?;
     let manifest_bytes = scanned
         .manifest
@@ -140,9 +166,11 @@ pub(super) fn install_tarball(
     ring.verify(manifest_bytes, scanned.signature.as_deref())?;
     let (version, manifest) = check_manifest(manifest_bytes, asked, target)?;
     check_listing(&manifest, &scanned.files)?;
-
-    let fill = |partial: &Path| unpack(tarball, partial, &scanned, &manifest, limits);
-    place(dir, ring, version, manifest.clone(), target, fill)
+    Ok(Checked {
+        scanned,
+        version,
+        manifest,
+    })
 }
 
 /// Installs an unpacked release folder — an npm-installed platform package:

@@ -175,6 +175,7 @@ mod tests {
             schema_version: 16,
             min_compatible_schema_version: 10,
             files,
+            rollout_seconds: None,
         })
         .unwrap()
     }

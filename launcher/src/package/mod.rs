@@ -52,18 +52,20 @@ use semver::Version;
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::registry::{self, PackumentError};
-use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
+use waiaas_shared::release::{CLI_PACKAGE, ReleaseManifest, platform_package, this_target};
 
 pub use download::Downloaded;
 pub use error::PackageError;
 pub use install::Installed;
 pub use keys::{built_in_keys, parse_key_list, trusted_keys};
 pub use limits::Limits;
+pub use waiaas_shared::registry::Published;
 
-use download::{download_to, get_packument, http_client, sri_sha512};
+use download::{Form, download_to, get_packument, http_client, sri_sha512};
 use error::io_error;
 use install::{
-    Existing, Leftovers, ensure_versions_dir, existing, install_tarball, remove_path, verify_dir,
+    Existing, Leftovers, check_tarball, ensure_versions_dir, existing, install_tarball,
+    remove_path, verify_dir,
 };
 use keys::KeyRing;
 
@@ -110,21 +112,91 @@ pub async fn fetch_with_limits(
     let target = target()?;
     // Refuse before any request if nothing could ever be verified.
     let ring = KeyRing::from_config(config)?;
-    let name = version.to_string();
-    // Hashing an installed release takes a moment: off the async threads.
-    let found = {
-        let (dir, ring, version) = (dir.clone(), ring.clone(), version.clone());
-        tokio::task::spawn_blocking(move || existing(&dir, &ring, &version, target))
-            .await
-            .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))??
-    };
-    if let Existing::Good(installed) = found {
+    if let Existing::Good(installed) = installed(dir, &ring, version, target).await? {
         return Ok(installed);
     }
 
+    let (download, _leftovers) =
+        download_platform_package(dir, config, version, target, "download", on_bytes, limits)
+            .await?;
+    let (dir, version, limits) = (dir.clone(), version.clone(), limits.clone());
+    tokio::task::spawn_blocking(move || {
+        install_tarball(&dir, &ring, &download, Some(&version), target, &limits)
+    })
+    .await
+    .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))?
+    // `_leftovers` removes the download on every path out.
+}
+
+/// Downloads `version`'s platform package, checks it exactly as [`fetch`]
+/// would (integrity, signature, the version and target it names, its
+/// listing) but installs nothing, and returns its signed `release.json` —
+/// so that the supervisor can read a release's rollout before it upgrades.
+/// An installed `versions/<version>` that verifies is read instead; the
+/// download (`versions/.<v>.check.tgz`) is removed on every path out.
+pub async fn signed_release(
+    dir: &DataDir,
+    config: &Config,
+    version: &Version,
+) -> Result<ReleaseManifest, PackageError> {
+    let target = target()?;
+    let ring = KeyRing::from_config(config)?;
+    // Anything but a good installed copy (absent, bad, unreadable) is
+    // answered from the registry: this reads, it repairs nothing.
+    if let Ok(Existing::Good(installed)) = installed(dir, &ring, version, target).await {
+        return Ok(installed.manifest);
+    }
+    let limits = Limits::default();
+    let (download, _leftovers) =
+        download_platform_package(dir, config, version, target, "check", &mut |_| {}, &limits)
+            .await?;
+    let version = version.clone();
+    tokio::task::spawn_blocking(move || {
+        check_tarball(&ring, &download, Some(&version), target, &limits)
+            .map(|checked| checked.manifest)
+    })
+    .await
+    .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))?
+    // `_leftovers` removes the download on every path out.
+}
+
+/// What `versions/<version>` holds ([`existing`]), checked off the async
+/// threads: hashing an installed release takes a moment.
+async fn installed(
+    dir: &DataDir,
+    ring: &KeyRing,
+    version: &Version,
+    target: &'static str,
+) -> Result<Existing, PackageError> {
+    let (dir, ring, version) = (dir.clone(), ring.clone(), version.clone());
+    tokio::task::spawn_blocking(move || existing(&dir, &ring, &version, target))
+        .await
+        .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))?
+}
+
+/// Finds `version`'s platform package on the registry and downloads it to
+/// `versions/.<version>.<purpose>.tgz`, checked against `dist.integrity`.
+/// The [`Leftovers`] returned with its path removes it when dropped.
+async fn download_platform_package(
+    dir: &DataDir,
+    config: &Config,
+    version: &Version,
+    target: &str,
+    purpose: &str,
+    on_bytes: &mut (dyn FnMut(Downloaded) + Send),
+    limits: &Limits,
+) -> Result<(PathBuf, Leftovers), PackageError> {
+    let name = version.to_string();
     let registry_url = source(config)?;
     let client = http_client(&registry_url, limits, config.update.allow_insecure_registry)?;
-    let cli = get_packument(&client, &registry_url, CLI_PACKAGE, limits).await?;
+    let cli = get_packument(
+        &client,
+        &registry_url,
+        CLI_PACKAGE,
+        Form::Abbreviated,
+        limits,
+    )
+    .await?;
     if !cli.has_version(&name) {
         return Err(PackageError::NoSuchRelease {
             package: CLI_PACKAGE.to_string(),
@@ -132,7 +204,14 @@ pub async fn fetch_with_limits(
         });
     }
     let platform_name = platform_package(target);
-    let platform = get_packument(&client, &registry_url, &platform_name, limits).await?;
+    let platform = get_packument(
+        &client,
+        &registry_url,
+        &platform_name,
+        Form::Abbreviated,
+        limits,
+    )
+    .await?;
     let dist = platform.dist(&name).map_err(|source| match source {
         PackumentError::NoSuchVersion { package, version } => {
             PackageError::NoPlatformPackage { package, version }
@@ -145,7 +224,7 @@ pub async fn fetch_with_limits(
     let expected = sri_sha512(dist.integrity.as_deref(), &platform_name, &name)?;
 
     let versions = ensure_versions_dir(dir)?;
-    let download = versions.join(format!(".{name}.download.tgz"));
+    let download = versions.join(format!(".{name}.{purpose}.tgz"));
     remove_path(&download)?;
     let mut leftovers = Leftovers::default();
     leftovers.add(download.clone());
@@ -156,15 +235,45 @@ pub async fn fetch_with_limits(
             "the downloaded tarball's sha512 does not match dist.integrity".to_string(),
         ));
     }
+    Ok((download, leftovers))
+}
 
-    let (dir, version, limits) = (dir.clone(), version.clone(), limits.clone());
-    let tarball = download.clone();
-    tokio::task::spawn_blocking(move || {
-        install_tarball(&dir, &ring, &tarball, Some(&version), target, &limits)
+/// Every release of [`CLI_PACKAGE`] the registry lists, and the version the
+/// channel's dist-tag names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// `dist-tags.<channel>` (a prerelease under `latest` is refused, as in
+    /// [`latest`]).
+    pub tag: Version,
+    /// Oldest version first.
+    pub releases: Vec<Published>,
+}
+
+impl Listing {
+    /// The entry for `version`, if the registry lists it.
+    pub fn release(&self, version: &Version) -> Option<&Published> {
+        self.releases.iter().find(|r| &r.version == version)
+    }
+}
+
+/// Every release of [`CLI_PACKAGE`] the registry lists, with its publish
+/// time and deprecation, and the channel's dist-tag: the full packument
+/// (the abbreviated one has neither), fetched under the rules of [`fetch`].
+pub async fn releases(config: &Config) -> Result<Listing, PackageError> {
+    let limits = Limits::default();
+    let registry_url = source(config)?;
+    let client = http_client(
+        &registry_url,
+        &limits,
+        config.update.allow_insecure_registry,
+    )?;
+    let cli = get_packument(&client, &registry_url, CLI_PACKAGE, Form::Full, &limits).await?;
+    let tag = registry::pick_tag_from(&cli.dist_tags, &config.update.channel)
+        .map_err(PackageError::Latest)?;
+    Ok(Listing {
+        tag,
+        releases: cli.releases(),
     })
-    .await
-    .map_err(|e| PackageError::Internal(format!("the verification task failed: {e}")))?
-    // `leftovers` removes the download on every path out.
 }
 
 /// Installs a release tarball from disk (`upgrade --from FILE`): every check
@@ -283,6 +392,7 @@ pub async fn install_local_build(dir: &DataDir, folder: &Path) -> Result<Install
         schema_version: daemon.schema_version,
         min_compatible_schema_version: daemon.min_compatible_schema_version,
         files: recorded,
+        rollout_seconds: None,
     };
     Ok(Installed {
         version,

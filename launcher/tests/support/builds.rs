@@ -424,6 +424,7 @@ pub fn pack_release(bin_dir: &Path, out_dir: &Path, key: &Key) -> Packed {
         sign_key: key.secret.clone(),
         target: target.to_string(),
         also_targets: Vec::new(),
+        rollout_seconds: None,
     })
     .unwrap_or_else(|e| panic!("packing {} failed: {e}", bin_dir.display()))
 }

@@ -5,7 +5,11 @@
 //! records each request's `User-Agent`.
 //!
 //! [`Registry::publish`] adds a version with the tarball's real
-//! `dist.integrity`; [`Registry::publish_with_integrity`] lets a test lie.
+//! `dist.integrity` and its publish time in `time`;
+//! [`Registry::publish_with_integrity`] lets a test lie, and
+//! [`Registry::deprecate`] does what `npm deprecate` does. Like a real
+//! registry, a packument asked for with npm's abbreviated `Accept`
+//! (`application/vnd.npm.install-v1+json`) comes without `time`.
 //! [`Registry::serve`] overrides any path with a canned [`Reply`]: an HTTP
 //! status, garbage, a body cut short, one sent without a Content-Length, or
 //! one sent a byte at a time.
@@ -180,6 +184,7 @@ impl Registry {
             .or_insert_with(|| json!({"name": name, "dist-tags": {}, "versions": {}}));
         packument["versions"][version] = entry;
         packument["dist-tags"]["latest"] = json!(version);
+        packument["time"][version] = json!(waiaas_shared::time::UtcTime::now().rfc3339());
         state
             .files
             .insert(path, Reply::Body(tarball, "application/octet-stream"));
@@ -193,6 +198,18 @@ impl Registry {
             .entry(name.to_string())
             .or_insert_with(|| json!({"name": name, "dist-tags": {}, "versions": {}}));
         packument["dist-tags"][tag] = json!(version);
+    }
+
+    /// Marks a published `name@version` deprecated with `message`, as
+    /// `npm deprecate` does (`""` lifts it).
+    pub fn deprecate(&self, name: &str, version: &str, message: &str) {
+        let mut state = self.state();
+        let entry = state
+            .packuments
+            .get_mut(name)
+            .and_then(|packument| packument["versions"].get_mut(version))
+            .unwrap_or_else(|| panic!("{name}@{version} is not published"));
+        entry["deprecated"] = json!(message);
     }
 
     /// Answers `path` (decoded: `/@waiaas/cli`) with `reply` from now on.
@@ -302,23 +319,31 @@ fn answer(mut stream: impl Read + Write, state: &Mutex<State>) {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let raw_path = parts.next().unwrap_or("/").to_string();
-    let user_agent = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("user-agent"))
-        .map(|(_, value)| value.trim().to_string())
-        .unwrap_or_default();
+    let headers: Vec<(&str, &str)> = lines.filter_map(|line| line.split_once(':')).collect();
+    let header = |wanted: &str| {
+        headers
+            .iter()
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| value.trim().to_string())
+            .unwrap_or_default()
+    };
+    let user_agent = header("user-agent");
+    let abbreviated = header("accept").starts_with(ABBREVIATED);
     let path = decode(raw_path.split('?').next().unwrap_or_default());
 
     let reply = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         *state.hits.entry(path.clone()).or_insert(0) += 1;
         state.user_agents.push(user_agent);
-        route(&state, &method, &path)
+        route(&state, &method, &path, abbreviated)
     };
     let _ = send(&mut stream, reply);
 }
 
-fn route(state: &State, method: &str, path: &str) -> Reply {
+/// npm's abbreviated packument form (what a client prefers first).
+const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
+
+fn route(state: &State, method: &str, path: &str, abbreviated: bool) -> Reply {
     if method != "GET" {
         return Reply::Status(405);
     }
@@ -341,6 +366,13 @@ fn route(state: &State, method: &str, path: &str) -> Reply {
         .strip_prefix('/')
         .and_then(|name| state.packuments.get(name))
     {
+        Some(packument) if abbreviated => {
+            let mut short = packument.clone();
+            if let Some(fields) = short.as_object_mut() {
+                fields.remove("time");
+            }
+            Reply::Body(serde_json::to_vec(&short).unwrap_or_default(), ABBREVIATED)
+        }
         Some(packument) => json_reply(packument),
         None => Reply::Status(404),
     }
