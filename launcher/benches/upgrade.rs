@@ -36,7 +36,8 @@
 //! (the launcher `cargo bench` built, the daemon beside it), and B is built in
 //! release from the 1.9.0 source copy `builds.rs` keeps in `target/e2e/`
 //! (`CARGO_TARGET_DIR=target/e2e/target`, under the same `build.lock`; the
-//! first build takes minutes, later ones are incremental).
+//! first build takes minutes, later ones are incremental), its programs
+//! linked out to `target/e2e/bin-1.9.0/release/`.
 //! `WAIAAS_BENCH_PAIR=debug` uses debug builds for both instead: A is
 //! `target/debug` (run `cargo build --workspace` first) and B is `builds.rs`'s
 //! own debug build. The supervisor and every command are A's launcher.
