@@ -36,7 +36,8 @@
 //! (the launcher `cargo bench` built, the daemon beside it), and B is built in
 //! release from the 1.9.0 source copy `builds.rs` keeps in `target/e2e/`
 //! (`CARGO_TARGET_DIR=target/e2e/target`, under the same `build.lock`; the
-//! first build takes minutes, later ones are incremental).
+//! first build takes minutes, later ones are incremental), its programs
+//! linked out to `target/e2e/bin-1.9.0/release/`.
 //! `WAIAAS_BENCH_PAIR=debug` uses debug builds for both instead: A is
 //! `target/debug` (run `cargo build --workspace` first) and B is `builds.rs`'s
 //! own debug build. The supervisor and every command are A's launcher.
@@ -476,7 +477,10 @@ impl Pair {
         // The debug build syncs target/e2e/src-1.9.0 with this workspace.
         let debug_b = builds::b_bin_dir().to_path_buf();
         let (b_bin, b_build) = match profile {
-            Profile::Debug => (debug_b, builds::b_build_time().map(|d| d.as_secs_f64())),
+            Profile::Debug => (
+                debug_b,
+                builds::build_time(B_VERSION).map(|d| d.as_secs_f64()),
+            ),
             Profile::Release => {
                 let started = Instant::now();
                 let bin = build_b_release().unwrap_or_else(|e| panic!("B's release build: {e}"));
@@ -513,7 +517,7 @@ fn expect_version(bin: &Path, version: &str, schema: u32) -> Result<(), String> 
 /// synced, in the same target dir and under the same lock.
 fn build_b_release() -> Result<PathBuf, String> {
     let _lock = builds::lock_builds()?;
-    let (bin, _) = builds::cargo_build_b(builds::Profile::Release, RELEASE_BUILD_TIMEOUT)?;
+    let (bin, _) = builds::cargo_build(B_VERSION, builds::Profile::Release, RELEASE_BUILD_TIMEOUT)?;
     expect_version(&bin, B_VERSION, B_SCHEMA)?;
     Ok(bin)
 }

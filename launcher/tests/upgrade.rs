@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use builds::{B_SCHEMA, B_VERSION, Fault, Key, pack_release, release_files};
+use builds::{B_SCHEMA, B_VERSION, C_VERSION, D_VERSION, Fault, Key, pack_release, release_files};
 use support::load::{Writer, Written};
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, processes_mentioning, signal};
@@ -137,6 +137,53 @@ fn remove_stale_pack_dirs(e2e: &Path) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// The releases after B of the automatic-upgrade tests pack and sign as
+/// their own versions: C, B's programs behind wrappers whose daemon crashes
+/// at start, and D, a real build.
+#[test]
+fn a_wrapped_release_and_a_third_build_pack_as_their_versions() {
+    let e2e = builds::e2e_dir();
+    fs::create_dir_all(&e2e).unwrap();
+    let packs = tempfile::Builder::new()
+        .prefix("cd-packs-")
+        .tempdir_in(&e2e)
+        .unwrap();
+    let key = builds::generate_key(&packs.path().join("key"));
+    let c_bin =
+        builds::wrapped_release_dir_as(&packs.path().join("c-bin"), Fault::Crash, C_VERSION);
+    let d_bin = builds::release_bin_dir(D_VERSION);
+    for (bin, version) in [(c_bin.as_path(), C_VERSION), (d_bin, D_VERSION)] {
+        let packed = pack_release(bin, &packs.path().join(version), &key);
+        assert_eq!(packed.manifest.version, version);
+        assert_eq!(packed.manifest.schema_version, B_SCHEMA, "{version}");
+    }
+
+    let daemon = |bin: &Path, args: &[&str]| {
+        Command::new(bin.join("waiaas-daemon"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let d = daemon(d_bin, &["--version", "--json"]);
+    assert!(d.status.success(), "{d:?}");
+    let info: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(info["version"], D_VERSION, "{info}");
+    assert_eq!(info["schema_version"], B_SCHEMA, "{info}");
+    assert!(
+        fs::read(d_bin.join("waiaas-daemon"))
+            .unwrap()
+            .starts_with(b"\x7fELF"),
+        "D is a real build"
+    );
+    let c = daemon(&c_bin, &["serve"]);
+    assert_eq!(
+        c.status.code(),
+        Some(1),
+        "C's daemon crashes at start: {c:?}"
+    );
 }
 
 /// A 1.8.1 database of about 100 MB (real schema, 150 000 audit rows), made once

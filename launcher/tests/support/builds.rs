@@ -1,16 +1,23 @@
-//! Two real builds for the upgrade tests, and real signed release packages of them.
+//! Real builds for the upgrade tests, and real signed release packages of them.
 //!
 //! - **A** is this build: the binaries beside the test executable ([`a_bin_dir`]).
-//! - **B** is this workspace with the version bumped to [`B_VERSION`] and a
-//!   17th migration ([`B_MIGRATION`]): a copy of the sources in
-//!   `target/e2e/src-1.9.0/`, patched, built with its own
-//!   `CARGO_TARGET_DIR=target/e2e/target` (kept across runs, so incremental).
-//!   [`b_bin_dir`] builds it once per test process and guards the build across
-//!   concurrently running test binaries with an `flock` on `target/e2e/build.lock`.
+//! - **B** ([`B_VERSION`]), and any newer release such as **D** ([`D_VERSION`]),
+//!   is this workspace with the version bumped and a 17th migration
+//!   ([`B_MIGRATION`]): a copy of the sources in `target/e2e/src-<version>/`,
+//!   patched, built with the shared `CARGO_TARGET_DIR=target/e2e/target`
+//!   (kept across runs, so incremental; the versions share every dependency
+//!   and cargo keeps each version's own crates apart), its two programs
+//!   hard-linked out to `target/e2e/bin-<version>/<profile>/` right after its
+//!   build, before another version's build replaces the uplifted ones.
+//!   [`release_bin_dir`] builds a version once per test process and guards
+//!   the builds across concurrently running test binaries with an `flock` on
+//!   `target/e2e/build.lock`; [`b_bin_dir`] is B's.
 //! - [`pack_release`] packs and signs a bin dir like CI does
 //!   (`waiaas_packaging::pack`); [`wrapped_release_dir`] makes the bin dir of a
 //!   release whose daemon fails at start (a `#!/bin/sh` wrapper around B's real
-//!   daemon), so that fault releases are real, verified packages too.
+//!   daemon), so that fault releases are real, verified packages too;
+//!   [`wrapped_release_dir_as`] makes it a release of another version, such
+//!   as **C** ([`C_VERSION`]), without building it.
 //!
 //! The migration 17 adds a unique index on `wallets(name)`: a database with two
 //! wallets of the same name makes B's migration fail for a real, data-driven
@@ -25,7 +32,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -33,11 +40,20 @@ use waiaas_packaging::{PackOptions, Packed};
 
 /// The version of build B.
 pub const B_VERSION: &str = "1.9.0";
-/// B's `LATEST_SCHEMA_VERSION`.
+/// A bad release after B, never built: B's programs behind wrappers
+/// reporting this version ([`wrapped_release_dir_as`]).
+pub const C_VERSION: &str = "1.9.1";
+/// A good release after C: a real build like B's ([`release_bin_dir`]).
+pub const D_VERSION: &str = "1.10.0";
+/// The releases after A the tests publish: each patched build's
+/// `compat.toml` lists those up to its own version, as a real release's
+/// table lists the releases before it.
+const PUBLISHED: [&str; 3] = [B_VERSION, C_VERSION, D_VERSION];
+/// The `LATEST_SCHEMA_VERSION` of B and of every patched build.
 pub const B_SCHEMA: u32 = 17;
 /// A's `LATEST_SCHEMA_VERSION`.
 pub const A_SCHEMA: u32 = 16;
-/// The migration B adds.
+/// The migration B (and every patched build) adds.
 pub const B_MIGRATION_FILE: &str = "0017_add_wallet_labels.sql";
 pub const B_MIGRATION: &str = "\
 -- 1.9.0: a free-text label per wallet, and wallet names become unique (the
@@ -90,32 +106,55 @@ pub fn copy_bin_dir(from: &Path, to: &Path) -> PathBuf {
 
 /// Build B's bin dir, built on first use (once per test process).
 pub fn b_bin_dir() -> &'static Path {
-    static B: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match B.get_or_init(build_b) {
-        Ok(dir) => dir,
-        Err(e) => panic!("build B ({B_VERSION}) failed: {e}"),
+    release_bin_dir(B_VERSION)
+}
+
+/// The bin dir of a release of `version` with B's patch (schema [`B_SCHEMA`],
+/// migration [`B_MIGRATION`]): built on first use, once per test process and
+/// version. `version` must be newer than A.
+pub fn release_bin_dir(version: &'static str) -> &'static Path {
+    // Held across the build: one version at a time, as the flock would anyway.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    // A failed build is not retried: every test that needs it fails at once.
+    let build = built
+        .entry(version)
+        .or_insert_with(|| build_release(version))
+        .clone();
+    drop(built);
+    match build {
+        Ok(build) => build.bin,
+        Err(e) => panic!("build {version} failed: {e}"),
     }
 }
 
-/// How long B's build took in this process (`None` if it was not built here).
-pub fn b_build_time() -> Option<Duration> {
-    BUILD_TIME.get().copied()
+/// How long the build of `version` took in this process (`None` if it was
+/// not built here).
+pub fn build_time(version: &str) -> Option<Duration> {
+    let built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built.get(version)?.as_ref().ok().map(|build| build.took)
 }
 
-static BUILD_TIME: OnceLock<Duration> = OnceLock::new();
+/// A version built in this process.
+#[derive(Clone, Copy)]
+struct Built {
+    bin: &'static Path,
+    took: Duration,
+}
 
-/// The longest B's build may take (a first build on a busy 2-core machine
-/// included); beyond it the build is killed and the tests fail.
+static BUILT: Mutex<BTreeMap<&'static str, Result<Built, String>>> = Mutex::new(BTreeMap::new());
+
+/// The longest one version's build may take (a first build on a busy 2-core
+/// machine included); beyond it the build is killed and the tests fail.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 
-/// Which cargo profile B is built in.
+/// Which cargo profile a release is built in.
 #[derive(Clone, Copy)]
 pub enum Profile {
     Debug,
     Release,
 }
 
-/// Takes the e2e build lock: one build of B at a time across test and bench
+/// Takes the e2e build lock: one build at a time across test and bench
 /// processes; the kernel drops it with its holder.
 pub fn lock_builds() -> Result<Flock<fs::File>, String> {
     let e2e = e2e_dir();
@@ -131,24 +170,30 @@ pub fn lock_builds() -> Result<Flock<fs::File>, String> {
         .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))
 }
 
-/// Runs `cargo build` of B's daemon and launcher in its synced source copy,
-/// into the shared e2e target dir, killed after `timeout`. Call it holding
-/// [`lock_builds`]. Returns B's bin dir and how long the build took.
-pub fn cargo_build_b(profile: Profile, timeout: Duration) -> Result<(PathBuf, Duration), String> {
+/// Runs `cargo build` of the daemon and launcher of `version` in its synced
+/// source copy (`target/e2e/src-<version>/`), into the shared e2e target dir,
+/// killed after `timeout`, and links the two programs out to
+/// `target/e2e/bin-<version>/<profile>/`. Call it holding [`lock_builds`].
+/// Returns that bin dir and how long the build took.
+pub fn cargo_build(
+    version: &str,
+    profile: Profile,
+    timeout: Duration,
+) -> Result<(PathBuf, Duration), String> {
     let e2e = e2e_dir();
-    let src = e2e.join(format!("src-{B_VERSION}"));
+    let src = e2e.join(format!("src-{version}"));
     let target = e2e.join("target");
     let (flag, folder) = match profile {
         Profile::Debug => (None, "debug"),
         Profile::Release => (Some("--release"), "release"),
     };
-    let log_path = e2e.join(format!("build-{folder}-{B_VERSION}.log"));
+    let log_path = e2e.join(format!("build-{folder}-{version}.log"));
     let log = fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     // Tests and benches run under cargo, which sets variables describing
-    // *this* package; none of them may leak into B's build.
+    // *this* package; none of them may leak into the release's build.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
         let inherited_from_cargo = name.starts_with("CARGO_PKG_")
@@ -184,7 +229,7 @@ pub fn cargo_build_b(profile: Profile, timeout: Duration) -> Result<(PathBuf, Du
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "cargo build of B did not finish within {timeout:?}; see {}",
+                "cargo build of {version} did not finish within {timeout:?}; see {}",
                 log_path.display()
             ));
         }
@@ -200,29 +245,68 @@ pub fn cargo_build_b(profile: Profile, timeout: Duration) -> Result<(PathBuf, Du
             lines[lines.len().saturating_sub(60)..].join("\n")
         ));
     }
-    Ok((target.join(folder), took))
+    let bin = e2e.join(format!("bin-{version}")).join(folder);
+    link_programs(&target.join(folder), &bin)?;
+    Ok((bin, took))
 }
 
-fn build_b() -> Result<PathBuf, String> {
-    assert!(
-        semver::Version::parse(a_version()).unwrap() < semver::Version::parse(B_VERSION).unwrap(),
-        "build A ({}) must be older than B ({B_VERSION}): update B_VERSION in {}",
-        a_version(),
-        file!()
-    );
+/// Makes `to` (created) hold the two programs of `from` as hard links, each
+/// replaced by a rename (a test running the old one is never left without a
+/// file). Cargo replaces an uplifted program by a new file at each build, so
+/// the links keep this version's programs when another version is built.
+fn link_programs(from: &Path, to: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    for name in ["waiaas-launcher", "waiaas-daemon"] {
+        let (source, dest) = (from.join(name), to.join(name));
+        let meta = fs::metadata(&source)
+            .map_err(|e| format!("the build made no {}: {e}", source.display()))?;
+        let same = |m: fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
+        if fs::metadata(&dest).is_ok_and(same) {
+            continue;
+        }
+        let staged = to.join(format!(".{name}.new"));
+        let _ = fs::remove_file(&staged);
+        fs::hard_link(&source, &staged).map_err(|e| {
+            format!(
+                "cannot link {} to {}: {e}",
+                source.display(),
+                staged.display()
+            )
+        })?;
+        fs::rename(&staged, &dest).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                staged.display(),
+                dest.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn build_release(version: &'static str) -> Result<Built, String> {
+    if semver::Version::parse(version).map_err(|e| format!("{version:?}: {e}"))?
+        <= semver::Version::parse(a_version()).unwrap()
+    {
+        return Err(format!(
+            "build A ({}) must be older than {version}: update the versions in {}",
+            a_version(),
+            file!()
+        ));
+    }
     let e2e = e2e_dir();
     let _lock = lock_builds()?;
-    let src = e2e.join(format!("src-{B_VERSION}"));
-    let tree = b_sources()?;
+    let src = e2e.join(format!("src-{version}"));
+    let tree = patched_sources(version)?;
     let changed = sync_tree(&src, &tree)?;
-    let (bin, took) = cargo_build_b(Profile::Debug, BUILD_TIMEOUT)?;
-    let _ = BUILD_TIME.set(took);
+    let (bin, took) = cargo_build(version, Profile::Debug, BUILD_TIMEOUT)?;
     eprintln!(
-        "build B ({B_VERSION}): {changed} source files changed, cargo build took {:.1} s",
+        "build {version}: {changed} source files changed, cargo build took {:.1} s",
         took.as_secs_f64()
     );
     let _ = fs::write(
-        e2e.join("build-time.txt"),
+        e2e.join(format!("build-time-{version}.txt")),
         format!("{:.1} s ({changed} files changed)\n", took.as_secs_f64()),
     );
 
@@ -233,17 +317,20 @@ fn build_b() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {}: {e}", daemon.display()))?;
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{} --version --json: {e}", daemon.display()))?;
-    if info["version"] != B_VERSION || info["schema_version"] != B_SCHEMA {
+    if info["version"] != version || info["schema_version"] != B_SCHEMA {
         return Err(format!(
-            "{} reports {info}, expected {B_VERSION} with schema {B_SCHEMA}",
+            "{} reports {info}, expected {version} with schema {B_SCHEMA}",
             daemon.display()
         ));
     }
-    Ok(bin)
+    Ok(Built {
+        bin: Box::leak(bin.into_boxed_path()),
+        took,
+    })
 }
 
-/// B's source tree: relative path → contents, patched.
-fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
+/// The source tree of `version`: relative path → contents, patched like B.
+fn patched_sources(version: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
     let repo = repo_root();
     let manifest_text = fs::read_to_string(repo.join("Cargo.toml"))
         .map_err(|e| format!("cannot read the workspace Cargo.toml: {e}"))?;
@@ -266,9 +353,9 @@ fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
         .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
     tree.insert(
         "Cargo.toml".into(),
-        bump_workspace_version(&manifest_text)?.into_bytes(),
+        bump_workspace_version(&manifest_text, version)?.into_bytes(),
     );
-    tree.insert("Cargo.lock".into(), bump_lock(&lock).into_bytes());
+    tree.insert("Cargo.lock".into(), bump_lock(&lock, version).into_bytes());
 
     let migrations = Path::new("migrations");
     tree.insert(
@@ -282,7 +369,14 @@ fn b_sources() -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!("\"{B_VERSION}\" = {B_SCHEMA}\n"));
+    let this = semver::Version::parse(version).map_err(|e| format!("{version:?}: {e}"))?;
+    let listed = PUBLISHED
+        .iter()
+        .filter(|v| semver::Version::parse(v).unwrap() < this)
+        .chain([&version]);
+    for release in listed {
+        text.push_str(&format!("\"{release}\" = {B_SCHEMA}\n"));
+    }
     *compat = text.into_bytes();
     Ok(tree)
 }
@@ -317,8 +411,8 @@ fn collect(repo: &Path, rel: &Path, tree: &mut BTreeMap<PathBuf, Vec<u8>>) -> Re
     Ok(())
 }
 
-/// `[workspace.package] version = "A"` → `"B"`.
-fn bump_workspace_version(manifest: &str) -> Result<String, String> {
+/// `[workspace.package] version = "A"` → `version`.
+fn bump_workspace_version(manifest: &str, version: &str) -> Result<String, String> {
     let mut out = String::with_capacity(manifest.len());
     let mut section = String::new();
     let mut bumped = false;
@@ -331,7 +425,7 @@ fn bump_workspace_version(manifest: &str) -> Result<String, String> {
             && trimmed.starts_with("version")
             && trimmed.contains('=')
         {
-            out.push_str(&format!("version = \"{B_VERSION}\""));
+            out.push_str(&format!("version = \"{version}\""));
             bumped = true;
         } else {
             out.push_str(line);
@@ -346,7 +440,7 @@ fn bump_workspace_version(manifest: &str) -> Result<String, String> {
 }
 
 /// The workspace crates' versions in Cargo.lock, as cargo would rewrite them.
-fn bump_lock(lock: &str) -> String {
+fn bump_lock(lock: &str, version: &str) -> String {
     let mut out = String::with_capacity(lock.len());
     let mut ours = false;
     for line in lock.lines() {
@@ -354,7 +448,7 @@ fn bump_lock(lock: &str) -> String {
             ours = name.trim_matches('"').starts_with("waiaas-");
         }
         if ours && line == format!("version = \"{}\"", a_version()) {
-            out.push_str(&format!("version = \"{B_VERSION}\""));
+            out.push_str(&format!("version = \"{version}\""));
             ours = false;
         } else {
             out.push_str(line);
@@ -459,6 +553,19 @@ pub enum Fault {
 /// theirs. Packed with [`pack_release`] it is a real, signed, verifiable
 /// package.
 pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
+    wrapped_release_dir_as(dir, fault, B_VERSION)
+}
+
+/// Like [`wrapped_release_dir`], but a release of `version` without a build
+/// of it: unless `version` is B's, both programs are wrappers whose
+/// `--version` (plain and `--json`) runs B's real program and reports
+/// `version` in place of B's, so [`pack_release`] packs and signs it as
+/// `version` (with B's schema). Everything else runs B's programs, which
+/// report B's version at run time (`status`, `/health`).
+pub fn wrapped_release_dir_as(dir: &Path, fault: Fault, version: &str) -> PathBuf {
+    if let Err(e) = semver::Version::parse(version) {
+        panic!("a wrapped release's version must be semver, not {version:?}: {e}");
+    }
     let b = b_bin_dir();
     fs::create_dir_all(dir).unwrap();
     let (program, command, fails) = match fault {
@@ -488,18 +595,44 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
              exec sleep 3600; fi",
         ),
     };
+    let renamed = version != B_VERSION;
+    // B's version as a whole word: after a space or a quote, before a space,
+    // a quote or the end (`waiaas-daemon 1.9.0 (schema 17)`,
+    // `"version":"1.9.0"`), so the JSON stays valid and nothing else changes.
+    let b_pattern = B_VERSION.replace('.', "\\.");
+    let rename = format!(
+        "if [ \"$1\" = --version ]; then\n  \
+         out=$(\"$real\" \"$@\") || exit $?\n  \
+         printf '%s\\n' \"$out\" | \
+         sed 's/\\([ \"]\\){b_pattern}\\([ \"]\\)/\\1{version}\\2/g; s/\\([ \"]\\){b_pattern}$/\\1{version}/'\n  \
+         exit\n\
+         fi\n"
+    );
     for name in ["waiaas-launcher", "waiaas-daemon"] {
         let real = b.join(name);
-        if name != program {
+        let faulty = name == program;
+        if !faulty && !renamed {
             fs::copy(&real, dir.join(name)).unwrap();
             continue;
         }
+        let what = if faulty {
+            format!("whose {name} fails at {command} (test fault: {fault:?})")
+        } else {
+            format!("whose {name} works")
+        };
         let script = format!(
             "#!/bin/sh\n\
-             # A release of {B_VERSION} whose {name} fails at {command} (test fault: {fault:?}).\n\
-             if [ \"$1\" = {command} ]; then {fails}; fi\n\
-             exec '{}' \"$@\"\n",
-            real.display()
+             # A release of {version} made of {B_VERSION}'s programs, {what}.\n\
+             real='{}'\n\
+             {}{}\
+             exec \"$real\" \"$@\"\n",
+            real.display(),
+            if faulty {
+                format!("if [ \"$1\" = {command} ]; then {fails}; fi\n")
+            } else {
+                String::new()
+            },
+            if renamed { rename.as_str() } else { "" },
         );
         let path = dir.join(name);
         let mut file = fs::File::create(&path).unwrap();
@@ -508,7 +641,36 @@ pub fn wrapped_release_dir(dir: &Path, fault: Fault) -> PathBuf {
         drop(file);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
+    if renamed {
+        expect_reported_version(dir, version);
+    }
     dir.to_path_buf()
+}
+
+/// Both programs of `dir` report `version` on `--version`, and the daemon
+/// valid JSON naming it on `--version --json` (else the rewrite missed a
+/// change in their output).
+fn expect_reported_version(dir: &Path, version: &str) {
+    let run = |name: &str, args: &[&str]| {
+        let out = Command::new(dir.join(name)).args(args).output().unwrap();
+        assert!(out.status.success(), "{name} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for name in ["waiaas-launcher", "waiaas-daemon"] {
+        let plain = run(name, &["--version"]);
+        assert!(
+            plain.starts_with(&format!("{name} {version}")),
+            "{name} --version in {} says {plain:?}, not {version}",
+            dir.display()
+        );
+    }
+    let json = run("waiaas-daemon", &["--version", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("waiaas-daemon --version --json says {json:?}: {e}"));
+    assert_eq!(
+        info["version"], version,
+        "waiaas-daemon --version --json: {info}"
+    );
 }
 
 /// `release.json` and its signature out of a packed platform tarball:
