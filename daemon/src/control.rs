@@ -131,6 +131,7 @@ pub fn spawn(
                             version: VERSION.to_string(),
                             schema_version,
                             uptime: started.elapsed().as_secs(),
+                            writes: Some(db.writes()),
                         };
                         let _ = write_frame(&mut write, &status).await;
                     }

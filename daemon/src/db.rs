@@ -2,6 +2,7 @@
 //! and shared with async code through a blocking-pool hand-off.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,13 +63,31 @@ pub fn checkpoints_held(conn: &Connection) -> rusqlite::Result<bool> {
     conn.db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE)
 }
 
-/// A connection shared by the HTTP handlers and the workers.
+/// A connection shared by the HTTP handlers and the workers, and how many
+/// client writes it has committed (the launcher's measure of "busy": an
+/// automatic upgrade defers while the write rate is high).
 #[derive(Clone)]
-pub struct Db(Arc<Mutex<Connection>>);
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    writes: Arc<AtomicU64>,
+}
 
 impl Db {
     pub fn new(conn: Connection) -> Self {
-        Self(Arc::new(Mutex::new(conn)))
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            writes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one committed client write.
+    pub fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client writes committed since the daemon started.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Runs `f` with the connection on tokio's blocking pool, so SQLite never
@@ -78,7 +97,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> T + Send + 'static,
     {
-        let inner = Arc::clone(&self.0);
+        let inner = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock leaves the connection usable: SQLite
             // rolls back any open transaction when the statement is dropped.

@@ -220,6 +220,7 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
             }
             e => database_error(e),
         })?;
+    state.db.wrote();
     Ok(warp::reply::with_status(
         warp::reply::json(&wallet),
         StatusCode::CREATED,

@@ -140,7 +140,43 @@ pub fn status(dir: &DataDir, json: bool) -> Result<(), Failure> {
     if status.restarts > 0 {
         println!("restarts: {}", status.restarts);
     }
+    if let Some(auto) = &status.auto {
+        print_auto(auto);
+    }
     verdict
+}
+
+/// The automatic-upgrade lines of `status`.
+fn print_auto(auto: &waiaas_shared::admin::AutoStatus) {
+    println!("automatic upgrades: {}", auto.policy);
+    let lines = [
+        ("next check", auto.next_check.clone()),
+        ("last check", auto.last_check.clone()),
+        ("candidate", auto.candidate.clone()),
+        ("starts at", auto.starts_at.clone()),
+        ("waiting", auto.waiting.clone()),
+    ];
+    for (name, value) in lines {
+        if let Some(value) = value {
+            println!("  {name}: {value}");
+        }
+    }
+    for q in &auto.quarantined {
+        println!("  quarantined: {} since {} ({})", q.version, q.at, q.reason);
+    }
+    if let Some(a) = &auto.last_attempt {
+        println!(
+            "  last attempt: {} → {} at {}: {}{}",
+            a.from,
+            a.to,
+            a.started_at,
+            a.outcome.as_deref().unwrap_or("in progress"),
+            a.message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 pub fn stop(dir: &DataDir) -> Result<(), Failure> {

@@ -16,6 +16,8 @@
 //! - [`upgrade`]: the engine — preflight and seven journaled steps, rollback,
 //!   recovery after a crash — and the [`upgrade::Host`] that stops and starts
 //!   the daemon for it.
+//! - [`auto`]: automatic upgrades' decisions — which release, when, and the
+//!   quarantine — which the supervisor carries out with the engine.
 //! - [`package`]: release packages — keys, registry download, archive safety,
 //!   install into `versions/<v>`.
 //! - Low-level pieces both sides use: [`daemon_binary`] (running
@@ -26,6 +28,7 @@
 //! Contracts spoken with the daemon and between commands and the supervisor
 //! live in `waiaas-shared`.
 
+pub mod auto;
 pub mod cli;
 pub mod client;
 pub mod daemon_binary;

@@ -15,6 +15,7 @@ use waiaas_shared::exit;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
 
+use crate::auto::state::AutoState;
 use crate::failure::{Failure, load_config};
 use crate::lock::UpgradeLock;
 use crate::pidfile::PidFile;
@@ -45,6 +46,13 @@ pub struct UpgradeArgs {
     /// Print one machine-readable JSON result on stdout.
     #[arg(long)]
     json: bool,
+    /// Lift the quarantine of VERSION: automatic upgrades may install it again.
+    #[arg(
+        long,
+        value_name = "VERSION",
+        conflicts_with_all = ["check", "to", "rollback", "from", "no_start", "allow_downgrade"]
+    )]
+    forget: Option<String>,
 }
 
 /// The container image is the unit of upgrade there (SPEC §9).
@@ -58,6 +66,9 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
             code: exit::upgrade::USAGE as u8,
             message: CONTAINER_MESSAGE.into(),
         });
+    }
+    if let Some(version) = &args.forget {
+        return forget(dir, version);
     }
     let config = load_config(dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -74,6 +85,7 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::new(format!("{}: {e}", file.display())))?;
         UpgradeAction::FromFile(file)
     } else if let Some(to) = &args.to {
+        say_if_quarantined(dir, to);
         UpgradeAction::To(to.clone())
     } else if let Some(folder) = package::newer_release_beside(dir) {
         // `npm install -g` brought a newer release with this launcher: that
@@ -103,6 +115,57 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
     };
     render.finish();
     finish(report, args.json)
+}
+
+/// `--forget VERSION`: lifts a quarantine (SPEC §13). The supervisor reads
+/// the quarantine at each check, so a running one follows without a restart.
+fn forget(dir: &DataDir, version: &str) -> Result<(), Failure> {
+    let usage = |message: String| Failure {
+        code: exit::upgrade::USAGE as u8,
+        message,
+    };
+    let version = semver::Version::parse(version)
+        .map_err(|_| usage(format!("`{version}` is not a version (semver, e.g. 1.9.0)")))?;
+    let listed = AutoState::update(dir, |state| {
+        let lifted = state.forget(&version);
+        (
+            lifted,
+            state
+                .quarantined
+                .iter()
+                .map(|q| q.version.to_string())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .map_err(|e| Failure::new(e.to_string()))?;
+    match listed {
+        (true, _) => {
+            println!("{version} is no longer quarantined: automatic upgrades may install it again");
+            Ok(())
+        }
+        (false, left) if left.is_empty() => Err(usage(format!(
+            "{version} is not quarantined (no version is)"
+        ))),
+        (false, left) => Err(usage(format!(
+            "{version} is not quarantined (quarantined: {})",
+            left.join(", ")
+        ))),
+    }
+}
+
+/// A manual `--to` is always allowed, quarantined or not; it says so.
+fn say_if_quarantined(dir: &DataDir, to: &str) {
+    let (Ok(state), Ok(version)) = (AutoState::load(dir), semver::Version::parse(to)) else {
+        return;
+    };
+    if let Some(q) = state.quarantined.iter().find(|q| q.version == version) {
+        eprintln!(
+            "{version} is quarantined for automatic upgrades ({}); installing it as you asked: \
+             a manual upgrade is always allowed. Automatic upgrades still skip it until \
+             `waiaas-launcher upgrade --forget {version}`.",
+            q.reason
+        );
+    }
 }
 
 async fn check(dir: &DataDir, config: &Config, json: bool) -> Result<(), Failure> {

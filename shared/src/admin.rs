@@ -158,6 +158,49 @@ pub struct Status {
     /// is served, and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Automatic upgrades (`[update] auto`): absent from older launchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<Box<AutoStatus>>,
+}
+
+/// Automatic upgrades as the supervisor sees them. Times are RFC 3339, UTC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoStatus {
+    /// The policy in force: "off", or the level and its settings.
+    pub policy: String,
+    pub next_check: Option<String>,
+    /// When the registry was last asked, and what it gave.
+    pub last_check: Option<String>,
+    /// The release the policy chose, waiting to start.
+    pub candidate: Option<String>,
+    /// When the candidate is due to start, as planned.
+    pub starts_at: Option<String>,
+    /// Why it waits: window, soak, rollout, jitter, busy, blocked.
+    pub waiting: Option<String>,
+    /// Versions never tried again by themselves.
+    pub quarantined: Vec<Quarantined>,
+    /// The last automatic attempt.
+    pub last_attempt: Option<Attempt>,
+}
+
+/// A version automatic upgrades skip (`upgrade --forget VERSION` lifts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub version: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// An automatic upgrade, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub from: String,
+    pub to: String,
+    pub started_at: String,
+    /// `upgraded`, `rolled-back`, `rollback-failed`, `failed`, `interrupted`;
+    /// absent while it runs.
+    pub outcome: Option<String>,
+    pub message: Option<String>,
 }
 
 /// The running daemon, as its control channel and `/health` describe it.

@@ -5,6 +5,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::window::Window;
 
 /// The daemon's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,89 @@ pub struct UpdateConfig {
     pub trusted_keys: Vec<String>,
     /// Accept a plain `http://` registry on a non-loopback host.
     pub allow_insecure_registry: bool,
+    /// Automatic upgrades (SPEC §13): how far the supervisor goes by itself.
+    pub auto: AutoLevel,
+    /// How often the supervisor looks for a release.
+    pub check_interval: Duration,
+    /// When an automatic upgrade may start.
+    pub window: Window,
+    /// Soak: how long a release must have been published.
+    pub min_release_age: Duration,
+    /// The largest random delay inside the window.
+    pub jitter: Duration,
+    /// Where each automatic upgrade, rollback or quarantine is POSTed.
+    pub notify_url: Option<String>,
+    /// Writes per second above which an automatic upgrade waits; 0: never.
+    pub busy_write_rate: u32,
+}
+
+/// `[update] auto`: never a new major by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoLevel {
+    Off,
+    /// Same major.minor.
+    Patch,
+    /// Same major.
+    Minor,
+}
+
+impl fmt::Display for AutoLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AutoLevel::Off => "off",
+            AutoLevel::Patch => "patch",
+            AutoLevel::Minor => "minor",
+        })
+    }
+}
+
+/// A duration as the config writes it: `6h`, `1h30m`, `5s`, `2d`, `0s`.
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut text = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            text.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    text
+}
+
+/// Parses [`format_duration`]'s form (units d, h, m, s, each at most once,
+/// largest first); `None` if it is not one.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut last_size = u64::MAX;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        let unit = rest[digits..].chars().next()?;
+        let size = match unit {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        if size >= last_size {
+            return None;
+        }
+        last_size = size;
+        total = total.checked_add(n.checked_mul(size)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(Duration::from_secs(total))
 }
 
 /// A whole configuration.
@@ -64,6 +150,13 @@ impl Default for Config {
                 migrate_timeout: 1800,
                 trusted_keys: Vec::new(),
                 allow_insecure_registry: false,
+                auto: AutoLevel::Off,
+                check_interval: Duration::from_secs(6 * 3600),
+                window: Window::always(),
+                min_release_age: Duration::from_secs(24 * 3600),
+                jitter: Duration::from_secs(30 * 60),
+                notify_url: None,
+                busy_write_rate: 20,
             },
         }
     }
@@ -84,6 +177,13 @@ pub const KEYS: &[&str] = &[
     "update.migrate_timeout",
     "update.trusted_keys",
     "update.allow_insecure_registry",
+    "update.auto",
+    "update.check_interval",
+    "update.window",
+    "update.min_release_age",
+    "update.jitter",
+    "update.notify_url",
+    "update.busy_write_rate",
 ];
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -207,6 +307,30 @@ impl Setter<'_> {
         }
     }
 
+    /// A duration (`6h`, `1h30m`, `5s`; a bare number is seconds) from
+    /// `min` to `max`.
+    fn duration(&self, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        let expected = format!(
+            "must be a duration such as \"30s\", \"15m\", \"6h\", \"1d\" or \"1h30m\", \
+             from {} to {}",
+            format_duration(min),
+            format_duration(max)
+        );
+        let d = match self.raw {
+            Raw::Toml(toml::Value::Integer(n)) => u64::try_from(*n).ok().map(Duration::from_secs),
+            Raw::Toml(toml::Value::String(s)) => parse_duration(s),
+            Raw::Env(s) => s
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs)
+                .or_else(|| parse_duration(s)),
+            _ => None,
+        };
+        d.filter(|d| (min..=max).contains(d))
+            .ok_or_else(|| self.invalid(expected))
+    }
+
     fn strings(&self) -> Result<Vec<String>, ConfigError> {
         let expected = "must be a list of strings";
         match self.raw {
@@ -328,6 +452,32 @@ impl Config {
             "update.allow_insecure_registry" => {
                 self.update.allow_insecure_registry = s.boolean()?
             }
+            "update.auto" => {
+                self.update.auto = match s.one_of(&["off", "patch", "minor"])?.as_str() {
+                    "patch" => AutoLevel::Patch,
+                    "minor" => AutoLevel::Minor,
+                    _ => AutoLevel::Off,
+                }
+            }
+            "update.check_interval" => {
+                self.update.check_interval = s.duration(secs(5), secs(7 * 86_400))?
+            }
+            "update.window" => {
+                self.update.window =
+                    Window::parse(&s.string()?).map_err(|e| s.invalid(format!("window {e}")))?
+            }
+            "update.min_release_age" => {
+                self.update.min_release_age = s.duration(secs(0), secs(90 * 86_400))?
+            }
+            "update.jitter" => self.update.jitter = s.duration(secs(0), secs(86_400))?,
+            "update.notify_url" => {
+                let url = s.string()?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(s.invalid("must be an http:// or https:// URL"));
+                }
+                self.update.notify_url = Some(url);
+            }
+            "update.busy_write_rate" => self.update.busy_write_rate = s.int(0, 1_000_000)? as u32,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.clone(),
@@ -357,7 +507,14 @@ impl Config {
              health_timeout = {}            # seconds the new daemon has to become healthy\n\
              migrate_timeout = {}         # seconds an upgrade's migration may take, 1..86400\n\
              # trusted_keys = [\"<minisign public key>\"]   # added to the built-in release keys\n\
-             # allow_insecure_registry = false   # plain http:// only on loopback unless true\n",
+             # allow_insecure_registry = false   # plain http:// only on loopback unless true\n\
+             auto = \"{}\"                 # automatic upgrades: off, patch or minor (never a new major)\n\
+             check_interval = \"{}\"         # how often the supervisor looks, 5s..7d\n\
+             window = \"{}\"             # or e.g. \"Mon..Fri 02:00-04:00 Europe/Berlin\"\n\
+             min_release_age = \"{}\"       # soak: published at least this long ago\n\
+             jitter = \"{}\"                # a random delay inside the window\n\
+             busy_write_rate = {}          # writes/s above which an automatic upgrade waits; 0 never\n\
+             # notify_url = \"<url>\"        # POST a JSON event per automatic upgrade, rollback, quarantine\n",
             d.daemon.port,
             d.daemon.hostname,
             d.daemon.log_level,
@@ -368,8 +525,18 @@ impl Config {
             d.update.keep_backups,
             d.update.health_timeout,
             d.update.migrate_timeout,
+            d.update.auto,
+            format_duration(d.update.check_interval),
+            d.update.window,
+            format_duration(d.update.min_release_age),
+            format_duration(d.update.jitter),
+            d.update.busy_write_rate,
         )
     }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 /// `daemon.port` → `WAIAAS_DAEMON_PORT`.
@@ -524,5 +691,114 @@ mod tests {
             env_name("update.keep_backups"),
             "WAIAAS_UPDATE_KEEP_BACKUPS"
         );
+    }
+
+    #[test]
+    fn automatic_upgrade_keys_default_safe_and_parse_from_file_and_environment() {
+        let d = Config::default().update;
+        assert_eq!(d.auto, AutoLevel::Off);
+        assert_eq!(d.check_interval, Duration::from_secs(6 * 3600));
+        assert!(d.window.is_always());
+        assert_eq!(d.min_release_age, Duration::from_secs(24 * 3600));
+        assert_eq!(d.jitter, Duration::from_secs(1800));
+        assert_eq!(d.notify_url, None);
+        assert_eq!(d.busy_write_rate, 20);
+
+        let c = parse(
+            "[update]\nauto = \"minor\"\ncheck_interval = \"5s\"\nwindow = \"Sat,Sun 01:00-05:00 UTC\"\n\
+             min_release_age = \"1h30m\"\njitter = 0\nnotify_url = \"https://127.0.0.1/hook\"\nbusy_write_rate = 0\n",
+        )
+        .unwrap()
+        .update;
+        assert_eq!(c.auto, AutoLevel::Minor);
+        assert_eq!(c.check_interval, Duration::from_secs(5));
+        assert_eq!(c.window.to_string(), "Sat,Sun 01:00-05:00 UTC");
+        assert_eq!(c.min_release_age, Duration::from_secs(5400));
+        assert_eq!(c.jitter, Duration::ZERO);
+        assert_eq!(c.notify_url.as_deref(), Some("https://127.0.0.1/hook"));
+        assert_eq!(c.busy_write_rate, 0);
+
+        let c = env(&[
+            ("WAIAAS_UPDATE_AUTO", "patch"),
+            ("WAIAAS_UPDATE_CHECK_INTERVAL", "2d"),
+            ("WAIAAS_UPDATE_JITTER", "90"),
+            ("WAIAAS_UPDATE_WINDOW", "Mon..Fri 02:00-04:00"),
+        ])
+        .unwrap()
+        .update;
+        assert_eq!(c.auto, AutoLevel::Patch);
+        assert_eq!(c.check_interval, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.jitter, Duration::from_secs(90));
+        assert_eq!(c.window.to_string(), "Mon..Fri 02:00-04:00");
+    }
+
+    #[test]
+    fn malformed_automatic_upgrade_keys_name_the_key() {
+        let cases = [
+            ("auto = \"major\"", "update.auto", "off, patch, minor"),
+            (
+                "check_interval = \"4s\"",
+                "update.check_interval",
+                "from 5s to 7d",
+            ),
+            (
+                "check_interval = \"8d\"",
+                "update.check_interval",
+                "from 5s to 7d",
+            ),
+            (
+                "check_interval = \"6 hours\"",
+                "update.check_interval",
+                "duration",
+            ),
+            (
+                "min_release_age = \"91d\"",
+                "update.min_release_age",
+                "0s to 90d",
+            ),
+            ("jitter = \"30m1h\"", "update.jitter", "duration"),
+            ("window = \"Mon 02:00\"", "update.window", "time range"),
+            (
+                "window = \"Mon 02:00-04:00 Nowhere/City\"",
+                "update.window",
+                "time zone",
+            ),
+            ("notify_url = \"ftp://x\"", "update.notify_url", "http"),
+            (
+                "busy_write_rate = -1",
+                "update.busy_write_rate",
+                "0 to 1000000",
+            ),
+        ];
+        for (line, key, expected) in cases {
+            let err = parse(&format!("[update]\n{line}\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{line}");
+            assert!(err.to_string().contains(expected), "{line}: {err}");
+        }
+        let err = env(&[("WAIAAS_UPDATE_AUTO", "on")]).unwrap_err();
+        assert_eq!(err.key(), Some("update.auto"));
+    }
+
+    #[test]
+    fn durations_print_the_way_they_parse() {
+        for (text, secs) in [
+            ("0s", 0),
+            ("5s", 5),
+            ("30m", 1800),
+            ("6h", 21_600),
+            ("1h30m", 5400),
+            ("2d", 172_800),
+            ("1d1h1m1s", 90_061),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_secs(secs)),
+                "{text}"
+            );
+            assert_eq!(format_duration(Duration::from_secs(secs)), text);
+        }
+        for bad in ["", "h", "5", "5x", "1m1h", "1h1h", "-5s", "5 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
     }
 }

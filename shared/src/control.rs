@@ -66,6 +66,9 @@ pub enum FromDaemon {
         version: String,
         schema_version: u32,
         uptime: u64,
+        /// Client writes committed since start (absent from older daemons).
+        #[serde(default)]
+        writes: Option<u64>,
     },
     /// The daemon is shutting down (ordered, or on a signal).
     Stopping { reason: String },

@@ -112,6 +112,14 @@ impl DataDir {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// Automatic upgrades' quarantine and last attempt (SPEC §13).
+    pub fn auto_state(&self) -> PathBuf {
+        self.root.join("auto-upgrade.json")
+    }
+    /// This installation's random id: its place in staged rollouts.
+    pub fn install_id(&self) -> PathBuf {
+        self.root.join("install-id")
+    }
 }
 
 #[cfg(test)]

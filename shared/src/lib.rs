@@ -19,3 +19,4 @@ pub mod release;
 pub mod runlock;
 pub mod time;
 pub mod version;
+pub mod window;

@@ -18,6 +18,7 @@
 //! forking thread must live as long as the process.
 
 mod admin;
+mod auto;
 mod daemon;
 mod upgrading;
 
@@ -38,7 +39,7 @@ use tracing::{error, info, warn};
 use waiaas_shared::admin::{
     self as protocol, DaemonStatus, Outcome, Request, Response, UpgradeReport,
 };
-use waiaas_shared::config::Config;
+use waiaas_shared::config::{AutoLevel, Config};
 use waiaas_shared::control::{self, FromDaemon, FromLauncher};
 use waiaas_shared::failpoint;
 use waiaas_shared::handover::{self, HANDOVER_ENV, HANDOVER_VERSION, Handover, TAKEOVER_GRACE};
@@ -92,6 +93,17 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     });
     let inherited = listen_fds::take_listener().map_err(|e| Failure::new(e.to_string()))?;
 
+    if daemon_binary::in_container() && config.update.auto != AutoLevel::Off {
+        return Err(Failure {
+            code: waiaas_shared::exit::daemon::CONFIG_INVALID as u8,
+            message: format!(
+                "[update] auto = \"{}\" cannot work in a container, where the image is the unit \
+                 of upgrade (SPEC §5): set auto = \"off\" (or unset WAIAAS_UPDATE_AUTO) and \
+                 upgrade by pulling the new image and recreating the container",
+                config.update.auto
+            ),
+        });
+    }
     let program = daemon_binary::program(dir)?;
     let pidfile = PidFile::acquire(dir)?;
     // A standalone upgrade may be changing the files a daemon would serve:
@@ -291,6 +303,12 @@ enum Event {
     Host(HostCall),
     Progress(protocol::Progress),
     Upgraded(Option<UpgradeReport>),
+    /// The automatic-upgrade planner has something due.
+    AutoDue,
+    /// Its registry check ended.
+    AutoChecked(Result<crate::auto::Found, String>),
+    /// A notification POST ended: its event, delivered or not.
+    Notified(String, bool),
 }
 
 struct Signals {
@@ -341,6 +359,8 @@ struct Supervisor {
     /// A recovery restored a release whose launcher is another one: its
     /// daemon is left for that launcher to start, at the first start.
     start_deferred: bool,
+    /// Automatic upgrades; `None` when `[update] auto = "off"`.
+    auto: Option<auto::Auto>,
 }
 
 impl Supervisor {
@@ -362,6 +382,8 @@ impl Supervisor {
         };
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+        let auto = auto::new(&dir, &config, std::sync::Arc::new(crate::auto::SystemClock))
+            .map_err(|e| Failure::new(format!("automatic upgrades cannot start: {e}")))?;
         Ok(Self {
             dir,
             program,
@@ -390,6 +412,7 @@ impl Supervisor {
             admin_fd: -1,
             taken_over: false,
             start_deferred: false,
+            auto,
         })
     }
 
@@ -480,6 +503,10 @@ impl Supervisor {
             ),
             None => (None, None, None),
         };
+        let (auto_wake, auto_check, notification) = match self.auto.as_mut() {
+            Some(a) => (Some(a.wake_at()), a.check.as_mut(), a.delivery.as_mut()),
+            None => (None, None, None),
+        };
         tokio::select! {
             // Progress first, so every frame is forwarded before the report.
             Some(p) = recv(progress) => Event::Progress(p),
@@ -493,6 +520,9 @@ impl Supervisor {
             result = poll(self.probe.as_mut()) => Event::Probed(result),
             _ = sleep_until(deadline) => Event::Deadline,
             _ = tick(self.watchdog.as_mut()) => Event::Watchdog,
+            result = poll(auto_check) => Event::AutoChecked(result),
+            (id, ok) = poll(notification) => Event::Notified(id, ok),
+            _ = sleep_until(auto_wake) => Event::AutoDue,
         }
     }
 
@@ -547,6 +577,18 @@ impl Supervisor {
                 }
             }
             Event::Upgraded(report) => self.upgraded(report).await,
+            Event::AutoDue => self.auto_due(),
+            Event::AutoChecked(result) => {
+                if let Some(auto) = &mut self.auto {
+                    auto.checked(result);
+                }
+                self.say_pending();
+            }
+            Event::Notified(id, ok) => {
+                if let Some(auto) = &mut self.auto {
+                    auto.delivered(id, ok);
+                }
+            }
         }
     }
 
@@ -596,6 +638,15 @@ impl Supervisor {
     fn frame(&mut self, frame: FromDaemon) {
         if let FromDaemon::CheckpointsHeld | FromDaemon::CheckpointsNotHeld { .. } = frame {
             return self.checkpoints_answer(frame);
+        }
+        if let FromDaemon::Status { writes, .. } = frame {
+            if let Some(auto) = &mut self.auto {
+                let now = auto.now();
+                auto.planner.sampled(now, writes);
+                // The rate may now be known: decide at once.
+                self.auto_due();
+            }
+            return;
         }
         let Slot::Starting { daemon, stage, .. } = &mut self.slot else {
             if let FromDaemon::Stopping { reason } = frame {
@@ -1177,7 +1228,10 @@ impl Supervisor {
             // again; before the first start, `upgraded` does (or the
             // restored release's own launcher, when a recovery deferred it).
             Slot::Empty
-                if matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Request)) =>
+                if matches!(
+                    self.upgrade.as_ref().map(|u| &u.work),
+                    Some(Work::Request | Work::Auto)
+                ) =>
             {
                 warn!("the daemon exited before it could serve clients; starting it again");
                 self.held = None;
@@ -1192,13 +1246,18 @@ impl Supervisor {
         // Whatever it was, this launcher saw it to its end: nothing left to confirm.
         handover::confirm();
         let upgrade = self.upgrade.take().expect("an upgrade ended");
+        // An automatic attempt ends with its report, whichever launcher
+        // sees it (after a handover, the new release's).
+        if let (Some(auto), Some(report)) = (&mut self.auto, &report) {
+            auto.settle(report);
+        }
         let mut back_to = None;
         // Before the first start (not an operator's request): start afterwards.
-        let first = !matches!(upgrade.work, Work::Request);
+        let first = !matches!(upgrade.work, Work::Request | Work::Auto);
         // Why the change is left unfinished, when its rollback failed.
         let mut failure = None;
         match (&upgrade.work, report) {
-            (Work::Request | Work::Local, Some(report)) => {
+            (Work::Request | Work::Local | Work::Auto, Some(report)) => {
                 if report.outcome == Outcome::RollbackFailed {
                     failure = Some(report.message.clone());
                 }
@@ -1225,7 +1284,9 @@ impl Supervisor {
                 );
                 failure = Some(report.message);
             }
-            (Work::Request | Work::Local, None) => unreachable!("a request always reports"),
+            (Work::Request | Work::Local | Work::Auto, None) => {
+                unreachable!("a request always reports")
+            }
             (_, None) => {}
         }
         if !matches!(self.slot, Slot::Empty) {
@@ -1262,6 +1323,80 @@ impl Supervisor {
             // Recovered, resumed with nothing to resume, or a local upgrade
             // that did not start a daemon: the first start.
             self.first_start().await;
+        }
+    }
+
+    // ---- automatic upgrades ----------------------------------------------
+
+    /// The planner's wake-up: a check, a sample of the daemon's writes, or
+    /// the start of an automatic upgrade.
+    fn auto_due(&mut self) {
+        let blocked = self.auto_blocked();
+        let current = crate::swap::current_version(&self.dir)
+            .ok()
+            .flatten()
+            .and_then(|v| semver::Version::parse(&v).ok());
+        let Some(auto) = &mut self.auto else { return };
+        auto.deliver_if_due();
+        let Some(current) = current else { return };
+        if blocked.is_none() {
+            auto.settle_leftover(&current);
+        }
+        let now = auto.now();
+        match auto.planner.poll(now, blocked) {
+            crate::auto::Action::Idle => {}
+            crate::auto::Action::Check => auto.start_check(current),
+            crate::auto::Action::Sample => {
+                if let Slot::Running(daemon) = &mut self.slot
+                    && let Err(e) = daemon.send(&FromLauncher::Status)
+                {
+                    warn!("cannot ask the daemon for its write count: {e}");
+                }
+            }
+            crate::auto::Action::Start(to) => {
+                if auto.begin(&current, &to) {
+                    let (dir, config) = (self.dir.clone(), self.config.clone());
+                    self.upgrade = Some(Upgrade::auto(dir, config, &to));
+                }
+            }
+        }
+        self.say_pending();
+    }
+
+    /// Why no automatic upgrade may start now, if so.
+    fn auto_blocked(&self) -> Option<String> {
+        if self.upgrade.is_some() {
+            return Some("an upgrade or rollback is in progress".into());
+        }
+        if let Some(code) = self.refused_code {
+            return Some(format!(
+                "the daemon's start was refused (exit {code}): {}",
+                waiaas_shared::exit::daemon::describe(code)
+            ));
+        }
+        if self.dir.upgrade_journal().exists() {
+            return Some("a change is unfinished (its journal remains)".into());
+        }
+        if let Some(pid) = crate::lock::UpgradeLock::holder(&self.dir) {
+            return Some(format!("process {pid} holds the upgrade lock"));
+        }
+        match (&self.held, &self.slot) {
+            (Some(state), _) => Some(format!("the service is {}", state.name())),
+            (None, Slot::Running(_)) => None,
+            (None, _) => Some("the daemon is not serving yet".into()),
+        }
+    }
+
+    /// systemd's STATUS= line, with a pending automatic upgrade named.
+    fn say_pending(&self) {
+        let Some(pending) = self.auto.as_ref().and_then(|a| a.pending_line()) else {
+            return;
+        };
+        if let Slot::Running(daemon) = &self.slot {
+            self.notifier.notify(&format!(
+                "STATUS=serving {} (schema {}); {pending}",
+                daemon.version, daemon.schema_version
+            ));
         }
     }
 
@@ -1491,6 +1626,10 @@ impl Supervisor {
                 .uncommitted
                 .clone()
                 .filter(|_| self.state() == State::Refused),
+            auto: Some(Box::new(match &self.auto {
+                Some(auto) => auto.status(),
+                None => auto::off_status(),
+            })),
         }
     }
 }

@@ -140,6 +140,8 @@ pub enum Work {
     /// Moving the installation to the newer release beside this launcher
     /// (after `npm install -g`), before the first start.
     Local,
+    /// An automatic upgrade (`[update] auto`): its report is logged.
+    Auto,
 }
 
 /// A running upgrade, as the event loop sees it.
@@ -188,6 +190,17 @@ impl Upgrade {
             allow_downgrade: false,
         };
         Self::new(Work::Local, dir, config, Some(request), None)
+    }
+
+    /// The upgrade to `version` an operator's `upgrade --to` would run,
+    /// started by the supervisor's policy.
+    pub fn auto(dir: DataDir, config: Config, version: &semver::Version) -> Self {
+        let request = UpgradeRequest {
+            action: waiaas_shared::admin::UpgradeAction::To(version.to_string()),
+            no_start: false,
+            allow_downgrade: false,
+        };
+        Self::new(Work::Auto, dir, config, Some(request), None)
     }
 
     /// Finishes the rollback of a change a crash interrupted.

@@ -41,6 +41,23 @@ use crate::restore;
 use crate::swap;
 use preflight::{Preflight, check_free_space, usable_version};
 
+/// An operator's `--rollback` away from `from` said no to it: automatic
+/// upgrades never bring it back by themselves (SPEC §13). Recorded before the
+/// change, so a rollback handed to an older launcher keeps it too; a failure
+/// to record it is logged and does not hold the rollback.
+fn quarantine_rolled_back(dir: &DataDir, from: &str) {
+    let Ok(version) = semver::Version::parse(from) else {
+        return;
+    };
+    let reason = "rolled back by an operator's `upgrade --rollback`".to_string();
+    let now = jiff::Timestamp::now();
+    if let Err(e) =
+        crate::auto::state::AutoState::update(dir, |s| s.quarantine(version, reason, now))
+    {
+        tracing::warn!("cannot quarantine {from} for automatic upgrades: {e}");
+    }
+}
+
 /// Who stops and starts the daemon: the supervisor, or nobody (standalone).
 /// A lifecycle with a null implementation ([`Standalone`]) in the manner of
 /// shellflip's; tests drive the engine with a fake one.
@@ -507,6 +524,7 @@ impl<H: Host> Engine<'_, H> {
         if let Err(e) = check_free_space(self.dir) {
             return report::refused(Some(&from), Some(&to), &e);
         }
+        quarantine_rolled_back(self.dir, &from);
         let running = self.host.daemon_running().await;
         let mut journal = Journal::new(Operation::Rollback, &from, &to, running);
         journal.restoring = Some(chosen.path.clone());

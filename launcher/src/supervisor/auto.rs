@@ -1,0 +1,370 @@
+//! Automatic upgrades in the supervisor (`[update] auto`): the planner
+//! ([`crate::auto::Planner`]) decides; this part gives it its wake-ups, runs
+//! its registry checks and the notifications off the loop (futures the loop
+//! polls beside everything else), and records each attempt in the data
+//! dir, where it survives a restart and the exec of a handover. The upgrade
+//! itself is the one an operator's `upgrade --to` runs
+//! ([`super::upgrading::Upgrade::auto`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use semver::Version;
+use tracing::{info, warn};
+
+use waiaas_shared::admin::{self as protocol, AutoStatus, Outcome, UpgradeReport};
+use waiaas_shared::config::{AutoLevel, Config};
+use waiaas_shared::layout::DataDir;
+
+use crate::auto::notify::{self, Outbox};
+use crate::auto::state::{AttemptOutcome, AutoState};
+use crate::auto::{Clock, Found, Planner, Release, choose};
+
+/// Longest sleep between two looks at the clock: a clock that jumps (or a
+/// machine that slept) is noticed within this.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+type Check = Pin<Box<dyn Future<Output = Result<Found, String>>>>;
+type Delivery = Pin<Box<dyn Future<Output = (String, bool)>>>;
+
+pub struct Auto {
+    pub planner: Planner,
+    clock: Arc<dyn Clock>,
+    dir: DataDir,
+    config: Config,
+    install_id: String,
+    /// A registry check in flight.
+    pub check: Option<Check>,
+    /// A notification POST in flight, or the pause before the next.
+    pub delivery: Option<Delivery>,
+    delivery_at: Option<tokio::time::Instant>,
+    /// An attempt a previous process left open has been settled.
+    leftover_settled: bool,
+}
+
+/// Creates the automatic upgrades of this supervisor: none when the policy
+/// is "off" (then no request is ever made for them).
+pub fn new(dir: &DataDir, config: &Config, clock: Arc<dyn Clock>) -> Result<Option<Auto>, String> {
+    if config.update.auto == AutoLevel::Off {
+        return Ok(None);
+    }
+    let install_id = crate::auto::state::install_id(dir).map_err(|e| e.to_string())?;
+    // A quarantine that cannot be read must not be taken for an empty one.
+    AutoState::load(dir).map_err(|e| e.to_string())?;
+    let planner = Planner::new(
+        config.update.clone(),
+        install_id.clone(),
+        clock.zone(),
+        clock.now(),
+    );
+    Ok(Some(Auto {
+        planner,
+        clock,
+        dir: dir.clone(),
+        config: config.clone(),
+        install_id,
+        check: None,
+        delivery: None,
+        delivery_at: Some(tokio::time::Instant::now()),
+        leftover_settled: false,
+    }))
+}
+
+impl Auto {
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// When the loop must wake for the planner or a delivery.
+    pub fn wake_at(&self) -> tokio::time::Instant {
+        let now = self.clock.now();
+        let wait = now
+            .duration_until(self.planner.wake_at(now))
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let at = tokio::time::Instant::now() + wait.min(MAX_SLEEP);
+        match self.delivery_at {
+            Some(d) if self.delivery.is_none() => at.min(d),
+            _ => at,
+        }
+    }
+
+    /// Starts a registry check of the releases the policy allows.
+    pub fn start_check(&mut self, current: Version) {
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let now = self.clock.now();
+        let known = self.planner.known_rollouts();
+        self.check = Some(Box::pin(async move {
+            let listing = crate::package::releases(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = AutoState::load(&dir).map_err(|e| e.to_string())?;
+            let releases: Vec<Release> = listing
+                .releases
+                .into_iter()
+                .map(|p| Release {
+                    version: p.version,
+                    published: p
+                        .published_unix_ms
+                        .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+                    deprecated: p.deprecated,
+                })
+                .collect();
+            let u = &config.update;
+            let choice = choose(
+                &current,
+                &u.channel,
+                &listing.tag,
+                &releases,
+                u.auto,
+                u.min_release_age,
+                &state,
+                now,
+            );
+            let rollout = match &choice.candidate {
+                None => None,
+                Some(c) => match known.get(&c.version) {
+                    Some(known) => *known,
+                    // The signed release says whether it is rolled out in stages.
+                    None => crate::package::signed_release(&dir, &config, &c.version)
+                        .await
+                        .map_err(|e| format!("{}: {e}", c.version))?
+                        .rollout_seconds
+                        .map(Duration::from_secs),
+                },
+            };
+            Ok(Found { choice, rollout })
+        }));
+    }
+
+    pub fn checked(&mut self, result: Result<Found, String>) {
+        self.check = None;
+        if let Err(e) = &result {
+            warn!("automatic upgrades: the registry check failed: {e}");
+        }
+        let now = self.clock.now();
+        self.planner.checked(now, result);
+        if let Some(candidate) = self.planner.candidate() {
+            info!(
+                "automatic upgrades: {candidate} is the candidate; {}",
+                self.planner
+                    .waiting()
+                    .map(|w| w.to_string())
+                    .unwrap_or_else(|| "due now".into())
+            );
+        }
+    }
+
+    /// Records an automatic attempt's start: if this process dies, the next
+    /// one finds it open. `false` (and logged) if it cannot be recorded or
+    /// `to` was quarantined meanwhile: then it does not start.
+    pub fn begin(&mut self, from: &Version, to: &Version) -> bool {
+        let result = AutoState::update(&self.dir, |state| {
+            if state.is_quarantined(to) {
+                return false;
+            }
+            state.begin(from.clone(), to.clone(), self.clock.now());
+            true
+        });
+        match result {
+            Ok(true) => {
+                info!(
+                    "automatic upgrade: {from} → {to} starts (policy: {})",
+                    self.config.update.auto
+                );
+                true
+            }
+            Ok(false) => {
+                info!("automatic upgrades: {to} was quarantined meanwhile; not started");
+                self.planner.forget_plan();
+                false
+            }
+            Err(e) => {
+                warn!("automatic upgrades: cannot record the attempt ({e}); not started");
+                false
+            }
+        }
+    }
+
+    /// Settles the open attempt with an upgrade's report, if the report is
+    /// about it: one log line, a quarantine if it rolled back, a notice.
+    pub fn settle(&mut self, report: &UpgradeReport) {
+        let outcome = match report.outcome {
+            Outcome::Upgraded | Outcome::UpToDate => AttemptOutcome::Upgraded,
+            Outcome::RolledBack => AttemptOutcome::RolledBack,
+            Outcome::RollbackFailed => AttemptOutcome::RollbackFailed,
+            Outcome::Refused => AttemptOutcome::Failed,
+            Outcome::Restored => return,
+        };
+        let to = report.to.as_deref().and_then(|v| Version::parse(v).ok());
+        self.close(to.as_ref(), outcome, &report.message);
+    }
+
+    /// An attempt left open by a process that did not see its end: it was
+    /// committed if `current` is its version, else the start's recovery
+    /// rolled it back.
+    pub fn settle_leftover(&mut self, current: &Version) {
+        if std::mem::replace(&mut self.leftover_settled, true) {
+            return;
+        }
+        let open = match AutoState::load(&self.dir) {
+            Ok(state) => state.attempt.filter(|a| a.outcome.is_none()),
+            Err(_) => None,
+        };
+        let Some(attempt) = open else { return };
+        if attempt.to == *current {
+            self.close(Some(current), AttemptOutcome::Upgraded, "committed");
+        } else {
+            let message = "the launcher ended during the upgrade; the next start rolled it back";
+            self.close(Some(&attempt.to), AttemptOutcome::Interrupted, message);
+        }
+    }
+
+    fn close(&mut self, to: Option<&Version>, outcome: AttemptOutcome, message: &str) {
+        let now = self.clock.now();
+        let closed = AutoState::update(&self.dir, |state| {
+            let attempt = state.attempt.as_ref().filter(|a| a.outcome.is_none())?;
+            if to.is_some_and(|to| *to != attempt.to) {
+                return None;
+            }
+            let (from, to) = (attempt.from.clone(), attempt.to.clone());
+            state.end(outcome, message.to_string(), now);
+            let quarantined =
+                outcome != AttemptOutcome::Upgraded && outcome != AttemptOutcome::Failed;
+            if quarantined {
+                state.quarantine(
+                    to.clone(),
+                    format!("automatic upgrade {outcome}: {message}"),
+                    now,
+                );
+            }
+            Some((from, to, quarantined))
+        });
+        let (from, to, quarantined) = match closed {
+            Ok(Some(closed)) => closed,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("automatic upgrades: cannot record the attempt's end ({e})");
+                return;
+            }
+        };
+        if quarantined {
+            warn!(
+                "automatic upgrade {from} → {to}: {outcome} ({message}); {to} is quarantined: \
+                 never tried again by itself (`waiaas-launcher upgrade --forget {to}` lifts it)"
+            );
+        } else {
+            info!("automatic upgrade {from} → {to}: {outcome} ({message})");
+        }
+        let kind = match outcome {
+            AttemptOutcome::Upgraded => notify::Kind::Upgraded,
+            AttemptOutcome::RolledBack => notify::Kind::RolledBack,
+            AttemptOutcome::RollbackFailed => notify::Kind::RollbackFailed,
+            AttemptOutcome::Interrupted => notify::Kind::Interrupted,
+            // Nothing changed (refused before the change): no word.
+            AttemptOutcome::Failed => return,
+        };
+        if self.config.update.notify_url.is_none() {
+            return;
+        }
+        let event = notify::Event {
+            id: format!("{}-{}-{}", self.install_id, to, now.as_millisecond()),
+            event: kind,
+            from: from.to_string(),
+            to: to.to_string(),
+            message: message.to_string(),
+            quarantined,
+            at: now.to_string(),
+            install_id: self.install_id.clone(),
+        };
+        if let Err(e) = Outbox::push(&self.dir, event) {
+            warn!("automatic upgrades: cannot queue the notification ({e})");
+        }
+        // Delivered from the next loop turn: a handover that follows at once
+        // leaves it to the next launcher, which finds it in the outbox.
+        self.delivery_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Starts the next delivery, if one is due and none is in flight.
+    pub fn deliver_if_due(&mut self) {
+        let Some(url) = self.config.update.notify_url.clone() else {
+            return;
+        };
+        let due = self
+            .delivery_at
+            .is_some_and(|at| at <= tokio::time::Instant::now());
+        if self.delivery.is_some() || !due {
+            return;
+        }
+        self.delivery_at = None;
+        let Some(pending) = Outbox::load(&self.dir).pending.into_iter().next() else {
+            return;
+        };
+        self.delivery = Some(Box::pin(async move {
+            let id = pending.event.id.clone();
+            match notify::post(&url, &pending.event).await {
+                Ok(()) => (id, true),
+                Err(e) => {
+                    warn!(
+                        "automatic upgrades: cannot notify {} ({e})",
+                        waiaas_shared::registry::redact(&url)
+                    );
+                    (id, false)
+                }
+            }
+        }));
+    }
+
+    pub fn delivered(&mut self, id: String, ok: bool) {
+        self.delivery = None;
+        match Outbox::settle(&self.dir, &id, ok) {
+            Ok(Some(pause)) => self.delivery_at = Some(tokio::time::Instant::now() + pause),
+            Ok(None) => {}
+            Err(e) => warn!("automatic upgrades: cannot update the notification outbox ({e})"),
+        }
+    }
+
+    /// The `status` part.
+    pub fn status(&self) -> AutoStatus {
+        let mut status = self.planner.status(self.clock.now());
+        if let Ok(state) = AutoState::load(&self.dir) {
+            status.quarantined = state
+                .quarantined
+                .iter()
+                .map(|q| protocol::Quarantined {
+                    version: q.version.to_string(),
+                    reason: q.reason.clone(),
+                    at: q.at.to_string(),
+                })
+                .collect();
+            status.last_attempt = state.attempt.as_ref().map(|a| protocol::Attempt {
+                from: a.from.to_string(),
+                to: a.to.to_string(),
+                started_at: a.started_at.to_string(),
+                outcome: a.outcome.map(|o| o.to_string()),
+                message: a.message.clone(),
+            });
+        }
+        status
+    }
+
+    /// systemd's STATUS= suffix while an automatic upgrade is pending.
+    pub fn pending_line(&self) -> Option<String> {
+        let candidate = self.planner.candidate()?;
+        Some(match self.planner.waiting() {
+            Some(wait) => format!("automatic upgrade to {candidate} pending ({wait})"),
+            None => format!("automatic upgrade to {candidate} due"),
+        })
+    }
+}
+
+/// The `status` of a supervisor whose policy is "off".
+pub fn off_status() -> AutoStatus {
+    AutoStatus {
+        policy: "off".into(),
+        ..AutoStatus::default()
+    }
+}

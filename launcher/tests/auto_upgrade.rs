@@ -1,0 +1,468 @@
+//! Automatic upgrades end to end (SPEC §13, `[update] auto`): real builds
+//! packed and signed like releases (A = this build, B = 1.9.0, a bad C =
+//! 1.9.1 whose daemon fails at start, D = 1.10.0; see `support/builds.rs`),
+//! published one after another on a real HTTP registry on 127.0.0.1, while
+//! 32 clients use the service — 31 reading, one writing — and a receiver on
+//! 127.0.0.1 takes the `notify_url` events. Nobody types `upgrade`.
+
+mod support;
+
+#[path = "support/builds.rs"]
+mod builds;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use builds::{B_VERSION, C_VERSION, D_VERSION, Fault, Key, pack_release};
+use support::load::{Load, Writer};
+use support::registry::Registry;
+use support::supervisor::{LogFile, Supervisor};
+use support::{LAUNCHER, free_port, hermetic, run};
+use waiaas_packaging::Packed;
+use waiaas_shared::admin::Status;
+use waiaas_shared::layout::DataDir;
+use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
+
+/// A receiver of `notify_url` POSTs: every body, in order.
+struct Receiver {
+    url: String,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let store = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(&stream);
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(json) = serde_json::from_slice(&body)
+                {
+                    store.lock().unwrap().push(json);
+                }
+                let _ =
+                    (&stream).write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Self { url, bodies }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Events about `to`, as `event` names.
+    fn about(&self, to: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["to"] == to)
+            .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+/// Every release of the scenario, packed once with one throwaway key.
+struct Releases {
+    key: Key,
+    a_bin: PathBuf,
+    a: Packed,
+    b: Packed,
+    c: Packed,
+    d: Packed,
+}
+
+fn pack_all(dir: &Path) -> Releases {
+    let key = builds::generate_key(&dir.join("key"));
+    let a_bin = builds::copy_bin_dir(&builds::a_bin_dir(), &dir.join("a-bin"));
+    let a = pack_release(&a_bin, &dir.join("a"), &key);
+    let b = pack_release(builds::b_bin_dir(), &dir.join("b"), &key);
+    let c_bin = builds::wrapped_release_dir_as(&dir.join("c-bin"), Fault::Crash, C_VERSION);
+    let c = pack_release(&c_bin, &dir.join("c"), &key);
+    let d = pack_release(builds::release_bin_dir(D_VERSION), &dir.join("d"), &key);
+    for (name, contents) in builds::release_files(&a) {
+        fs::write(a_bin.join(name), contents).unwrap();
+    }
+    assert_eq!(c.manifest.version, C_VERSION);
+    assert_eq!(d.manifest.version, D_VERSION);
+    Releases {
+        key,
+        a_bin,
+        a,
+        b,
+        c,
+        d,
+    }
+}
+
+fn publish(registry: &Registry, packed: &Packed) {
+    let version = &packed.manifest.version;
+    registry.publish(CLI_PACKAGE, version, fs::read(&packed.cli_tarball).unwrap());
+    registry.publish_with_integrity(
+        &platform_package(this_target().unwrap()),
+        version,
+        fs::read(&packed.platform_tarball).unwrap(),
+        &packed.platform_integrity,
+    );
+    registry.set_tag(CLI_PACKAGE, "latest", version);
+}
+
+fn platform_tarball_hits(registry: &Registry, version: &str) -> usize {
+    let name = platform_package(this_target().unwrap());
+    registry.hits(&Registry::tarball_path(&name, version))
+}
+
+struct Site {
+    _tmp: tempfile::TempDir,
+    home: PathBuf,
+    dir: DataDir,
+    port: u16,
+}
+
+impl Site {
+    /// A's real `init`, then `config` appended to a config for `registry`.
+    fn new(r: &Releases, registry: &Registry, update: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().to_path_buf();
+        let dir = DataDir::new(home.join("waiaas"));
+        let init = run(
+            hermetic(Command::new(r.a_bin.join("waiaas-launcher")), &home)
+                .arg("init")
+                .arg("--data-dir")
+                .arg(dir.root()),
+        );
+        assert!(init.status.success(), "init failed: {init:?}");
+        let port = free_port();
+        let config = format!(
+            "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n\
+             shutdown_timeout = 10\n\n[update]\nregistry = \"{}\"\ntrusted_keys = [\"{}\"]\n{update}",
+            registry.url(),
+            r.key.public,
+        );
+        fs::write(dir.config(), config).unwrap();
+        Self {
+            _tmp: tmp,
+            home,
+            dir,
+            port,
+        }
+    }
+
+    fn launcher(&self, args: &[&str]) -> Command {
+        let mut command = hermetic(Command::new(LAUNCHER), &self.home);
+        command.args(args).arg("--data-dir").arg(self.dir.root());
+        command
+    }
+
+    fn supervisor(&self, n: usize) -> Supervisor {
+        let log = self.home.join(format!("launcher-{n}.stderr"));
+        let mut s = Supervisor::spawn(
+            self.launcher(&["run"]),
+            log,
+            self.dir.launcher_socket(),
+            LogFile::Fresh,
+        )
+        .with_healthy_within(Duration::from_secs(60));
+        s.wait_healthy();
+        s
+    }
+
+    fn token(&self) -> String {
+        fs::read_to_string(self.dir.master_token())
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn health_version(&self) -> Option<String> {
+        let (status, body) = support::http(self.port, "GET", "/health", None, None)?;
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200).then(|| health["version"].as_str().map(str::to_string))?
+    }
+
+    fn stored_names(&self) -> BTreeSet<String> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.dir.database(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = db.prepare("SELECT name FROM wallets").unwrap();
+        stmt.query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+}
+
+/// Waits (bounded) until `version` answers `/health`, noticing the
+/// supervisor's death; returns how long it took.
+fn wait_serving(
+    site: &Site,
+    supervisor: &mut Supervisor,
+    version: &str,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if site.health_version().as_deref() == Some(version) {
+            return started.elapsed();
+        }
+        supervisor.assert_alive(&format!("waiting for {version}"));
+        assert!(
+            started.elapsed() < within,
+            "{version} was not serving within {within:?}:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 31 readers and one writer (10 writes/s, below the default busy
+/// threshold of 20 writes/s): 32 clients.
+struct Clients {
+    load: Load,
+    writer: Writer,
+}
+
+impl Clients {
+    fn start(site: &Site, prefix: &str) -> Self {
+        let url = format!("http://127.0.0.1:{}/health", site.port);
+        Self {
+            load: Load::start(&url, 31, Duration::from_secs(30), Duration::from_secs(300)),
+            writer: Writer::paced(site.port, &site.token(), prefix, Some(10)),
+        }
+    }
+
+    /// Stops them: no request failed, and every acknowledged write is stored.
+    fn finish_keeping_everything(self, site: &Site) {
+        let written = self.writer.stop();
+        let tally = self.load.finish();
+        let stored = site.stored_names();
+        let lost: Vec<&String> = written
+            .acknowledged
+            .iter()
+            .filter(|n| !stored.contains(*n))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes lost: {lost:?}",
+            lost.len()
+        );
+        assert!(
+            written.acknowledged.len() > 50,
+            "the writer wrote: {}",
+            written.acknowledged.len()
+        );
+        assert_eq!(written.refused, 0, "writes refused");
+        assert_eq!(tally.failed, 0, "failed reads: {:?}", tally.errors);
+        eprintln!(
+            "{} writes acknowledged and kept, {} reads, 0 failed, longest write wait {:.3} s",
+            written.acknowledged.len(),
+            tally.latencies.len(),
+            written.longest_wait.as_secs_f64()
+        );
+    }
+}
+
+fn auto_status(supervisor: &Supervisor) -> waiaas_shared::admin::AutoStatus {
+    let status: Status = supervisor.status().expect("status");
+    *status.auto.expect("status names the automatic upgrades")
+}
+
+#[test]
+fn an_installation_upgrades_itself_quarantines_a_bad_release_and_takes_the_next_good_one() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    let receiver = Receiver::start();
+    let site = Site::new(
+        &r,
+        &registry,
+        &format!(
+            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
+             window = \"always\"\njitter = \"0s\"\nnotify_url = \"{}\"\n",
+            receiver.url
+        ),
+    );
+    let mut supervisor = site.supervisor(0);
+    let pid = supervisor.pid();
+    let clients = Clients::start(&site, "before");
+
+    // B: applied by itself, in place.
+    publish(&registry, &r.b);
+    let took = wait_serving(&site, &mut supervisor, B_VERSION, Duration::from_secs(20));
+    eprintln!(
+        "on {B_VERSION} {:.1} s after it was published",
+        took.as_secs_f64()
+    );
+    assert_eq!(supervisor.pid(), pid, "the same supervisor process");
+    let backups: Vec<String> = fs::read_dir(site.dir.backups())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let pre_upgrade = format!("pre-upgrade-{}-", builds::a_version());
+    assert!(
+        backups.iter().any(|b| b.starts_with(&pre_upgrade)),
+        "a pre-upgrade backup: {backups:?}"
+    );
+    let status = supervisor.wait_for(Duration::from_secs(10), "the attempt recorded", |s| {
+        s.auto
+            .as_ref()
+            .and_then(|a| a.last_attempt.as_ref())
+            .is_some_and(|a| a.to == B_VERSION && a.outcome.as_deref() == Some("upgraded"))
+    });
+    eprintln!("status after B: {:?}", status.auto);
+
+    // C: tried once, rolled back, quarantined.
+    publish(&registry, &r.c);
+    supervisor.wait_for(
+        Duration::from_secs(60),
+        "C rolled back and quarantined",
+        |s| {
+            s.auto.as_ref().is_some_and(|a| {
+                a.quarantined.iter().any(|q| q.version == C_VERSION)
+                    && a.last_attempt
+                        .as_ref()
+                        .is_some_and(|t| t.to == C_VERSION && t.outcome.is_some())
+            })
+        },
+    );
+    let attempt = auto_status(&supervisor).last_attempt.unwrap();
+    assert_eq!(
+        attempt.outcome.as_deref(),
+        Some("rolled-back"),
+        "{attempt:?}"
+    );
+    assert_eq!(site.health_version().as_deref(), Some(B_VERSION));
+    assert_eq!(supervisor.pid(), pid, "the same supervisor process");
+    clients.finish_keeping_everything(&site);
+    let c_downloads = platform_tarball_hits(&registry, C_VERSION);
+
+    // Two minutes on, across a kill -9 and a new `run`: never tried again.
+    let watch = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    supervisor.kill9();
+    let mut supervisor = site.supervisor(1);
+    while watch.elapsed() < Duration::from_secs(120) {
+        supervisor.assert_alive("watching C stay quarantined");
+        assert!(
+            !site.dir.upgrade_journal().exists(),
+            "an upgrade started:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        platform_tarball_hits(&registry, C_VERSION),
+        c_downloads,
+        "C was fetched again after its quarantine"
+    );
+    let a = auto_status(&supervisor);
+    assert!(
+        a.quarantined.iter().any(|q| q.version == C_VERSION),
+        "{a:?}"
+    );
+    assert_eq!(site.health_version().as_deref(), Some(B_VERSION));
+    let starts = |log: &str| log.matches(&format!("→ {C_VERSION} starts")).count();
+    let logs: String = (0..2)
+        .map(|n| {
+            fs::read_to_string(site.home.join(format!("launcher-{n}.stderr"))).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(starts(&logs), 1, "C was started exactly once:\n{logs}");
+
+    // D: applied.
+    let clients = Clients::start(&site, "after");
+    publish(&registry, &r.d);
+    let took = wait_serving(&site, &mut supervisor, D_VERSION, Duration::from_secs(20));
+    eprintln!(
+        "on {D_VERSION} {:.1} s after it was published",
+        took.as_secs_f64()
+    );
+    clients.finish_keeping_everything(&site);
+
+    // The receiver heard each outcome once; the bad release exactly once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.about(D_VERSION).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(receiver.about(B_VERSION), ["upgraded"]);
+    assert_eq!(receiver.about(C_VERSION), ["rolled-back"]);
+    assert_eq!(receiver.about(D_VERSION), ["upgraded"]);
+    let events = receiver.events();
+    let c_event = events.iter().find(|e| e["to"] == C_VERSION).unwrap();
+    assert_eq!(c_event["quarantined"], true);
+    assert_eq!(c_event["from"], B_VERSION);
+    drop(supervisor);
+}
+
+#[test]
+fn with_auto_off_the_launcher_asks_the_registry_nothing() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    publish(&registry, &r.b);
+    // The daemon's own version check stays on: the one request expected.
+    let site = Site::new(&r, &registry, "check_interval = \"5s\"\n");
+    let config = fs::read_to_string(site.dir.config())
+        .unwrap()
+        .replace("update_check = false", "update_check = true");
+    fs::write(site.dir.config(), config).unwrap();
+    let mut supervisor = site.supervisor(0);
+    std::thread::sleep(Duration::from_secs(12));
+    supervisor.assert_alive("idle with auto off");
+    let dist_tags = format!("/-/package/{}/dist-tags", CLI_PACKAGE.replace('/', "%2f"));
+    assert_eq!(
+        registry.total_hits(),
+        registry.hits(&dist_tags),
+        "only the daemon's version check asked the registry"
+    );
+    assert_eq!(
+        registry.hits(&dist_tags),
+        1,
+        "the daemon's version check, once"
+    );
+    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    let status = auto_status(&supervisor);
+    assert_eq!(status.policy, "off");
+    assert!(status.next_check.is_none());
+}
+
+#[test]
+fn a_container_refuses_automatic_upgrades_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let out = run(hermetic(Command::new(LAUNCHER), home)
+        .args(["run", "--data-dir"])
+        .arg(home.join("waiaas"))
+        .env("WAIAAS_CONTAINER", "1")
+        .env("WAIAAS_UPDATE_AUTO", "minor"));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(waiaas_shared::exit::daemon::CONFIG_INVALID as u8)),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("auto = \"minor\""), "{}", out.stderr);
+    assert!(out.stderr.contains("image"), "{}", out.stderr);
+}
