@@ -188,10 +188,7 @@ fn an_https_registry_is_reached_on_the_shipped_tls_stack() {
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(json["latest"], "9.9.9", "{}", out.stdout);
-    assert_eq!(
-        registry.hits(&format!("/-/package/{CLI_PACKAGE}/dist-tags")),
-        1
-    );
+    assert_eq!(registry.hits(&Registry::packument_path(CLI_PACKAGE)), 1);
 }
 
 /// A registry on plain http (here on loopback) is reached on a machine with
