@@ -173,23 +173,48 @@ async fn check(dir: &DataDir, config: &Config, json: bool) -> Result<(), Failure
         .ok()
         .flatten()
         .unwrap_or_else(|| version::VERSION.to_string());
-    let latest = package::latest(config)
+    // The full packument: the dist-tag and, for the version it names,
+    // whether the publisher withdrew it.
+    let listing = package::releases(config)
         .await
-        .map_err(|e| Failure::new(e.to_string()))?
-        .to_string();
+        .map_err(|e| Failure::new(e.to_string()))?;
+    let latest = listing.tag.to_string();
+    // Deprecation is unsigned (anyone who can answer for the registry can set
+    // it), so it may only hold an automatic install back, never cause one:
+    // it is reported here, and a manual upgrade still installs the release.
+    let deprecated = listing
+        .release(&listing.tag)
+        .and_then(|release| release.deprecated.clone());
     let available = version::is_newer(&latest, &running);
     if json {
         let out = serde_json::json!({
             "current": running, "latest": latest, "updateAvailable": available,
+            "deprecated": deprecated,
         });
         println!("{out}");
-    } else if available {
-        println!("Update available: {running} → {latest}\nRun: waiaas-launcher upgrade");
-    } else {
-        println!(
-            "Up to date ({running}; the newest on `{}` is {latest})",
-            config.update.channel
-        );
+        return Ok(());
+    }
+    let withdrawn = |message: &str| {
+        format!("{latest} is deprecated on the registry ({message:?}): automatic upgrades skip it")
+    };
+    match (available, &deprecated) {
+        (true, None) => {
+            println!("Update available: {running} → {latest}\nRun: waiaas-launcher upgrade");
+        }
+        (true, Some(message)) => println!(
+            "Update available: {running} → {latest}, but {}; \
+             `waiaas-launcher upgrade --to {latest}` still installs it if you mean to",
+            withdrawn(message)
+        ),
+        (false, _) => {
+            println!(
+                "Up to date ({running}; the newest on `{}` is {latest})",
+                config.update.channel
+            );
+            if let Some(message) = &deprecated {
+                println!("{}", withdrawn(message));
+            }
+        }
     }
     Ok(())
 }

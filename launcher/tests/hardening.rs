@@ -146,10 +146,10 @@ fn a_plain_http_registry_off_loopback_is_refused_before_any_connection() {
 fn a_redirect_to_plain_http_off_loopback_is_refused() {
     let registry = Registry::start();
     registry.publish(CLI_PACKAGE, "9.9.9", b"cli".to_vec());
-    let tags = format!("/-/package/{CLI_PACKAGE}/dist-tags");
+    let packument = Registry::packument_path(CLI_PACKAGE);
     registry.serve(
-        &tags,
-        Reply::Redirect("http://192.0.2.1:9/dist-tags".into()),
+        &packument,
+        Reply::Redirect("http://192.0.2.1:9/packument".into()),
     );
     let install = install_with_registry(registry.url());
     let started = Instant::now();
@@ -157,7 +157,7 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("refused a redirect"), "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(registry.hits(&tags), 1);
+    assert_eq!(registry.hits(&packument), 1);
 }
 
 /// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA):
@@ -188,10 +188,7 @@ fn an_https_registry_is_reached_on_the_shipped_tls_stack() {
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(json["latest"], "9.9.9", "{}", out.stdout);
-    assert_eq!(
-        registry.hits(&format!("/-/package/{CLI_PACKAGE}/dist-tags")),
-        1
-    );
+    assert_eq!(registry.hits(&Registry::packument_path(CLI_PACKAGE)), 1);
 }
 
 /// A registry on plain http (here on loopback) is reached on a machine with

@@ -735,6 +735,71 @@ fn publish_a_and_b(verdaccio_bin: &Path, phases: &mut Phases) -> Published {
     }
 }
 
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
+}
+
+/// `package::releases` reads what the real npm and Verdaccio write: each
+/// version's publish time, and a deprecation set (then lifted) with the real
+/// `npm deprecate`.
+fn assert_listed_with_times_and_deprecation(p: &Published, since_ms: i64, phases: &mut Phases) {
+    let a = builds::a_version();
+    let mut config = waiaas_shared::config::Config::default();
+    config.update.registry = Some(p.verdaccio.url());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listing = || {
+        runtime
+            .block_on(waiaas_launcher::package::releases(&config))
+            .expect("package::releases against Verdaccio")
+    };
+    let message = "e2e: withdrawn, use the next release";
+    let spec = format!("{CLI_PACKAGE}@{a}");
+    let deprecate = |text: &str| {
+        p.npm
+            .run(&["deprecate", &spec, text], Duration::from_secs(60))
+    };
+    deprecate(message);
+
+    let listed = listing();
+    assert_eq!(listed.tag.to_string(), B_VERSION);
+    let shown: Vec<(String, Option<String>)> = listed
+        .releases
+        .iter()
+        .map(|r| (r.version.to_string(), r.deprecated.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (a.to_string(), Some(message.to_string())),
+            (B_VERSION.to_string(), None)
+        ]
+    );
+    let times: Vec<i64> = listed
+        .releases
+        .iter()
+        .map(|r| {
+            r.published_unix_ms
+                .expect("Verdaccio records a publish time")
+        })
+        .collect();
+    let now = unix_ms_now();
+    assert!(
+        times.iter().all(|t| (since_ms..=now).contains(t)) && times[0] <= times[1],
+        "publish times {times:?} outside {since_ms}..={now} or out of order"
+    );
+
+    // `npm deprecate <pkg>@<v> ""` lifts it.
+    deprecate("");
+    assert!(listing().releases.iter().all(|r| r.deprecated.is_none()));
+    phases.end("1b. npm deprecate, package::releases");
+}
+
 #[test]
 fn npm_registry_end_to_end() {
     let Some(verdaccio_bin) = verdaccio_bin() else {
@@ -751,7 +816,9 @@ fn npm_registry_end_to_end() {
             platform.rsplit('/').next().expect("a scoped name")
         )
     };
+    let before_publish = unix_ms_now();
     let published = publish_a_and_b(&verdaccio_bin, &mut phases);
+    assert_listed_with_times_and_deprecation(&published, before_publish, &mut phases);
     let Published {
         root,
         home,

@@ -714,12 +714,54 @@ fn scenario_07_check_reports_versions() {
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"current": a(), "latest": B_VERSION, "updateAvailable": true})
+        serde_json::json!({"current": a(), "latest": B_VERSION, "updateAvailable": true,
+            "deprecated": null})
     );
-    // Only the dist-tags were read: nothing downloaded, nothing changed.
+    // Only the packument was read: nothing downloaded, nothing changed.
     let tarball = Registry::tarball_path(&platform_package(this_target().unwrap()), B_VERSION);
     assert_eq!(site.registry.hits(&tarball), 0);
     assert_eq!(site.snapshot(), before);
+}
+
+/// A release withdrawn with `npm deprecate` is named as such by `--check`:
+/// automatic upgrades skip it, a manual `--to` still installs it.
+#[test]
+fn check_says_why_a_deprecated_release_is_withheld() {
+    let site = Site::new();
+    let before = site.snapshot();
+    site.registry
+        .deprecate(CLI_PACKAGE, B_VERSION, "loses \"writes\" on ARM; use 1.9.1");
+    let out = site.upgrade(&["--check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "Update available: {} → {B_VERSION}, but {B_VERSION} is deprecated on the registry \
+             (\"loses \\\"writes\\\" on ARM; use 1.9.1\"): automatic upgrades skip it; \
+             `waiaas-launcher upgrade --to {B_VERSION}` still installs it if you mean to",
+            a()
+        ),
+    );
+    let out = site.upgrade(&["--check", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(json["deprecated"], "loses \"writes\" on ARM; use 1.9.1");
+    assert_eq!(json["updateAvailable"], true);
+
+    // The running release withdrawn: up to date, and told so.
+    site.registry.set_tag(CLI_PACKAGE, "latest", a());
+    site.registry.deprecate(CLI_PACKAGE, a(), "superseded");
+    let out = site.upgrade(&["--check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("Up to date"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!(
+            "{} is deprecated on the registry (\"superseded\")",
+            a()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(site.snapshot(), before, "a check changes nothing");
 }
 
 #[test]

@@ -34,7 +34,11 @@
 //! - `limits` and `error`: the caps and timeouts ([`Limits`]), and every
 //!   refusal ([`PackageError`]).
 //!
-//! This file holds the entry points, which put the parts together.
+//! This file holds the entry points, which put the parts together: besides
+//! installing ([`fetch`], [`install_file`], [`install_folder`]), what the
+//! registry lists ([`latest`], [`releases`]: publish times and deprecations,
+//! from the full packument) and a release's verified `release.json` without
+//! installing it ([`signed_release`]: its rollout).
 
 mod archive;
 mod download;
