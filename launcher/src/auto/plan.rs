@@ -314,7 +314,10 @@ impl Planner {
                     due
                 });
             }
-            // Past due, the start waits on samples (below) or the window's end.
+            // Past due: `poll` acts at once, or waits on a sample (below).
+            if now >= due && self.next_sample.is_none() {
+                at = at.min(now);
+            }
             if let Some(end) = plan.start.window_end.filter(|&end| end > now) {
                 at = at.min(end);
             }

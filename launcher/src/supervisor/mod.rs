@@ -582,7 +582,8 @@ impl Supervisor {
                 if let Some(auto) = &mut self.auto {
                     auto.checked(result);
                 }
-                self.say_pending();
+                // A candidate may be due at once.
+                self.auto_due();
             }
             Event::Notified(id, ok) => {
                 if let Some(auto) = &mut self.auto {
