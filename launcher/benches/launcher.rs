@@ -1,7 +1,10 @@
 //! What the supervisor costs and how fast it recovers, measured on real
 //! release builds in a temp installation made by the real `init`:
 //!
-//! 1. idle cost — the launcher's RSS and CPU time while a healthy daemon idles;
+//! 1. idle cost — the launcher's RSS and CPU time while a healthy daemon idles,
+//!    with `[update] auto = "off"` and then `"minor"` (a registry on 127.0.0.1
+//!    offering nothing newer; at the default `check_interval`, and at 5 s to
+//!    show what one check costs), with the registry requests counted;
 //! 2. crash-to-healthy — `kill -9` of the daemon until a new one answers;
 //! 3. restart under load — `waiaas-launcher restart` while 32 clients send
 //!    `GET /health` without pause.
@@ -84,6 +87,8 @@ fn main() {
     let mut loads = vec![loadavg()];
     let idle = idle_cost(&install, idle_secs, launcher_log.as_deref());
     after_section(&mut loads);
+    let auto = idle_with_auto(&install, idle_secs, launcher_log.as_deref());
+    after_section(&mut loads);
     let crash = crash_to_healthy(&install, launcher_log.as_deref());
     after_section(&mut loads);
     let load = restart_under_load(&install, launcher_log.as_deref());
@@ -97,6 +102,7 @@ fn main() {
         "cpus": cpus(),
         "loadavg_before_and_after_each_section": loads,
         "idle": idle,
+        "idle_with_auto": auto,
         "crash_to_healthy": crash,
         "restart_under_load": load,
         "total_s": round1(total.as_secs_f64()),
@@ -122,8 +128,58 @@ fn idle_seconds() -> u64 {
 // ---------------------------------------------------------------------------
 // 1. Idle cost
 
+/// Section 1 again with automatic upgrades on: the launcher's figures and
+/// the registry requests, at the default `check_interval` and at 5 s.
+fn idle_with_auto(install: &Install, secs: u64, launcher_log: Option<&str>) -> Value {
+    use waiaas_shared::config::{Config, format_duration};
+    use waiaas_shared::release::CLI_PACKAGE;
+    let registry = support::registry::Registry::start();
+    let current = waiaas_shared::version::VERSION;
+    // Only the packument is read when nothing is newer: no tarball is fetched.
+    registry.publish(CLI_PACKAGE, current, b"not fetched".to_vec());
+    registry.set_tag(CLI_PACKAGE, "latest", current);
+    let base = format!(
+        "[daemon]\nport = {}\nhostname = \"127.0.0.1\"\nupdate_check = false\n",
+        install.port
+    );
+    let default_interval = Config::default().update.check_interval;
+    let mut runs = Vec::new();
+    for interval in [default_interval, Duration::from_secs(5)] {
+        let interval_text = format_duration(interval);
+        install.write_config(&format!(
+            "{base}[update]\nregistry = \"{}\"\nauto = \"minor\"\ncheck_interval = \"{interval_text}\"\n",
+            registry.url()
+        ));
+        let before = registry.total_hits();
+        let figures = idle_cost(install, secs, launcher_log);
+        let requests = registry.total_hits() - before;
+        let per_day = 86_400.0 / interval.as_secs_f64();
+        println!(
+            "  auto = \"minor\", check_interval = {interval_text}: {requests} registry request(s) in \
+             the window; {per_day:.0} a day at this interval (one packument each, plus one \
+             platform tarball per new candidate)"
+        );
+        runs.push(json!({
+            "check_interval": interval_text,
+            "registry_requests_in_window": requests,
+            "registry_requests_per_day": round1(per_day),
+            "idle": figures,
+        }));
+    }
+    install.write_config(&base);
+    Value::Array(runs)
+}
+
 fn idle_cost(install: &Install, secs: u64, launcher_log: Option<&str>) -> Value {
-    println!("== 1. idle cost ({secs} s with a healthy daemon) ==");
+    let policy = std::fs::read_to_string(install.dir.config())
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("auto"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "auto = \"off\"".into());
+    println!("== 1. idle cost ({secs} s with a healthy daemon; {policy}) ==");
     let started = Instant::now();
     let mut supervisor = start_supervisor(install, launcher_log);
     let status = supervisor.wait_healthy();

@@ -293,6 +293,28 @@ impl Machine {
             .unwrap_or_else(|e| panic!("status --json ({e}): {out:?}"))
     }
 
+    /// As the README says for systemd: the registry set explicitly with
+    /// `systemctl edit waiaas` (and the key the test releases are signed
+    /// with), plus `more` environment settings.
+    fn follow_registry(&self, registry: &Registry, public_key: &str, more: &str) {
+        self.drop_in(
+            "waiaas.service",
+            "registry",
+            &format!(
+                "[Service]\nEnvironment=WAIAAS_UPDATE_REGISTRY={} WAIAAS_UPDATE_TRUSTED_KEYS={public_key} {more}\n",
+                registry.url()
+            ),
+        );
+        // A real host has a CA bundle (Debian's ca-certificates); the minbase
+        // rootfs does not, and without one the launcher's HTTP client refuses to
+        // start at all ("No CA certificates were loaded from the system"), even
+        // for a plain-http registry on loopback.
+        let to = format!("{}:/etc/ssl/certs/ca-certificates.crt", self.name);
+        self.ok("mkdir -p /etc/ssl/certs");
+        self.podman
+            .ok(&["cp", "/etc/ssl/certs/ca-certificates.crt", &to]);
+    }
+
     fn health(&self) -> HealthResponse {
         let (status, body) =
             http(self.port, "GET", "/health", None, None).expect("/health answers");
@@ -877,25 +899,7 @@ fn upgrade_and_rollback_under_load_keep_the_main_pid_and_fail_no_request() {
     let Some(podman) = podman() else { return };
     let (registry, public_key, _packs) = registry_offering_b();
     let machine = Machine::boot(podman, "upgrade");
-    // As the README says for systemd: the registry set explicitly with
-    // `systemctl edit waiaas` (and the key the test releases are signed with).
-    machine.drop_in(
-        "waiaas.service",
-        "registry",
-        &format!(
-            "[Service]\nEnvironment=WAIAAS_UPDATE_REGISTRY={} WAIAAS_UPDATE_TRUSTED_KEYS={public_key}\n",
-            registry.url()
-        ),
-    );
-    // A real host has a CA bundle (Debian's ca-certificates); the minbase
-    // rootfs does not, and without one the launcher's HTTP client refuses to
-    // start at all ("No CA certificates were loaded from the system"), even
-    // for a plain-http registry on loopback.
-    let to = format!("{}:/etc/ssl/certs/ca-certificates.crt", machine.name);
-    machine.ok("mkdir -p /etc/ssl/certs");
-    machine
-        .podman
-        .ok(&["cp", "/etc/ssl/certs/ca-certificates.crt", &to]);
+    machine.follow_registry(&registry, &public_key, "");
     machine.start();
     let a = builds::a_version();
     let wallet = machine.create_wallet("treasury");
@@ -968,5 +972,79 @@ fn upgrade_and_rollback_under_load_keep_the_main_pid_and_fail_no_request() {
     assert_eq!(
         machine.ok(&format!("readlink {DATA_DIR}/current")),
         format!("versions/{a}")
+    );
+}
+
+/// `[update] auto = "minor"` in the service's drop-in, a registry offering B:
+/// the service moves to B by itself — the launcher replaces itself in place,
+/// so systemd sees the same MainPID and no restart — and its STATUS= line
+/// named the pending upgrade on the way.
+#[test]
+fn an_automatic_upgrade_keeps_the_main_pid() {
+    let Some(podman) = podman() else { return };
+    let (registry, public_key, _packs) = registry_offering_b();
+    let machine = Machine::boot(podman, "auto");
+    machine.follow_registry(
+        &registry,
+        &public_key,
+        "WAIAAS_UPDATE_AUTO=minor WAIAAS_UPDATE_CHECK_INTERVAL=5s \
+         WAIAAS_UPDATE_MIN_RELEASE_AGE=0s WAIAAS_UPDATE_JITTER=0s",
+    );
+    machine.start();
+    let pid = machine.main_pid();
+    let restarts = machine.show("NRestarts");
+    let wallet = machine.create_wallet("treasury");
+    let mut pending_seen = None;
+    let took = machine
+        .podman
+        .wait("the automatic upgrade to B", WITHIN, || {
+            let line = machine.show("StatusText");
+            if line.contains(&format!("automatic upgrade to {B_VERSION}")) {
+                pending_seen.get_or_insert(line);
+            }
+            matches!(
+                http(machine.port, "GET", "/health", None, None),
+                Some((200, body)) if body.contains(&format!("\"version\":\"{B_VERSION}\""))
+            )
+        });
+    eprintln!(
+        "on {B_VERSION} {:.1} s after the start; STATUS= said: {pending_seen:?}",
+        took.as_secs_f64()
+    );
+    assert!(
+        pending_seen.is_some(),
+        "STATUS= never named the pending upgrade:\n{}",
+        machine.journal()
+    );
+    assert_eq!(machine.show("ActiveState"), "active");
+    assert_eq!(
+        machine.main_pid(),
+        pid,
+        "MainPID after the automatic upgrade"
+    );
+    assert_eq!(
+        machine.exe(pid),
+        format!("{DATA_DIR}/versions/{B_VERSION}/waiaas-launcher"),
+        "the launcher replaced itself in place"
+    );
+    assert_eq!(
+        machine.show("NRestarts"),
+        restarts,
+        "systemd restarted nothing"
+    );
+    let status = machine.status();
+    let attempt = status.auto.as_ref().and_then(|a| a.last_attempt.clone());
+    assert!(
+        attempt
+            .as_ref()
+            .is_some_and(|a| a.to == B_VERSION && a.outcome.as_deref() == Some("upgraded")),
+        "{:?}",
+        status.auto
+    );
+    assert_eq!(machine.health().schema_version, B_SCHEMA);
+    assert!(machine.wallets().contains(&wallet), "the data is kept");
+    machine.journal_has(
+        "automatic upgrade",
+        "the journal names the automatic upgrade",
     );
 }

@@ -1535,6 +1535,25 @@ fn a_second_rollback_is_refused_and_drops_no_write() {
     assert_eq!(site.current().as_deref(), Some(a()));
     let status = supervisor.wait_healthy();
     assert_eq!(status.daemon.unwrap().version, a());
+
+    // The operator said no to B: automatic upgrades skip it from now on
+    // (SPEC §13), `status` says so, and `--forget` lifts it, once.
+    let auto = status.auto.expect("status names the automatic upgrades");
+    assert_eq!(auto.policy, "off");
+    assert!(
+        auto.quarantined
+            .iter()
+            .any(|q| q.version == B_VERSION && q.reason.contains("--rollback")),
+        "{auto:?}"
+    );
+    let out = site.upgrade(&["--forget", B_VERSION]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("no longer quarantined"), "{out:?}");
+    let out = site.upgrade(&["--forget", B_VERSION]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("is not quarantined"), "{out:?}");
+    let status = supervisor.status().unwrap();
+    assert!(status.auto.unwrap().quarantined.is_empty());
 }
 
 #[test]

@@ -330,24 +330,7 @@ impl Auto {
     /// The `status` part.
     pub fn status(&self) -> AutoStatus {
         let mut status = self.planner.status(self.clock.now());
-        if let Ok(state) = AutoState::load(&self.dir) {
-            status.quarantined = state
-                .quarantined
-                .iter()
-                .map(|q| protocol::Quarantined {
-                    version: q.version.to_string(),
-                    reason: q.reason.clone(),
-                    at: q.at.to_string(),
-                })
-                .collect();
-            status.last_attempt = state.attempt.as_ref().map(|a| protocol::Attempt {
-                from: a.from.to_string(),
-                to: a.to.to_string(),
-                started_at: a.started_at.to_string(),
-                outcome: a.outcome.map(|o| o.to_string()),
-                message: a.message.clone(),
-            });
-        }
+        add_state(&self.dir, &mut status);
         status
     }
 
@@ -361,10 +344,36 @@ impl Auto {
     }
 }
 
-/// The `status` of a supervisor whose policy is "off".
-pub fn off_status() -> AutoStatus {
-    AutoStatus {
+/// The `status` of a supervisor whose policy is "off": what a quarantine
+/// holds still shows (an operator's `--rollback` makes one).
+pub fn off_status(dir: &DataDir) -> AutoStatus {
+    let mut status = AutoStatus {
         policy: "off".into(),
         ..AutoStatus::default()
-    }
+    };
+    add_state(dir, &mut status);
+    status
+}
+
+/// The quarantine and the last attempt, from the data dir.
+fn add_state(dir: &DataDir, status: &mut AutoStatus) {
+    let Ok(state) = AutoState::load(dir) else {
+        return;
+    };
+    status.quarantined = state
+        .quarantined
+        .iter()
+        .map(|q| protocol::Quarantined {
+            version: q.version.to_string(),
+            reason: q.reason.clone(),
+            at: q.at.clone(),
+        })
+        .collect();
+    status.last_attempt = state.attempt.as_ref().map(|a| protocol::Attempt {
+        from: a.from.to_string(),
+        to: a.to.to_string(),
+        started_at: a.started_at.clone(),
+        outcome: a.outcome.map(|o| o.to_string()),
+        message: a.message.clone(),
+    });
 }

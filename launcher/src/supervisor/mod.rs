@@ -1629,7 +1629,7 @@ impl Supervisor {
                 .filter(|_| self.state() == State::Refused),
             auto: Some(Box::new(match &self.auto {
                 Some(auto) => auto.status(),
-                None => auto::off_status(),
+                None => auto::off_status(&self.dir),
             })),
         }
     }
