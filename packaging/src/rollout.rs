@@ -1,24 +1,17 @@
 //! `--rollout`: how long a staged rollout lasts, as a person writes it
 //! (`48h`, `30m`, `2d`, `0s`), turned into the seconds `release.json` carries.
 
-/// Parses `<n><unit>` with unit `s`, `m`, `h` or `d` into seconds.
+/// Parses a duration the way `config.toml` writes them
+/// (`waiaas_shared::config::parse_duration`: `48h`, `1d12h`, `0s`) into seconds.
 pub fn parse_rollout(text: &str) -> Result<u64, String> {
-    let bad = |why: &str| {
-        format!("--rollout {text:?}: {why}; write a whole number and a unit: 30m, 48h, 2d, 0s")
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| bad("the unit is missing"))?;
-    let (digits, unit) = text.split_at(split);
-    let count: u64 = digits.parse().map_err(|_| bad("no number"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad("the unit is not s, m, h or d")),
-    };
-    count.checked_mul(scale).ok_or_else(|| bad("too long"))
+    waiaas_shared::config::parse_duration(text)
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            format!(
+                "--rollout {text:?}: not a duration; write whole numbers with units, largest \
+                 first: 30m, 48h, 2d, 1d12h, 0s"
+            )
+        })
 }
 
 #[cfg(test)]
@@ -38,6 +31,7 @@ mod tests {
             "1.5h",
             "48 h",
             "48H",
+            "1h1h",
             "1w",
             "99999999999999999999d",
         ] {
