@@ -143,13 +143,7 @@ impl Site {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().to_path_buf();
         let dir = DataDir::new(home.join("waiaas"));
-        let init = run(
-            hermetic(Command::new(r.a_bin.join("waiaas-launcher")), &home)
-                .arg("init")
-                .arg("--data-dir")
-                .arg(dir.root()),
-        );
-        assert!(init.status.success(), "init failed: {init:?}");
+        support::init_from(&r.a_bin, &home, &dir);
         let port = free_port();
         let config = format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n\

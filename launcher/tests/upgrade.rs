@@ -293,13 +293,7 @@ impl Site {
         let dir = DataDir::new(home.join("waiaas"));
         // The real `init`, run by A's launcher from A's release files: it
         // installs them (with the signed release.json) as versions/1.8.1.
-        let init = run(
-            hermetic(Command::new(r.a_bin.join("waiaas-launcher")), &home)
-                .arg("init")
-                .arg("--data-dir")
-                .arg(dir.root()),
-        );
-        assert!(init.status.success(), "init failed: {init:?}");
+        support::init_from(&r.a_bin, &home, &dir);
         assert!(dir.version(a()).join("release.json.minisig").is_file());
 
         let registry = Registry::start();

@@ -479,6 +479,16 @@ mod tests {
         }
     }
 
+    /// A release published and soaked long ago, with no staged rollout.
+    fn soaked(version: &str) -> Found {
+        found(
+            version,
+            "2026-12-01T00:00:00Z",
+            "2026-12-01T00:00:00Z",
+            None,
+        )
+    }
+
     /// A planner whose first check found `found`, at the clock's time.
     fn planned(policy: UpdateConfig, clock: &FakeClock, found: Found) -> Planner {
         let mut p = Planner::new(policy, "id".into(), clock.zone(), clock.now());
@@ -533,16 +543,7 @@ mod tests {
     #[test]
     fn a_due_release_in_an_always_window_starts_after_one_measurement() {
         let clock = FakeClock::at(ts("2026-12-06T12:00:00Z"), jiff::tz::TimeZone::UTC);
-        let mut p = planned(
-            policy("always", 0, 20),
-            &clock,
-            found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-02T00:00:00Z",
-                None,
-            ),
-        );
+        let mut p = planned(policy("always", 0, 20), &clock, soaked("1.9.0"));
         let (to, at) = run_until(&mut p, &clock, ts("2026-12-06T13:00:00Z"), 1).unwrap();
         assert_eq!(to, v("1.9.0"));
         assert_eq!(at, ts("2026-12-06T12:00:05Z"), "one 5 s measurement");
@@ -604,16 +605,7 @@ mod tests {
     #[test]
     fn a_busy_daemon_defers_until_the_window_ends_then_the_next_opening() {
         let clock = FakeClock::at(ts("2026-12-07T02:00:00Z"), jiff::tz::TimeZone::UTC);
-        let mut p = planned(
-            policy("* 02:00-04:00 UTC", 0, 20),
-            &clock,
-            found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-01T00:00:00Z",
-                None,
-            ),
-        );
+        let mut p = planned(policy("* 02:00-04:00 UTC", 0, 20), &clock, soaked("1.9.0"));
         // 50 writes/s all through the opening: no start that day.
         assert_eq!(
             run_until(&mut p, &clock, ts("2026-12-07T03:59:59Z"), 50),
@@ -637,16 +629,7 @@ mod tests {
     #[test]
     fn a_busy_daemon_with_an_always_window_waits_at_most_a_day() {
         let clock = FakeClock::at(ts("2026-12-07T00:00:00Z"), jiff::tz::TimeZone::UTC);
-        let mut p = planned(
-            policy("always", 0, 20),
-            &clock,
-            found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-01T00:00:00Z",
-                None,
-            ),
-        );
+        let mut p = planned(policy("always", 0, 20), &clock, soaked("1.9.0"));
         let (_, at) = run_until(&mut p, &clock, ts("2026-12-10T00:00:00Z"), 100).unwrap();
         assert!(
             at >= ts("2026-12-08T00:00:00Z") && at <= ts("2026-12-08T00:00:10Z"),
@@ -692,15 +675,7 @@ mod tests {
         );
         assert!(p.wake_at(clock.now()) > clock.now());
         assert_eq!(p.poll(clock.now(), None), Action::Check);
-        p.checked(
-            clock.now(),
-            Ok(found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-01T00:00:00Z",
-                None,
-            )),
-        );
+        p.checked(clock.now(), Ok(soaked("1.9.0")));
         assert_eq!(
             p.poll(
                 clock.now(),
@@ -742,29 +717,11 @@ mod tests {
     #[test]
     fn a_clock_that_jumps_back_delays_but_never_starts_early() {
         let clock = FakeClock::at(ts("2026-12-07T01:00:00Z"), jiff::tz::TimeZone::UTC);
-        let mut p = planned(
-            policy("* 02:00-04:00 UTC", 0, 0),
-            &clock,
-            found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-01T00:00:00Z",
-                None,
-            ),
-        );
+        let mut p = planned(policy("* 02:00-04:00 UTC", 0, 0), &clock, soaked("1.9.0"));
         clock.set(ts("2026-12-07T02:30:00Z"));
         assert_eq!(p.poll(clock.now(), None), Action::Start(v("1.9.0")));
         // Again, with the clock set back an hour before the window: it waits.
-        let mut p = planned(
-            policy("* 02:00-04:00 UTC", 0, 0),
-            &clock,
-            found(
-                "1.9.0",
-                "2026-12-01T00:00:00Z",
-                "2026-12-01T00:00:00Z",
-                None,
-            ),
-        );
+        let mut p = planned(policy("* 02:00-04:00 UTC", 0, 0), &clock, soaked("1.9.0"));
         clock.set(ts("2026-12-07T01:30:00Z"));
         assert_eq!(p.poll(clock.now(), None), Action::Idle);
         assert!(matches!(

@@ -48,6 +48,18 @@ pub fn daemon_binary() -> PathBuf {
     daemon
 }
 
+/// The real `init` of `dir`, run by the launcher in `bin_dir` (a release's
+/// files: it installs them, with their signed release.json if there is one).
+pub fn init_from(bin_dir: &Path, home: &Path, dir: &DataDir) {
+    let init = run(
+        hermetic(Command::new(bin_dir.join("waiaas-launcher")), home)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(dir.root()),
+    );
+    assert!(init.status.success(), "init failed: {init:?}");
+}
+
 /// `command` without inherited settings that could change what it does: no
 /// `WAIAAS_*`, no `npm_config_*`, no `CI` or `NO_UPDATE_NOTIFIER`, and `HOME`
 /// set to `home` so no real `~/.waiaas` or `.npmrc` is ever read.
