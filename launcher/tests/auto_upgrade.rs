@@ -354,7 +354,17 @@ fn an_installation_upgrades_itself_quarantines_a_bad_release_and_takes_the_next_
 
     // Two minutes on, across a kill -9 and a new `run`: never tried again.
     let watch = Instant::now();
+    let ticks = || support::bench::cpu_ticks(supervisor.pid());
+    let before = ticks();
     std::thread::sleep(Duration::from_secs(30));
+    // Waiting for the next check costs nothing: a loop that spins would
+    // burn most of a core here.
+    let cpu = (ticks() - before) as f64 / support::bench::clock_ticks_per_second() as f64;
+    eprintln!("the supervisor's CPU over 30 s of waiting: {cpu:.2} s");
+    assert!(
+        cpu < 3.0,
+        "the supervisor used {cpu:.1} s of CPU in 30 s of waiting"
+    );
     supervisor.kill9();
     let mut supervisor = site.supervisor(1);
     while watch.elapsed() < Duration::from_secs(120) {

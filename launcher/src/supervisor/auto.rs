@@ -68,7 +68,12 @@ pub fn new(dir: &DataDir, config: &Config, clock: Arc<dyn Clock>) -> Result<Opti
         install_id,
         check: None,
         delivery: None,
-        delivery_at: Some(tokio::time::Instant::now()),
+        // Anything a previous process left in the outbox goes first.
+        delivery_at: config
+            .update
+            .notify_url
+            .as_ref()
+            .map(|_| tokio::time::Instant::now()),
         leftover_settled: false,
     }))
 }
@@ -291,6 +296,7 @@ impl Auto {
     /// Starts the next delivery, if one is due and none is in flight.
     pub fn deliver_if_due(&mut self) {
         let Some(url) = self.config.update.notify_url.clone() else {
+            self.delivery_at = None;
             return;
         };
         let due = self
