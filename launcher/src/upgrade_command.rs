@@ -15,6 +15,7 @@ use waiaas_shared::exit;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
 
+use crate::auto::fleet::{self, Duty, FleetLock};
 use crate::auto::state::AutoState;
 use crate::failure::{Failure, load_config};
 use crate::lock::UpgradeLock;
@@ -53,6 +54,13 @@ pub struct UpgradeArgs {
         conflicts_with_all = ["check", "to", "rollback", "from", "no_start", "allow_downgrade"]
     )]
     forget: Option<String>,
+    /// Give back the fleet lock's slot this installation holds (after an
+    /// automatic upgrade rolled back, the fleet waits for this).
+    #[arg(
+        long,
+        conflicts_with_all = ["check", "to", "rollback", "from", "no_start", "allow_downgrade", "forget"]
+    )]
+    fleet_release: bool,
 }
 
 /// The container image is the unit of upgrade there (SPEC §9).
@@ -75,6 +83,9 @@ pub fn run(dir: &DataDir, args: UpgradeArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(format!("cannot start the runtime: {e}")))?;
+    if args.fleet_release {
+        return runtime.block_on(fleet_release(dir));
+    }
     if args.check {
         return runtime.block_on(check(dir, &config, args.json));
     }
@@ -151,6 +162,65 @@ fn forget(dir: &DataDir, version: &str) -> Result<(), Failure> {
             left.join(", ")
         ))),
     }
+}
+
+/// `--fleet-release`: gives back the fleet lock's slot this installation
+/// holds (SPEC §13) — on the server that gave it, then in the data dir,
+/// where a running supervisor reads it at its next wake-up.
+async fn fleet_release(dir: &DataDir) -> Result<(), Failure> {
+    let usage = |message: String| Failure {
+        code: exit::upgrade::USAGE as u8,
+        message,
+    };
+    let state = AutoState::load(dir).map_err(|e| Failure::new(e.to_string()))?;
+    let Some(slot) = state.fleet.clone() else {
+        return Err(usage(
+            "this installation holds no fleet lock slot: nothing to give back".into(),
+        ));
+    };
+    let current = swap::current_version(dir)
+        .ok()
+        .flatten()
+        .and_then(|v| semver::Version::parse(&v).ok());
+    if let Some(current) = &current
+        && let Duty::Upgrading(version) = fleet::duty(&state, current)
+    {
+        return Err(usage(format!(
+            "the slot is held for the automatic upgrade to {version}, which has not ended: \
+             wait for it (`waiaas-launcher status`)"
+        )));
+    }
+    let id = crate::auto::state::install_id(dir).map_err(|e| Failure::new(e.to_string()))?;
+    let lock = FleetLock::new(&slot.url, &slot.group, &id);
+    lock.give_back().await.map_err(|e| {
+        Failure::new(format!(
+            "{e}; the slot (group {} at {}) is still held",
+            slot.group,
+            lock.shown()
+        ))
+    })?;
+    AutoState::update(dir, |s| {
+        if s.fleet.as_ref() == Some(&slot) {
+            s.fleet = None;
+        }
+    })
+    .map_err(|e| Failure::new(e.to_string()))?;
+    println!(
+        "Gave back the fleet lock's slot (group {} at {}), held since {} for {}: the fleet's \
+         automatic upgrades go on.",
+        slot.group,
+        lock.shown(),
+        slot.taken_at,
+        slot.version
+    );
+    if state.is_quarantined(&slot.version) {
+        println!(
+            "{} stays quarantined here; the other nodes never tried it: make sure the registry \
+             no longer offers it to them (deprecate it, or publish a fixed release).",
+            slot.version
+        );
+    }
+    Ok(())
 }
 
 /// A manual `--to` is always allowed, quarantined or not; it says so.

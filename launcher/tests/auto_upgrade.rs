@@ -19,7 +19,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use builds::{B_VERSION, C_VERSION, D_VERSION, Fault, Key, pack_release};
+use builds::{B_VERSION, C_VERSION, D_VERSION, E_VERSION, Fault, Key, pack_release};
+use support::fleetlock::FleetLockServer;
 use support::load::{Load, Writer};
 use support::registry::Registry;
 use support::supervisor::{LogFile, Supervisor};
@@ -88,6 +89,7 @@ struct Releases {
     b: Packed,
     c: Packed,
     d: Packed,
+    e: Packed,
 }
 
 fn pack_all(dir: &Path) -> Releases {
@@ -98,6 +100,7 @@ fn pack_all(dir: &Path) -> Releases {
     let c_bin = builds::wrapped_release_dir_as(&dir.join("c-bin"), Fault::Crash, C_VERSION);
     let c = pack_release(&c_bin, &dir.join("c"), &key);
     let d = pack_release(builds::release_bin_dir(D_VERSION), &dir.join("d"), &key);
+    let e = pack_release(builds::release_bin_dir(E_VERSION), &dir.join("e"), &key);
     for (name, contents) in builds::release_files(&a) {
         fs::write(a_bin.join(name), contents).unwrap();
     }
@@ -110,6 +113,7 @@ fn pack_all(dir: &Path) -> Releases {
         b,
         c,
         d,
+        e,
     }
 }
 
@@ -238,9 +242,13 @@ struct Clients {
 
 impl Clients {
     fn start(site: &Site, prefix: &str) -> Self {
+        Self::with_readers(site, prefix, 31, Duration::from_secs(300))
+    }
+
+    fn with_readers(site: &Site, prefix: &str, readers: usize, deadline: Duration) -> Self {
         let url = format!("http://127.0.0.1:{}/health", site.port);
         Self {
-            load: Load::start(&url, 31, Duration::from_secs(30), Duration::from_secs(300)),
+            load: Load::start(&url, readers, Duration::from_secs(30), deadline),
             writer: Writer::paced(site.port, &site.token(), prefix, Some(10)),
         }
     }
@@ -465,4 +473,204 @@ fn a_container_refuses_automatic_upgrades_at_start() {
     );
     assert!(out.stderr.contains("auto = \"minor\""), "{}", out.stderr);
     assert!(out.stderr.contains("image"), "{}", out.stderr);
+}
+
+/// When each version first answered `/health` on a site, polled every
+/// 100 ms until stopped.
+struct Versions {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, String)>>,
+}
+
+impl Versions {
+    fn watch(port: u16) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<(Instant, String)> = Vec::new();
+            // Bounded: the test ends long before.
+            let until = Instant::now() + Duration::from_secs(900);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let version = support::http(port, "GET", "/health", None, None)
+                    .filter(|(status, _)| *status == 200)
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .and_then(|h| h["version"].as_str().map(str::to_string));
+                if let Some(version) = version
+                    && seen.last().is_none_or(|(_, v)| *v != version)
+                {
+                    seen.push((Instant::now(), version));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(Instant, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    let lock = FleetLockServer::start();
+    let policy = format!(
+        "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\nwindow = \"always\"\n\
+         jitter = \"0s\"\nbusy_write_rate = 0\nfleet_lock = \"{}\"\nfleet_group = \"tenants\"\n\
+         fleet_settle = \"2s\"\n",
+        lock.url
+    );
+    let sites: Vec<Site> = (0..3).map(|_| Site::new(&r, &registry, &policy)).collect();
+    let mut supervisors: Vec<Supervisor> = sites.iter().map(|s| s.supervisor(0)).collect();
+    let ids: Vec<String> = sites
+        .iter()
+        .map(|s| {
+            // Made by the supervisor's start when automatic upgrades are on.
+            fs::read_to_string(s.dir.install_id())
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let watches: Vec<Versions> = sites.iter().map(|s| Versions::watch(s.port)).collect();
+    let clients: Vec<Clients> = sites
+        .iter()
+        .enumerate()
+        .map(|(n, s)| Clients::with_readers(s, &format!("node{n}-"), 3, Duration::from_secs(600)))
+        .collect();
+    let all_on = |supervisors: &mut [Supervisor], version: &str, within: Duration| {
+        let started = Instant::now();
+        for (site, supervisor) in sites.iter().zip(supervisors.iter_mut()) {
+            let left = within.saturating_sub(started.elapsed());
+            wait_serving(site, supervisor, version, left);
+        }
+        eprintln!(
+            "all three on {version} {:.1} s after it was published",
+            started.elapsed().as_secs_f64()
+        );
+    };
+
+    // B: every node, one after another.
+    publish(&registry, &r.b);
+    all_on(&mut supervisors, B_VERSION, Duration::from_secs(120));
+
+    // C: one node tries it, rolls back, and keeps the slot; the fleet stops.
+    publish(&registry, &r.c);
+    let started = Instant::now();
+    let bad = loop {
+        let bad = supervisors.iter().position(|s| {
+            s.status()
+                .and_then(|s| s.auto)
+                .is_some_and(|a| a.quarantined.iter().any(|q| q.version == C_VERSION))
+        });
+        if let Some(bad) = bad {
+            break bad;
+        }
+        for s in supervisors.iter_mut() {
+            s.assert_alive("waiting for C's rollback");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no node tried C within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    publish(&registry, &r.d);
+    // Long enough for every other node to look twice and ask for a slot.
+    std::thread::sleep(Duration::from_secs(15));
+    assert_eq!(lock.holder("tenants").as_deref(), Some(ids[bad].as_str()));
+    for (n, (site, supervisor)) in sites.iter().zip(&supervisors).enumerate() {
+        assert_eq!(
+            site.health_version().as_deref(),
+            Some(B_VERSION),
+            "node {n} stays on B while the fleet is stopped"
+        );
+        let auto = auto_status(supervisor);
+        if n == bad {
+            let fleet = auto.fleet.clone().unwrap_or_default();
+            assert!(
+                fleet.contains("holding the fleet slot") && fleet.contains(C_VERSION),
+                "the bad node says it holds the slot: {auto:?}"
+            );
+        } else {
+            let waiting = auto.waiting.clone().unwrap_or_default();
+            assert!(
+                waiting.starts_with("fleet lock:") && waiting.contains(&ids[bad]),
+                "node {n} says it waits for the slot the bad node holds: {auto:?}"
+            );
+            assert!(auto.quarantined.is_empty(), "{auto:?}");
+            assert!(
+                auto.last_attempt
+                    .as_ref()
+                    .is_some_and(|a| a.to == B_VERSION),
+                "node {n} never started C: {auto:?}"
+            );
+            let log = fs::read_to_string(site.home.join("launcher-0.stderr")).unwrap();
+            assert!(!log.contains(&format!("→ {C_VERSION} starts")), "{log}");
+        }
+    }
+    eprintln!(
+        "status of a waiting node: {:?}",
+        auto_status(&supervisors[(bad + 1) % 3]).waiting
+    );
+
+    // An operator acts: D (published) is the fix; the bad node gives the slot back.
+    let out = run(&mut sites[bad].launcher(&["upgrade", "--fleet-release"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("Gave back"), "{}", out.stdout);
+    all_on(&mut supervisors, D_VERSION, Duration::from_secs(120));
+    publish(&registry, &r.e);
+    all_on(&mut supervisors, E_VERSION, Duration::from_secs(120));
+    // The last node's slot goes back after its settle time.
+    let started = Instant::now();
+    while lock.holder("tenants").is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the last slot was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    for (site, clients) in sites.iter().zip(clients) {
+        clients.finish_keeping_everything(site);
+    }
+    let seen: Vec<Vec<(Instant, String)>> = watches.into_iter().map(Versions::finish).collect();
+
+    // Ten automatic upgrades (B ×3, C ×1, D ×3, E ×3), one slot at a time.
+    let holds = lock.holds();
+    assert_eq!(holds.len(), 10, "{holds:#?}");
+    for pair in holds.windows(2) {
+        let given_back = pair[0].given_back.expect("every slot came back");
+        assert!(
+            given_back <= pair[1].taken,
+            "two nodes held a slot at once: {pair:#?}"
+        );
+    }
+    // Every switch a node's clients saw happened while that node held a slot.
+    for (n, switches) in seen.iter().enumerate() {
+        let versions: Vec<&str> = switches.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(
+            versions,
+            [builds::a_version(), B_VERSION, D_VERSION, E_VERSION],
+            "node {n}"
+        );
+        for (at, version) in &switches[1..] {
+            assert!(
+                holds.iter().any(|h| h.id == ids[n]
+                    && h.taken <= *at
+                    && h.given_back.is_none_or(|back| *at <= back)),
+                "node {n} switched to {version} outside its slots"
+            );
+        }
+    }
+    eprintln!(
+        "10 upgrades through one slot; {} refusals answered to waiting nodes",
+        lock.refusals()
+    );
 }

@@ -181,6 +181,10 @@ pub struct AutoStatus {
     pub quarantined: Vec<Quarantined>,
     /// The last automatic attempt.
     pub last_attempt: Option<Attempt>,
+    /// The fleet lock (`[update] fleet_lock`): the slot held and what it
+    /// waits for; absent without one (and from older launchers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
 }
 
 /// A version automatic upgrades skip (`upgrade --forget VERSION` lifts it).

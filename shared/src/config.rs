@@ -53,6 +53,15 @@ pub struct UpdateConfig {
     pub notify_url: Option<String>,
     /// Writes per second above which an automatic upgrade waits; 0: never.
     pub busy_write_rate: u32,
+    /// A FleetLock server (Zincati's protocol): an automatic upgrade takes
+    /// one of its slots first and gives it back once the new release has
+    /// served for `fleet_settle`.
+    pub fleet_lock: Option<String>,
+    /// The FleetLock group this installation belongs to.
+    pub fleet_group: String,
+    /// How long a new release must serve without a crash before the slot
+    /// goes back.
+    pub fleet_settle: Duration,
 }
 
 /// `[update] auto`: never a new major by itself.
@@ -157,6 +166,9 @@ impl Default for Config {
                 jitter: Duration::from_secs(30 * 60),
                 notify_url: None,
                 busy_write_rate: 20,
+                fleet_lock: None,
+                fleet_group: "default".into(),
+                fleet_settle: Duration::from_secs(10 * 60),
             },
         }
     }
@@ -184,6 +196,9 @@ pub const KEYS: &[&str] = &[
     "update.jitter",
     "update.notify_url",
     "update.busy_write_rate",
+    "update.fleet_lock",
+    "update.fleet_group",
+    "update.fleet_settle",
 ];
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -296,6 +311,14 @@ impl Setter<'_> {
             return Err(self.invalid("must not be empty"));
         }
         Ok(s.to_string())
+    }
+
+    fn http_url(&self) -> Result<String, ConfigError> {
+        let url = self.string()?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(self.invalid("must be an http:// or https:// URL"));
+        }
+        Ok(url)
     }
 
     fn one_of(&self, allowed: &[&str]) -> Result<String, ConfigError> {
@@ -470,14 +493,26 @@ impl Config {
                 self.update.min_release_age = s.duration(secs(0), secs(90 * 86_400))?
             }
             "update.jitter" => self.update.jitter = s.duration(secs(0), secs(86_400))?,
-            "update.notify_url" => {
-                let url = s.string()?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(s.invalid("must be an http:// or https:// URL"));
-                }
-                self.update.notify_url = Some(url);
-            }
+            "update.notify_url" => self.update.notify_url = Some(s.http_url()?),
             "update.busy_write_rate" => self.update.busy_write_rate = s.int(0, 1_000_000)? as u32,
+            "update.fleet_lock" => {
+                self.update.fleet_lock = Some(s.http_url()?.trim_end_matches('/').to_string())
+            }
+            "update.fleet_group" => {
+                // Zincati's rule for a group name.
+                let group = s.string()?;
+                let ok = !group.is_empty()
+                    && group
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+                if !ok {
+                    return Err(s.invalid("must be letters, digits, - and . (FleetLock's rule)"));
+                }
+                self.update.fleet_group = group;
+            }
+            "update.fleet_settle" => {
+                self.update.fleet_settle = s.duration(secs(0), secs(7 * 86_400))?
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.clone(),
@@ -514,7 +549,10 @@ impl Config {
              min_release_age = \"{}\"       # soak: published at least this long ago\n\
              jitter = \"{}\"                # a random delay inside the window\n\
              busy_write_rate = {}          # writes/s above which an automatic upgrade waits; 0 never\n\
-             # notify_url = \"<url>\"        # POST a JSON event per automatic upgrade, rollback, quarantine\n",
+             # notify_url = \"<url>\"        # POST a JSON event per automatic upgrade, rollback, quarantine\n\
+             # fleet_lock = \"<url>\"        # a FleetLock server: one automatic upgrade at a time per group\n\
+             fleet_group = \"{}\"\n\
+             fleet_settle = \"{}\"         # how long a new release serves before the slot goes back\n",
             d.daemon.port,
             d.daemon.hostname,
             d.daemon.log_level,
@@ -531,6 +569,8 @@ impl Config {
             format_duration(d.update.min_release_age),
             format_duration(d.update.jitter),
             d.update.busy_write_rate,
+            d.update.fleet_group,
+            format_duration(d.update.fleet_settle),
         )
     }
 }
@@ -703,6 +743,20 @@ mod tests {
         assert_eq!(d.jitter, Duration::from_secs(1800));
         assert_eq!(d.notify_url, None);
         assert_eq!(d.busy_write_rate, 20);
+        assert_eq!(d.fleet_lock, None);
+        assert_eq!(d.fleet_group, "default");
+        assert_eq!(d.fleet_settle, Duration::from_secs(600));
+
+        let c = parse(
+            "[update]\nfleet_lock = \"https://127.0.0.1:3333/\"\nfleet_group = \"eu-west.1\"\n\
+             fleet_settle = \"2s\"\n",
+        )
+        .unwrap()
+        .update;
+        // The protocol's paths are appended to the base.
+        assert_eq!(c.fleet_lock.as_deref(), Some("https://127.0.0.1:3333"));
+        assert_eq!(c.fleet_group, "eu-west.1");
+        assert_eq!(c.fleet_settle, Duration::from_secs(2));
 
         let c = parse(
             "[update]\nauto = \"minor\"\ncheck_interval = \"5s\"\nwindow = \"Sat,Sun 01:00-05:00 UTC\"\n\
@@ -769,6 +823,10 @@ mod tests {
                 "update.busy_write_rate",
                 "0 to 1000000",
             ),
+            ("fleet_lock = \"airlock:3333\"", "update.fleet_lock", "http"),
+            ("fleet_group = \"a b\"", "update.fleet_group", "FleetLock"),
+            ("fleet_group = \"\"", "update.fleet_group", "empty"),
+            ("fleet_settle = \"8d\"", "update.fleet_settle", "0s to 7d"),
         ];
         for (line, key, expected) in cases {
             let err = parse(&format!("[update]\n{line}\n")).unwrap_err();

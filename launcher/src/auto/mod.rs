@@ -10,12 +10,16 @@
 //! - [`schedule`]: when, inside the window, with the jitter;
 //! - [`plan`]: the [`Planner`] that holds these together over time, with the
 //!   busy deferral, and says what is due;
-//! - [`state`]: the quarantine and the last attempt, in the data dir;
+//! - [`fleet`]: one upgrade at a time across a fleet (FleetLock), and what
+//!   a node holding a slot owes it;
+//! - [`state`]: the quarantine, the last attempt and the slot held, in the
+//!   data dir;
 //! - [`notify`]: the word to the operator's `notify_url`;
 //! - [`clock`]: the system clock and a fake one.
 
 pub mod choose;
 pub mod clock;
+pub mod fleet;
 pub mod notify;
 pub mod plan;
 pub mod rollout;

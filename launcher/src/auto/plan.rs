@@ -23,7 +23,7 @@ use waiaas_shared::admin::AutoStatus;
 use waiaas_shared::config::{UpdateConfig, format_duration};
 
 use super::choose::Choice;
-use super::{rollout, schedule};
+use super::{fleet, rollout, schedule};
 
 /// Pause between two samples of the daemon's write count.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -50,6 +50,8 @@ pub enum Wait {
     Measuring,
     /// The write rate is above the threshold.
     Busy { writes_per_sec: f64, limit: u32 },
+    /// The fleet lock: asking for a slot, or refused one.
+    Fleet(String),
     /// Something else holds the installation (an operation, a refusal).
     Blocked(String),
 }
@@ -71,6 +73,7 @@ impl std::fmt::Display for Wait {
                 f,
                 "busy: {writes_per_sec:.1} writes/s, above busy_write_rate = {limit}"
             ),
+            Wait::Fleet(why) => write!(f, "fleet lock: {why}"),
             Wait::Blocked(why) => write!(f, "blocked: {why}"),
         }
     }
@@ -84,6 +87,8 @@ pub enum Action {
     Check,
     /// Ask the daemon for its write count.
     Sample,
+    /// Ask the fleet lock for a slot for this version (`[update] fleet_lock`).
+    Lock(Version),
     /// Run the upgrade to this version, as an operator's would run.
     Start(Version),
 }
@@ -126,6 +131,11 @@ pub struct Planner {
     waiting: Option<Wait>,
     /// Rollouts already read from signed releases: not downloaded again.
     rollouts: BTreeMap<Version, Option<Duration>>,
+    /// A slot asked for, no answer yet.
+    locking: bool,
+    /// Refused: ask again at this time; refusals in a row.
+    lock_retry_at: Option<Timestamp>,
+    lock_refusals: u32,
 }
 
 fn add(at: Timestamp, d: Duration) -> Timestamp {
@@ -150,6 +160,9 @@ impl Planner {
             retry_at: None,
             waiting: None,
             rollouts: BTreeMap::new(),
+            locking: false,
+            lock_retry_at: None,
+            lock_refusals: 0,
         }
     }
 
@@ -233,11 +246,26 @@ impl Planner {
             }
         }
         let to = plan.to.clone();
+        // With a fleet lock, the start waits for a slot: the supervisor
+        // starts when it is given ([`Planner::started`]).
+        if self.policy.fleet_lock.is_some() {
+            if self.locking || self.lock_retry_at.is_some_and(|at| now < at) {
+                return Action::Idle;
+            }
+            self.locking = true;
+            self.waiting = Some(Wait::Fleet("asking for a slot".into()));
+            return Action::Lock(to);
+        }
+        self.started();
+        Action::Start(to)
+    }
+
+    /// The planned upgrade has started: the plan is done.
+    pub fn started(&mut self) {
         self.plan = None;
         self.waiting = None;
         self.samples.clear();
         self.next_sample = None;
-        Action::Start(to)
     }
 
     /// Before the start: a sample when it is near, else none pending.
@@ -291,6 +319,28 @@ impl Planner {
         }
     }
 
+    /// The fleet lock's answer to [`Action::Lock`]: on a refusal (or no
+    /// answer) the start waits, and asks again later (see
+    /// [`fleet::retry_after`]); given, [`Planner::started`] follows.
+    pub fn locked(&mut self, now: Timestamp, result: Result<(), String>) {
+        self.locking = false;
+        match result {
+            Ok(()) => {
+                self.lock_refusals = 0;
+                self.lock_retry_at = None;
+            }
+            Err(why) => {
+                self.lock_refusals = self.lock_refusals.saturating_add(1);
+                let at = add(
+                    now,
+                    fleet::retry_after(self.lock_refusals, self.policy.check_interval),
+                );
+                self.lock_retry_at = Some(at);
+                self.waiting = Some(Wait::Fleet(format!("{why}; asking again at {at}")));
+            }
+        }
+    }
+
     /// When [`Planner::poll`] has something to do next, at the latest.
     pub fn wake_at(&self, now: Timestamp) -> Timestamp {
         if let Some(retry) = self.retry_at {
@@ -314,9 +364,10 @@ impl Planner {
                     due
                 });
             }
-            // Past due: `poll` acts at once, or waits on a sample (below).
-            if now >= due && self.next_sample.is_none() {
-                at = at.min(now);
+            // Past due: `poll` acts at once, or waits on a sample (below),
+            // the fleet lock's answer, or the time to ask it again.
+            if now >= due && self.next_sample.is_none() && !self.locking {
+                at = at.min(self.lock_retry_at.unwrap_or(now).max(now));
             }
             if let Some(end) = plan.start.window_end.filter(|&end| end > now) {
                 at = at.min(end);
@@ -435,6 +486,7 @@ impl Planner {
             waiting: self.waiting.as_ref().map(Wait::to_string),
             quarantined: Vec::new(),
             last_attempt: None,
+            fleet: None,
         }
     }
 }
@@ -525,6 +577,7 @@ mod tests {
                     // Nothing new: the plan stands.
                     continue;
                 }
+                Action::Lock(v) => panic!("no fleet lock is configured, yet a slot for {v}"),
                 Action::Idle => {}
             }
             let wake = p.wake_at(now);
@@ -728,5 +781,51 @@ mod tests {
             p.waiting(),
             Some(Wait::Window { .. }) | Some(Wait::Jitter { .. })
         ));
+    }
+
+    #[test]
+    fn with_a_fleet_lock_a_due_start_asks_for_a_slot_and_waits_doubling_when_refused() {
+        let clock = FakeClock::at(ts("2026-12-06T12:00:00Z"), jiff::tz::TimeZone::UTC);
+        let mut p = planned(policy_with_lock(), &clock, soaked("1.9.0"));
+        assert_eq!(p.poll(clock.now(), None), Action::Lock(v("1.9.0")));
+        // One question at a time; the answer wakes the supervisor.
+        assert_eq!(p.poll(clock.now(), None), Action::Idle);
+        assert!(p.wake_at(clock.now()) > clock.now(), "no spin while asking");
+        let mut asked_at = Vec::new();
+        for _ in 0..3 {
+            p.locked(clock.now(), Err("no slot free".into()));
+            assert!(
+                matches!(p.waiting(), Some(Wait::Fleet(why)) if why.starts_with("no slot free")),
+                "{:?}",
+                p.waiting()
+            );
+            assert_eq!(p.poll(clock.now(), None), Action::Idle);
+            clock.set(p.wake_at(clock.now()));
+            assert_eq!(p.poll(clock.now(), None), Action::Lock(v("1.9.0")));
+            asked_at.push(clock.now());
+        }
+        assert_eq!(
+            asked_at,
+            [
+                ts("2026-12-06T12:00:05Z"),
+                ts("2026-12-06T12:00:15Z"),
+                ts("2026-12-06T12:00:35Z")
+            ],
+            "5, 10, 20 s apart"
+        );
+        // Given: the supervisor starts it, and the plan is done.
+        p.locked(clock.now(), Ok(()));
+        p.started();
+        assert_eq!(p.candidate(), None);
+        assert_eq!(p.waiting(), None);
+        // A blocked installation (a slot held after a rollback) asks nothing.
+        let mut p = planned(policy_with_lock(), &clock, soaked("1.9.1"));
+        assert_eq!(p.poll(clock.now(), Some("holding".into())), Action::Idle);
+    }
+
+    fn policy_with_lock() -> UpdateConfig {
+        let mut policy = policy("always", 0, 0);
+        policy.fleet_lock = Some("http://127.0.0.1:1".into());
+        policy
     }
 }

@@ -1,9 +1,9 @@
 //! What automatic upgrades remember across restarts and handovers, in
-//! `<data dir>/auto-upgrade.json`: the quarantined versions and the last
-//! attempt. A file that cannot be read is an error, never an empty state:
-//! an empty quarantine would try a bad release again. Changes go through
-//! [`AutoState::update`], under a lock, so `upgrade --forget` and the
-//! supervisor never lose each other's writes.
+//! `<data dir>/auto-upgrade.json`: the quarantined versions, the last
+//! attempt and the fleet lock's slot held. A file that cannot be read is an
+//! error, never an empty state: an empty quarantine would try a bad release
+//! again. Changes go through [`AutoState::update`], under a lock, so
+//! `upgrade --forget` and the supervisor never lose each other's writes.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -25,6 +25,9 @@ pub struct AutoState {
     pub quarantined: Vec<Quarantined>,
     #[serde(default)]
     pub attempt: Option<Attempt>,
+    /// The fleet lock's slot, while this installation holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetSlot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use waiaas_shared::admin::{self as protocol, AutoStatus, Outcome, UpgradeReport}
 use waiaas_shared::config::{AutoLevel, Config};
 use waiaas_shared::layout::DataDir;
 
+use crate::auto::fleet::{self, Duty, FleetLock, LockError};
 use crate::auto::notify::{self, Outbox};
 use crate::auto::state::{AttemptOutcome, AutoState};
 use crate::auto::{Clock, Found, Planner, Release, choose};
@@ -29,6 +30,15 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 type Check = Pin<Box<dyn Future<Output = Result<Found, String>>>>;
 type Delivery = Pin<Box<dyn Future<Output = (String, bool)>>>;
+type FleetCall = Pin<Box<dyn Future<Output = (FleetAsk, Result<(), LockError>)>>>;
+
+/// What was asked of the fleet lock.
+#[derive(Debug)]
+pub enum FleetAsk {
+    /// A slot, to upgrade to this version.
+    Take(Version),
+    GiveBack,
+}
 
 pub struct Auto {
     pub planner: Planner,
@@ -43,6 +53,22 @@ pub struct Auto {
     delivery_at: Option<tokio::time::Instant>,
     /// An attempt a previous process left open has been settled.
     leftover_settled: bool,
+    /// The fleet lock (`[update] fleet_lock`), if set.
+    fleet: Option<FleetLock>,
+    /// A call to the fleet lock in flight.
+    pub fleet_call: Option<FleetCall>,
+    /// A give-back that failed: try again at this time.
+    give_back_at: Option<Timestamp>,
+    give_back_failures: u32,
+    /// The daemon serving now (its pid), and since when: the settle time
+    /// counts from its start, again after a crash.
+    serving: Option<(u32, Timestamp)>,
+    /// When the fleet's duty is due next (the end of the settle time).
+    fleet_due: Option<Timestamp>,
+    /// The last hold reported, so it is logged once.
+    hold_logged: Option<Version>,
+    /// The fleet's part of `status`.
+    fleet_line: Option<String>,
 }
 
 /// Creates the automatic upgrades of this supervisor: none when the policy
@@ -60,8 +86,17 @@ pub fn new(dir: &DataDir, config: &Config, clock: Arc<dyn Clock>) -> Result<Opti
         clock.zone(),
         clock.now(),
     );
+    let fleet = FleetLock::configured(&config.update, &install_id);
     Ok(Some(Auto {
         planner,
+        fleet,
+        fleet_call: None,
+        give_back_at: None,
+        give_back_failures: 0,
+        serving: None,
+        fleet_due: None,
+        hold_logged: None,
+        fleet_line: None,
         clock,
         dir: dir.clone(),
         config: config.clone(),
@@ -86,10 +121,11 @@ impl Auto {
     /// When the loop must wake for the planner or a delivery.
     pub fn wake_at(&self) -> tokio::time::Instant {
         let now = self.clock.now();
-        let wait = now
-            .duration_until(self.planner.wake_at(now))
-            .try_into()
-            .unwrap_or(Duration::ZERO);
+        let mut at = self.planner.wake_at(now);
+        for due in [self.fleet_due, self.give_back_at].into_iter().flatten() {
+            at = at.min(due);
+        }
+        let wait = now.duration_until(at).try_into().unwrap_or(Duration::ZERO);
         let at = tokio::time::Instant::now() + wait.min(MAX_SLEEP);
         match self.delivery_at {
             Some(d) if self.delivery.is_none() => at.min(d),
@@ -163,11 +199,16 @@ impl Auto {
         }
     }
 
-    /// Records an automatic attempt's start: if this process dies, the next
-    /// one finds it open. `false` (and logged) if it cannot be recorded or
-    /// `to` was quarantined meanwhile: then it does not start.
-    pub fn begin(&mut self, from: &Version, to: &Version) -> bool {
+    /// Records an automatic attempt's start (with the fleet lock's slot
+    /// taken for it, if any): if this process dies, the next one finds it
+    /// open. `false` (and logged) if it cannot be recorded or `to` was
+    /// quarantined meanwhile: then it does not start (and a slot taken goes
+    /// back: see [`Auto::fleet_duty`]).
+    pub fn begin(&mut self, from: &Version, to: &Version, slot: Option<fleet::FleetSlot>) -> bool {
         let result = AutoState::update(&self.dir, |state| {
+            if slot.is_some() {
+                state.fleet = slot;
+            }
             if state.is_quarantined(to) {
                 return false;
             }
@@ -192,6 +233,182 @@ impl Auto {
                 false
             }
         }
+    }
+
+    // ---- the fleet lock -------------------------------------------------
+
+    /// Asks the fleet lock for a slot to upgrade to `to`.
+    pub fn take_slot(&mut self, to: Version) {
+        let Some(lock) = self.fleet.clone() else {
+            return;
+        };
+        if self.fleet_call.is_some() {
+            let why = "another call to the fleet lock is in flight".to_string();
+            self.planner.locked(self.clock.now(), Err(why));
+            return;
+        }
+        self.fleet_call = Some(Box::pin(async move {
+            let result = lock.take().await;
+            (FleetAsk::Take(to), result)
+        }));
+    }
+
+    /// The fleet lock answered. `Some(slot)` when the upgrade to the slot's
+    /// version may start now (`blocked` is `None`); a slot given while
+    /// something else started meanwhile is recorded, and so given back.
+    pub fn fleet_answered(
+        &mut self,
+        ask: FleetAsk,
+        result: Result<(), LockError>,
+        blocked: Option<String>,
+    ) -> Option<fleet::FleetSlot> {
+        self.fleet_call = None;
+        let now = self.clock.now();
+        match (ask, result) {
+            (FleetAsk::Take(to), Ok(())) => {
+                self.planner.locked(now, Ok(()));
+                let lock = self.fleet.clone()?;
+                info!(
+                    "automatic upgrades: the fleet lock ({} group {}) gave a slot for {to}",
+                    lock.shown(),
+                    lock.group()
+                );
+                let slot = lock.slot(to, now.to_string());
+                if let Some(why) = blocked {
+                    info!("automatic upgrades: not started ({why}); the slot goes back");
+                    if let Err(e) = AutoState::update(&self.dir, |s| s.fleet = Some(slot)) {
+                        warn!("automatic upgrades: cannot record the fleet slot ({e})");
+                    }
+                    return None;
+                }
+                self.planner.started();
+                Some(slot)
+            }
+            (FleetAsk::Take(to), Err(e)) => {
+                info!("automatic upgrades: no fleet slot for {to} yet: {e}");
+                self.planner.locked(now, Err(e.to_string()));
+                None
+            }
+            (FleetAsk::GiveBack, Ok(())) => {
+                self.give_back_at = None;
+                self.give_back_failures = 0;
+                match AutoState::update(&self.dir, |s| s.fleet.take()) {
+                    Ok(Some(slot)) => info!(
+                        "automatic upgrades: gave the fleet slot (taken for {}) back",
+                        slot.version
+                    ),
+                    Ok(None) => {}
+                    Err(e) => warn!("automatic upgrades: cannot record the slot's return ({e})"),
+                }
+                None
+            }
+            (FleetAsk::GiveBack, Err(e)) => {
+                self.give_back_failures = self.give_back_failures.saturating_add(1);
+                let pause =
+                    fleet::retry_after(self.give_back_failures, self.config.update.check_interval);
+                warn!(
+                    "automatic upgrades: cannot give the fleet slot back ({e}); again in {pause:?}"
+                );
+                self.give_back_at = now.checked_add(pause).ok();
+                None
+            }
+        }
+    }
+
+    /// What a slot held asks now, with `current` installed and `serving`
+    /// the pid of the daemon that serves (none while it starts or is
+    /// stopped): a give-back when due. Says why no automatic upgrade may
+    /// start while a slot is held.
+    pub fn fleet_duty(&mut self, current: &Version, serving: Option<u32>) -> Option<String> {
+        let why = self.owed(current, serving);
+        self.fleet_line = match (&why, &self.fleet) {
+            (Some(why), _) => Some(why.clone()),
+            (None, Some(lock)) => Some(format!(
+                "group {} at {}: no slot held",
+                lock.group(),
+                lock.shown()
+            )),
+            (None, None) => None,
+        };
+        why
+    }
+
+    fn owed(&mut self, current: &Version, serving: Option<u32>) -> Option<String> {
+        let now = self.clock.now();
+        self.serving = match (serving, self.serving) {
+            (Some(pid), Some((was, since))) if pid == was => Some((pid, since)),
+            (Some(pid), _) => Some((pid, now)),
+            (None, _) => None,
+        };
+        self.fleet_due = None;
+        let state = match AutoState::load(&self.dir) {
+            Ok(state) => state,
+            Err(e) => return Some(format!("cannot read automatic upgrades' state: {e}")),
+        };
+        let Some(slot) = state.fleet.clone() else {
+            self.hold_logged = None;
+            return None;
+        };
+        let place = format!(
+            "group {} at {}",
+            slot.group,
+            waiaas_shared::registry::redact(&slot.url)
+        );
+        match fleet::duty(&state, current) {
+            Duty::Nothing => None,
+            Duty::Upgrading(version) => Some(format!(
+                "the fleet slot ({place}) is held for the upgrade to {version}"
+            )),
+            Duty::Settle(version) => {
+                let settle = self.config.update.fleet_settle;
+                let Some((_, since)) = self.serving else {
+                    return Some(format!(
+                        "{version} must serve before the fleet slot ({place}) goes back"
+                    ));
+                };
+                let due = since.checked_add(settle).unwrap_or(Timestamp::MAX);
+                if now < due {
+                    self.fleet_due = Some(due);
+                    return Some(format!(
+                        "{version} serves for {} before the fleet slot ({place}) goes back, at {due}",
+                        waiaas_shared::config::format_duration(settle)
+                    ));
+                }
+                self.give_back(&slot, now);
+                Some(format!(
+                    "{version} has settled; giving the fleet slot ({place}) back"
+                ))
+            }
+            Duty::Release => {
+                self.give_back(&slot, now);
+                Some(format!("giving the fleet slot ({place}) back"))
+            }
+            Duty::Hold { version, why } => {
+                let message = format!(
+                    "holding the fleet slot ({place}): {why}. The fleet waits at this node until \
+                     an operator acts: fix or deprecate {version} on the registry (or publish a \
+                     newer release), then `waiaas-launcher upgrade --fleet-release`"
+                );
+                if self.hold_logged.as_ref() != Some(&version) {
+                    warn!("automatic upgrades: {message}");
+                    self.hold_logged = Some(version);
+                }
+                Some(message)
+            }
+        }
+    }
+
+    /// Starts a give-back of `slot`, unless one is in flight or paused.
+    fn give_back(&mut self, slot: &fleet::FleetSlot, now: Timestamp) {
+        if self.fleet_call.is_some() || self.give_back_at.is_some_and(|at| now < at) {
+            return;
+        }
+        // The slot's own server and group: the config may have changed since.
+        let lock = FleetLock::new(&slot.url, &slot.group, &self.install_id);
+        self.fleet_call = Some(Box::pin(async move {
+            let result = lock.give_back().await;
+            (FleetAsk::GiveBack, result)
+        }));
     }
 
     /// Settles the open attempt with an upgrade's report, if the report is
@@ -337,6 +554,7 @@ impl Auto {
     pub fn status(&self) -> AutoStatus {
         let mut status = self.planner.status(self.clock.now());
         add_state(&self.dir, &mut status);
+        status.fleet = self.fleet_line.clone();
         status
     }
 

@@ -307,6 +307,8 @@ enum Event {
     AutoDue,
     /// Its registry check ended.
     AutoChecked(Result<crate::auto::Found, String>),
+    /// The fleet lock answered.
+    FleetAnswered(auto::FleetAsk, Result<(), crate::auto::fleet::LockError>),
     /// A notification POST ended: its event, delivered or not.
     Notified(String, bool),
 }
@@ -503,9 +505,14 @@ impl Supervisor {
             ),
             None => (None, None, None),
         };
-        let (auto_wake, auto_check, notification) = match self.auto.as_mut() {
-            Some(a) => (Some(a.wake_at()), a.check.as_mut(), a.delivery.as_mut()),
-            None => (None, None, None),
+        let (auto_wake, auto_check, notification, fleet) = match self.auto.as_mut() {
+            Some(a) => (
+                Some(a.wake_at()),
+                a.check.as_mut(),
+                a.delivery.as_mut(),
+                a.fleet_call.as_mut(),
+            ),
+            None => (None, None, None, None),
         };
         tokio::select! {
             // Progress first, so every frame is forwarded before the report.
@@ -522,6 +529,7 @@ impl Supervisor {
             _ = tick(self.watchdog.as_mut()) => Event::Watchdog,
             result = poll(auto_check) => Event::AutoChecked(result),
             (id, ok) = poll(notification) => Event::Notified(id, ok),
+            (ask, result) = poll(fleet) => Event::FleetAnswered(ask, result),
             _ = sleep_until(auto_wake) => Event::AutoDue,
         }
     }
@@ -590,6 +598,7 @@ impl Supervisor {
                     auto.delivered(id, ok);
                 }
             }
+            Event::FleetAnswered(ask, result) => self.fleet_answered(ask, result),
         }
     }
 
@@ -1337,12 +1346,20 @@ impl Supervisor {
             .ok()
             .flatten()
             .and_then(|v| semver::Version::parse(&v).ok());
+        let serving = match &self.slot {
+            Slot::Running(daemon) if self.held.is_none() && daemon.probe_addr().is_none() => {
+                Some(daemon.pid)
+            }
+            _ => None,
+        };
         let Some(auto) = &mut self.auto else { return };
         auto.deliver_if_due();
         let Some(current) = current else { return };
         if blocked.is_none() {
             auto.settle_leftover(&current);
         }
+        // A fleet slot held owes the fleet first (and holds starts back).
+        let blocked = auto.fleet_duty(&current, serving).or(blocked);
         let now = auto.now();
         match auto.planner.poll(now, blocked) {
             crate::auto::Action::Idle => {}
@@ -1354,14 +1371,46 @@ impl Supervisor {
                     warn!("cannot ask the daemon for its write count: {e}");
                 }
             }
-            crate::auto::Action::Start(to) => {
-                if auto.begin(&current, &to) {
-                    let (dir, config) = (self.dir.clone(), self.config.clone());
-                    self.upgrade = Some(Upgrade::auto(dir, config, &to));
-                }
-            }
+            crate::auto::Action::Lock(to) => auto.take_slot(to),
+            crate::auto::Action::Start(to) => self.start_auto(&current, &to, None),
         }
         self.say_pending();
+    }
+
+    /// The fleet lock's answer: a slot given starts the upgrade it was
+    /// asked for, unless something else started meanwhile.
+    fn fleet_answered(
+        &mut self,
+        ask: auto::FleetAsk,
+        result: Result<(), crate::auto::fleet::LockError>,
+    ) {
+        let blocked = self.auto_blocked();
+        let current = crate::swap::current_version(&self.dir)
+            .ok()
+            .flatten()
+            .and_then(|v| semver::Version::parse(&v).ok());
+        let Some(auto) = &mut self.auto else { return };
+        if let Some(slot) = auto.fleet_answered(ask, result, blocked)
+            && let Some(current) = current
+        {
+            let to = slot.version.clone();
+            self.start_auto(&current, &to, Some(slot));
+        }
+        self.auto_due();
+    }
+
+    /// Starts an automatic upgrade, once it is recorded.
+    fn start_auto(
+        &mut self,
+        current: &semver::Version,
+        to: &semver::Version,
+        slot: Option<crate::auto::fleet::FleetSlot>,
+    ) {
+        let Some(auto) = &mut self.auto else { return };
+        if auto.begin(current, to, slot) {
+            let (dir, config) = (self.dir.clone(), self.config.clone());
+            self.upgrade = Some(Upgrade::auto(dir, config, to));
+        }
     }
 
     /// Why no automatic upgrade may start now, if so.

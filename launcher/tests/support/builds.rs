@@ -45,10 +45,12 @@ pub const B_VERSION: &str = "1.9.0";
 pub const C_VERSION: &str = "1.9.1";
 /// A good release after C: a real build like B's ([`release_bin_dir`]).
 pub const D_VERSION: &str = "1.10.0";
+/// A good patch release after D, a real build too (the fleet's last round).
+pub const E_VERSION: &str = "1.10.1";
 /// The releases after A the tests publish: each patched build's
 /// `compat.toml` lists those up to its own version, as a real release's
 /// table lists the releases before it.
-const PUBLISHED: [&str; 3] = [B_VERSION, C_VERSION, D_VERSION];
+const PUBLISHED: [&str; 4] = [B_VERSION, C_VERSION, D_VERSION, E_VERSION];
 /// The `LATEST_SCHEMA_VERSION` of B and of every patched build.
 pub const B_SCHEMA: u32 = 17;
 /// A's `LATEST_SCHEMA_VERSION`.

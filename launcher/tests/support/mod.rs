@@ -27,6 +27,7 @@ use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
 pub mod bench;
+pub mod fleetlock;
 pub mod hostile;
 pub mod load;
 pub mod podman;
