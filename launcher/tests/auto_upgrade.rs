@@ -674,3 +674,63 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
         lock.refusals()
     );
 }
+
+#[test]
+fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answering() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    publish(&registry, &r.b);
+    // Nothing listens there yet.
+    let port = free_port();
+    let site = Site::new(
+        &r,
+        &registry,
+        &format!(
+            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
+             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
+             fleet_lock = \"http://127.0.0.1:{port}\"\nfleet_settle = \"1s\"\n"
+        ),
+    );
+    let mut supervisor = site.supervisor(0);
+    let status = supervisor.wait_for(Duration::from_secs(30), "the lock out of reach", |s| {
+        s.auto
+            .as_ref()
+            .and_then(|a| a.waiting.as_deref())
+            .is_some_and(|w| w.contains("cannot be reached"))
+    });
+    eprintln!("waiting: {:?}", status.auto.and_then(|a| a.waiting));
+    // Deferred, not stuck: the supervisor answers at once and serves A.
+    for _ in 0..5 {
+        let asked = Instant::now();
+        supervisor.status().expect("status");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert!(!site.dir.upgrade_journal().exists());
+
+    let lock = FleetLockServer::start_on(port);
+    let took = wait_serving(&site, &mut supervisor, B_VERSION, Duration::from_secs(60));
+    eprintln!(
+        "on {B_VERSION} {:.1} s after the lock came up",
+        took.as_secs_f64()
+    );
+    let started = Instant::now();
+    while lock.holder("default").is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slot was never given back:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lock.holds().len(), 1);
+    let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
+    assert!(fleet.contains("no slot held"), "{fleet}");
+}

@@ -36,7 +36,13 @@ pub struct FleetLockServer {
 
 impl FleetLockServer {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0)
+    }
+
+    /// On a chosen port (a test may name it in a config before the server
+    /// is up).
+    pub fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let books = Arc::new(Mutex::new(Books::default()));
         let shared = books.clone();
