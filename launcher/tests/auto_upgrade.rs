@@ -734,3 +734,77 @@ fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answeri
     let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
     assert!(fleet.contains("no slot held"), "{fleet}");
 }
+
+#[test]
+fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_start() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    let lock = FleetLockServer::start();
+    let site = Site::new(
+        &r,
+        &registry,
+        &format!(
+            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
+             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
+             fleet_lock = \"{}\"\nfleet_settle = \"1s\"\n",
+            lock.url
+        ),
+    );
+    let mut supervisor = site.supervisor(0);
+    let id = fs::read_to_string(site.dir.install_id())
+        .unwrap()
+        .trim()
+        .to_string();
+    let clients = Clients::with_readers(&site, "kill", 3, Duration::from_secs(300));
+    // The server grants the slot, then holds its answer back: the launcher
+    // dies with a slot it never heard of.
+    lock.delay_grants(Duration::from_secs(30));
+    publish(&registry, &r.b);
+    let started = Instant::now();
+    while lock.holder("default").as_deref() != Some(id.as_str()) {
+        supervisor.assert_alive("waiting for the grant");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no slot asked for"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The listening socket dies with the launcher (without systemd's
+    // socket activation): the clients stop first.
+    clients.finish_keeping_everything(&site);
+    supervisor.kill9();
+    lock.delay_grants(Duration::ZERO);
+
+    // The next start gives it back, then asks again and upgrades.
+    let mut supervisor = site.supervisor(1);
+    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    let clients = Clients::with_readers(&site, "again", 3, Duration::from_secs(300));
+    wait_serving(&site, &mut supervisor, B_VERSION, Duration::from_secs(60));
+    let started = Instant::now();
+    while lock.holder("default").is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slot was never given back:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let holds = lock.holds();
+    assert_eq!(
+        holds.len(),
+        2,
+        "the lost grant, then the upgrade's: {holds:#?}"
+    );
+    assert!(
+        holds[0]
+            .given_back
+            .is_some_and(|back| back <= holds[1].taken),
+        "given back before the next ask: {holds:#?}"
+    );
+    assert!(holds[1].given_back.is_some());
+    let auto = auto_status(&supervisor);
+    assert!(auto.quarantined.is_empty(), "nothing had started: {auto:?}");
+    clients.finish_keeping_everything(&site);
+}

@@ -57,6 +57,8 @@ pub struct Auto {
     fleet: Option<FleetLock>,
     /// A call to the fleet lock in flight.
     pub fleet_call: Option<FleetCall>,
+    /// That call asks for a slot (recorded already).
+    asking: bool,
     /// A give-back that failed: try again at this time.
     give_back_at: Option<Timestamp>,
     give_back_failures: u32,
@@ -91,6 +93,7 @@ pub fn new(dir: &DataDir, config: &Config, clock: Arc<dyn Clock>) -> Result<Opti
         planner,
         fleet,
         fleet_call: None,
+        asking: false,
         give_back_at: None,
         give_back_failures: 0,
         serving: None,
@@ -237,16 +240,27 @@ impl Auto {
 
     // ---- the fleet lock -------------------------------------------------
 
-    /// Asks the fleet lock for a slot to upgrade to `to`.
+    /// Asks the fleet lock for a slot to upgrade to `to`. The slot is
+    /// recorded first: a launcher killed while the server says yes leaves a
+    /// record, and the next one gives the slot back (an unlock-if-held,
+    /// harmless if the answer was no).
     pub fn take_slot(&mut self, to: Version) {
         let Some(lock) = self.fleet.clone() else {
             return;
         };
+        let now = self.clock.now();
         if self.fleet_call.is_some() {
             let why = "another call to the fleet lock is in flight".to_string();
-            self.planner.locked(self.clock.now(), Err(why));
+            self.planner.locked(now, Err(why));
             return;
         }
+        let slot = lock.slot(to.clone(), now.to_string());
+        if let Err(e) = AutoState::update(&self.dir, |s| s.fleet = Some(slot)) {
+            let why = format!("cannot record the slot before asking for it ({e})");
+            self.planner.locked(now, Err(why));
+            return;
+        }
+        self.asking = true;
         self.fleet_call = Some(Box::pin(async move {
             let result = lock.take().await;
             (FleetAsk::Take(to), result)
@@ -263,6 +277,7 @@ impl Auto {
         blocked: Option<String>,
     ) -> Option<fleet::FleetSlot> {
         self.fleet_call = None;
+        self.asking = false;
         let now = self.clock.now();
         match (ask, result) {
             (FleetAsk::Take(to), Ok(())) => {
@@ -275,10 +290,8 @@ impl Auto {
                 );
                 let slot = lock.slot(to, now.to_string());
                 if let Some(why) = blocked {
+                    // Recorded when asked for: given back by the next duty.
                     info!("automatic upgrades: not started ({why}); the slot goes back");
-                    if let Err(e) = AutoState::update(&self.dir, |s| s.fleet = Some(slot)) {
-                        warn!("automatic upgrades: cannot record the fleet slot ({e})");
-                    }
                     return None;
                 }
                 self.planner.started();
@@ -287,6 +300,14 @@ impl Auto {
             (FleetAsk::Take(to), Err(e)) => {
                 info!("automatic upgrades: no fleet slot for {to} yet: {e}");
                 self.planner.locked(now, Err(e.to_string()));
+                let forgot = AutoState::update(&self.dir, |s| {
+                    if s.fleet.as_ref().is_some_and(|slot| slot.version == to) {
+                        s.fleet = None;
+                    }
+                });
+                if let Err(e) = forgot {
+                    warn!("automatic upgrades: cannot update the fleet slot's record ({e})");
+                }
                 None
             }
             (FleetAsk::GiveBack, Ok(())) => {
@@ -341,6 +362,10 @@ impl Auto {
             (None, _) => None,
         };
         self.fleet_due = None;
+        if self.asking {
+            // The slot recorded for the question is not one to give back.
+            return Some("asking the fleet lock for a slot".into());
+        }
         let state = match AutoState::load(&self.dir) {
             Ok(state) => state,
             Err(e) => return Some(format!("cannot read automatic upgrades' state: {e}")),

@@ -27,6 +27,9 @@ struct Books {
     holders: BTreeMap<String, String>,
     holds: Vec<Hold>,
     refusals: usize,
+    /// How long a granted slot's answer is held back (a client killed while
+    /// it waits holds a slot it never heard of).
+    grant_delay: Duration,
 }
 
 pub struct FleetLockServer {
@@ -63,6 +66,10 @@ impl FleetLockServer {
     /// Who holds `group`'s slot now.
     pub fn holder(&self, group: &str) -> Option<String> {
         self.books.lock().unwrap().holders.get(group).cloned()
+    }
+
+    pub fn delay_grants(&self, delay: Duration) {
+        self.books.lock().unwrap().grant_delay = delay;
     }
 
     pub fn refusals(&self) -> usize {
@@ -114,6 +121,10 @@ fn serve(stream: std::net::TcpStream, books: &Mutex<Books>) {
         return;
     }
     let (status, answer) = answer(&request_line, protocol, &body, books);
+    let delay = books.lock().unwrap().grant_delay;
+    if request_line.contains("/v1/pre-reboot") && status.starts_with("200") {
+        std::thread::sleep(delay);
+    }
     let text = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{answer}",
