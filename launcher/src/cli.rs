@@ -7,9 +7,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use waiaas_shared::layout::DataDir;
 
+use crate::command::upgrade::UpgradeArgs;
+use crate::command::{init, notice, service, upgrade};
 use crate::failure::{Failure, load_config};
-use crate::upgrade_command::{self, UpgradeArgs};
-use crate::{client, init, notice, supervisor};
+use crate::supervisor;
 
 #[derive(Parser)]
 #[command(
@@ -75,11 +76,11 @@ fn dispatch(command: Command, dir: &DataDir) -> Result<(), Failure> {
     match command {
         Command::Init => init::run(dir),
         Command::Run => supervisor::run(dir, &load_config(dir)?),
-        Command::Start => client::start(dir, &load_config(dir)?),
-        Command::Stop => client::stop(dir),
-        Command::Restart => client::restart(dir),
-        Command::Status { json } => client::status(dir, json),
-        Command::Upgrade(args) => upgrade_command::run(dir, args),
+        Command::Start => service::start(dir, &load_config(dir)?),
+        Command::Stop => service::stop(dir),
+        Command::Restart => service::restart(dir),
+        Command::Status { json } => service::status(dir, json),
+        Command::Upgrade(args) => upgrade::run(dir, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -42,6 +42,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// Copies `from` to `to` (made or replaced), sets `mode` and fsyncs the
+/// copy; the caller fsyncs the folder once its files are all there.
+pub fn copy_synced(from: &Path, to: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(from, to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+    File::open(to)?.sync_all()
+}
+
 /// The temp file [`write_atomic`] uses for `name` in this process.
 pub fn temp_name(name: &str) -> String {
     format!(".{name}.{}.tmp", std::process::id())

@@ -441,8 +441,9 @@ fn install_local_files(
     leftovers.add(partial.clone());
     fs::create_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
     for name in BINARIES {
-        crate::init::copy_synced(&folder.join(name), &partial.join(name), 0o755)
-            .map_err(|f| f.message)?;
+        let (from, to) = (folder.join(name), partial.join(name));
+        waiaas_shared::fsutil::copy_synced(&from, &to, 0o755)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
     }
     crate::install_record::write(&partial, version, &BINARIES)
         .map_err(|e| format!("cannot record what was installed: {e}"))?;

@@ -20,6 +20,7 @@
 mod admin;
 mod auto;
 mod daemon;
+pub mod sdnotify;
 mod upgrading;
 
 use std::future::Future;
@@ -52,7 +53,7 @@ use crate::daemon_binary::{self, describe_exit, is_permanent};
 use crate::failure::Failure;
 use crate::pidfile::PidFile;
 use crate::probe;
-use crate::sdnotify::Notifier;
+use crate::supervisor::sdnotify::Notifier;
 use crate::upgrade::HostError;
 use admin::AdminCall;
 use daemon::{Daemon, DaemonEvent, Listening};
@@ -163,14 +164,14 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     result
 }
 
-/// [`crate::lock::wait_for_upgrade`] with its progress logged, and told to
+/// [`crate::upgrade::lock::wait_for_upgrade`] with its progress logged, and told to
 /// systemd (its start timeout extended while the wait lasts).
 fn wait_for_standalone_upgrade(
     dir: &DataDir,
     config: &Config,
     notifier: &Notifier,
 ) -> Result<(), Failure> {
-    let limit = crate::lock::wait_limit(config);
+    let limit = crate::upgrade::lock::wait_limit(config);
     let tell = |pid: u32, waited: Duration| {
         info!(
             "an upgrade without a supervisor (pid {pid}) is changing {}; starting once it has \
@@ -179,7 +180,7 @@ fn wait_for_standalone_upgrade(
             waited.as_secs(),
             limit.as_secs()
         );
-        let extend = 3 * crate::lock::WAIT_TELL_EVERY;
+        let extend = 3 * crate::upgrade::lock::WAIT_TELL_EVERY;
         notifier.notify(&format!(
             "STATUS=waiting for the upgrade in progress (pid {pid})\nEXTEND_TIMEOUT_USEC={}",
             extend.as_micros()
@@ -188,7 +189,7 @@ fn wait_for_standalone_upgrade(
             notifier.notify("WATCHDOG=1");
         }
     };
-    crate::lock::wait_for_upgrade(dir, limit, &crate::lock::SystemClock, tell)
+    crate::upgrade::lock::wait_for_upgrade(dir, limit, &crate::upgrade::lock::SystemClock, tell)
         .map_err(|e| Failure::new(e.to_string()))?;
     Ok(())
 }
@@ -1427,7 +1428,7 @@ impl Supervisor {
         if self.dir.upgrade_journal().exists() {
             return Some("a change is unfinished (its journal remains)".into());
         }
-        if let Some(pid) = crate::lock::UpgradeLock::holder(&self.dir) {
+        if let Some(pid) = crate::upgrade::lock::UpgradeLock::holder(&self.dir) {
             return Some(format!("process {pid} holds the upgrade lock"));
         }
         match (&self.held, &self.slot) {
@@ -1455,12 +1456,12 @@ impl Supervisor {
     /// installation that is not committed, which the next recovery rolls
     /// back, dropping every write since). `failure` is why, when known.
     fn refuse_uncommitted(&mut self, failure: Option<&str>) {
-        let change = match crate::journal::Journal::load(&self.dir) {
+        let change = match crate::upgrade::journal::Journal::load(&self.dir) {
             Ok(Some(j)) => format!(
                 "the {} from {} to {}",
                 match j.operation {
-                    crate::journal::Operation::Upgrade => "upgrade",
-                    crate::journal::Operation::Rollback => "rollback",
+                    crate::upgrade::journal::Operation::Upgrade => "upgrade",
+                    crate::upgrade::journal::Operation::Rollback => "rollback",
                 },
                 j.from,
                 j.to
@@ -1548,9 +1549,9 @@ impl Supervisor {
     /// A start that finds a journal whose handover was never confirmed says
     /// so before the recovery rolls the release back.
     fn say_if_unconfirmed(&self) {
-        if let Ok(Some(journal)) = crate::journal::Journal::load(&self.dir)
+        if let Ok(Some(journal)) = crate::upgrade::journal::Journal::load(&self.dir)
             && journal.handed_over
-            && journal.phase == crate::journal::Phase::Forward
+            && journal.phase == crate::upgrade::journal::Phase::Forward
         {
             warn!(
                 "the handover to {}'s launcher (step {} of the {} from {} to {}) was never \
@@ -1559,8 +1560,8 @@ impl Supervisor {
                 journal.to,
                 journal.step,
                 match journal.operation {
-                    crate::journal::Operation::Upgrade => "upgrade",
-                    crate::journal::Operation::Rollback => "rollback",
+                    crate::upgrade::journal::Operation::Upgrade => "upgrade",
+                    crate::upgrade::journal::Operation::Rollback => "rollback",
                 },
                 journal.from,
                 journal.to,

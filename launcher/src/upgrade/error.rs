@@ -9,7 +9,7 @@ use waiaas_shared::backup::BackupError;
 use crate::daemon_binary::RunError;
 use crate::orphan::OrphanError;
 use crate::package::PackageError;
-use crate::restore::RestoreError;
+use crate::upgrade::restore::RestoreError;
 
 /// Why the host could not stop or start a daemon.
 #[derive(Debug, thiserror::Error)]

@@ -17,8 +17,11 @@
 //! child processes under deadlines ([`crate::daemon_binary`]).
 
 mod error;
+pub mod journal;
+pub mod lock;
 mod preflight;
 pub mod report;
+pub mod restore;
 mod standalone;
 
 use std::path::PathBuf;
@@ -34,11 +37,10 @@ pub use error::{HostError, Refusal, StepError};
 pub use standalone::{Standalone, health_addr};
 
 use crate::daemon_binary;
-use crate::journal::{Journal, Operation, Phase};
-use crate::lock::UpgradeLock;
 use crate::orphan;
-use crate::restore;
 use crate::swap;
+use journal::{Journal, Operation, Phase};
+use lock::UpgradeLock;
 use preflight::{Preflight, check_free_space, usable_version};
 
 /// An operator's `--rollback` away from `from` said no to it: automatic

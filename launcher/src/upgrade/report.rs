@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::layout::DataDir;
 
-use crate::journal::{Journal, Operation};
+use crate::upgrade::journal::{Journal, Operation};
 
 fn shown(path: Option<&Path>) -> Option<String> {
     path.map(|p| p.display().to_string())
@@ -121,7 +121,7 @@ pub fn resumed(journal: &Journal, replaced: &[PathBuf]) -> UpgradeReport {
     let (from, to) = (journal.from.as_str(), journal.to.as_str());
     match (&journal.operation, &journal.restoring, &journal.backup) {
         (Operation::Rollback, Some(chosen), Some(safety)) => {
-            let taken = crate::restore::open(chosen)
+            let taken = crate::upgrade::restore::open(chosen)
                 .map(|b| b.manifest.created_at)
                 .unwrap_or_else(|_| "earlier".to_string());
             restored(from, to, chosen, &taken, safety, &[], replaced)

@@ -10,7 +10,7 @@
 //! job. An existing `config.toml` is never overwritten, and an installation of
 //! another version is left alone: moving it is `upgrade`'s work.
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, DirBuilder};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -304,13 +304,8 @@ fn fill_partial(partial: &Path, source: &Path) -> Result<(), Failure> {
     })
 }
 
-pub(crate) fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<(), Failure> {
-    let copy = || -> io::Result<()> {
-        fs::copy(from, to)?;
-        fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
-        File::open(to)?.sync_all()
-    };
-    copy().map_err(|e| {
+fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<(), Failure> {
+    waiaas_shared::fsutil::copy_synced(from, to, mode).map_err(|e| {
         Failure::new(format!(
             "cannot copy {} to {}: {e}",
             from.display(),

@@ -18,8 +18,8 @@ use waiaas_shared::version;
 use crate::auto::fleet::{self, Duty, FleetLock};
 use crate::auto::state::AutoState;
 use crate::failure::{Failure, load_config};
-use crate::lock::UpgradeLock;
 use crate::pidfile::PidFile;
+use crate::upgrade::lock::UpgradeLock;
 use crate::upgrade::{Engine, Refusal, Standalone, health_addr, report};
 use crate::{package, probe, swap};
 
@@ -298,7 +298,7 @@ fn through_supervisor(
     render: &mut dyn FnMut(Progress),
 ) -> Result<Option<UpgradeReport>, Failure> {
     let lost = |e: client::ClientError| match e {
-        client::ClientError::Malformed(_) => crate::client::misunderstood(dir, e),
+        client::ClientError::Malformed(_) => super::service::misunderstood(dir, e),
         e => Failure::new(format!(
             "lost the connection to the supervisor during the upgrade ({e}); \
              see `waiaas-launcher status` and its log"
@@ -391,7 +391,7 @@ fn download_bar(total: Option<u64>, message: &str) -> indicatif::ProgressBar {
 
 /// No supervisor: run the engine here, holding the upgrade lock from before
 /// its checks to the end — a supervisor starting meanwhile waits for it
-/// (`crate::lock::wait_for_upgrade`) — after making sure no supervisor is
+/// (`crate::upgrade::lock::wait_for_upgrade`) — after making sure no supervisor is
 /// starting and no daemon serves this installation unsupervised (either
 /// would be running on the files we change).
 async fn standalone(

@@ -210,15 +210,20 @@ pub fn start(dir: &DataDir, config: &Config) -> Result<(), Failure> {
     }
     // Not beside a standalone upgrade: after it (`run` would wait too, but
     // with no admin socket to say so meanwhile).
-    let limit = crate::lock::wait_limit(config);
-    crate::lock::wait_for_upgrade(dir, limit, &crate::lock::SystemClock, |pid, waited| {
-        eprintln!(
-            "waiting for the upgrade in progress (pid {pid}) to finish before starting \
+    let limit = crate::upgrade::lock::wait_limit(config);
+    crate::upgrade::lock::wait_for_upgrade(
+        dir,
+        limit,
+        &crate::upgrade::lock::SystemClock,
+        |pid, waited| {
+            eprintln!(
+                "waiting for the upgrade in progress (pid {pid}) to finish before starting \
              ({} s so far, at most {} s)",
-            waited.as_secs(),
-            limit.as_secs()
-        )
-    })
+                waited.as_secs(),
+                limit.as_secs()
+            )
+        },
+    )
     .map_err(|e| Failure::new(e.to_string()))?;
     let logs = dir.logs();
     std::fs::create_dir_all(&logs)
