@@ -276,10 +276,10 @@ pub async fn version_of(version_dir: &Path) -> Result<DaemonVersion, RunError> {
     })
 }
 
-/// What `<version dir>/waiaas-launcher --version` says its version is
-/// (`waiaas-launcher 1.9.0`), for the supervisor handing over to it.
-pub async fn launcher_version(version_dir: &Path) -> Result<String, RunError> {
-    let program = version_dir.join("waiaas-launcher");
+/// What `program --version` (a release's `waiaas-launcher`) says its
+/// version is (`waiaas-launcher 1.9.0`), for the supervisor handing over to it.
+pub async fn launcher_version(program: &Path) -> Result<String, RunError> {
+    let program = program.to_path_buf();
     let out = output(&program, &["--version"], None, QUERY_DEADLINE).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
@@ -302,10 +302,4 @@ pub fn describe_exit(status: &io::Result<ExitStatus>) -> String {
         },
         Err(e) => format!("could not be waited for: {e}"),
     }
-}
-
-/// Whether the daemon exited with a permanent refusal: starting it again
-/// would fail the same way.
-pub fn is_permanent(status: &io::Result<ExitStatus>) -> bool {
-    matches!(status, Ok(s) if s.code().is_some_and(exit::daemon::is_permanent))
 }

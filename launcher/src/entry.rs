@@ -9,10 +9,10 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-use semver::Version;
-
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version;
+
+use crate::supervisor::handover::{self, Wanted};
 
 /// Set on a launcher that was handed a command: it never hands it on again.
 pub const DELEGATED_ENV: &str = "WAIAAS_DELEGATED_FROM";
@@ -43,21 +43,7 @@ pub fn delegate_to_newer() {
 /// no process is run.
 fn newer_launcher(args: &[OsString]) -> Option<PathBuf> {
     let dir = DataDir::resolve(data_dir_flag(args).as_deref()).ok()?;
-    newer_current_launcher(&dir)
-}
-
-/// `dir`'s current launcher, when its release is newer than this launcher
-/// and no change is unfinished. Read from `current`'s link alone: no process
-/// is run, nothing is waited for.
-pub fn newer_current_launcher(dir: &DataDir) -> Option<PathBuf> {
-    // A change in progress (or one whose handover was never confirmed) is
-    // not a release to hand commands to: recovery decides first.
-    if dir.upgrade_journal().exists() {
-        return None;
-    }
-    let current = crate::swap::current_version(dir).ok().flatten()?;
-    let program = dir.version(&current).join("waiaas-launcher");
-    (Version::parse(&current).ok()? > version::current() && program.is_file()).then_some(program)
+    handover::committed_current_launcher(&dir, Wanted::Newer)
 }
 
 /// The value of `--data-dir DIR` / `--data-dir=DIR`, wherever it stands.
@@ -94,20 +80,20 @@ mod tests {
     }
 
     #[test]
-    fn an_installation_at_this_version_or_older_is_not_handed_on() {
+    fn a_command_goes_to_a_newer_current_launcher_only_with_no_change_unfinished() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         let args = vec![OsString::from("--data-dir"), tmp.path().into()];
         assert_eq!(newer_launcher(&args), None, "no installation");
-        let newer = Version::new(version::current().major + 1, 0, 0).to_string();
+        let newer = semver::Version::new(version::current().major + 1, 0, 0).to_string();
         std::fs::create_dir_all(dir.version(&newer)).unwrap();
         std::fs::write(dir.version(&newer).join("waiaas-daemon"), b"").unwrap();
-        std::fs::write(dir.version(&newer).join("waiaas-launcher"), b"").unwrap();
+        std::fs::write(dir.launcher_of(&newer), b"").unwrap();
         crate::swap::point_current(&dir, &newer).unwrap();
-        assert_eq!(
-            newer_launcher(&args),
-            Some(dir.version(&newer).join("waiaas-launcher"))
-        );
+        assert_eq!(newer_launcher(&args), Some(dir.launcher_of(&newer)));
+        std::fs::write(dir.upgrade_journal(), b"{}").unwrap();
+        assert_eq!(newer_launcher(&args), None, "a change is unfinished");
+        std::fs::remove_file(dir.upgrade_journal()).unwrap();
         std::fs::create_dir_all(dir.version(version::VERSION)).unwrap();
         std::fs::write(dir.version(version::VERSION).join("waiaas-daemon"), b"").unwrap();
         crate::swap::point_current(&dir, version::VERSION).unwrap();

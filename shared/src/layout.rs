@@ -85,6 +85,10 @@ impl DataDir {
     pub fn version(&self, version: &str) -> PathBuf {
         self.versions().join(version)
     }
+    /// The launcher a release brings: `versions/<v>/waiaas-launcher`.
+    pub fn launcher_of(&self, version: &str) -> PathBuf {
+        self.version(version).join("waiaas-launcher")
+    }
     /// The `current` symlink to the active `versions/<v>`.
     pub fn current(&self) -> PathBuf {
         self.root.join("current")

@@ -371,7 +371,7 @@ pub async fn install_local_build(dir: &DataDir, folder: &Path) -> Result<Install
     let daemon = crate::daemon_binary::version_of(folder)
         .await
         .map_err(|e| refused(e.to_string()))?;
-    let launcher = crate::daemon_binary::launcher_version(folder)
+    let launcher = crate::daemon_binary::launcher_version(&folder.join("waiaas-launcher"))
         .await
         .map_err(|e| refused(e.to_string()))?;
     if launcher != daemon.version {

@@ -19,14 +19,16 @@
 
 mod admin;
 mod auto;
+mod backoff;
 mod daemon;
+pub mod handover;
 pub mod sdnotify;
 mod upgrading;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -43,13 +45,13 @@ use waiaas_shared::admin::{
 use waiaas_shared::config::{AutoLevel, Config};
 use waiaas_shared::control::{self, FromDaemon, FromLauncher};
 use waiaas_shared::failpoint;
-use waiaas_shared::handover::{self, HANDOVER_ENV, HANDOVER_VERSION, Handover, TAKEOVER_GRACE};
+use waiaas_shared::handover::{HANDOVER_ENV, Handover};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
 use waiaas_shared::version::VERSION;
 
-use crate::daemon_binary::{self, describe_exit, is_permanent};
+use crate::daemon_binary::{self, describe_exit};
 use crate::failure::Failure;
 use crate::pidfile::PidFile;
 use crate::probe;
@@ -59,13 +61,6 @@ use admin::AdminCall;
 use daemon::{Daemon, DaemonEvent, Listening};
 use upgrading::{HostCall, Upgrade, Work};
 
-/// Delay before the second start within the stability window; doubled per
-/// further failure up to [`BACKOFF_CAP`]. The first restart after a crash is
-/// immediate: clients already wait in the backlog.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// A daemon that ran this long before crashing resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a new daemon has to say hello on its control channel.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest single health probe while starting; probes repeat until the deadline.
@@ -334,8 +329,8 @@ struct Supervisor {
     /// When the next service start is due (backing off).
     retry_at: Option<Instant>,
     /// Starts that failed or crashed within the stability window.
-    failures: u32,
-    restarts: u32,
+    /// The restart policy's count.
+    backoff: backoff::Backoff,
     last_exit: Option<String>,
     ready_once: bool,
     /// The permanent exit code of the last refused start.
@@ -397,8 +392,7 @@ impl Supervisor {
             slot: Slot::Empty,
             probe: None,
             retry_at: None,
-            failures: 0,
-            restarts: 0,
+            backoff: backoff::Backoff::default(),
             last_exit: None,
             ready_once: false,
             refused_code: None,
@@ -826,50 +820,36 @@ impl Supervisor {
             let message = format!("the daemon did not come back: {reason}");
             admin::answer_later(reply, Response::Error { message });
         }
-        let permanent = failure.status().is_some_and(is_permanent);
         match purpose {
             Purpose::Engine { done, .. } => {
                 let _ = done.send(Err(failure.into()));
                 self.held = Some(State::Stopped);
             }
-            Purpose::Service if permanent => {
-                self.refused_code = failure.status().and_then(|s| s.as_ref().ok()?.code());
-                error!(
-                    "daemon did not start: {reason}; not restarting (fix the cause, then `waiaas-launcher restart`)"
-                );
-                self.notifier
-                    .notify(&format!("STATUS=daemon did not start: {reason}"));
-                self.held = Some(State::Refused);
-                // Under systemd a service whose first start is refused must
-                // fail, with the daemon's code, so `RestartPreventExitStatus=`
-                // applies; elsewhere (a container) the supervisor stays up.
-                if !self.ready_once && self.notifier.is_active() && self.upgrade.is_none() {
-                    let code = self.refused_code.and_then(|c| u8::try_from(c).ok());
-                    self.exit = Some(Err(Failure {
-                        code: code.unwrap_or(1),
-                        message: format!("the daemon refused to start: {reason}"),
-                    }));
+            Purpose::Service => match self.backoff.failed(failure.status()) {
+                backoff::Next::Refuse => {
+                    self.refused_code = failure.status().and_then(|s| s.as_ref().ok()?.code());
+                    error!(
+                        "daemon did not start: {reason}; not restarting (fix the cause, then `waiaas-launcher restart`)"
+                    );
+                    self.notifier
+                        .notify(&format!("STATUS=daemon did not start: {reason}"));
+                    self.held = Some(State::Refused);
+                    // Under systemd a service whose first start is refused must
+                    // fail, with the daemon's code, so `RestartPreventExitStatus=`
+                    // applies; elsewhere (a container) the supervisor stays up.
+                    if !self.ready_once && self.notifier.is_active() && self.upgrade.is_none() {
+                        let code = self.refused_code.and_then(|c| u8::try_from(c).ok());
+                        self.exit = Some(Err(Failure {
+                            code: code.unwrap_or(1),
+                            message: format!("the daemon refused to start: {reason}"),
+                        }));
+                    }
                 }
-            }
-            Purpose::Service => {
-                let delay = self.next_delay();
-                warn!("daemon did not start: {reason}; retrying in {delay:?}");
-                self.restarts += 1;
-                self.retry_in(delay);
-            }
-        }
-    }
-
-    /// The delay before the next start: none for the first failure within the
-    /// stability window, then [`BACKOFF_FIRST`] doubling up to the cap.
-    fn next_delay(&mut self) -> Duration {
-        let n = self.failures;
-        self.failures = n.saturating_add(1);
-        match n {
-            0 => Duration::ZERO,
-            n => BACKOFF_FIRST
-                .saturating_mul(1 << (n - 1).min(16))
-                .min(BACKOFF_CAP),
+                backoff::Next::RetryIn(delay) => {
+                    warn!("daemon did not start: {reason}; retrying in {delay:?}");
+                    self.retry_in(delay);
+                }
+            },
         }
     }
 
@@ -918,28 +898,27 @@ impl Supervisor {
     fn crashed(&mut self, daemon: &Daemon, status: &std::io::Result<ExitStatus>) {
         let description = describe_exit(status);
         self.last_exit = Some(description.clone());
-        if daemon.started.elapsed() >= STABLE_AFTER {
-            self.failures = 0;
-        }
-        if is_permanent(status) {
-            error!(
-                "daemon {description}; not restarting (fix the cause, then `waiaas-launcher restart`)"
-            );
-            self.held = Some(State::Refused);
-            self.notifier
-                .notify(&format!("STATUS=daemon {description}"));
-            return;
-        }
-        if self.held.is_some() {
+        self.backoff.ran(daemon.started.elapsed());
+        if self.held.is_some() && !backoff::is_permanent(status) {
             warn!("daemon {description}; left stopped while an upgrade holds it");
             return;
         }
-        let delay = self.next_delay();
-        warn!("daemon {description}; restarting in {delay:?}");
-        self.restarts += 1;
-        self.notifier
-            .notify(&format!("STATUS=daemon {description}; restarting"));
-        self.retry_in(delay);
+        match self.backoff.failed(Some(status)) {
+            backoff::Next::Refuse => {
+                error!(
+                    "daemon {description}; not restarting (fix the cause, then `waiaas-launcher restart`)"
+                );
+                self.held = Some(State::Refused);
+                self.notifier
+                    .notify(&format!("STATUS=daemon {description}"));
+            }
+            backoff::Next::RetryIn(delay) => {
+                warn!("daemon {description}; restarting in {delay:?}");
+                self.notifier
+                    .notify(&format!("STATUS=daemon {description}; restarting"));
+                self.retry_in(delay);
+            }
+        }
     }
 
     fn deadline(&mut self) {
@@ -1076,7 +1055,7 @@ impl Supervisor {
     }
 
     fn restart(&mut self) {
-        self.failures = 0;
+        self.backoff.reset();
         self.held = None;
         self.stop_daemon(AfterStop::Restart);
     }
@@ -1180,13 +1159,13 @@ impl Supervisor {
             }
             HostCall::HandsOver { version, answer } => {
                 // Asked off the loop: running a binary takes a moment.
-                let target = self.dir.version(&version);
+                let dir = self.dir.clone();
                 tokio::spawn(async move {
-                    let _ = answer.send(launcher_differs(&target).await);
+                    let _ = answer.send(handover::launcher_differs(&dir, &version).await);
                 });
             }
             HostCall::HandOver { version, failed } => {
-                let program = self.dir.version(&version).join("waiaas-launcher");
+                let program = self.dir.launcher_of(&version);
                 let error = self.hand_over(&program).await;
                 let _ = failed.send(HostError::NotReady(format!(
                     "cannot hand over to {}: {error}",
@@ -1200,7 +1179,9 @@ impl Supervisor {
             } => {
                 let recovering =
                     matches!(self.upgrade.as_ref().map(|u| &u.work), Some(Work::Recovery));
-                if recovering && self.current_launcher_if_other().is_some() {
+                if recovering
+                    && handover::current_launcher(&self.dir, handover::Wanted::Other).is_some()
+                {
                     // The release a recovery restored brings its own launcher:
                     // this process becomes it, and it starts its own daemon.
                     info!(
@@ -1321,7 +1302,7 @@ impl Supervisor {
             self.refuse_uncommitted(failure.as_deref());
         }
         if let Some(from) = back_to {
-            let program = self.dir.version(&from).join("waiaas-launcher");
+            let program = self.dir.launcher_of(&from);
             self.hand_over(&program).await;
             self.start(Purpose::Service);
         } else if self.stop_after_upgrade {
@@ -1495,135 +1476,17 @@ impl Supervisor {
         self.upgrade = Some(Upgrade::recovery(dir, config));
     }
 
-    /// The first start of a daemon — unless the data dir's current release
-    /// brings a newer launcher: then this process becomes that launcher,
-    /// which starts its own daemon (one installation, one version).
-    async fn first_start(&mut self) {
-        // A launcher that was handed the service never hands it on at its
-        // first start: no exec loop, whatever a release folder holds. After
-        // a recovery that restored another release, that release's launcher
-        // (older or newer) starts its daemon; otherwise only a newer one does.
-        let program = if daemon_binary::in_container() || self.taken_over {
-            None
-        } else if std::mem::take(&mut self.start_deferred) {
-            self.other_current_launcher()
-        } else {
-            crate::entry::newer_current_launcher(&self.dir)
-        };
-        if let Some(program) = program {
-            self.hand_over(&program).await;
-        }
-        self.start(Purpose::Service);
-    }
-
     /// A start of the service's daemon asked for by the operator (`restart`,
     /// SIGHUP) — by `current`'s own launcher: when `current` names a release
     /// whose launcher is another version (left so by `upgrade --no-start`),
     /// this process becomes that launcher, which starts its daemon.
     fn start_service(&mut self) {
-        if let Some(program) = self.other_current_launcher() {
+        if let Some(program) =
+            handover::committed_current_launcher(&self.dir, handover::Wanted::Other)
+        {
             self.exec_handover(&program, None);
         }
         self.start(Purpose::Service);
-    }
-
-    /// `current`'s launcher, when it is another version than this one (read
-    /// from `current`'s link; no journal, not in the image).
-    fn other_current_launcher(&self) -> Option<PathBuf> {
-        if self.dir.upgrade_journal().exists() {
-            return None;
-        }
-        self.current_launcher_if_other()
-    }
-
-    /// [`Supervisor::other_current_launcher`], journal or not (a recovery's).
-    fn current_launcher_if_other(&self) -> Option<PathBuf> {
-        if daemon_binary::in_container() {
-            return None;
-        }
-        let current = crate::swap::current_version(&self.dir).ok().flatten()?;
-        let program = self.dir.version(&current).join("waiaas-launcher");
-        (current != VERSION && program.is_file()).then_some(program)
-    }
-
-    /// A start that finds a journal whose handover was never confirmed says
-    /// so before the recovery rolls the release back.
-    fn say_if_unconfirmed(&self) {
-        if let Ok(Some(journal)) = crate::upgrade::journal::Journal::load(&self.dir)
-            && journal.handed_over
-            && journal.phase == crate::upgrade::journal::Phase::Forward
-        {
-            warn!(
-                "the handover to {}'s launcher (step {} of the {} from {} to {}) was never \
-                 confirmed: that launcher exited, was killed, or hung past its deadline and \
-                 was ended by SIGALRM; rolling the whole release back to {} (launcher and daemon)",
-                journal.to,
-                journal.step,
-                match journal.operation {
-                    crate::upgrade::journal::Operation::Upgrade => "upgrade",
-                    crate::upgrade::journal::Operation::Rollback => "rollback",
-                },
-                journal.from,
-                journal.to,
-                journal.from
-            );
-        }
-    }
-
-    /// Becomes `program` (another release's launcher) in this process — same
-    /// PID — handing over the listener, the admin socket and an upgrade's
-    /// connection. Only with no daemon running. Returns only if the exec
-    /// failed, with why (then all is as before).
-    async fn hand_over(&mut self, program: &Path) -> std::io::Error {
-        let reply_fd = match &mut self.upgrade {
-            Some(upgrade) => upgrade.detach_reply().await,
-            None => None,
-        };
-        self.exec_handover(program, reply_fd)
-    }
-
-    /// [`Supervisor::hand_over`] once the reply (if any) is detached: arms
-    /// the confirmation deadline (`waiaas_shared::handover`) and execs.
-    fn exec_handover(&mut self, program: &Path, reply_fd: Option<RawFd>) -> std::io::Error {
-        let message = format!(
-            "handing the service to {} (same pid), which starts its daemon; \
-             see `waiaas-launcher status`",
-            program.display()
-        );
-        for reply in self.restart_replies.drain(..) {
-            let done = Response::Done {
-                message: message.clone(),
-            };
-            // Written before the exec: the connection does not travel.
-            admin::answer_blocking(reply, &done, REPLY_TIMEOUT);
-        }
-        let handover = Handover {
-            version: HANDOVER_VERSION,
-            from_launcher: VERSION.to_string(),
-            listener_fd: self.listener.as_raw_fd(),
-            admin_fd: self.admin_fd,
-            reply_fd,
-            ready_sent: self.ready_once,
-        };
-        let deadline = Duration::from_secs(self.config.update.health_timeout) + TAKEOVER_GRACE;
-        info!(
-            "handing over to {} (it must confirm within {} s, or SIGALRM ends it and the next \
-             start rolls back)",
-            program.display(),
-            deadline.as_secs()
-        );
-        if let Err(e) = handover::arm_deadline(deadline) {
-            warn!("cannot arm the handover's deadline ({e}); handing over without one");
-        }
-        failpoint::hit("handover-before-exec");
-        let root = self.dir.root().to_string_lossy().into_owned();
-        let error = handover.exec(program, &["run", "--data-dir", &root], self.notifier.env());
-        handover::confirm();
-        error!("cannot hand over to {}: {error}", program.display());
-        if let (Some(fd), Some(upgrade)) = (reply_fd, &mut self.upgrade) {
-            upgrade.reattach_reply(fd);
-        }
-        error
     }
 
     /// Whether the hosted upgrade finishes a step another launcher handed over.
@@ -1671,7 +1534,7 @@ impl Supervisor {
             state: state.to_string(),
             upgrade: self.upgrade.as_ref().and_then(|u| u.step.clone()),
             daemon,
-            restarts: self.restarts,
+            restarts: self.backoff.restarts(),
             last_exit: self.last_exit.clone(),
             refused: self
                 .uncommitted
@@ -1766,13 +1629,4 @@ async fn tick(interval: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-/// Whether the launcher in `version_dir` is another version than this one
-/// (not in the image, where the image is the unit of upgrade).
-async fn launcher_differs(version_dir: &Path) -> bool {
-    !daemon_binary::in_container()
-        && daemon_binary::launcher_version(version_dir)
-            .await
-            .is_ok_and(|theirs| theirs != VERSION)
 }

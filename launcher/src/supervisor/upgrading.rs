@@ -98,7 +98,7 @@ impl Host for ChannelHost {
         if std::mem::take(&mut self.confirms_handover) {
             // Healthy, or failed and rolled back by this launcher: either
             // way it is alive and in charge, within its own step deadlines.
-            if let Some(left) = waiaas_shared::handover::confirm() {
+            if let Some(left) = super::handover::confirm() {
                 info!(
                     "confirmed the handover ({:.1} s of its deadline left)",
                     left.as_secs_f64()
@@ -324,7 +324,7 @@ async fn drive(
             Some(report) => Some(report),
             None => {
                 // Nothing handed over to finish: taken over, now recover.
-                waiaas_shared::handover::confirm();
+                super::handover::confirm();
                 engine.recover().await.err()
             }
         },
