@@ -366,9 +366,20 @@ fn the_statefulset_keeps_one_writer_per_volume_and_drains_gracefully() {
         patience("startupProbe"),
         patience("livenessProbe")
     );
-    for kind in ["Service", "PodDisruptionBudget"] {
-        object(&base, kind, "waiaas");
-    }
+    // The Service and the PodDisruptionBudget select the StatefulSet's pods.
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    assert_eq!(
+        &object(&base, "Service", "waiaas")["spec"]["selector"],
+        labels
+    );
+    let budget = &object(&base, "PodDisruptionBudget", "waiaas")["spec"];
+    assert_eq!(&budget["selector"]["matchLabels"], labels);
+    assert_eq!(
+        budget["maxUnavailable"].as_u64(),
+        Some(0),
+        "no voluntary eviction"
+    );
 }
 
 /// The four steps on one claim: A serves; B's init container backs up
