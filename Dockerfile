@@ -9,47 +9,19 @@
 #   docker build --build-arg VERSION=1.8.1 -t waiaas/daemon:1.8.1 .
 #   docker compose up -d            # see docker-compose.yml and the README
 #
-# With `--build-arg BINARIES=prebuilt` the image takes binaries built
-# elsewhere instead of compiling them: the context's prebuilt/ folder holds
+# The default (last) stage compiles both programs here. `--target prebuilt`
+# instead takes binaries built elsewhere: the context's prebuilt/ folder holds
 # waiaas-launcher, waiaas-daemon (built for bookworm's glibc) and the
-# ca-certificates.crt to ship. The container tests build it that way from the
-# binaries they test (launcher/tests/container.rs), and the release workflow
+# ca-certificates.crt to ship. The container tests build both ways
+# (launcher/tests/support/images.rs), the release workflow the prebuilt one
 # from the package job's binaries, so the image carries the bytes the npm
-# packages do (.github/workflows/release.yml, job docker).
-
-# `build` (compile here) or `prebuilt` (the context's prebuilt/ folder).
-ARG BINARIES=build
-
-# ---------------------------------------------------------------------------
-# Build stage: the same Debian release as the runtime stage, so the binaries
-# link against the glibc they run with.
-FROM rust:1.95-bookworm AS build
-
-WORKDIR /src
-COPY . .
-
-# Built-in release public keys (comma-separated minisign keys; public, from a
-# repository variable in CI). Inside the container `upgrade` is refused, but
-# the binaries are the same ones the release packages ship.
-ARG WAIAAS_RELEASE_PUBKEYS=""
-
-# Cache mounts keep the registry and the target folder between builds; the
-# binaries are copied out of the cache within the same step. The `dist`
-# profile, as the release packages (Cargo.toml: LTO, opt-level "s", stripped).
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --profile dist --locked -p waiaas-launcher -p waiaas-daemon \
-    && install -D -m 0755 -t /out target/dist/waiaas-launcher target/dist/waiaas-daemon \
-    && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/
-
-FROM scratch AS prebuilt
-COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon prebuilt/ca-certificates.crt /out/
-
-# Only the chosen stage is built (BuildKit and buildah skip unused stages).
-FROM ${BINARIES} AS binaries
+# packages do (.github/workflows/release.yml, job docker). Both stages start from
+# `runtime`; a build skips the stages its target does not need (BuildKit,
+# buildah), so the default build needs no prebuilt/ and `--target prebuilt`
+# compiles nothing.
 
 # ---------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 
 # Set by the release workflow; a local build says what it is with "dev".
 ARG VERSION=dev
@@ -77,13 +49,6 @@ RUN groupadd --system --gid 10001 waiaas \
        --home-dir /data --no-create-home --shell /usr/sbin/nologin waiaas \
     && install -d -o waiaas -g waiaas -m 0700 /data
 
-# TLS roots for the version check (rustls reads the system bundle); taken from
-# the binaries' stage so the runtime stage needs no package manager run.
-COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-# Both programs in one folder: in the container the launcher runs the daemon
-# beside it, not `current/` (which belongs to npm/systemd installations).
-COPY --from=binaries /out/waiaas-launcher /out/waiaas-daemon /usr/local/bin/
-
 # WAIAAS_CONTAINER=1: supervise the daemon beside the launcher and refuse
 # `upgrade`. Every config key can be set as WAIAAS_{SECTION}_{KEY}; the
 # daemon listens on all of the container's interfaces so a published port
@@ -109,3 +74,48 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["waiaas-launcher", "status", "--quiet"]
 
 ENTRYPOINT ["waiaas-launcher", "run"]
+
+# ---------------------------------------------------------------------------
+# `--target prebuilt`: the context's prebuilt/ folder. TLS roots for the
+# version check (rustls reads the system bundle) come with the binaries, so
+# no stage runs a package manager; both programs in one folder: in the
+# container the launcher runs the daemon beside it, not `current/` (which
+# belongs to npm/systemd installations).
+FROM runtime AS prebuilt
+COPY prebuilt/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon /usr/local/bin/
+
+# ---------------------------------------------------------------------------
+# Build stage: the same Debian release as the runtime stage, so the binaries
+# link against the glibc they run with.
+FROM rust:1.95-bookworm AS build
+
+WORKDIR /src
+COPY . .
+
+# Built-in release public keys (comma-separated minisign keys; public, from a
+# repository variable in CI). Inside the container `upgrade` is refused, but
+# the binaries are the same ones the release packages ship.
+ARG WAIAAS_RELEASE_PUBKEYS=""
+
+# The Cargo profile: `dist`, as the release packages (Cargo.toml: LTO,
+# opt-level "s", stripped). `--build-arg PROFILE=dev` builds unoptimized
+# binaries in a fraction of the time (the container tests build the default
+# image so); cargo puts the dev profile's output in target/debug.
+ARG PROFILE=dist
+
+# Cache mounts keep the registry and the target folder between builds; the
+# binaries are copied out of the cache within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --profile "$PROFILE" --locked -p waiaas-launcher -p waiaas-daemon \
+    && out="target/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)" \
+    && install -D -m 0755 -t /out "$out/waiaas-launcher" "$out/waiaas-daemon" \
+    && install -m 0644 /etc/ssl/certs/ca-certificates.crt /out/
+
+# ---------------------------------------------------------------------------
+# The default: the build stage's binaries and its CA bundle, laid out as
+# `prebuilt` lays them out.
+FROM runtime
+COPY --from=build /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/waiaas-launcher /out/waiaas-daemon /usr/local/bin/

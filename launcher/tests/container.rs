@@ -4,7 +4,7 @@
 //! The repository's Dockerfile is built as it is (`--format docker`, so the
 //! `HEALTHCHECK` is kept) into image A (this build, 1.8.1, schema 16) and
 //! image B (the second build, 1.9.0 with migration 17, `support/builds.rs`),
-//! taking the binaries under test through its `BINARIES=prebuilt` stage; its
+//! taking the binaries under test through its `--target prebuilt`; its
 //! `debian:bookworm-slim` is `.ci/container-images`' debootstrap rootfs. Each
 //! container runs as docker-compose.yml runs it: `--init`, the named volume
 //! at `/data`, the API published on the host's loopback only. The health
@@ -16,6 +16,8 @@ mod support;
 
 #[path = "support/builds.rs"]
 mod builds;
+#[path = "support/images.rs"]
+mod images;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
-use waiaas_shared::health::HealthResponse;
 
 use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use support::podman::{BASE_IMAGE, Cleanup, Podman, podman};
-use support::{free_port, http};
+use images::Binaries;
+use support::free_port;
+use support::podman::{Api, Cleanup, Podman, podman};
 
 /// How long a container may take to report healthy (a migration included).
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
@@ -39,67 +41,21 @@ const STOP_GRACE: Duration = Duration::from_secs(40);
 // ---------------------------------------------------------------------------
 // Images
 
-/// Builds the repository's Dockerfile from `bin_dir`'s binaries as `tag`.
-fn build_image(podman: &Podman, tag: &str, bin_dir: &Path, version: &str) -> String {
-    let context = tempfile::tempdir().unwrap();
-    let prebuilt = builds::copy_bin_dir(bin_dir, &context.path().join("prebuilt"));
-    // The host's bundle: it is what this machine trusts (a test image only).
-    fs::copy(
-        "/etc/ssl/certs/ca-certificates.crt",
-        prebuilt.join("ca-certificates.crt"),
-    )
-    .expect("the host's CA bundle");
-    let dockerfile = builds::repo_root().join("Dockerfile");
-    let started = Instant::now();
-    podman.ok(&[
-        "build",
-        "--quiet",
-        "--format",
-        "docker",
-        "--pull=never",
-        "--build-arg",
-        "BINARIES=prebuilt",
-        "--build-arg",
-        &format!("VERSION={version}"),
-        "--file",
-        dockerfile.to_str().unwrap(),
-        "--tag",
-        tag,
-        context.path().to_str().unwrap(),
-    ]);
-    let size = |image: &str| {
-        podman
-            .ok(&["image", "inspect", "--format", "{{.Size}}", image])
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    let (image, base) = (size(tag), size(BASE_IMAGE));
-    // The base is a debootstrap minbase, larger than Docker Hub's slim image:
-    // what the Dockerfile adds is the figure that carries over.
-    eprintln!(
-        "built {tag} in {:?}: {} MB, {} MB over the base image",
-        started.elapsed(),
-        image / 1_000_000,
-        image.saturating_sub(base) / 1_000_000
-    );
-    tag.to_string()
-}
-
-/// Images A and B, built once per test process.
+/// Images A and B (`--target prebuilt`), built once per test process.
 fn images(podman: &Podman) -> &'static (String, String) {
     static IMAGES: OnceLock<(String, String)> = OnceLock::new();
     IMAGES.get_or_init(|| {
         (
-            build_image(
+            images::build(
                 podman,
                 "localhost/waiaas-test:a",
-                &builds::a_bin_dir(),
+                Binaries::Prebuilt(&builds::a_bin_dir()),
                 builds::a_version(),
             ),
-            build_image(
+            images::build(
                 podman,
                 "localhost/waiaas-test:b",
-                builds::b_bin_dir(),
+                Binaries::Prebuilt(builds::b_bin_dir()),
                 B_VERSION,
             ),
         )
@@ -113,10 +69,9 @@ struct Site {
     podman: Podman,
     cleanup: Cleanup,
     volume: String,
-    /// The volume's folder on the host.
-    mountpoint: PathBuf,
-    /// The host's loopback port published to the container's 3100.
-    port: u16,
+    /// The API published on the host's loopback (to the container's 3100),
+    /// and the volume's folder on the host.
+    api: Api,
 }
 
 impl Site {
@@ -138,8 +93,10 @@ impl Site {
             podman,
             cleanup,
             volume,
-            mountpoint,
-            port,
+            api: Api {
+                port,
+                volume: mountpoint,
+            },
         }
     }
 
@@ -148,7 +105,7 @@ impl Site {
         let container = format!("{}-{name}", self.volume);
         let _ = self.podman.run(&["rm", "--force", &container]);
         self.cleanup.containers.push(container.clone());
-        let publish = format!("127.0.0.1:{}:3100", self.port);
+        let publish = format!("127.0.0.1:{}:3100", self.api.port);
         let mount = format!("{}:/data", self.volume);
         self.podman.ok(&[
             "run",
@@ -214,52 +171,6 @@ impl Site {
         );
         (code, took)
     }
-
-    fn health(&self) -> HealthResponse {
-        let (status, body) =
-            http(self.port, "GET", "/health", None, None).expect("/health answers");
-        assert_eq!(status, 200, "/health: {body}");
-        serde_json::from_str(&body).expect("a HealthResponse")
-    }
-
-    fn token(&self) -> String {
-        fs::read_to_string(self.mountpoint.join("data/master.token"))
-            .expect("data/master.token in the volume")
-            .trim()
-            .to_string()
-    }
-
-    fn create_wallet(&self, name: &str) {
-        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
-        let (status, answer) = http(
-            self.port,
-            "POST",
-            "/v1/wallets",
-            Some(&self.token()),
-            Some(&body.to_string()),
-        )
-        .expect("the API answers");
-        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
-    }
-
-    /// id → name, as the API lists them.
-    fn wallets(&self) -> BTreeMap<String, String> {
-        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
-            .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        list["wallets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
 }
 
 /// A database's schema version and its wallets (id → name), read-only.
@@ -295,20 +206,20 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
         "A: `podman run` to healthy in {:?} ({took:?} after it returned)",
         started.elapsed()
     );
-    let health = site.health();
+    let health = site.api.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
         (builds::a_version(), A_SCHEMA),
         "release A serves from the volume"
     );
     for name in ["treasury", "payroll", "cold-storage"] {
-        site.create_wallet(name);
+        site.api.create_wallet(name);
     }
-    let written = site.wallets();
+    let written = site.api.wallets();
     assert_eq!(written.len(), 3);
     site.stop(&a);
     assert!(
-        !site.mountpoint.join("current").exists() && !site.mountpoint.join("versions").exists(),
+        !site.api.volume.join("current").exists() && !site.api.volume.join("versions").exists(),
         "in a container the image holds the programs, the volume only data"
     );
 
@@ -320,7 +231,7 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
         "B: `podman run` to healthy (migration included) in {:?} ({took:?} after it returned)",
         started.elapsed()
     );
-    let health = site.health();
+    let health = site.api.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
         (B_VERSION, B_SCHEMA),
@@ -329,7 +240,7 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
     );
 
     // The daemon's own backup, taken before it migrated: A's database.
-    let backups = pre_migrate_backups(&site.mountpoint);
+    let backups = pre_migrate_backups(&site.api.volume);
     assert_eq!(backups.len(), 1, "one pre-migrate backup: {backups:?}");
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(backups[0].join(BACKUP_MANIFEST)).unwrap()).unwrap();
@@ -342,12 +253,12 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
         "the backup holds A's database as it was"
     );
     assert_eq!(
-        site.wallets(),
+        site.api.wallets(),
         written,
         "the wallets A wrote, through B's API"
     );
     assert_eq!(
-        database(&site.mountpoint.join("data/waiaas.db")),
+        database(&site.api.volume.join("data/waiaas.db")),
         (B_SCHEMA, written.clone())
     );
 
@@ -418,11 +329,11 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
     let restored = site.start(image_a, "restored");
     site.wait_healthy(&restored);
     assert_eq!(
-        site.health().schema_version,
+        site.api.health().schema_version,
         A_SCHEMA,
         "A serves the restored database"
     );
-    assert_eq!(site.wallets(), written, "with the wallets it had");
+    assert_eq!(site.api.wallets(), written, "with the wallets it had");
     site.stop(&restored);
 }
 
@@ -465,14 +376,14 @@ fn the_compose_file_runs_and_keeps_data_across_down_and_up() {
         "3100/tcp -> 127.0.0.1:3100",
         "published on the host's loopback only"
     );
-    assert_eq!(site.health().version, builds::a_version());
-    site.create_wallet("treasury");
-    let written = site.wallets();
+    assert_eq!(site.api.health().version, builds::a_version());
+    site.api.create_wallet("treasury");
+    let written = site.api.wallets();
 
     compose(&["down"]);
     compose(&["up", "--detach"]);
     site.wait_healthy(&container);
-    assert_eq!(site.wallets(), written, "the volume outlived `down`");
+    assert_eq!(site.api.wallets(), written, "the volume outlived `down`");
     compose(&["down"]);
 }
 
@@ -490,7 +401,7 @@ fn pre_migrate_backups(volume: &Path) -> Vec<PathBuf> {
 }
 
 /// The release workflow builds the image the way this tier does: the
-/// Dockerfile's `BINARIES=prebuilt` stage, from a context holding only
+/// Dockerfile's `prebuilt` target, from a context holding only
 /// `prebuilt/` — there the package job's Linux binaries, the ones the npm
 /// packages carry — never compiled again. (Needs no podman.)
 #[test]
@@ -515,7 +426,7 @@ fn the_release_workflow_builds_the_image_from_the_package_jobs_binaries() {
         "arch: amd64\n            target: linux-x64",
         "arch: arm64\n            target: linux-arm64",
         "context: ${{ runner.temp }}/context",
-        "BINARIES=prebuilt",
+        "target: prebuilt",
         "\"$context/prebuilt\"",
         "$context/prebuilt/ca-certificates.crt",
     ] {
@@ -530,12 +441,15 @@ fn the_release_workflow_builds_the_image_from_the_package_jobs_binaries() {
     );
     // What the Dockerfile's prebuilt stage copies is what both contexts hold.
     let dockerfile = fs::read_to_string(builds::repo_root().join("Dockerfile")).unwrap();
-    assert!(
-        dockerfile.contains(
-            "COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon prebuilt/ca-certificates.crt /out/"
-        ),
-        "the Dockerfile's prebuilt stage"
-    );
+    for copy in [
+        "COPY prebuilt/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
+        "COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon /usr/local/bin/",
+    ] {
+        assert!(
+            dockerfile.contains(copy),
+            "the Dockerfile's prebuilt stage: {copy}"
+        );
+    }
     let deploy = &workflow[workflow.find("\n  deploy:\n").expect("a deploy job")..];
     assert!(
         deploy.contains("The images carry the signed packages' binaries"),

@@ -603,13 +603,47 @@ fn dockerfile() -> Vec<Instruction> {
         .collect()
 }
 
-/// The instructions of the last stage (the image that ships).
-fn final_stage(all: &[Instruction]) -> &[Instruction] {
-    let last_from = all
-        .iter()
-        .rposition(|i| i.keyword == "FROM")
-        .expect("a FROM");
-    &all[last_from..]
+/// A stage's name (`FROM image AS name`).
+fn stage_name(from: &Instruction) -> Option<&str> {
+    let words: Vec<&str> = from.args.split_whitespace().collect();
+    match words.as_slice() {
+        [_, r#as, name] if r#as.eq_ignore_ascii_case("as") => Some(name),
+        _ => None,
+    }
+}
+
+/// The instructions of the image a build of `target` makes (`None`: the last
+/// stage, what `docker build .` ships): the target stage's and, through
+/// `FROM <stage>`, those of the stages it starts from, base first.
+fn image_of<'a>(all: &'a [Instruction], target: Option<&str>) -> Vec<&'a Instruction> {
+    let froms: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].keyword == "FROM")
+        .collect();
+    let mut start = match target {
+        None => *froms.last().expect("a FROM"),
+        Some(name) => *froms
+            .iter()
+            .find(|&&i| stage_name(&all[i]) == Some(name))
+            .unwrap_or_else(|| panic!("no stage {name}")),
+    };
+    let mut chain = Vec::new();
+    loop {
+        let end = froms
+            .iter()
+            .copied()
+            .find(|&i| i > start)
+            .unwrap_or(all.len());
+        chain.splice(0..0, all[start..end].iter());
+        let base = all[start]
+            .args
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        match froms.iter().find(|&&i| stage_name(&all[i]) == Some(base)) {
+            Some(&parent) => start = parent,
+            None => return chain,
+        }
+    }
 }
 
 /// `key=value key2="value two"` pairs (LABEL, ENV).
@@ -647,7 +681,7 @@ fn key_values(args: &str) -> Vec<(String, String)> {
     }
 }
 
-fn stage_pairs(stage: &[Instruction], keyword: &str) -> BTreeMap<String, String> {
+fn stage_pairs(stage: &[&Instruction], keyword: &str) -> BTreeMap<String, String> {
     stage
         .iter()
         .filter(|i| i.keyword == keyword)
@@ -661,7 +695,7 @@ fn exec_form(args: &str) -> Vec<String> {
 }
 
 /// The HEALTHCHECK's command, in exec form.
-fn healthcheck(stage: &[Instruction]) -> Vec<String> {
+fn healthcheck(stage: &[&Instruction]) -> Vec<String> {
     let check = stage
         .iter()
         .find(|i| i.keyword == "HEALTHCHECK")
@@ -736,15 +770,17 @@ fn accepts_shutdown_timeout(secs: u64) -> bool {
 #[test]
 fn scenario_18_watchtower_label_present() {
     let all = dockerfile();
-    let labels = stage_pairs(final_stage(&all), "LABEL");
-    assert_eq!(
-        labels
-            .get("com.centurylinklabs.watchtower.enable")
-            .map(String::as_str),
-        Some("true"),
-        "the shipped image (the last stage) must carry \
-         LABEL com.centurylinklabs.watchtower.enable=\"true\"; labels: {labels:?}"
-    );
+    for target in [None, Some("prebuilt")] {
+        let labels = stage_pairs(&image_of(&all, target), "LABEL");
+        assert_eq!(
+            labels
+                .get("com.centurylinklabs.watchtower.enable")
+                .map(String::as_str),
+            Some("true"),
+            "the shipped image ({target:?}) must carry \
+             LABEL com.centurylinklabs.watchtower.enable=\"true\"; labels: {labels:?}"
+        );
+    }
 }
 
 #[test]
@@ -752,26 +788,21 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
     let all = dockerfile();
     let froms: Vec<&Instruction> = all.iter().filter(|i| i.keyword == "FROM").collect();
     assert!(froms.len() >= 2, "a multi-stage build: {froms:?}");
-    let stages: Vec<&str> = froms
-        .iter()
-        .filter_map(|f| f.args.split_whitespace().nth(2))
-        .collect();
-    // `FROM ${BINARIES}` picks one of this file's stages, `build` by default.
-    let binaries = all
-        .iter()
-        .find(|i| i.keyword == "ARG" && i.args.starts_with("BINARIES="))
-        .expect("ARG BINARIES before the first FROM");
-    assert_eq!(
-        binaries.args, "BINARIES=build",
-        "the image compiles by default"
+    let stages: Vec<&str> = froms.iter().filter_map(|f| stage_name(f)).collect();
+    // The binaries are chosen by the target, never by an argument naming a
+    // stage (`FROM ${ARG}`: BuildKit only; buildah cannot resolve it).
+    assert!(
+        !all.iter()
+            .any(|i| i.keyword == "FROM" && i.args.contains('$')),
+        "no FROM chooses a stage by argument: {froms:?}"
     );
     assert!(
-        stages.contains(&"build") && stages.contains(&"prebuilt"),
-        "the stages BINARIES names: {stages:?}"
+        stages.contains(&"build") && stages.contains(&"prebuilt") && stages.contains(&"runtime"),
+        "the stages: {stages:?}"
     );
     for from in &froms {
         let image = from.args.split_whitespace().next().unwrap();
-        if image == "scratch" || image == "${BINARIES}" {
+        if image == "scratch" || stages.contains(&image) {
             continue;
         }
         let (name, tag) = image
@@ -782,23 +813,50 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
             "base image `{image}` must be pinned by a tag other than latest"
         );
     }
+    let build = froms
+        .iter()
+        .find(|f| stage_name(f) == Some("build"))
+        .unwrap();
     assert!(
-        froms[0].args.to_ascii_lowercase().contains(" as "),
-        "the first stage is a named build stage"
-    );
-    assert!(
-        froms[0].args.starts_with("rust:"),
+        build.args.starts_with("rust:"),
         "the build stage is a Rust image"
     );
-    let stage = final_stage(&all);
-    assert_eq!(stage[0].args, "debian:bookworm-slim", "the runtime stage");
+    assert!(
+        stage_name(froms.last().unwrap()).is_none(),
+        "the default image is the last, unnamed stage"
+    );
+    // The default compiles (its binaries come from the build stage); the
+    // prebuilt target takes the context's prebuilt/ folder.
+    for (target, source) in [(None, "--from=build"), (Some("prebuilt"), "prebuilt/")] {
+        let stage = image_of(&all, target);
+        assert_eq!(
+            stage[0].args, "debian:bookworm-slim AS runtime",
+            "{target:?} starts from the runtime stage"
+        );
+        image_is_non_root_with_volume_healthcheck_and_labels(&stage, source);
+    }
 
+    // The build context never takes build output or keys.
+    let ignore = read(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for pattern in ["target", ".git", "**/*.key"] {
+        assert!(ignored.contains(pattern), ".dockerignore lacks {pattern}");
+    }
+}
+
+/// What an image the Dockerfile builds must be, whichever the target; its
+/// binaries are copied from `source`.
+fn image_is_non_root_with_volume_healthcheck_and_labels(stage: &[&Instruction], source: &str) {
     // Non-root.
     let user = stage
         .iter()
         .rev()
         .find(|i| i.keyword == "USER")
-        .expect("the final stage sets USER");
+        .expect("the image sets USER");
     let name = user.args.split(':').next().unwrap();
     assert!(
         name != "root" && name.parse::<u32>() != Ok(0),
@@ -855,7 +913,8 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
         "HEALTHCHECK"
     );
     assert!(
-        !all.iter()
+        !stage
+            .iter()
             .any(|i| i.args.contains("curl") || i.args.contains("wget")),
         "no curl or wget in the image"
     );
@@ -867,9 +926,9 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
     assert_eq!(exec_form(&entrypoint.args), ["waiaas-launcher", "run"]);
 
     // Both binaries into one folder on the PATH.
-    let copies: Vec<&Instruction> = stage
+    let copies: Vec<&&Instruction> = stage
         .iter()
-        .filter(|i| i.keyword == "COPY" && i.args.contains("--from="))
+        .filter(|i| i.keyword == "COPY" && i.args.contains(source))
         .collect();
     let folder = |binary: &str| {
         copies
@@ -887,7 +946,7 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
                     .trim_end_matches('/')
                     .to_string()
             })
-            .unwrap_or_else(|| panic!("no COPY --from=… of {binary}"))
+            .unwrap_or_else(|| panic!("no COPY {source}… of {binary}"))
     };
     assert_eq!(folder("waiaas-launcher"), folder("waiaas-daemon"));
     assert_eq!(folder("waiaas-launcher"), "/usr/local/bin");
@@ -914,7 +973,7 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
         stage
             .iter()
             .any(|i| i.keyword == "ARG" && i.args.split('=').next() == Some("VERSION")),
-        "ARG VERSION in the final stage (an ARG before FROM is not visible there)"
+        "ARG VERSION in the image's stages (an ARG before FROM is not visible there)"
     );
     let manifest = workspace_manifest();
     let package = &manifest["workspace"]["package"];
@@ -926,17 +985,6 @@ fn dockerfile_runs_as_non_root_with_volume_healthcheck_and_labels() {
         labels["org.opencontainers.image.licenses"],
         package["license"].as_str().unwrap()
     );
-
-    // The build context never takes build output or keys.
-    let ignore = read(".dockerignore");
-    let ignored: BTreeSet<&str> = ignore
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    for pattern in ["target", ".git", "**/*.key"] {
-        assert!(ignored.contains(pattern), ".dockerignore lacks {pattern}");
-    }
 }
 
 #[test]
@@ -1768,23 +1816,25 @@ fn releases_ship_the_dist_profile_which_the_tests_never_build() {
         "{keep}"
     );
 
-    // The image ships the same binaries.
-    let build = dockerfile()
-        .into_iter()
+    // The image ships the same binaries: its build stage's profile is an
+    // argument whose default is `dist`, and its output is that profile's.
+    let all = dockerfile();
+    let build_stage = image_of(&all, Some("build"));
+    assert!(
+        build_stage
+            .iter()
+            .any(|i| i.keyword == "ARG" && i.args == "PROFILE=dist"),
+        "ARG PROFILE=dist in the build stage"
+    );
+    let build = build_stage
+        .iter()
         .find(|i| i.keyword == "RUN" && i.args.contains("cargo build"))
         .expect("the Dockerfile builds the binaries");
-    assert!(
-        build
-            .args
-            .contains("cargo build --profile dist --locked -p waiaas-launcher -p waiaas-daemon"),
-        "{}",
-        build.args
-    );
-    assert!(
-        build
-            .args
-            .contains("target/dist/waiaas-launcher target/dist/waiaas-daemon"),
-        "{}",
-        build.args
-    );
+    for needle in [
+        "cargo build --profile \"$PROFILE\" --locked -p waiaas-launcher -p waiaas-daemon",
+        "echo \"$PROFILE\"",
+        "\"$out/waiaas-launcher\" \"$out/waiaas-daemon\"",
+    ] {
+        assert!(build.args.contains(needle), "{needle} in {}", build.args);
+    }
 }

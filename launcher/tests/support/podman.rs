@@ -6,17 +6,34 @@
 //! is missing — except in CI (`CI` set), where that fails the test unless the
 //! job turns the tier off by name (`WAIAAS_CONTAINER_TIER=off`).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{Outcome, run};
+use waiaas_shared::health::HealthResponse;
+
+use super::{Outcome, http, run};
 
 /// `.ci/container-images`' Debian bookworm minbase; the Dockerfile's
 /// `debian:bookworm-slim` is tagged to it.
 pub const BASE_IMAGE: &str = "localhost/waiaas-ci/bookworm:latest";
 /// The same rootfs with systemd 252 as `/sbin/init`.
 pub const SYSTEMD_IMAGE: &str = "localhost/waiaas-ci/bookworm-systemd:latest";
+
+/// The Dockerfile's build stage image (`FROM rust:X.Y-bookworm`), which
+/// `.ci/container-images` makes locally from this machine's toolchain.
+fn rust_image() -> String {
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
+    let text = fs::read_to_string(&dockerfile).expect("the repository's Dockerfile");
+    let image = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the Dockerfile's build stage starts FROM rust:…");
+    format!("localhost/rust:{image}")
+}
 
 #[derive(Clone)]
 pub struct Podman {
@@ -42,26 +59,35 @@ pub fn podman() -> Option<Podman> {
     {
         Some(file.display().to_string())
     } else {
-        [BASE_IMAGE, SYSTEMD_IMAGE]
-            .into_iter()
-            .find(|image| {
-                !podman
-                    .command(&["image", "exists", image])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .map(|image| format!("the image {image}"))
+        [
+            BASE_IMAGE.to_string(),
+            SYSTEMD_IMAGE.to_string(),
+            rust_image(),
+        ]
+        .into_iter()
+        .find(|image| {
+            !podman
+                .command(&["image", "exists", image.as_str()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|image| format!("the image {image}"))
     };
     let Some(missing) = missing else {
         return Some(podman);
     };
-    let message = format!(
+    skip(&format!(
         "the container tier needs {missing}: run `bash .ci/container-images` as root (it installs podman, runc and debootstrap and builds the base images)"
-    );
+    ));
+    None
+}
+
+/// Skips a test of the tier, saying why — a failure in CI (`CI` set) unless
+/// the job turns the tier off by name (`WAIAAS_CONTAINER_TIER=off`).
+pub fn skip(message: &str) {
     let turned_off = std::env::var_os("WAIAAS_CONTAINER_TIER").is_some_and(|v| v == "off");
     assert!(std::env::var_os("CI").is_none() || turned_off, "{message}");
     eprintln!("SKIPPED: {message}");
-    None
 }
 
 impl Podman {
@@ -137,9 +163,10 @@ impl Podman {
     }
 }
 
-/// Removes the named containers and volumes on drop (a failed test included).
+/// Removes the named pods, containers and volumes on drop (a failed test included).
 pub struct Cleanup {
     podman: Podman,
+    pub pods: Vec<String>,
     pub containers: Vec<String>,
     pub volumes: Vec<String>,
 }
@@ -148,6 +175,7 @@ impl Podman {
     pub fn cleanup(&self) -> Cleanup {
         Cleanup {
             podman: self.clone(),
+            pods: Vec::new(),
             containers: Vec::new(),
             volumes: Vec::new(),
         }
@@ -156,6 +184,11 @@ impl Podman {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = self
+                .podman
+                .run(&["pod", "rm", "--force", "--time", "0", pod]);
+        }
         for container in &self.containers {
             let _ = self
                 .podman
@@ -164,5 +197,59 @@ impl Drop for Cleanup {
         for volume in &self.volumes {
             let _ = self.podman.run(&["volume", "rm", "--force", volume]);
         }
+    }
+}
+
+/// The API of a daemon in a container: published on the host's loopback
+/// `port`, its data dir on a volume whose folder on the host is `volume`.
+pub struct Api {
+    pub port: u16,
+    pub volume: PathBuf,
+}
+
+impl Api {
+    /// `/health`'s answer, if it is a 200.
+    pub fn ready(&self) -> Option<HealthResponse> {
+        let (status, body) = http(self.port, "GET", "/health", None, None)?;
+        (status == 200).then(|| serde_json::from_str(&body).expect("a HealthResponse"))
+    }
+
+    pub fn health(&self) -> HealthResponse {
+        let (status, body) =
+            http(self.port, "GET", "/health", None, None).expect("/health answers");
+        assert_eq!(status, 200, "/health: {body}");
+        serde_json::from_str(&body).expect("a HealthResponse")
+    }
+
+    /// The master token the daemon wrote on the volume.
+    pub fn token(&self) -> String {
+        fs::read_to_string(self.volume.join("data/master.token"))
+            .expect("data/master.token in the volume")
+            .trim()
+            .to_string()
+    }
+
+    /// A wallet through the API (asserting the 201); its id.
+    pub fn create_wallet(&self, name: &str) -> String {
+        super::create_wallet(self.port, &self.token(), name)
+    }
+
+    /// id → name, as the API lists them.
+    pub fn wallets(&self) -> BTreeMap<String, String> {
+        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
+            .expect("the API answers");
+        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
+        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        list["wallets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["id"].as_str().unwrap().to_string(),
+                    w["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
     }
 }
