@@ -1167,10 +1167,10 @@ impl Supervisor {
             HostCall::HandOver { version, failed } => {
                 let program = self.dir.launcher_of(&version);
                 let error = self.hand_over(&program).await;
-                let _ = failed.send(HostError::NotReady(format!(
-                    "cannot hand over to {}: {error}",
-                    program.display()
-                )));
+                let _ = failed.send(HostError::HandOver {
+                    program,
+                    reason: error.to_string(),
+                });
             }
             HostCall::Start {
                 version,
@@ -1197,8 +1197,7 @@ impl Supervisor {
                         probation,
                     });
                 } else {
-                    let reason = "another daemon is still running".to_string();
-                    let _ = done.send(Err(HostError::NotReady(reason)));
+                    let _ = done.send(Err(HostError::AlreadyRunning));
                 }
             }
         }

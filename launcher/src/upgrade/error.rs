@@ -22,6 +22,15 @@ pub enum HostError {
     Exited(String),
     #[error("the daemon did not become ready: {0}")]
     NotReady(String),
+    /// A start was asked for while another daemon still runs.
+    #[error("cannot start a daemon: another daemon is still running")]
+    AlreadyRunning,
+    /// The exec of another release's launcher failed (all is as before).
+    #[error("cannot hand over to {program}: {reason}")]
+    HandOver { program: PathBuf, reason: String },
+    /// A host that has no launcher to become (the standalone command).
+    #[error("this host cannot hand over to {version}'s launcher")]
+    NoHandOver { version: String },
     #[error("the daemon that started is {started}, not {expected}")]
     WrongVersion { started: String, expected: String },
     #[error("the supervisor is shutting down")]

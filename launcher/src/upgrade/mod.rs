@@ -93,9 +93,9 @@ pub trait Host {
     /// step 7 ([`Engine::resume`]). Returns only if that could not happen,
     /// with why.
     async fn hand_over(&mut self, version: &str) -> HostError {
-        HostError::NotReady(format!(
-            "this host cannot hand over to {version}'s launcher"
-        ))
+        HostError::NoHandOver {
+            version: version.to_string(),
+        }
     }
 }
 
