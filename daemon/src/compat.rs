@@ -103,7 +103,8 @@ pub fn check(conn: &Connection) -> rusqlite::Result<CompatReport> {
             Verdict::TooNew,
             format!(
                 "The database is at schema {db}, newer than this daemon ({this}, schema {latest}); \
-                 run `waiaas-launcher upgrade` to move to the release that wrote it."
+                 {} to move to the release that wrote it.",
+                waiaas_shared::container::how_to_upgrade()
             ),
         )
     } else if db == latest {

@@ -55,7 +55,8 @@ pub enum MigrationError {
     },
     #[error(
         "the database is at schema {database}, newer than this daemon (schema {latest}); \
-         run `waiaas-launcher upgrade` to move to a daemon that knows it"
+         {} to move to a daemon that knows it",
+        waiaas_shared::container::how_to_upgrade()
     )]
     TooNew { database: u32, latest: u32 },
     #[error(

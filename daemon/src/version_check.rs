@@ -103,9 +103,9 @@ async fn check_and_log(url: &str, channel: &str, insecure: bool, db: &Db) {
     match check(url, channel, insecure, db).await {
         Ok(latest) if version::is_newer(&latest.to_string(), version::VERSION) => {
             tracing::info!(
-                "version check: {latest} is available (running {}); \
-                 run `waiaas-launcher upgrade`",
-                version::VERSION
+                "version check: {latest} is available (running {}); {}",
+                version::VERSION,
+                waiaas_shared::container::how_to_upgrade()
             );
         }
         Ok(latest) => {

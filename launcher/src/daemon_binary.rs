@@ -27,11 +27,7 @@ use crate::failure::Failure;
 /// How long `--version` and `check` may take: they read a few pages.
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Whether this launcher runs inside the WAIaaS container image
-/// (`WAIAAS_CONTAINER=1`), where the image, not `versions/`, holds the programs.
-pub fn in_container() -> bool {
-    std::env::var_os("WAIAAS_CONTAINER").is_some_and(|v| v == "1")
-}
+pub use waiaas_shared::container::in_container;
 
 /// The daemon to supervise: `current/waiaas-daemon`, or in the container image
 /// the one beside this launcher — there a new image brings a new daemon, which

@@ -296,6 +296,11 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
         logs.contains("exited with 20") && logs.contains("newer than this daemon"),
         "A refuses B's schema with exit 20 and says why:\n{logs}"
     );
+    // What to do, in the image's terms (`upgrade` refuses in a container).
+    assert!(
+        logs.contains("newer release's image") && !logs.contains("run `waiaas-launcher upgrade`"),
+        "{logs}"
+    );
     assert!(!site.healthcheck(&back), "the container reports unhealthy");
     site.stop(&back);
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backup;
 pub mod compat;
 pub mod config;
+pub mod container;
 pub mod control;
 pub mod exit;
 pub mod failpoint;
