@@ -808,3 +808,79 @@ fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_st
     assert!(auto.quarantined.is_empty(), "nothing had started: {auto:?}");
     clients.finish_keeping_everything(&site);
 }
+
+#[test]
+fn a_launcher_killed_during_its_automatic_upgrade_keeps_the_fleet_slot_after_the_rollback() {
+    let packs = tempfile::tempdir().unwrap();
+    let r = pack_all(packs.path());
+    let registry = Registry::start();
+    publish(&registry, &r.a);
+    let lock = FleetLockServer::start();
+    let site = Site::new(
+        &r,
+        &registry,
+        &format!(
+            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
+             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
+             fleet_lock = \"{}\"\nfleet_settle = \"1s\"\n",
+            lock.url
+        ),
+    );
+    let mut supervisor = site.supervisor(0);
+    let id = fs::read_to_string(site.dir.install_id())
+        .unwrap()
+        .trim()
+        .to_string();
+    let writer = Writer::paced(site.port, &site.token(), "before", Some(20));
+    publish(&registry, &r.b);
+    // Killed once the change has begun (its journal is written).
+    let started = Instant::now();
+    while !site.dir.upgrade_journal().exists() {
+        supervisor.assert_alive("waiting for the automatic upgrade to begin");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no upgrade began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    supervisor.kill9();
+    let written = writer.stop();
+
+    // The next start rolls the change back, quarantines B, and keeps the slot.
+    let mut supervisor = site.supervisor(1);
+    let status = supervisor.wait_for(Duration::from_secs(30), "the slot held", |s| {
+        s.auto
+            .as_ref()
+            .and_then(|a| a.fleet.as_deref())
+            .is_some_and(|f| f.contains("holding the fleet slot") && f.contains("interrupted"))
+    });
+    let auto = status.auto.unwrap();
+    assert!(
+        auto.quarantined.iter().any(|q| q.version == B_VERSION),
+        "{auto:?}"
+    );
+    assert_eq!(lock.holder("default").as_deref(), Some(id.as_str()));
+    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    let stored = site.stored_names();
+    let lost: Vec<&String> = written
+        .acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    eprintln!(
+        "{} writes acknowledged before the kill, all kept",
+        written.acknowledged.len()
+    );
+
+    // The operator gives the slot back; B stays quarantined here.
+    let out = run(&mut site.launcher(&["upgrade", "--fleet-release"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("stays quarantined"), "{}", out.stdout);
+    assert_eq!(lock.holder("default"), None);
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(lock.holds().len(), 1, "B is never asked for again");
+    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
+    assert!(fleet.contains("no slot held"), "{fleet}");
+}
