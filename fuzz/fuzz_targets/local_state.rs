@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use waiaas_launcher::journal::Journal;
-use waiaas_launcher::restore;
+use waiaas_launcher::upgrade::journal::Journal;
+use waiaas_launcher::upgrade::restore;
 use waiaas_shared::backup::{self, MANIFEST, Manifest};
 use waiaas_shared::layout::DataDir;
 
