@@ -20,8 +20,8 @@
 //!    both at each database size (default 10 MiB, 1 GiB, 4 GiB: wallets and
 //!    `audit_log` rows inserted through the schema), with a summary that
 //!    compares the windows across sizes;
-//! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, the copy
-//!    with its hash, fsync, `quick_check`, manifest) against `cp` +
+//! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, a kernel
+//!    copy hashed right behind it, fsync, `quick_check`, manifest) against `cp` +
 //!    `sync` of the same 1 GiB database on the same disk, 5 runs each (the median compared), and the
 //!    backup's parts.
 //!
