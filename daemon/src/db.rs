@@ -141,8 +141,9 @@ pub struct Db {
 
 struct Readers {
     connections: Vec<Mutex<Option<Connection>>>,
-    /// One per connection: a permit guarantees a free connection.
-    permits: Semaphore,
+    /// One per connection: a permit, held until the read is over (also when
+    /// the request that awaited it went away), guarantees a free connection.
+    permits: Arc<Semaphore>,
 }
 
 impl Db {
@@ -168,7 +169,7 @@ impl Db {
             writer: tx,
             readers: Arc::new(Readers {
                 connections,
-                permits: Semaphore::new(READERS),
+                permits: Arc::new(Semaphore::new(READERS)),
             }),
             path,
             writes: Arc::new(AtomicU64::new(0)),
@@ -192,10 +193,11 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let readers = Arc::clone(&self.readers);
-        let _permit = readers.permits.acquire().await.map_err(|_| closed())?;
-        let inner = Arc::clone(&readers);
+        let inner = Arc::clone(&self.readers);
+        let permits = Arc::clone(&inner.permits);
+        let permit = permits.acquire_owned().await.map_err(|_| closed())?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             for slot in &inner.connections {
                 // A panic in an earlier read leaves the connection usable:
                 // its statements are dropped, ending its read transaction.
