@@ -18,7 +18,7 @@ use waiaas_shared::control::{
 };
 use waiaas_shared::version::VERSION;
 
-use crate::db::{self, Db};
+use crate::db::Db;
 use crate::migrate;
 
 /// Takes the socket over which the public listener will arrive, named by
@@ -124,7 +124,7 @@ pub fn spawn(
                     }
                     Ok(Some(FromLauncher::Status)) => {
                         let schema_version = db
-                            .call(|conn| migrate::database_version(conn))
+                            .read(migrate::database_version)
                             .await
                             .unwrap_or_default();
                         let status = FromDaemon::Status {
@@ -139,7 +139,7 @@ pub fn spawn(
                         let _ = order.send(Duration::from_secs(deadline_secs));
                     }
                     Ok(Some(FromLauncher::HoldCheckpoints)) => {
-                        let answer = match db.call(|conn| db::hold_checkpoints(conn)).await {
+                        let answer = match db.hold_checkpoints().await {
                             Ok(()) => {
                                 info!("checkpoints held until exit: the launcher is backing up");
                                 FromDaemon::CheckpointsHeld

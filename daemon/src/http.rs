@@ -90,7 +90,7 @@ async fn health(state: State) -> Result<impl Reply, Rejection> {
     }
     let read = state
         .db
-        .call(|conn| -> rusqlite::Result<(u32, Option<String>)> {
+        .read(|conn| -> rusqlite::Result<(u32, Option<String>)> {
             Ok((migrate::database_version(conn)?, kv::get(conn, kv::LATEST)?))
         })
         .await;
@@ -140,7 +140,7 @@ const CHAINS: &[&str] = &["solana", "ethereum"];
 async fn list_wallets(state: State) -> Result<impl Reply, Rejection> {
     let wallets = state
         .db
-        .call(|conn| -> rusqlite::Result<Vec<Wallet>> {
+        .read(|conn| -> rusqlite::Result<Vec<Wallet>> {
             let mut stmt = conn.prepare(
                 "SELECT id, name, chain, network, public_key, status, created_at
                  FROM wallets ORDER BY created_at, id",
@@ -204,11 +204,7 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
     );
     state
         .db
-        .call(move |conn| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            insert_wallet(&tx, &row)?;
-            tx.commit()
-        })
+        .write(move |conn| insert_wallet(conn, &row))
         .await
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _)
@@ -231,8 +227,8 @@ async fn create_wallet(state: State, new: NewWallet) -> Result<impl Reply, Rejec
 type WalletRow = (String, String, String, String, String, i64);
 
 /// Inserts a wallet and its audit entry: every write leaves a trace in the
-/// audit log, in the same transaction.
-fn insert_wallet(tx: &rusqlite::Transaction<'_>, row: &WalletRow) -> rusqlite::Result<()> {
+/// audit log, in the same transaction (the write's savepoint).
+fn insert_wallet(tx: &rusqlite::Connection, row: &WalletRow) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO wallets (id, name, chain, network, public_key, status, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'ACTIVE', ?6, ?6)",
@@ -247,8 +243,8 @@ fn insert_wallet(tx: &rusqlite::Transaction<'_>, row: &WalletRow) -> rusqlite::R
     Ok(())
 }
 
-/// `POST /probe/write`: a wallet written and rolled back; 204 when the
-/// database took it.
+/// `POST /probe/write`: a wallet written through the writer's batch and
+/// rolled back; 204 when the database took it.
 async fn write_probe(state: State) -> Result<impl Reply, Rejection> {
     let id = token::random_hex(16).map_err(|_| warp::reject::custom(ApiError::Database))?;
     let row: WalletRow = (
@@ -261,11 +257,7 @@ async fn write_probe(state: State) -> Result<impl Reply, Rejection> {
     );
     state
         .db
-        .call(move |conn| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            insert_wallet(&tx, &row)?;
-            tx.rollback()
-        })
+        .write_rolled_back(move |conn| insert_wallet(conn, &row))
         .await
         .map_err(database_error)?;
     Ok(StatusCode::NO_CONTENT)

@@ -263,7 +263,12 @@ async fn serve(
 ) -> Result<i32, Refusal> {
     let io_failed = |e: std::io::Error| Refusal::new(code::FAILURE, format!("cannot serve: {e}"));
     let schema_version = migrate::database_version(&conn).unwrap_or_default();
-    let db = Db::new(conn);
+    let db = Db::new(conn).map_err(|e| {
+        Refusal::new(
+            code::FAILURE,
+            format!("cannot open the read connections: {e}"),
+        )
+    })?;
     let started = Instant::now();
     let default_grace = Duration::from_secs(config.daemon.shutdown_timeout);
     let listener = tokio_listener(listener).map_err(io_failed)?;
@@ -363,14 +368,10 @@ async fn serve(
     }
     worker.abort();
     // Held checkpoints stay held: the launcher copied the main file as it is.
-    match db.call(|conn| db::checkpoints_held(conn)).await {
-        Ok(true) => info!("leaving the WAL as it is (checkpoints held for a backup)"),
-        _ => {
-            if let Err(e) = db.call(|conn| db::checkpoint(conn)).await {
-                warn!("could not checkpoint the WAL at shutdown: {e}");
-            }
-        }
+    if let Ok(true) = db.with_writer(|conn| db::checkpoints_held(conn)).await {
+        info!("leaving the WAL as it is (checkpoints held for a backup)");
     }
+    db.close().await;
     info!("stopped");
     Ok(code::OK)
 }

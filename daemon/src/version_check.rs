@@ -131,12 +131,11 @@ async fn check(url: &str, channel: &str, insecure: bool, db: &Db) -> Result<Vers
         .map_err(Failure::Registry)?;
     let text = latest.to_string();
     let checked_at = UtcTime::now().unix_seconds().to_string();
-    db.call(move |conn| {
-        // Both keys or neither: a reader never sees a new version with an old time.
-        let tx = conn.transaction()?;
-        kv::set(&tx, kv::LATEST, &text)?;
-        kv::set(&tx, kv::CHECKED_AT, &checked_at)?;
-        tx.commit()
+    db.write(move |conn| {
+        // Both keys or neither (one savepoint): a reader never sees a new
+        // version with an old time.
+        kv::set(conn, kv::LATEST, &text)?;
+        kv::set(conn, kv::CHECKED_AT, &checked_at)
     })
     .await
     .map_err(Failure::Store)?;
@@ -204,17 +203,13 @@ mod tests {
                  updated_at INTEGER NOT NULL)",
         )
         .unwrap();
-        (dir, Db::new(conn))
+        (dir, Db::new(conn).unwrap())
     }
 
     async fn stored(db: &Db) -> (Option<String>, Option<String>) {
-        db.call(|conn| {
-            (
-                kv::get(conn, kv::LATEST).unwrap(),
-                kv::get(conn, kv::CHECKED_AT).unwrap(),
-            )
-        })
-        .await
+        db.read(|conn| Ok((kv::get(conn, kv::LATEST)?, kv::get(conn, kv::CHECKED_AT)?)))
+            .await
+            .unwrap()
     }
 
     /// Log lines at WARN and above from this module, captured for the
@@ -334,7 +329,7 @@ mod tests {
                 let reg = behaviour.map(TestRegistry::start);
                 let url = reg.as_ref().map_or_else(closed_port_url, |r| r.url.clone());
                 let (_dir, db) = temp_db();
-                db.call(|conn| {
+                db.write(|conn| {
                     kv::set(conn, kv::LATEST, "1.8.5")?;
                     kv::set(conn, kv::CHECKED_AT, "123")
                 })
@@ -374,7 +369,7 @@ mod tests {
         let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
         let dir = tempfile::tempdir().unwrap();
         // No key_value_store table: the store step fails.
-        let db = Db::new(crate::db::open(&dir.path().join("empty.db")).unwrap());
+        let db = Db::new(crate::db::open(&dir.path().join("empty.db")).unwrap()).unwrap();
         let log = Captured::default();
         let _guard = log.install();
         check_and_log(&reg.url, "latest", false, &db).await;

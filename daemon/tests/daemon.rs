@@ -254,3 +254,84 @@ async fn binds_its_own_port_without_a_handed_over_listener() {
     assert!(healthy, "daemon did not answer on its configured port");
     assert_eq!(status.code(), Some(0));
 }
+
+/// Concurrent writers while the daemon is killed (SIGKILL) mid-burst: every
+/// wallet it acknowledged — answered from a shared, group-committed
+/// transaction — is in the database after, which passes its integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_during_a_burst_of_concurrent_writes_loses_nothing_acknowledged() {
+    const WRITERS: usize = 32;
+    /// Acknowledged writes before the kill: enough that it lands mid-burst.
+    const BEFORE_KILL: usize = 300;
+    let install = Install::new();
+    let mut daemon = Daemon::start(&install);
+    daemon.wait_healthy(READY).await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let url = format!("{}/v1/wallets", daemon.base_url);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (client, url, acknowledged) =
+                (api(&install.token()), url.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let name = format!("w{w}-{i}");
+                    let body =
+                        serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
+                    match client.post(&url).json(&body).send().await {
+                        Ok(r) if r.status() == 201 => acknowledged.lock().unwrap().push(name),
+                        Ok(r) => panic!("{name}: HTTP {} before the kill", r.status()),
+                        // The daemon is gone.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < BEFORE_KILL {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few writes acknowledged in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.signal(libc::SIGKILL);
+    daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon ends on SIGKILL");
+    drop(daemon);
+    for writer in writers {
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("a writer ends once the daemon is gone")
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(install.dir.database()).unwrap();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let mut select = conn.prepare("SELECT name FROM wallets").unwrap();
+    let stored: std::collections::HashSet<String> = select
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged wallets are gone, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
+    println!(
+        "{} acknowledged, {} stored, all acknowledged kept",
+        acknowledged.len(),
+        stored.len()
+    );
+}

@@ -23,8 +23,8 @@ use waiaas_powercut::{PowerCut, tier_ready};
 
 /// Power cuts in one run.
 const CUTS: usize = 30;
-/// Writers posting at once.
-const WRITERS: usize = 4;
+/// Writers posting at once: their writes share transactions (group commit).
+const WRITERS: usize = 16;
 /// How long writers run before a cut: uniformly in this range, seeded.
 const RUN_MS: std::ops::RangeInclusive<u64> = 20..=700;
 /// The whole run's bound.

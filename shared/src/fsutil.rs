@@ -88,43 +88,156 @@ pub struct Copied {
     pub len: u64,
 }
 
+/// Bytes copied per step of [`copy_hashed`]: each step's writeback starts
+/// at once, and the hash follows one step behind.
+const COPY_STEP: usize = 8 << 20;
+
 /// Copies `source` to the new file `dest` (created with `mode`, never over
-/// an existing file), hashing as it goes — one read of the data — then
-/// fsyncs it.
+/// an existing file), then fsyncs it. The kernel copies (`copy_file_range`,
+/// no pass through user space) while another thread hashes the copy right
+/// behind it, from the page cache; each step's writeback starts as soon as
+/// it is copied, so the final fsync finds little left. Where the kernel
+/// cannot copy (another file system, a FUSE mount), the bytes go through a
+/// buffer instead.
 pub fn copy_hashed(source: &Path, dest: &Path, mode: u32) -> Result<Copied, CopyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut from = File::open(source).map_err(CopyError::Read)?;
     let mut to = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(dest)
         .map_err(CopyError::Write)?;
+    // The hasher's own descriptor: it reads what was written, not the source.
+    let written = to.try_clone().map_err(CopyError::Write)?;
+    let (len, sha256) = std::thread::scope(|scope| {
+        let (copied, progress) = std::sync::mpsc::channel();
+        let hasher = scope.spawn(move || hash_behind(&written, progress));
+        let len = copy_steps(&mut from, &mut to, &copied);
+        drop(copied);
+        let sha256 = hasher.join().expect("hashing does not panic");
+        (len, sha256)
+    });
+    let len = len?;
+    let sha256 = sha256.map_err(CopyError::Write)?;
+    to.sync_all().map_err(CopyError::Write)?;
+    Ok(Copied { sha256, len })
+}
+
+/// Copies `from` into `to` by [`COPY_STEP`]s, announcing on `copied` how far
+/// the copy has come; returns its length.
+fn copy_steps(
+    from: &mut File,
+    to: &mut File,
+    copied: &std::sync::mpsc::Sender<u64>,
+) -> Result<u64, CopyError> {
+    use std::os::fd::AsRawFd;
+    let (mut len, mut in_kernel, mut buf) = (0u64, true, Vec::new());
+    loop {
+        let n = if in_kernel {
+            // SAFETY: two open descriptors; null offsets use and advance theirs.
+            let n = unsafe {
+                libc::copy_file_range(
+                    from.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    COPY_STEP,
+                    0,
+                )
+            };
+            // An error, or an end the kernel may report early (files that
+            // claim no size, as in /proc): the rest through user space, from
+            // where the kernel stopped, where a read or write error names
+            // its side and a read of 0 is the end.
+            if n <= 0 {
+                in_kernel = false;
+                continue;
+            }
+            n as usize
+        } else {
+            buf.resize(COPY_STEP, 0);
+            let n = match from.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+            n
+        };
+        if n == 0 {
+            return Ok(len);
+        }
+        // SAFETY: an open descriptor; starting writeback has no other effect.
+        unsafe {
+            libc::sync_file_range(
+                to.as_raw_fd(),
+                len as libc::off64_t,
+                n as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        len += n as u64;
+        // The hasher stops only after the copy (its receiver outlives this).
+        let _ = copied.send(len);
+    }
+}
+
+/// SHA-256 of `file`'s bytes, read up to each length announced on
+/// `progress` as it comes, to the last one.
+fn hash_behind(file: &File, progress: std::sync::mpsc::Receiver<u64>) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        len += n as u64;
+    let mut hashed = 0u64;
+    for end in progress {
+        while hashed < end {
+            let want = buf.len().min((end - hashed) as usize);
+            let n = match file.read_at(&mut buf[..want], hashed) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            hashed += n as u64;
+        }
     }
-    to.sync_all().map_err(CopyError::Write)?;
-    Ok(Copied {
-        sha256: hex::encode(hasher.finalize()),
-        len,
-    })
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy is the source, byte for byte, and its hash the copy's, when
+    /// the kernel copies (a file of several steps) and when it cannot (a
+    /// file in /proc, whose size the kernel reports as 0).
+    #[test]
+    fn a_copy_is_the_source_and_its_hash_is_the_copys() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let bytes: Vec<u8> = (0..2 * COPY_STEP + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&source, &bytes).unwrap();
+        for (from, name) in [
+            (source.as_path(), "copy"),
+            (Path::new("/proc/self/mounts"), "proc"),
+        ] {
+            let dest = dir.path().join(name);
+            let copied = copy_hashed(from, &dest, 0o600).unwrap();
+            let written = std::fs::read(&dest).unwrap();
+            assert!(!written.is_empty(), "{name}: nothing copied");
+            assert_eq!(copied.len, written.len() as u64, "{name}");
+            assert_eq!(copied.sha256, sha256_file(&dest).unwrap(), "{name}");
+            if name == "copy" {
+                assert_eq!(written, bytes);
+            }
+        }
+    }
 
     #[test]
     fn atomic_write_replaces_and_hash_matches() {

@@ -239,6 +239,8 @@ pub struct Written {
     pub refused: usize,
     /// The longest a request waited for its answer.
     pub longest_wait: Duration,
+    /// Every request: when it was sent and how long it waited.
+    pub requests: Vec<(Instant, Duration)>,
 }
 
 impl Writer {
@@ -264,6 +266,7 @@ impl Writer {
                 let body = format!(r#"{{"name":"{name}","chain":"solana","network":"devnet"}}"#);
                 let answer = http_answer(port, "POST", "/v1/wallets", Some(&token), Some(&body));
                 written.longest_wait = written.longest_wait.max(sent.elapsed());
+                written.requests.push((sent, sent.elapsed()));
                 match answer {
                     Some(answer) if answer.status == 201 => {
                         written.acknowledged.push(name);

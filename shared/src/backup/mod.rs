@@ -204,9 +204,9 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
     })
 }
 
-/// First half of a backup: the database's main file, copied with its hash
-/// taken on the way (one read) and checked with `quick_check` at the same
-/// time, from the same page cache. With [`Database::Held`] this is the long part, and it runs while
+/// First half of a backup: the database's main file, copied by the kernel
+/// with its hash taken right behind the copy and `quick_check` beside it,
+/// both from the page cache. With [`Database::Held`] this is the long part, and it runs while
 /// the daemon still serves; the rest ([`Pending::finish`]) is small.
 pub fn begin(dir: &DataDir, request: &Request, database: Database) -> Result<Pending, BackupError> {
     begin_at(dir, request, database, UtcTime::now())
