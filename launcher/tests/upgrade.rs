@@ -2375,6 +2375,17 @@ fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
         during_copy > 0,
         "no write happened during the live copy: the test proves nothing"
     );
+    // Those writes were copied while the daemon served, not in the downtime
+    // (the point of the live backup): the backup's own report says so.
+    let live = manifest
+        .wal_copied_live
+        .expect("a live backup reports its WAL copy");
+    let total = manifest.sizes["waiaas.db-wal"];
+    eprintln!("{live} of the WAL's {total} bytes copied while the daemon served");
+    assert!(
+        live > 0,
+        "the WAL was copied only once the daemon had stopped"
+    );
     assert!(
         in_backup
             .difference(&in_main)
@@ -2769,6 +2780,7 @@ fn fabricate_backup(
         created_at: created.rfc3339(),
         files,
         sizes: Default::default(),
+        wal_copied_live: None,
     };
     fs::write(
         path.join(BACKUP_MANIFEST),

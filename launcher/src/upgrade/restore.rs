@@ -571,6 +571,7 @@ mod tests {
                 created_at: "2026-01-01T00:00:00.000Z".into(),
                 files,
                 sizes: Default::default(),
+                wal_copied_live: None,
             },
         };
         let e = restore(&dir, &backup, &replaced()).unwrap_err();

@@ -80,6 +80,11 @@ pub struct Manifest {
     /// Size in bytes of each file in `files` (absent from older backups).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sizes: BTreeMap<String, u64>,
+    /// A live backup's report: how many bytes of the WAL were copied while
+    /// the daemon still served (the rest was copied once it had stopped).
+    /// Absent from other backups and older releases'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_copied_live: Option<u64>,
 }
 
 impl Manifest {
@@ -182,6 +187,8 @@ pub struct Pending {
     copied_from: Option<Stamp>,
     /// The WAL's committed frames, copied while the daemon serves.
     wal: Option<WalCopy>,
+    /// How many bytes of it those were (`None` unless a live backup).
+    wal_live: Option<u64>,
     /// Renamed into place: nothing is left for `Drop` to remove.
     finished: bool,
 }
@@ -238,6 +245,7 @@ fn begin_at(
         files: BTreeMap::new(),
         copied_from: None,
         wal: None,
+        wal_live: None,
         finished: false,
     };
     let db = dir.database();
@@ -307,6 +315,7 @@ fn manifest(
             .iter()
             .map(|(name, c)| (name.clone(), c.len))
             .collect(),
+        wal_copied_live: None,
     })
 }
 
@@ -336,12 +345,16 @@ impl Pending {
     fn follow_wal(&mut self) -> Result<(), BackupError> {
         let (wal, dest) = (self.dir.wal(), self.partial.join(WAL_FILE));
         let mut copy = WalCopy::create(&dest).map_err(BackupError::Wal)?;
+        let mut live = 0;
         for _ in 0..WAL_PASSES {
-            if copy.catch_up(&wal).map_err(BackupError::Wal)? <= WAL_TAIL {
+            let pass = copy.catch_up(&wal).map_err(BackupError::Wal)?;
+            live += pass;
+            if pass <= WAL_TAIL {
                 break;
             }
         }
         self.wal = Some(copy);
+        self.wal_live = Some(live);
         Ok(())
     }
 
@@ -378,6 +391,8 @@ impl Pending {
                     }
                     checkpoint(&db)?;
                     self.copy_main()?;
+                    // Copied again with the daemon stopped: nothing live.
+                    self.wal_live = self.wal_live.map(|_| 0);
                 }
             }
         }
@@ -386,7 +401,8 @@ impl Pending {
             let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
             self.files.insert(CONFIG_FILE.to_string(), copied);
         }
-        let manifest = manifest(&self.dir, &self.request, self.now, &self.files)?;
+        let mut manifest = manifest(&self.dir, &self.request, self.now, &self.files)?;
+        manifest.wal_copied_live = self.wal_live;
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
         let path = self.partial.join(MANIFEST);
         write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
@@ -686,6 +702,7 @@ mod tests {
                 created_at: at.into(),
                 files: BTreeMap::new(),
                 sizes: BTreeMap::new(),
+                wal_copied_live: None,
             };
             fs::write(
                 root.join(name).join(MANIFEST),
@@ -773,6 +790,32 @@ mod tests {
         // The main file alone is the database as it was when the copy began.
         fs::copy(backup.path.join(DB_FILE), check.join("y.db")).unwrap();
         assert_eq!(count(&check.join("y.db")), 2);
+    }
+
+    #[test]
+    fn a_live_backup_reports_how_much_of_the_wal_it_copied_while_the_daemon_served() {
+        let (_tmp, dir) = install();
+        let daemon = held(&dir);
+        for x in 0..40 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+        let before = dir.wal().metadata().unwrap().len();
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        for x in 40..50 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+        drop(daemon);
+        let backup = pending.finish().unwrap();
+        let m = &backup.manifest;
+        assert_eq!(
+            m.wal_copied_live,
+            Some(before),
+            "the log as it was at the start"
+        );
+        assert!(m.sizes[WAL_FILE] > before, "the rest at the stop: {m:?}");
+        // An idle backup has nothing to report.
+        let idle = create(&dir, &request("1.8.1")).unwrap();
+        assert_eq!(idle.manifest.wal_copied_live, None);
     }
 
     #[test]
