@@ -183,6 +183,14 @@ impl Site {
         s
     }
 
+    /// Made by the supervisor's start when automatic upgrades are on.
+    fn install_id(&self) -> String {
+        fs::read_to_string(self.dir.install_id())
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     fn token(&self) -> String {
         fs::read_to_string(self.dir.master_token())
             .unwrap()
@@ -194,6 +202,20 @@ impl Site {
         let (status, body) = support::http(self.port, "GET", "/health", None, None)?;
         let health: serde_json::Value = serde_json::from_str(&body).ok()?;
         (status == 200).then(|| health["version"].as_str().map(str::to_string))?
+    }
+
+    /// Every acknowledged write is in the database.
+    fn assert_kept(&self, acknowledged: &[String]) {
+        let stored = self.stored_names();
+        let lost: Vec<&String> = acknowledged
+            .iter()
+            .filter(|n| !stored.contains(*n))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes lost: {lost:?}",
+            lost.len()
+        );
     }
 
     fn stored_names(&self) -> BTreeSet<String> {
@@ -257,17 +279,7 @@ impl Clients {
     fn finish_keeping_everything(self, site: &Site) {
         let written = self.writer.stop();
         let tally = self.load.finish();
-        let stored = site.stored_names();
-        let lost: Vec<&String> = written
-            .acknowledged
-            .iter()
-            .filter(|n| !stored.contains(*n))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "{} acknowledged writes lost: {lost:?}",
-            lost.len()
-        );
+        site.assert_kept(&written.acknowledged);
         assert!(
             written.acknowledged.len() > 50,
             "the writer wrote: {}",
@@ -513,31 +525,75 @@ impl Versions {
     }
 }
 
-#[test]
-fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
+/// The policy of the fleet tests: every release due at once, checked every
+/// 5 s, through the fleet lock at `url`; `more` adds keys.
+fn fleet_policy(url: &str, more: &str) -> String {
+    format!(
+        "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
+         window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\nfleet_lock = \"{url}\"\n{more}"
+    )
+}
+
+/// Releases packed, and a registry offering A.
+struct Published {
+    _packs: tempfile::TempDir,
+    r: Releases,
+    registry: Registry,
+}
+
+fn published_a() -> Published {
     let packs = tempfile::tempdir().unwrap();
     let r = pack_all(packs.path());
     let registry = Registry::start();
     publish(&registry, &r.a);
-    let lock = FleetLockServer::start();
-    let policy = format!(
-        "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\nwindow = \"always\"\n\
-         jitter = \"0s\"\nbusy_write_rate = 0\nfleet_lock = \"{}\"\nfleet_group = \"tenants\"\n\
-         fleet_settle = \"2s\"\n",
-        lock.url
+    Published {
+        _packs: packs,
+        r,
+        registry,
+    }
+}
+
+/// One installation of A in the fleet of `lock` (group "default", settle
+/// 1 s), supervised: with its install id.
+fn one_node(
+    r: &Releases,
+    registry: &Registry,
+    lock: &FleetLockServer,
+) -> (Site, Supervisor, String) {
+    let site = Site::new(
+        r,
+        registry,
+        &fleet_policy(&lock.url, "fleet_settle = \"1s\"\n"),
     );
-    let sites: Vec<Site> = (0..3).map(|_| Site::new(&r, &registry, &policy)).collect();
+    let supervisor = site.supervisor(0);
+    let id = site.install_id();
+    (site, supervisor, id)
+}
+
+/// Waits (bounded) until nobody holds `group`'s slot.
+fn wait_slot_free(lock: &FleetLockServer, group: &str, supervisor: &Supervisor) {
+    let started = Instant::now();
+    while lock.holder(group).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slot was never given back:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
+    let Published { r, registry, .. } = &published_a();
+    let lock = FleetLockServer::start();
+    let policy = fleet_policy(
+        &lock.url,
+        "fleet_group = \"tenants\"\nfleet_settle = \"2s\"\n",
+    );
+    let sites: Vec<Site> = (0..3).map(|_| Site::new(r, registry, &policy)).collect();
     let mut supervisors: Vec<Supervisor> = sites.iter().map(|s| s.supervisor(0)).collect();
-    let ids: Vec<String> = sites
-        .iter()
-        .map(|s| {
-            // Made by the supervisor's start when automatic upgrades are on.
-            fs::read_to_string(s.dir.install_id())
-                .unwrap()
-                .trim()
-                .to_string()
-        })
-        .collect();
+    let ids: Vec<String> = sites.iter().map(Site::install_id).collect();
     let watches: Vec<Versions> = sites.iter().map(|s| Versions::watch(s.port)).collect();
     let clients: Vec<Clients> = sites
         .iter()
@@ -557,11 +613,11 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
     };
 
     // B: every node, one after another.
-    publish(&registry, &r.b);
+    publish(registry, &r.b);
     all_on(&mut supervisors, B_VERSION, Duration::from_secs(120));
 
     // C: one node tries it, rolls back, and keeps the slot; the fleet stops.
-    publish(&registry, &r.c);
+    publish(registry, &r.c);
     let started = Instant::now();
     let bad = loop {
         let bad = supervisors.iter().position(|s| {
@@ -581,7 +637,7 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    publish(&registry, &r.d);
+    publish(registry, &r.d);
     // Long enough for every other node to look twice and ask for a slot.
     std::thread::sleep(Duration::from_secs(15));
     assert_eq!(lock.holder("tenants").as_deref(), Some(ids[bad].as_str()));
@@ -625,17 +681,10 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.contains("Gave back"), "{}", out.stdout);
     all_on(&mut supervisors, D_VERSION, Duration::from_secs(120));
-    publish(&registry, &r.e);
+    publish(registry, &r.e);
     all_on(&mut supervisors, E_VERSION, Duration::from_secs(120));
     // The last node's slot goes back after its settle time.
-    let started = Instant::now();
-    while lock.holder("tenants").is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the last slot was never given back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_slot_free(&lock, "tenants", &supervisors[0]);
 
     for (site, clients) in sites.iter().zip(clients) {
         clients.finish_keeping_everything(site);
@@ -677,22 +726,12 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
 
 #[test]
 fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answering() {
-    let packs = tempfile::tempdir().unwrap();
-    let r = pack_all(packs.path());
-    let registry = Registry::start();
-    publish(&registry, &r.a);
-    publish(&registry, &r.b);
+    let Published { r, registry, .. } = &published_a();
+    publish(registry, &r.b);
     // Nothing listens there yet.
     let port = free_port();
-    let site = Site::new(
-        &r,
-        &registry,
-        &format!(
-            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
-             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
-             fleet_lock = \"http://127.0.0.1:{port}\"\nfleet_settle = \"1s\"\n"
-        ),
-    );
+    let url = format!("http://127.0.0.1:{port}");
+    let site = Site::new(r, registry, &fleet_policy(&url, "fleet_settle = \"1s\"\n"));
     let mut supervisor = site.supervisor(0);
     let status = supervisor.wait_for(Duration::from_secs(30), "the lock out of reach", |s| {
         s.auto
@@ -721,15 +760,7 @@ fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answeri
         "on {B_VERSION} {:.1} s after the lock came up",
         took.as_secs_f64()
     );
-    let started = Instant::now();
-    while lock.holder("default").is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the slot was never given back:\n{}",
-            supervisor.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_slot_free(&lock, "default", &supervisor);
     assert_eq!(lock.holds().len(), 1);
     let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
     assert!(fleet.contains("no slot held"), "{fleet}");
@@ -737,31 +768,14 @@ fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answeri
 
 #[test]
 fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_start() {
-    let packs = tempfile::tempdir().unwrap();
-    let r = pack_all(packs.path());
-    let registry = Registry::start();
-    publish(&registry, &r.a);
+    let Published { r, registry, .. } = &published_a();
     let lock = FleetLockServer::start();
-    let site = Site::new(
-        &r,
-        &registry,
-        &format!(
-            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
-             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
-             fleet_lock = \"{}\"\nfleet_settle = \"1s\"\n",
-            lock.url
-        ),
-    );
-    let mut supervisor = site.supervisor(0);
-    let id = fs::read_to_string(site.dir.install_id())
-        .unwrap()
-        .trim()
-        .to_string();
+    let (site, mut supervisor, id) = one_node(r, registry, &lock);
     let clients = Clients::with_readers(&site, "kill", 3, Duration::from_secs(300));
     // The server grants the slot, then holds its answer back: the launcher
     // dies with a slot it never heard of.
     lock.delay_grants(Duration::from_secs(30));
-    publish(&registry, &r.b);
+    publish(registry, &r.b);
     let started = Instant::now();
     while lock.holder("default").as_deref() != Some(id.as_str()) {
         supervisor.assert_alive("waiting for the grant");
@@ -782,15 +796,7 @@ fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_st
     assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
     let clients = Clients::with_readers(&site, "again", 3, Duration::from_secs(300));
     wait_serving(&site, &mut supervisor, B_VERSION, Duration::from_secs(60));
-    let started = Instant::now();
-    while lock.holder("default").is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the slot was never given back:\n{}",
-            supervisor.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_slot_free(&lock, "default", &supervisor);
     let holds = lock.holds();
     assert_eq!(
         holds.len(),
@@ -811,28 +817,11 @@ fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_st
 
 #[test]
 fn a_launcher_killed_during_its_automatic_upgrade_keeps_the_fleet_slot_after_the_rollback() {
-    let packs = tempfile::tempdir().unwrap();
-    let r = pack_all(packs.path());
-    let registry = Registry::start();
-    publish(&registry, &r.a);
+    let Published { r, registry, .. } = &published_a();
     let lock = FleetLockServer::start();
-    let site = Site::new(
-        &r,
-        &registry,
-        &format!(
-            "auto = \"minor\"\ncheck_interval = \"5s\"\nmin_release_age = \"0s\"\n\
-             window = \"always\"\njitter = \"0s\"\nbusy_write_rate = 0\n\
-             fleet_lock = \"{}\"\nfleet_settle = \"1s\"\n",
-            lock.url
-        ),
-    );
-    let mut supervisor = site.supervisor(0);
-    let id = fs::read_to_string(site.dir.install_id())
-        .unwrap()
-        .trim()
-        .to_string();
+    let (site, mut supervisor, id) = one_node(r, registry, &lock);
     let writer = Writer::paced(site.port, &site.token(), "before", Some(20));
-    publish(&registry, &r.b);
+    publish(registry, &r.b);
     // Killed once the change has begun (its journal is written).
     let started = Instant::now();
     while !site.dir.upgrade_journal().exists() {
@@ -861,13 +850,7 @@ fn a_launcher_killed_during_its_automatic_upgrade_keeps_the_fleet_slot_after_the
     );
     assert_eq!(lock.holder("default").as_deref(), Some(id.as_str()));
     assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
-    let stored = site.stored_names();
-    let lost: Vec<&String> = written
-        .acknowledged
-        .iter()
-        .filter(|n| !stored.contains(*n))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    site.assert_kept(&written.acknowledged);
     eprintln!(
         "{} writes acknowledged before the kill, all kept",
         written.acknowledged.len()
