@@ -9,7 +9,7 @@ use waiaas_shared::exit::daemon as code;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::runlock::{LockError, lock_run_file};
 
-use crate::serve::Refusal;
+use crate::refusal::Refusal;
 
 /// How long a start waits for a daemon that is still exiting to let go.
 const WAIT: Duration = Duration::from_secs(5);

@@ -23,23 +23,8 @@ use waiaas_shared::{kv, listen_fds, version};
 
 use crate::control::{self, Control};
 use crate::db::{self, Db};
+use crate::refusal::Refusal;
 use crate::{compat, http, migrate, server, token, version_check};
-
-/// Why the daemon did not start: an exit code and an operator message.
-#[derive(Debug)]
-pub struct Refusal {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(code: i32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// What the process inherited from whoever started it.
 pub struct Inherited {

@@ -23,24 +23,13 @@ use std::time::Duration;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+pub use super::state::FleetSlot;
 use super::state::{AttemptOutcome, AutoState};
 
 /// Longest wait for the lock server's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first pause after a refusal; it doubles up to [`retry_cap`].
 const FIRST_RETRY: Duration = Duration::from_secs(5);
-
-/// The slot this installation holds, as recorded in the data dir.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetSlot {
-    /// The lock server (its base URL) and group that gave it.
-    pub url: String,
-    pub group: String,
-    /// The release it was taken for.
-    pub version: Version,
-    /// RFC 3339.
-    pub taken_at: String,
-}
 
 /// What the holder of a slot owes the fleet now.
 #[derive(Debug, Clone, PartialEq, Eq)]

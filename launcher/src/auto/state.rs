@@ -27,7 +27,7 @@ pub struct AutoState {
     pub attempt: Option<Attempt>,
     /// The fleet lock's slot, while this installation holds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<super::fleet::FleetSlot>,
+    pub fleet: Option<FleetSlot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,18 @@ pub struct Quarantined {
     pub reason: String,
     /// RFC 3339.
     pub at: String,
+}
+
+/// The fleet lock's slot this installation holds (see `super::fleet`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSlot {
+    /// The lock server (its base URL) and group that gave it.
+    pub url: String,
+    pub group: String,
+    /// The release it was taken for.
+    pub version: Version,
+    /// RFC 3339.
+    pub taken_at: String,
 }
 
 /// An automatic upgrade: open (`outcome` absent) while it runs.
