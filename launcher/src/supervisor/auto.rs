@@ -19,10 +19,12 @@ use waiaas_shared::admin::{self as protocol, AutoStatus, Outcome, UpgradeReport}
 use waiaas_shared::config::{AutoLevel, Config};
 use waiaas_shared::layout::DataDir;
 
+use super::{Slot, Supervisor, Upgrade};
 use crate::auto::fleet::{self, Duty, FleetLock, LockError};
 use crate::auto::notify::{self, Outbox};
 use crate::auto::state::{AttemptOutcome, AutoState};
 use crate::auto::{Clock, Found, Planner, Release, choose};
+use waiaas_shared::control::FromLauncher;
 
 /// Longest sleep between two looks at the clock: a clock that jumps (or a
 /// machine that slept) is noticed within this.
@@ -625,4 +627,119 @@ fn add_state(dir: &DataDir, status: &mut AutoStatus) {
         outcome: a.outcome.map(|o| o.to_string()),
         message: a.message.clone(),
     });
+}
+
+/// The supervisor's side: when automatic upgrades may start, and starting them.
+impl Supervisor {
+    /// The planner's wake-up: a check, a sample of the daemon's writes, or
+    /// the start of an automatic upgrade.
+    pub(super) fn auto_due(&mut self) {
+        let blocked = self.auto_blocked();
+        let current = crate::swap::current_version(&self.dir)
+            .ok()
+            .flatten()
+            .and_then(|v| semver::Version::parse(&v).ok());
+        let serving = match &self.slot {
+            Slot::Running(daemon) if self.held.is_none() && daemon.probe_addr().is_none() => {
+                Some(daemon.pid)
+            }
+            _ => None,
+        };
+        let Some(auto) = &mut self.auto else { return };
+        auto.deliver_if_due();
+        let Some(current) = current else { return };
+        if blocked.is_none() {
+            auto.settle_leftover(&current);
+        }
+        // A fleet slot held owes the fleet first (and holds starts back).
+        let blocked = auto.fleet_duty(&current, serving).or(blocked);
+        let now = auto.now();
+        match auto.planner.poll(now, blocked) {
+            crate::auto::Action::Idle => {}
+            crate::auto::Action::Check => auto.start_check(current),
+            crate::auto::Action::Sample => {
+                if let Slot::Running(daemon) = &mut self.slot
+                    && let Err(e) = daemon.send(&FromLauncher::Status)
+                {
+                    warn!("cannot ask the daemon for its write count: {e}");
+                }
+            }
+            crate::auto::Action::Lock(to) => auto.take_slot(to),
+            crate::auto::Action::Start(to) => self.start_auto(&current, &to, None),
+        }
+        self.say_pending();
+    }
+
+    /// The fleet lock's answer: a slot given starts the upgrade it was
+    /// asked for, unless something else started meanwhile.
+    pub(super) fn fleet_answered(
+        &mut self,
+        ask: FleetAsk,
+        result: Result<(), crate::auto::fleet::LockError>,
+    ) {
+        let blocked = self.auto_blocked();
+        let current = crate::swap::current_version(&self.dir)
+            .ok()
+            .flatten()
+            .and_then(|v| semver::Version::parse(&v).ok());
+        let Some(auto) = &mut self.auto else { return };
+        if let Some(slot) = auto.fleet_answered(ask, result, blocked)
+            && let Some(current) = current
+        {
+            let to = slot.version.clone();
+            self.start_auto(&current, &to, Some(slot));
+        }
+        self.auto_due();
+    }
+
+    /// Starts an automatic upgrade, once it is recorded.
+    pub(super) fn start_auto(
+        &mut self,
+        current: &semver::Version,
+        to: &semver::Version,
+        slot: Option<crate::auto::fleet::FleetSlot>,
+    ) {
+        let Some(auto) = &mut self.auto else { return };
+        if auto.begin(current, to, slot) {
+            let (dir, config) = (self.dir.clone(), self.config.clone());
+            self.upgrade = Some(Upgrade::auto(dir, config, to));
+        }
+    }
+
+    /// Why no automatic upgrade may start now, if so.
+    pub(super) fn auto_blocked(&self) -> Option<String> {
+        if self.upgrade.is_some() {
+            return Some("an upgrade or rollback is in progress".into());
+        }
+        if let Some(code) = self.refused_code {
+            return Some(format!(
+                "the daemon's start was refused (exit {code}): {}",
+                waiaas_shared::exit::daemon::describe(code)
+            ));
+        }
+        if self.dir.upgrade_journal().exists() {
+            return Some("a change is unfinished (its journal remains)".into());
+        }
+        if let Some(pid) = crate::upgrade::lock::UpgradeLock::holder(&self.dir) {
+            return Some(format!("process {pid} holds the upgrade lock"));
+        }
+        match (&self.held, &self.slot) {
+            (Some(state), _) => Some(format!("the service is {}", state.name())),
+            (None, Slot::Running(_)) => None,
+            (None, _) => Some("the daemon is not serving yet".into()),
+        }
+    }
+
+    /// systemd's STATUS= line, with a pending automatic upgrade named.
+    pub(super) fn say_pending(&self) {
+        let Some(pending) = self.auto.as_ref().and_then(|a| a.pending_line()) else {
+            return;
+        };
+        if let Slot::Running(daemon) = &self.slot {
+            self.notifier.notify(&format!(
+                "STATUS=serving {} (schema {}); {pending}",
+                daemon.version, daemon.schema_version
+            ));
+        }
+    }
 }
