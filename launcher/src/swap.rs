@@ -93,4 +93,16 @@ mod tests {
             assert!(e.to_string().contains("not at versions/"), "{target}: {e}");
         }
     }
+
+    #[test]
+    fn no_current_is_none_but_a_current_that_is_not_a_link_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert_eq!(current_version(&dir).unwrap(), None, "never installed");
+        // A folder where the link belongs (hostile or hand-made state):
+        // not taken for "nothing installed".
+        std::fs::create_dir(dir.current()).unwrap();
+        let e = current_version(&dir).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    }
 }
