@@ -281,6 +281,23 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_lock_is_shown_without_its_credentials() {
+        let mut update = waiaas_shared::config::Config::default().update;
+        assert!(
+            FleetLock::configured(&update, "id").is_none(),
+            "no lock by default"
+        );
+        update.fleet_lock = Some("https://ops:s3cret@lock.internal:4443/fleet".into());
+        update.fleet_group = "tenants".into();
+        let lock = FleetLock::configured(&update, "id").expect("configured");
+        assert_eq!(lock.group(), "tenants");
+        assert_eq!(lock.shown(), "https://lock.internal:4443");
+        let slot = lock.slot(v("1.2.3"), "t".into());
+        assert_eq!(slot.url, "https://ops:s3cret@lock.internal:4443/fleet");
+        assert_eq!(slot.group, "tenants");
+    }
+
+    #[test]
     fn a_refused_node_asks_again_doubling_within_the_check_interval() {
         let pauses: Vec<u64> = (1..=9)
             .map(|n| retry_after(n, Duration::from_secs(6 * 3600)).as_secs())
