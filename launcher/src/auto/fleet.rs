@@ -347,7 +347,9 @@ mod tests {
         let (url, sent) = server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         let lock = FleetLock::new(&url, "tenants", "0123abcd");
         block_on(lock.take()).unwrap();
-        let request = sent.recv().unwrap();
+        let request = sent
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the request reached the server");
         assert!(request.starts_with("POST /v1/pre-reboot "), "{request}");
         assert!(request.contains("fleet-lock-protocol: true"), "{request}");
         assert!(
@@ -359,7 +361,11 @@ mod tests {
                        {\"kind\":\"failed_lock\",\"value\":\"all 1 taken\"}";
         let (url, sent) = server(refusal);
         let err = block_on(FleetLock::new(&url, "g", "id").give_back()).unwrap_err();
-        assert!(sent.recv().unwrap().starts_with("POST /v1/steady-state "));
+        assert!(
+            sent.recv_timeout(Duration::from_secs(10))
+                .expect("the request reached the server")
+                .starts_with("POST /v1/steady-state ")
+        );
         assert_eq!(
             err,
             LockError::Refused {
