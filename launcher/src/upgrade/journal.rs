@@ -190,4 +190,19 @@ mod tests {
         journal.save(&dir).unwrap();
         assert_eq!(Journal::load(&dir).unwrap(), Some(journal));
     }
+
+    #[test]
+    fn a_journal_that_cannot_be_read_or_removed_is_an_error_not_no_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        Journal::remove(&dir).expect("no journal: nothing to remove");
+        // Something that is not a file where the journal belongs.
+        std::fs::create_dir(dir.upgrade_journal()).unwrap();
+        assert!(Journal::load(&dir).is_err(), "unreadable is not \"none\"");
+        assert!(
+            Journal::remove(&dir).is_err(),
+            "not removed is not \"ended\""
+        );
+        assert!(dir.upgrade_journal().exists());
+    }
 }
