@@ -333,15 +333,8 @@ impl Machine {
 
     /// The ids of the wallets the API lists.
     fn wallets(&self) -> Vec<String> {
-        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
-            .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        list["wallets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["id"].as_str().unwrap().to_string())
+        support::wallets(self.port, &self.token())
+            .into_keys()
             .collect()
     }
 

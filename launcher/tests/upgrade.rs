@@ -421,21 +421,7 @@ impl Site {
 
     /// The wallets the API lists: id → name.
     fn wallets(&self) -> BTreeMap<String, String> {
-        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
-            .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        list["wallets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
+        support::wallets(self.port, &self.token())
     }
 
     /// Creates `names` as wallets; returns all wallets the API then lists.

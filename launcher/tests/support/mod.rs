@@ -256,6 +256,25 @@ pub fn create_wallet(port: u16, token: &str, name: &str) -> String {
     wallet["id"].as_str().unwrap().to_string()
 }
 
+/// The wallets the API lists: id → name (asserting the 200).
+pub fn wallets(port: u16, token: &str) -> std::collections::BTreeMap<String, String> {
+    let (status, answer) =
+        http(port, "GET", "/v1/wallets", Some(token), None).expect("the API answers");
+    assert_eq!(status, 200, "GET /v1/wallets: {answer}");
+    let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    list["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_str().unwrap().to_string(),
+                w["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// One HTTP/1.1 request on loopback; `(status, body)`, or `None` if nothing answered.
 pub fn http(
     port: u16,

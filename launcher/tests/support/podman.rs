@@ -236,20 +236,6 @@ impl Api {
 
     /// id → name, as the API lists them.
     pub fn wallets(&self) -> BTreeMap<String, String> {
-        let (status, answer) = http(self.port, "GET", "/v1/wallets", Some(&self.token()), None)
-            .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        let list: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        list["wallets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
+        super::wallets(self.port, &self.token())
     }
 }
