@@ -86,13 +86,19 @@ impl Handover {
         };
         // SAFETY: documented precondition: no other thread exists yet.
         unsafe { std::env::remove_var(HANDOVER_ENV) };
-        let text = text.to_string_lossy();
+        Self::adopt(&text.to_string_lossy()).map(Some)
+    }
+
+    /// Reads a handover's text and makes the descriptors it names this
+    /// process's (close-on-exec: not the daemon's); one it cannot read has
+    /// the descriptors it names closed, so that they can be bound afresh.
+    fn adopt(text: &str) -> Result<Self, HandoverError> {
         // The version first: a later format may have other fields.
-        let version = serde_json::from_str::<serde_json::Value>(&text)
+        let version = serde_json::from_str::<serde_json::Value>(text)
             .ok()
             .and_then(|v| v.get("version")?.as_u64());
         let parsed = match version {
-            Some(v) if v == u64::from(HANDOVER_VERSION) => serde_json::from_str::<Self>(&text)
+            Some(v) if v == u64::from(HANDOVER_VERSION) => serde_json::from_str::<Self>(text)
                 .map_err(|e| HandoverError::Unreadable(e.to_string())),
             Some(v) => Err(HandoverError::Version(v)),
             None => Err(HandoverError::Unreadable("no format version".into())),
@@ -102,7 +108,7 @@ impl Handover {
             Err(e) => {
                 // Starting afresh means binding the port and the socket again:
                 // the descriptors this launcher cannot use must be closed first.
-                close_named_fds(&text);
+                close_named_fds(text);
                 return Err(e);
             }
         };
@@ -115,7 +121,7 @@ impl Handover {
             // SAFETY: sets close-on-exec on a descriptor handed to us.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
-        Ok(Some(handover))
+        Ok(handover)
     }
 
     fn fds(&self) -> impl Iterator<Item = RawFd> {
@@ -250,6 +256,157 @@ mod tests {
         assert!(json.contains("\"version\":1"), "{json}");
         assert_eq!(serde_json::from_str::<Handover>(&json).unwrap(), h);
         assert_eq!(h.fds().collect::<Vec<_>>(), [5, 6, 9]);
+    }
+
+    /// A real descriptor (an open temp file) and what identifies its file:
+    /// a number other tests may reuse once closed is told apart by this.
+    fn open_file(dir: &Path, name: &str, cloexec: bool) -> (RawFd, (u64, u64)) {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        let meta = file.metadata().unwrap();
+        let fd = file.into_raw_fd();
+        let flags = if cloexec { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: sets the flags of a descriptor this test owns.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }, 0);
+        (fd, (meta.dev(), meta.ino()))
+    }
+
+    /// Whether `fd` is open on the file `id` (not closed, nor reused).
+    fn still_open(fd: RawFd, id: (u64, u64)) -> bool {
+        // SAFETY: fstat writes into the struct it is given.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut stat) } == 0) && (stat.st_dev, stat.st_ino) == id
+    }
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only inspects a descriptor number.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    fn close(fd: RawFd) {
+        // SAFETY: closes a descriptor this test owns.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn a_handover_s_descriptors_become_this_launcher_s_not_the_daemon_s() {
+        let tmp = tempfile::tempdir().unwrap();
+        // One inherited as a handover leaves it (no close-on-exec), one
+        // already close-on-exec: both are open, both end close-on-exec.
+        let (listener, listener_id) = open_file(tmp.path(), "listener", false);
+        let (admin, admin_id) = open_file(tmp.path(), "admin", true);
+        let text = format!(
+            r#"{{"version":1,"from_launcher":"1.8.1","listener_fd":{listener},"admin_fd":{admin},"reply_fd":null,"ready_sent":true}}"#
+        );
+        let handover = Handover::adopt(&text).unwrap();
+        assert_eq!((handover.listener_fd, handover.admin_fd), (listener, admin));
+        assert_eq!(handover.from_launcher, "1.8.1");
+        assert!(cloexec(listener) && cloexec(admin));
+        assert!(still_open(listener, listener_id) && still_open(admin, admin_id));
+        close(listener);
+        close(admin);
+    }
+
+    #[test]
+    fn a_handover_naming_a_closed_descriptor_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, _) = open_file(tmp.path(), "listener", false);
+        let (admin, _) = open_file(tmp.path(), "admin", true);
+        // Far above any descriptor this process has open.
+        let closed: RawFd = 2_000_000_000;
+        let text = format!(
+            r#"{{"version":1,"from_launcher":"1.8.1","listener_fd":{listener},"admin_fd":{admin},"reply_fd":{closed},"ready_sent":false}}"#
+        );
+        assert!(matches!(Handover::adopt(&text), Err(HandoverError::Closed(fd)) if fd == closed));
+        close(listener);
+        close(admin);
+    }
+
+    /// A handover this launcher cannot read (another format, no version,
+    /// fields missing) starts afresh: the descriptors it names (`…_fd`,
+    /// above stderr) are closed so that the port and socket can be bound
+    /// again; nothing else is.
+    #[test]
+    fn an_unreadable_handover_closes_the_descriptors_it_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (text, error) in [
+            (r#""version":2"#, "Version(2)"),
+            (r#""format":"x""#, "Unreadable"),
+            (r#""version":1"#, "Unreadable"),
+        ] {
+            let (listener, listener_id) = open_file(tmp.path(), "listener", false);
+            let (other, other_id) = open_file(tmp.path(), "other", false);
+            let (unnamed, unnamed_id) = open_file(tmp.path(), "unnamed", false);
+            let text = format!(
+                r#"{{{text},"listener_fd":{listener},"socket_fd":{other},"kept":{unnamed},"stderr_fd":2}}"#
+            );
+            let refused = Handover::adopt(&text).unwrap_err();
+            assert!(format!("{refused:?}").starts_with(error), "{refused:?}");
+            assert!(!still_open(listener, listener_id), "{text}");
+            assert!(!still_open(other, other_id), "{text}");
+            assert!(still_open(unnamed, unnamed_id), "{text}: not named …_fd");
+            // SAFETY: F_GETFD only inspects a descriptor number.
+            assert!(
+                unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0,
+                "stderr is kept"
+            );
+            close(unnamed);
+        }
+    }
+
+    /// The environment is the process's: `take` is tried in a process of
+    /// its own, this test binary run again on the test below.
+    #[test]
+    fn the_handover_is_taken_from_the_environment_once() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "handover::tests::take_in_a_child_process"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(
+                HANDOVER_ENV,
+                r#"{"version":1,"from_launcher":"1.8.1","listener_fd":1,"admin_fd":2,"reply_fd":null,"ready_sent":false}"#,
+            )
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("took 1.8.1 from 1 and 2, then none"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    const CHILD: &str = "WAIAAS_HANDOVER_TEST_CHILD";
+
+    /// Run only by the test above, in its child process (a no-op otherwise).
+    #[test]
+    fn take_in_a_child_process() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let taken = Handover::take()
+            .unwrap()
+            .expect("a handover in the environment");
+        let again = Handover::take().unwrap();
+        println!(
+            "took {} from {} and {}, then {}",
+            taken.from_launcher,
+            taken.listener_fd,
+            taken.admin_fd,
+            if again.is_none() { "none" } else { "another" }
+        );
+    }
+
+    #[test]
+    fn a_timer_value_is_read_to_the_microsecond_and_never_negative() {
+        let value = |tv_sec, tv_usec| libc::timeval { tv_sec, tv_usec };
+        assert_eq!(
+            duration(value(2, 500_000)),
+            Duration::from_micros(2_500_000)
+        );
+        assert_eq!(duration(value(0, 7)), Duration::from_micros(7));
+        assert_eq!(duration(value(-1, -1)), Duration::ZERO);
     }
 
     #[test]

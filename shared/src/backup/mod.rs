@@ -345,14 +345,7 @@ impl Pending {
     fn follow_wal(&mut self) -> Result<(), BackupError> {
         let (wal, dest) = (self.dir.wal(), self.partial.join(WAL_FILE));
         let mut copy = WalCopy::create(&dest).map_err(BackupError::Wal)?;
-        let mut live = 0;
-        for _ in 0..WAL_PASSES {
-            let pass = copy.catch_up(&wal).map_err(BackupError::Wal)?;
-            live += pass;
-            if pass <= WAL_TAIL {
-                break;
-            }
-        }
+        let live = passes(|| copy.catch_up(&wal)).map_err(BackupError::Wal)?;
         self.wal = Some(copy);
         self.wal_live = Some(live);
         Ok(())
@@ -488,6 +481,21 @@ pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, 
 const WAL_PASSES: usize = 4;
 /// A pass that copied no more than this leaves the rest to the stop.
 const WAL_TAIL: u64 = 1 << 20;
+
+/// Runs `pass` (one pass of the live WAL copy, returning the bytes it
+/// copied) again while a pass copies more than [`WAL_TAIL`], at most
+/// [`WAL_PASSES`] times; the bytes copied in all.
+fn passes(mut pass: impl FnMut() -> Result<u64, WalError>) -> Result<u64, WalError> {
+    let mut live = 0;
+    for _ in 0..WAL_PASSES {
+        let copied = pass()?;
+        live += copied;
+        if copied <= WAL_TAIL {
+            break;
+        }
+    }
+    Ok(live)
+}
 
 fn remove(path: &Path) -> Result<(), BackupError> {
     match fs::remove_file(path) {
@@ -735,6 +743,121 @@ mod tests {
         assert_eq!(list(&dir).unwrap(), vec![made, newer]);
     }
 
+    /// The folder is named for what the backup is of and when; a number
+    /// follows only when that name is taken.
+    #[test]
+    fn a_backup_folder_is_numbered_only_when_its_name_is_taken() {
+        let (_tmp, dir) = install();
+        let at = UtcTime::from_unix_ms(1_800_000_000_000);
+        let names: Vec<String> = (0..3)
+            .map(|_| {
+                let backup = create_at(&dir, &request("1.8.1"), at).unwrap();
+                backup.path.file_name().unwrap().to_string_lossy().into()
+            })
+            .collect();
+        let base = format!("pre-upgrade-1.8.1-{}", at.compact());
+        assert_eq!(
+            names,
+            [base.clone(), format!("{base}-2"), format!("{base}-3")]
+        );
+    }
+
+    /// A daemon that rewrote the main file in place (same inode, same size)
+    /// shows only in the mtime: a second or a nanosecond apart is a change.
+    #[test]
+    fn a_stamp_tells_apart_mtimes_a_second_or_a_nanosecond_apart() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("waiaas.db");
+        fs::write(&path, "same size").unwrap();
+        let file = fs::File::options().write(true).open(&path).unwrap();
+        let s = 1_800_000_000;
+        let stamps: Vec<Stamp> = [(s, 0), (s + 1, 0), (s, 1)]
+            .into_iter()
+            .map(|(secs, nanos)| {
+                file.set_modified(UNIX_EPOCH + Duration::new(secs, nanos))
+                    .unwrap();
+                stamp(&path).unwrap()
+            })
+            .collect();
+        assert_ne!(stamps[0], stamps[1], "a second later");
+        assert_ne!(stamps[0], stamps[2], "a nanosecond later");
+        assert_ne!(stamps[1], stamps[2], "a second later, a nanosecond earlier");
+    }
+
+    /// No `backups/` yet is no backup; a `backups/` that cannot be read is
+    /// an error, not "no backup" (a rollback would find nothing to restore).
+    #[test]
+    fn a_missing_backups_folder_lists_nothing_and_an_unreadable_one_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert_eq!(list(&dir).unwrap(), vec![]);
+        assert_eq!(
+            prune(&dir, 1).unwrap(),
+            Vec::<PathBuf>::new(),
+            "nothing to prune"
+        );
+        fs::write(dir.backups(), "not a folder").unwrap();
+        let refused = list(&dir).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ENOTDIR), "{refused}");
+    }
+
+    /// A backup interrupted after its `backup.json` was written, before the
+    /// rename, is still `.partial-`: not a backup.
+    #[test]
+    fn a_partial_backup_is_not_listed_even_with_its_manifest_written() {
+        let (_tmp, dir) = install();
+        let made = create(&dir, &request("1.8.1")).unwrap();
+        let partial = dir.backups().join(format!("{PARTIAL_PREFIX}interrupted"));
+        fs::create_dir_all(&partial).unwrap();
+        fs::copy(made.path.join(MANIFEST), partial.join(MANIFEST)).unwrap();
+        fs::write(dir.backups().join("notes.txt"), "not a backup").unwrap();
+        assert_eq!(list(&dir).unwrap(), vec![made]);
+    }
+
+    #[test]
+    fn removing_a_file_already_gone_is_not_an_error_but_other_failures_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        remove(&tmp.path().join("absent")).unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "x").unwrap();
+        remove(&file).unwrap();
+        assert!(!file.exists());
+        // unlink(2) of a folder fails (EISDIR): reported, with its path.
+        let refused = remove(tmp.path()).unwrap_err();
+        assert!(
+            matches!(&refused, BackupError::Io { path, .. } if path == tmp.path()),
+            "{refused}"
+        );
+    }
+
+    /// The live copy follows a growing WAL while each pass copies more than
+    /// the tail, and gives up after a few passes, leaving the rest to the stop.
+    #[test]
+    fn the_live_wal_copy_passes_again_while_a_pass_copies_more_than_the_tail() {
+        let run = |sizes: &[u64]| {
+            let mut sizes = sizes.iter();
+            let mut calls = 0;
+            let live = passes(|| {
+                calls += 1;
+                Ok(*sizes.next().expect("no more passes than sizes"))
+            })
+            .unwrap();
+            (calls, live)
+        };
+        let big = WAL_TAIL + 1;
+        assert_eq!(run(&[big, big, WAL_TAIL]), (3, 2 * big + WAL_TAIL));
+        assert_eq!(run(&[0]), (1, 0));
+        assert_eq!(
+            run(&[512 << 10]),
+            (1, 512 << 10),
+            "half a MiB is left to the stop"
+        );
+        assert_eq!(run(&[big; 5]), (WAL_PASSES, WAL_PASSES as u64 * big));
+        let failed = passes(|| Err(WalError::Restarted(PathBuf::from("w"))));
+        assert!(matches!(failed, Err(WalError::Restarted(_))));
+    }
+
     /// A daemon's connection with checkpoints held, as the daemon holds them.
     fn held(dir: &DataDir) -> Connection {
         let conn = Connection::open(dir.database()).unwrap();
@@ -885,6 +1008,78 @@ mod tests {
         let _ = std::process::Command::new("umount")
             .arg(dir.backups())
             .status();
+        result.unwrap();
+    }
+
+    /// A database set aside without a WAL is adopted as it is; a file that
+    /// is there but cannot be read fails the adoption (rather than leaving
+    /// it out of the backup).
+    #[test]
+    fn a_folder_without_a_wal_is_adopted_and_an_unreadable_file_refused() {
+        let (_tmp, dir) = install();
+        let request = Request {
+            kind: Kind::RolledBack,
+            ..request("1.9.0")
+        };
+        let folder = dir.data().join(".aside");
+        fs::create_dir_all(&folder).unwrap();
+        fs::copy(dir.database(), folder.join(DB_FILE)).unwrap();
+        let made = adopt(&dir, &folder, &request).unwrap();
+        assert_eq!(made.manifest.files.keys().collect::<Vec<_>>(), [DB_FILE]);
+        assert!(!made.path.join(WAL_FILE).exists());
+
+        let looped = dir.data().join(".looped");
+        fs::create_dir_all(&looped).unwrap();
+        fs::copy(dir.database(), looped.join(DB_FILE)).unwrap();
+        // A WAL that is a symlink to itself: there, and unreadable (ELOOP).
+        std::os::unix::fs::symlink(WAL_FILE, looped.join(WAL_FILE)).unwrap();
+        let refused = adopt(&dir, &looped, &request).unwrap_err();
+        assert!(
+            matches!(&refused, BackupError::Io { path, .. } if path == &looped.join(WAL_FILE)),
+            "{refused}"
+        );
+        assert!(looped.exists(), "left where it was");
+        assert_eq!(list(&dir).unwrap(), vec![made]);
+    }
+
+    /// Only a move across file systems falls back to copying: a folder that
+    /// cannot be moved for another reason (here a mount point: EBUSY) is an
+    /// error, and no backup is made of it.
+    #[test]
+    fn a_folder_that_cannot_be_moved_is_not_copied_instead() {
+        let (_tmp, dir) = install();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let folder = dir.data().join(".aside");
+        fs::create_dir_all(&folder).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+            .arg(&folder)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mount -t tmpfs failed");
+            return;
+        }
+        let result = std::panic::catch_unwind(|| {
+            fs::copy(dir.database(), folder.join(DB_FILE)).unwrap();
+            let request = Request {
+                kind: Kind::RolledBack,
+                ..request("1.9.0")
+            };
+            let refused = adopt(&dir, &folder, &request).unwrap_err();
+            assert!(
+                matches!(&refused, BackupError::Io { source, .. }
+                    if source.raw_os_error() == Some(libc::EBUSY)),
+                "{refused}"
+            );
+            assert_eq!(list(&dir).unwrap(), vec![], "no backup made");
+            assert!(folder.join(DB_FILE).exists(), "left where it was");
+        });
+        let _ = std::process::Command::new("umount").arg(&folder).status();
         result.unwrap();
     }
 

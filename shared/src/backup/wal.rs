@@ -157,8 +157,7 @@ impl WalCopy {
             at = HEADER;
         }
         let mut committed = None;
-        // About 1 MiB of frames per read.
-        let mut buf = vec![0u8; frame * (COPY_CHUNK / frame).max(1)];
+        let mut buf = vec![0u8; frame * frames_per_read(frame)];
         while at + frame as u64 <= end {
             let frames = usize::try_from((end - at) / frame as u64)
                 .unwrap_or(usize::MAX)
@@ -215,6 +214,11 @@ impl WalCopy {
 
 /// Bytes of frames read at once.
 const COPY_CHUNK: usize = 1 << 20;
+
+/// Frames of `frame` bytes read at once: about [`COPY_CHUNK`], at least one.
+fn frames_per_read(frame: usize) -> usize {
+    (COPY_CHUNK / frame).max(1)
+}
 
 /// SQLite's WAL checksum (`walChecksumBytes`) of `data`, seeded by `seed`:
 /// 32-bit words in the byte order the header's magic names, two by two.
@@ -390,6 +394,145 @@ mod tests {
         std::fs::copy(&main, restored.path().join("y.db")).unwrap();
         std::fs::copy(tmp.path().join("copy"), restored.path().join("y.db-wal")).unwrap();
         assert_eq!(count(&restored.path().join("y.db")), 5);
+    }
+
+    /// `finish` with nothing written since the last pass copies nothing
+    /// more; a log gone or shorter than what was copied is another log.
+    #[test]
+    fn the_end_of_a_copy_checks_the_log_is_still_the_one_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        insert(&conn, 20);
+        drop(conn);
+        let wal = tmp.path().join("x.db-wal");
+        let original = std::fs::read(&wal).unwrap();
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        assert_eq!(copy.catch_up(&wal).unwrap(), original.len() as u64);
+        let copied = copy.finish(&wal).unwrap();
+        assert_eq!(copied.len, original.len() as u64, "nothing new: the same");
+
+        for (name, change) in [("gone", None), ("shorter", Some(original.len() - 1))] {
+            std::fs::write(&wal, &original).unwrap();
+            let mut copy = WalCopy::create(&tmp.path().join(name)).unwrap();
+            assert!(copy.catch_up(&wal).unwrap() > 0);
+            match change {
+                None => std::fs::remove_file(&wal).unwrap(),
+                Some(len) => std::fs::write(&wal, &original[..len]).unwrap(),
+            }
+            assert!(
+                matches!(copy.finish(&wal), Err(WalError::Restarted(_))),
+                "{name}"
+            );
+        }
+        // Nothing copied and no log: an empty copy.
+        std::fs::remove_file(&wal).unwrap();
+        let copy = WalCopy::create(&tmp.path().join("none")).unwrap();
+        assert_eq!(copy.finish(&wal).unwrap().len, 0);
+    }
+
+    /// A frame with other salts is of another generation of the log (one
+    /// written before a restart): it ends the log even where its checksum
+    /// happens to follow the chain (the checksum does not cover the salts).
+    #[test]
+    fn a_frame_with_other_salts_ends_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        insert(&conn, 4);
+        drop(conn);
+        let wal = tmp.path().join("x.db-wal");
+        let mut log = std::fs::read(&wal).unwrap();
+        let page_size = u32::from_be_bytes(log[8..12].try_into().unwrap()) as usize;
+        let frame = FRAME_HEADER as usize + page_size;
+        let last = log.len() - frame;
+        assert_ne!(log[last + 4..last + 8], [0; 4], "the last frame commits");
+        log[last + 8] ^= 0xff;
+        std::fs::write(&wal, &log).unwrap();
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        let copied = copy.catch_up(&wal).unwrap();
+        assert!(copied <= last as u64, "{copied} of {}", log.len());
+    }
+
+    /// A log shorter than it measured (replaced while it was read) is
+    /// another log, not a failure to read.
+    #[test]
+    fn a_log_that_shrinks_while_it_is_read_is_another_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        insert(&conn, 4);
+        drop(conn);
+        let wal = tmp.path().join("x.db-wal");
+        let source = std::fs::File::open(&wal).unwrap();
+        let len = source.metadata().unwrap().len();
+        let (header, chain) = read_header(&source, &wal, len).unwrap().unwrap();
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        // As measured before it shrank: two frames longer than it is.
+        let page_size = u64::from(u32::from_be_bytes(header[8..12].try_into().unwrap()));
+        let measured = len + 2 * (FRAME_HEADER + page_size);
+        assert!(matches!(
+            copy.copy_committed(&source, &wal, measured, header, chain),
+            Err(WalError::Restarted(_))
+        ));
+    }
+
+    #[test]
+    fn each_pass_returns_what_it_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        let wal = tmp.path().join("x.db-wal");
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copied = 0;
+        for _ in 0..3 {
+            insert(&conn, 5);
+            let len = std::fs::metadata(&wal).unwrap().len();
+            assert_eq!(copy.catch_up(&wal).unwrap(), len - copied);
+            copied = len;
+        }
+    }
+
+    /// No log is nothing to copy; a log that cannot be opened is an error.
+    #[test]
+    fn a_missing_log_is_empty_and_an_unreadable_one_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(open(&tmp.path().join("x.db-wal")).unwrap().is_none());
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        // ENOTDIR: a path below a file.
+        assert!(matches!(
+            open(&file.join("x.db-wal")),
+            Err(WalError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn frames_are_read_about_a_mebibyte_at_a_time() {
+        assert_eq!(frames_per_read(24 + 4096), 254);
+        assert_eq!(frames_per_read(24 + 65536), 15);
+        assert_eq!(frames_per_read(2 << 20), 1, "at least one");
+    }
+
+    /// A header with a valid checksum but a page size SQLite never writes
+    /// (not a power of two, or past 64 KiB) is not a log to copy.
+    #[test]
+    fn a_header_with_an_impossible_page_size_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        insert(&conn, 3);
+        drop(conn);
+        let wal = tmp.path().join("x.db-wal");
+        let original = std::fs::read(&wal).unwrap();
+        for page_size in [1000u32, 1 << 17] {
+            let mut log = original.clone();
+            log[8..12].copy_from_slice(&page_size.to_be_bytes());
+            let big_endian = u32::from_be_bytes(log[0..4].try_into().unwrap()) == MAGIC[1];
+            let sum = checksum(big_endian, [0; 2], &log[..24]);
+            log[24..32].copy_from_slice(&chain_bytes(sum));
+            std::fs::write(&wal, &log).unwrap();
+            let mut copy = WalCopy::create(&tmp.path().join(format!("copy-{page_size}"))).unwrap();
+            assert!(
+                matches!(copy.catch_up(&wal), Err(WalError::Restarted(_))),
+                "{page_size}"
+            );
+        }
     }
 
     #[test]
