@@ -214,7 +214,132 @@ pub(super) async fn download_to(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixture::{answer, length, serve_one};
     use super::*;
+
+    async fn download(
+        answer: Vec<u8>,
+        limits: &Limits,
+    ) -> (Result<Vec<u8>, PackageError>, Vec<Downloaded>, Vec<u8>) {
+        let (url, _) = serve_one(answer);
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("package.tgz");
+        let client = http_client(&url, limits, false).unwrap();
+        let mut heard = Vec::new();
+        let url = format!("{url}/package.tgz");
+        let result = download_to(&client, &url, &dest, limits, &mut |d| heard.push(d)).await;
+        let written = std::fs::read(&dest).unwrap_or_default();
+        (result, heard, written)
+    }
+
+    #[tokio::test]
+    async fn a_download_is_written_hashed_and_reported() {
+        let body = vec![7u8; 3000];
+        for headers in [length(&body), String::new()] {
+            let declared = (!headers.is_empty()).then_some(3000);
+            let (result, heard, written) =
+                download(answer("200 OK", &headers, &body), &Limits::default()).await;
+            assert_eq!(result.unwrap(), Sha512::digest(&body).to_vec());
+            assert_eq!(written, body);
+            let first = Downloaded {
+                done: 0,
+                total: declared,
+            };
+            let last = Downloaded {
+                done: 3000,
+                total: declared,
+            };
+            assert_eq!((heard.first(), heard.last()), (Some(&first), Some(&last)));
+        }
+    }
+
+    /// The size cap holds whether the registry declares the size or not;
+    /// exactly the cap is within it.
+    #[tokio::test]
+    async fn a_download_over_its_cap_is_refused_declared_or_not() {
+        let limits = Limits {
+            tarball_bytes: 1000,
+            ..Limits::default()
+        };
+        for size in [1000, 1001] {
+            let body = vec![1u8; size];
+            for headers in [length(&body), String::new()] {
+                let (result, _, _) = download(answer("200 OK", &headers, &body), &limits).await;
+                match (size, result) {
+                    (1000, Ok(_)) | (1001, Err(PackageError::TooLarge { cap: 1000 })) => {}
+                    (_, other) => panic!("{size} bytes, `{headers}`: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_names_the_url_without_its_credentials() {
+        let (url, _) = serve_one(answer("404 Not Found", &length(b"no"), b"no"));
+        let url = url.replace("http://", "http://user:secret@") + "/package.tgz";
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = Limits::default();
+        let client = http_client(&url, &limits, false).unwrap();
+        let dest = tmp.path().join("package.tgz");
+        let error = download_to(&client, &url, &dest, &limits, &mut |_| {})
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(&error, PackageError::Download { reason, .. } if reason == "HTTP 404"),
+            "{message}"
+        );
+        assert!(
+            message.contains("package.tgz") && !message.contains("secret"),
+            "{message}"
+        );
+        assert!(!dest.exists(), "nothing written");
+    }
+
+    const PACKUMENT: &[u8] =
+        br#"{"name":"@waiaas/cli","dist-tags":{"latest":"1.0.0"},"versions":{}}"#;
+
+    #[tokio::test]
+    async fn a_packument_is_asked_for_in_its_form_and_read_within_its_cap() {
+        let exact = Limits {
+            packument_bytes: PACKUMENT.len() as u64,
+            ..Limits::default()
+        };
+        for (form, accept) in [
+            (Form::Full, registry::FULL_PACKUMENT_ACCEPT),
+            (Form::Abbreviated, registry::PACKUMENT_ACCEPT),
+        ] {
+            let (url, request) = serve_one(answer("200 OK", &length(PACKUMENT), PACKUMENT));
+            let client = http_client(&url, &exact, false).unwrap();
+            let packument = get_packument(&client, &url, "@waiaas/cli", form, &exact)
+                .await
+                .unwrap();
+            assert_eq!(packument.name, "@waiaas/cli");
+            let request = request.recv().unwrap();
+            let accept = format!("accept: {}\r\n", accept.to_lowercase());
+            assert!(request.contains(&accept), "{request}");
+        }
+        let short = Limits {
+            packument_bytes: PACKUMENT.len() as u64 - 1,
+            ..Limits::default()
+        };
+        for headers in [length(PACKUMENT), String::new()] {
+            let (url, _) = serve_one(answer("200 OK", &headers, PACKUMENT));
+            let client = http_client(&url, &short, false).unwrap();
+            let result = get_packument(&client, &url, "@waiaas/cli", Form::Full, &short).await;
+            assert!(
+                matches!(result, Err(PackageError::PackumentTooLarge { cap, .. }) if cap == short.packument_bytes),
+                "`{headers}`: {result:?}"
+            );
+        }
+        let (url, _) = serve_one(answer("404 Not Found", &length(b"no"), b"no"));
+        let client = http_client(&url, &short, false).unwrap();
+        let result = get_packument(&client, &url, "@waiaas/cli", Form::Full, &short).await;
+        assert!(
+            matches!(result, Err(PackageError::Status { status: 404, .. })),
+            "{result:?}"
+        );
+    }
 
     #[test]
     fn sri_sha512_is_read() {

@@ -386,3 +386,208 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, PackageError> {
     }
     Ok(Some(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{Site, package_folder, site, target};
+    use super::*;
+
+    fn installed(site: &Site) -> Installed {
+        install_folder(&site.dir, &site.ring, &package_folder(site), target()).unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_release_folder_is_installed_flat_with_our_modes_and_verifies_again() {
+        let site = site();
+        let done = installed(&site);
+        assert_eq!(done.path, site.dir.version("1.9.0"));
+        let mut names: Vec<_> = fs::read_dir(&done.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "LICENSE",
+                MANIFEST,
+                SIGNATURE,
+                "waiaas-daemon",
+                "waiaas-launcher"
+            ]
+        );
+        assert_eq!(mode(&done.path.join("waiaas-daemon")), 0o755);
+        assert_eq!(mode(&done.path.join("LICENSE")), 0o644);
+        assert_eq!(mode(&site.dir.versions()), 0o755);
+        let again = verify_dir(&done.path, &site.ring, &site.version, target()).unwrap();
+        assert_eq!(again, done);
+        assert!(matches!(
+            existing(&site.dir, &site.ring, &site.version, target()).unwrap(),
+            Existing::Good(good) if good == done
+        ));
+        // Installing what is installed reuses it; nothing is left aside.
+        assert_eq!(installed(&site), done);
+        let mut left: Vec<_> = fs::read_dir(site.dir.versions())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.9.0"]);
+    }
+
+    /// Every way an installed folder can differ from its signed manifest is
+    /// named; such a folder is replaced by the next install, unless it is the
+    /// one `current` runs.
+    #[test]
+    fn an_installed_folder_that_differs_from_its_manifest_is_bad() {
+        type Damage = fn(&Path);
+        let cases: [(Damage, &str); 9] = [
+            (
+                |p| fs::write(p.join("extra"), "x").unwrap(),
+                "holds extra, which release.json does not list",
+            ),
+            (
+                |p| {
+                    fs::create_dir_all(p.join("sub")).unwrap();
+                    fs::write(p.join("sub/extra"), "x").unwrap();
+                },
+                "holds sub/extra, which",
+            ),
+            (
+                |p| fs::remove_file(p.join("LICENSE")).unwrap(),
+                "LICENSE is missing from",
+            ),
+            (
+                |p| fs::write(p.join("LICENSE"), "GPL").unwrap(),
+                "LICENSE has sha256",
+            ),
+            (
+                |p| {
+                    let path = p.join("waiaas-daemon");
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+                },
+                "waiaas-daemon in",
+            ),
+            (
+                |p| {
+                    fs::remove_file(p.join("LICENSE")).unwrap();
+                    fs::create_dir(p.join("LICENSE")).unwrap();
+                },
+                "LICENSE in",
+            ),
+            (
+                |p| std::os::unix::fs::symlink("LICENSE", p.join("link")).unwrap(),
+                "link in",
+            ),
+            (
+                |p| fs::remove_file(p.join(SIGNATURE)).unwrap(),
+                "is unsigned",
+            ),
+            (
+                |p| fs::remove_file(p.join(MANIFEST)).unwrap(),
+                "release.json",
+            ),
+        ];
+        let kinds = [
+            "",
+            "",
+            "",
+            "",
+            "is not executable",
+            "is not a plain file",
+            "is a link or special file",
+            "",
+            "",
+        ];
+        for ((damage, expected), kind) in cases.into_iter().zip(kinds) {
+            let site = site();
+            let path = installed(&site).path;
+            damage(&path);
+            let problem = verify_dir(&path, &site.ring, &site.version, target())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                problem.contains(expected) && problem.contains(kind),
+                "{problem}"
+            );
+            match existing(&site.dir, &site.ring, &site.version, target()).unwrap() {
+                Existing::Bad(said) => assert_eq!(said, problem),
+                _ => panic!("{expected}: not bad"),
+            }
+            // The one running is never touched.
+            crate::swap::point_current(&site.dir, "1.9.0").unwrap();
+            let refused = existing(&site.dir, &site.ring, &site.version, target());
+            assert!(
+                matches!(&refused, Err(PackageError::CurrentIsBad { problem: said, .. }) if *said == problem),
+                "{expected}"
+            );
+            fs::remove_file(site.dir.current()).unwrap();
+            // Any other is replaced by a verified install.
+            let fresh = installed(&site);
+            verify_dir(&fresh.path, &site.ring, &site.version, target()).unwrap();
+            assert!(!site.dir.versions().join("1.9.0.replaced").exists());
+            assert!(!site.dir.versions().join("1.9.0.partial").exists());
+        }
+    }
+
+    #[test]
+    fn a_version_that_is_not_a_folder_is_bad_and_an_absent_one_absent() {
+        let site = site();
+        assert!(matches!(
+            existing(&site.dir, &site.ring, &site.version, target()).unwrap(),
+            Existing::Absent
+        ));
+        fs::create_dir_all(site.dir.versions()).unwrap();
+        fs::write(site.dir.version("1.9.0"), "a file").unwrap();
+        assert!(matches!(
+            existing(&site.dir, &site.ring, &site.version, target()).unwrap(),
+            Existing::Bad(problem) if problem == "not a folder"
+        ));
+        installed(&site);
+        assert!(site.dir.version("1.9.0").is_dir());
+    }
+
+    /// `release.json` and its signature are read whole, up to a cap.
+    #[test]
+    fn a_small_file_is_read_up_to_its_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(MANIFEST);
+        assert_eq!(read_small(&path).unwrap(), None);
+        let cap = usize::try_from(MANIFEST_CAP).unwrap();
+        fs::write(&path, vec![b'x'; cap]).unwrap();
+        assert_eq!(read_small(&path).unwrap().map(|b| b.len()), Some(cap));
+        fs::write(&path, vec![b'x'; cap + 1]).unwrap();
+        let refused = read_small(&path).unwrap_err().to_string();
+        assert!(refused.contains("is larger than 1 MiB"), "{refused}");
+        // There, but not a file that can be read: an error, not "none".
+        let refused = read_small(tmp.path()).unwrap_err();
+        assert!(!matches!(refused, PackageError::Manifest(_)), "{refused}");
+    }
+
+    #[test]
+    fn remove_path_removes_files_trees_and_links_never_their_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, tree, link) = (
+            tmp.path().join("file"),
+            tmp.path().join("tree"),
+            tmp.path().join("link"),
+        );
+        fs::write(&file, "x").unwrap();
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/c"), "x").unwrap();
+        std::os::unix::fs::symlink(&tree, &link).unwrap();
+        remove_path(&link).unwrap();
+        assert!(tree.join("a/b/c").exists(), "the link's target stays");
+        remove_path(&tree).unwrap();
+        remove_path(&file).unwrap();
+        remove_path(&tmp.path().join("absent")).unwrap();
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // A path below a file cannot be looked at: an error, not "absent".
+        fs::write(&file, "x").unwrap();
+        assert!(remove_path(&file.join("below")).is_err());
+    }
+}

@@ -43,6 +43,8 @@
 mod archive;
 mod download;
 mod error;
+#[cfg(test)]
+mod fixture;
 mod install;
 mod keys;
 mod limits;
@@ -483,4 +485,217 @@ fn target() -> Result<&'static str, PackageError> {
         os: std::env::consts::OS,
         arch: std::env::consts::ARCH,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::Receiver;
+
+    use base64::Engine as _;
+    use sha2::Digest as _;
+
+    use super::fixture::{Site, answer, length, ok, package_tarball, serve, site, target};
+    use super::*;
+
+    /// `site`'s config pointed at a registry that lists `listed` releases of
+    /// `@waiaas/cli` (the dist-tag names the last) and serves `tarball` as
+    /// the platform package of 1.9.0, whose integrity is that of `promised`.
+    fn registry(
+        site: &mut Site,
+        listed: &[&str],
+        tarball: Vec<u8>,
+        promised: &[u8],
+    ) -> Receiver<String> {
+        let versions: serde_json::Map<_, _> = listed
+            .iter()
+            .map(|v| (v.to_string(), serde_json::json!({ "version": v })))
+            .collect();
+        let cli = serde_json::json!({
+            "name": CLI_PACKAGE,
+            "dist-tags": { "latest": listed.last() },
+            "versions": versions,
+        });
+        let integrity = format!(
+            "sha512-{}",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(promised))
+        );
+        let platform = platform_package(target());
+        let (url, requests) = serve(|url| {
+            let packument = serde_json::json!({
+                "name": platform,
+                "versions": { "1.9.0": { "dist": {
+                    "tarball": format!("{url}/platform.tgz"),
+                    "integrity": integrity,
+                } } },
+            });
+            vec![
+                (
+                    format!("/{}", CLI_PACKAGE.replace('/', "%2f")),
+                    ok(cli.to_string().as_bytes()),
+                ),
+                (
+                    format!("/{}", platform.replace('/', "%2f")),
+                    ok(packument.to_string().as_bytes()),
+                ),
+                ("/platform.tgz".into(), ok(&tarball)),
+                (
+                    format!("/-/package/{}/dist-tags", CLI_PACKAGE.replace('/', "%2f")),
+                    ok(cli["dist-tags"].to_string().as_bytes()),
+                ),
+            ]
+        });
+        site.config.update.registry = Some(url);
+        requests
+    }
+
+    fn leftovers(site: &Site) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(site.dir.versions())
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_release_is_fetched_verified_and_installed_then_reused() {
+        let mut site = site();
+        let tarball = package_tarball(&site);
+        let requests = registry(&mut site, &["1.8.1", "1.9.0"], tarball.clone(), &tarball);
+        let mut heard = 0;
+        let installed = fetch(&site.dir, &site.config, &site.version, &mut |_| heard += 1)
+            .await
+            .unwrap();
+        assert_eq!(installed.path, site.dir.version("1.9.0"));
+        assert!(installed.path.join("waiaas-daemon").is_file());
+        assert!(heard > 0, "the download was reported");
+        assert_eq!(leftovers(&site), ["1.9.0"], "the download is removed");
+        let asked: Vec<String> = requests.try_iter().collect();
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        assert!(
+            asked[0].contains("application/vnd.npm.install-v1+json"),
+            "{}",
+            asked[0]
+        );
+        // Installed and good: reused, nothing asked.
+        let again = fetch(&site.dir, &site.config, &site.version, &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(again, installed);
+        assert_eq!(requests.try_iter().count(), 0);
+        // Its signed release.json, read from what is installed.
+        let manifest = signed_release(&site.dir, &site.config, &site.version)
+            .await
+            .unwrap();
+        assert_eq!(manifest, installed.manifest);
+        assert_eq!(requests.try_iter().count(), 0);
+        assert_eq!(
+            verify_installed(&site.dir, &site.config, &site.version).unwrap(),
+            installed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_release_is_checked_from_the_registry_without_installing_it() {
+        let mut site = site();
+        let tarball = package_tarball(&site);
+        registry(&mut site, &["1.9.0"], tarball.clone(), &tarball);
+        let manifest = signed_release(&site.dir, &site.config, &site.version)
+            .await
+            .unwrap();
+        assert_eq!(manifest.version, "1.9.0");
+        assert_eq!(leftovers(&site), Vec::<String>::new(), "nothing kept");
+        let missing = verify_installed(&site.dir, &site.config, &site.version);
+        assert!(
+            matches!(missing, Err(PackageError::NotInstalled { .. })),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tarball_that_is_not_the_one_promised_is_refused_and_removed() {
+        let mut site = site();
+        let tarball = package_tarball(&site);
+        registry(&mut site, &["1.9.0"], tarball, b"another tarball");
+        let refused = fetch(&site.dir, &site.config, &site.version, &mut |_| {}).await;
+        assert!(
+            matches!(refused, Err(PackageError::Integrity(_))),
+            "{refused:?}"
+        );
+        assert_eq!(leftovers(&site), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_release_the_registry_does_not_list_is_named() {
+        let mut site = site();
+        let tarball = package_tarball(&site);
+        registry(&mut site, &["1.8.1"], tarball.clone(), &tarball);
+        let refused = fetch(&site.dir, &site.config, &site.version, &mut |_| {}).await;
+        assert!(
+            matches!(refused, Err(PackageError::NoSuchRelease { .. })),
+            "{refused:?}"
+        );
+        // Listed by @waiaas/cli, but with no platform package.
+        let mut site = self::site();
+        registry(&mut site, &["1.9.0", "2.0.0"], tarball.clone(), &tarball);
+        let v2 = Version::parse("2.0.0").unwrap();
+        let refused = fetch(&site.dir, &site.config, &v2, &mut |_| {}).await;
+        assert!(
+            matches!(refused, Err(PackageError::NoPlatformPackage { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_releases_and_the_channel_s_tag_are_listed() {
+        let mut site = site();
+        registry(&mut site, &["1.8.1", "1.9.0"], Vec::new(), b"");
+        let listing = releases(&site.config).await.unwrap();
+        assert_eq!(listing.tag, site.version);
+        let versions: Vec<String> = listing
+            .releases
+            .iter()
+            .map(|r| r.version.to_string())
+            .collect();
+        assert_eq!(versions, ["1.8.1", "1.9.0"]);
+        assert_eq!(listing.release(&site.version), listing.releases.get(1));
+        assert_eq!(listing.release(&Version::parse("1.8.0").unwrap()), None);
+        assert_eq!(latest(&site.config).await.unwrap(), site.version);
+    }
+
+    #[test]
+    fn a_release_file_over_its_cap_is_refused_before_it_is_read() {
+        let site = site();
+        let tarball = package_tarball(&site);
+        let path = site.tmp.path().join("release.tgz");
+        fs::write(&path, &tarball).unwrap();
+        let cap = |tarball_bytes| Limits {
+            tarball_bytes,
+            ..Limits::default()
+        };
+        let len = tarball.len() as u64;
+        let refused = install_file_with_limits(&site.dir, &site.config, &path, None, &cap(len - 1));
+        assert!(
+            matches!(refused, Err(PackageError::TooLarge { cap }) if cap == len - 1),
+            "{refused:?}"
+        );
+        let installed =
+            install_file_with_limits(&site.dir, &site.config, &path, None, &cap(len)).unwrap();
+        assert_eq!(installed.version, site.version);
+    }
+
+    #[test]
+    fn a_registry_that_is_not_allowed_is_refused_before_any_request() {
+        let mut site = site();
+        let (url, requests) = serve(|_| vec![("*".into(), answer("200 OK", &length(b""), b""))]);
+        // Plain http:// is for loopback only: another host is refused.
+        site.config.update.registry = Some(url.replace("127.0.0.1", "example.invalid"));
+        assert!(source(&site.config).is_err());
+        site.config.update.registry = Some(url.clone());
+        assert_eq!(source(&site.config).unwrap(), url);
+        assert_eq!(requests.try_iter().count(), 0);
+    }
 }
