@@ -333,7 +333,11 @@ pub fn install_folder(
 /// launcher's version ([`is_local_build`], [`install_local_build`]).
 pub fn newer_release_beside(dir: &DataDir) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?;
+    newer_release_at(exe.parent()?, dir)
+}
+
+/// [`newer_release_beside`] a launcher in `bin`.
+fn newer_release_at(bin: &Path, dir: &DataDir) -> Option<PathBuf> {
     let current = crate::swap::current_version(dir).ok().flatten()?;
     let current = Version::parse(&current).ok()?;
     let folder = [Some(bin), bin.parent()]
@@ -685,6 +689,128 @@ mod tests {
         let installed =
             install_file_with_limits(&site.dir, &site.config, &path, None, &cap(len)).unwrap();
         assert_eq!(installed.version, site.version);
+    }
+
+    /// `dir` with `current` at `version` (a folder with a daemon file).
+    fn current_at(dir: &DataDir, version: &str) {
+        fs::create_dir_all(dir.version(version)).unwrap();
+        fs::write(dir.version(version).join("waiaas-daemon"), "").unwrap();
+        crate::swap::point_current(dir, version).unwrap();
+    }
+
+    /// A release package beside the launcher (`release.json` in its folder
+    /// or the one above, as npm installs it) is offered when it is newer
+    /// than `current`; the operator's own build (both programs, no
+    /// `release.json`) when this build is newer.
+    #[test]
+    fn a_newer_release_beside_the_launcher_is_found_in_either_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let package = tmp.path().join("package");
+        let bin = package.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        assert_eq!(newer_release_at(&bin, &dir), None, "no current");
+        let manifest = |at: &Path, version: &str| {
+            let json = serde_json::json!({
+                "name": "x", "version": version, "target": "x", "schema_version": 1,
+                "min_compatible_schema_version": 1, "files": {},
+            });
+            fs::write(at.join(waiaas_shared::release::MANIFEST), json.to_string()).unwrap();
+        };
+        current_at(&dir, "1.9.0");
+        for (at, found) in [(&package, &package), (&bin, &bin)] {
+            for (version, newer) in [("1.10.0", true), ("1.9.0", false), ("1.8.0", false)] {
+                manifest(at, version);
+                let expected = newer.then(|| found.to_path_buf());
+                assert_eq!(
+                    newer_release_at(&bin, &dir),
+                    expected,
+                    "{version} in {at:?}"
+                );
+            }
+            fs::remove_file(at.join(waiaas_shared::release::MANIFEST)).unwrap();
+        }
+        // A local build is this build's version.
+        assert!(!is_local_build(&bin));
+        for name in waiaas_shared::release::BINARIES {
+            fs::write(bin.join(name), "").unwrap();
+        }
+        assert!(is_local_build(&bin));
+        let this = waiaas_shared::version::current();
+        let older = Version::new(this.major, this.minor, this.patch.saturating_sub(1));
+        let mut newer = this.clone();
+        newer.patch += 1;
+        for (current, offered) in [(older, true), (this, false), (newer, false)] {
+            if current.patch == 0 && offered {
+                continue;
+            }
+            current_at(&dir, &current.to_string());
+            let expected = offered.then(|| bin.clone());
+            assert_eq!(newer_release_at(&bin, &dir), expected, "current {current}");
+        }
+        manifest(&bin, "1.0.0");
+        assert!(!is_local_build(&bin), "a release.json: a package");
+        fs::remove_file(bin.join(waiaas_shared::release::MANIFEST)).unwrap();
+        fs::remove_file(bin.join("waiaas-daemon")).unwrap();
+        assert!(!is_local_build(&bin), "one program only");
+    }
+
+    /// The operator's own build: two programs (here scripts saying their
+    /// versions, as the real ones do) and no `release.json`.
+    fn local_build(folder: &Path, daemon: &str, launcher: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(folder).unwrap();
+        let json = format!(
+            r#"{{"version":"{daemon}","schema_version":16,"min_compatible_schema_version":10}}"#
+        );
+        for (name, says) in [
+            ("waiaas-daemon", json),
+            ("waiaas-launcher", format!("waiaas-launcher {launcher}")),
+        ] {
+            let path = folder.join(name);
+            fs::write(&path, format!("#!/bin/sh\necho '{says}'\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_build_is_installed_recorded_and_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let build = tmp.path().join("build");
+        local_build(&build, "1.9.0", "1.9.0");
+        let installed = install_local_build(&dir, &build).await.unwrap();
+        assert_eq!(installed.path, dir.version("1.9.0"));
+        assert_eq!(installed.manifest.schema_version, 16);
+        assert_eq!(
+            installed.manifest.files.keys().collect::<Vec<_>>(),
+            ["bin/waiaas-daemon", "bin/waiaas-launcher"]
+        );
+        assert!(crate::install_record::verify(&installed.path, "1.9.0").unwrap());
+        assert!(!dir.versions().join("1.9.0.partial").exists());
+        // Installed and recorded: reused.
+        assert_eq!(install_local_build(&dir, &build).await.unwrap(), installed);
+        // Programs of two versions are not one build.
+        local_build(&build, "1.9.0", "1.9.1");
+        let refused = install_local_build(&dir, &build)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("its waiaas-launcher is 1.9.1"),
+            "{refused}"
+        );
+        // A folder of that version that is not a recorded build is left alone.
+        local_build(&build, "1.9.2", "1.9.2");
+        fs::create_dir_all(dir.version("1.9.2")).unwrap();
+        let refused = install_local_build(&dir, &build)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("is not a recorded local build"),
+            "{refused}"
+        );
     }
 
     #[test]
