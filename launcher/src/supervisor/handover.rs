@@ -98,6 +98,35 @@ pub async fn launcher_differs(dir: &DataDir, version: &str) -> bool {
             .is_ok_and(|theirs| theirs != VERSION)
 }
 
+/// What a start says when the journal in `dir` holds a handover that was
+/// never confirmed (the recovery then rolls the release back).
+fn unconfirmed_handover(dir: &DataDir) -> Option<String> {
+    use crate::upgrade::journal::{Journal, Operation, Phase};
+    let journal = Journal::load(dir).ok().flatten()?;
+    (journal.handed_over && journal.phase == Phase::Forward).then(|| {
+        format!(
+            "the handover to {}'s launcher (step {} of the {} from {} to {}) was never \
+             confirmed: that launcher exited, was killed, or hung past its deadline and \
+             was ended by SIGALRM; rolling the whole release back to {} (launcher and daemon)",
+            journal.to,
+            journal.step,
+            match journal.operation {
+                Operation::Upgrade => "upgrade",
+                Operation::Rollback => "rollback",
+            },
+            journal.from,
+            journal.to,
+            journal.from
+        )
+    })
+}
+
+/// How long a launcher handed the service has to confirm it: the time its
+/// daemon has to become healthy, and the grace for the exec and takeover.
+fn handover_deadline(health_timeout_secs: u64) -> Duration {
+    Duration::from_secs(health_timeout_secs) + TAKEOVER_GRACE
+}
+
 impl Supervisor {
     /// The first start of a daemon — unless the data dir's current release
     /// brings a newer launcher: then this process becomes that launcher,
@@ -123,24 +152,8 @@ impl Supervisor {
     /// A start that finds a journal whose handover was never confirmed says
     /// so before the recovery rolls the release back.
     pub(super) fn say_if_unconfirmed(&self) {
-        if let Ok(Some(journal)) = crate::upgrade::journal::Journal::load(&self.dir)
-            && journal.handed_over
-            && journal.phase == crate::upgrade::journal::Phase::Forward
-        {
-            warn!(
-                "the handover to {}'s launcher (step {} of the {} from {} to {}) was never \
-                 confirmed: that launcher exited, was killed, or hung past its deadline and \
-                 was ended by SIGALRM; rolling the whole release back to {} (launcher and daemon)",
-                journal.to,
-                journal.step,
-                match journal.operation {
-                    crate::upgrade::journal::Operation::Upgrade => "upgrade",
-                    crate::upgrade::journal::Operation::Rollback => "rollback",
-                },
-                journal.from,
-                journal.to,
-                journal.from
-            );
+        if let Some(said) = unconfirmed_handover(&self.dir) {
+            warn!("{said}");
         }
     }
 
@@ -183,7 +196,7 @@ impl Supervisor {
             reply_fd,
             ready_sent: self.ready_once,
         };
-        let deadline = Duration::from_secs(self.config.update.health_timeout) + TAKEOVER_GRACE;
+        let deadline = handover_deadline(self.config.update.health_timeout);
         info!(
             "handing over to {} (it must confirm within {} s, or SIGALRM ends it and the next \
              start rolls back)",
@@ -257,5 +270,72 @@ mod tests {
         std::fs::write(dir.upgrade_journal(), b"{}").unwrap();
         assert_eq!(committed_current_launcher(&dir, Wanted::Newer), None);
         assert!(current_launcher(&dir, Wanted::Newer).is_some());
+    }
+
+    /// A release's launcher as a script saying its version, as the real one
+    /// answers `--version`.
+    fn launcher_saying(dir: &DataDir, release: &str, says: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.launcher_of(release);
+        std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+        std::fs::write(
+            &program,
+            format!("#!/bin/sh\necho 'waiaas-launcher {says}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_release_s_launcher_differs_when_it_says_another_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert!(!launcher_differs(&dir, "9.9.9").await, "no launcher");
+        launcher_saying(&dir, "9.9.9", "9.9.9");
+        assert!(launcher_differs(&dir, "9.9.9").await);
+        launcher_saying(&dir, "9.9.9", VERSION);
+        assert!(
+            !launcher_differs(&dir, "9.9.9").await,
+            "this launcher's version"
+        );
+    }
+
+    #[test]
+    fn a_handover_never_confirmed_is_said_before_the_rollback() {
+        use crate::upgrade::journal::{Journal, Operation, Phase};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert_eq!(unconfirmed_handover(&dir), None, "no journal");
+        let mut journal = Journal::new(Operation::Upgrade, "1.8.1", "1.9.0", true);
+        journal.step = 7;
+        journal.save(&dir).unwrap();
+        assert_eq!(unconfirmed_handover(&dir), None, "not handed over");
+        journal.handed_over = true;
+        journal.save(&dir).unwrap();
+        let said = unconfirmed_handover(&dir).unwrap();
+        assert!(
+            said.starts_with("the handover to 1.9.0's launcher (step 7 of the upgrade from 1.8.1")
+                && said.ends_with("rolling the whole release back to 1.8.1 (launcher and daemon)"),
+            "{said}"
+        );
+        journal.operation = Operation::Rollback;
+        journal.save(&dir).unwrap();
+        assert!(
+            unconfirmed_handover(&dir)
+                .unwrap()
+                .contains("of the rollback from")
+        );
+        journal.phase = Phase::RollingBack;
+        journal.save(&dir).unwrap();
+        assert_eq!(unconfirmed_handover(&dir), None, "already rolling back");
+    }
+
+    #[test]
+    fn the_handover_deadline_is_the_health_timeout_and_the_grace() {
+        assert_eq!(
+            handover_deadline(60),
+            Duration::from_secs(60) + TAKEOVER_GRACE
+        );
+        assert_eq!(handover_deadline(0), TAKEOVER_GRACE);
     }
 }
