@@ -617,6 +617,15 @@ mod tests {
             matches!(missing, Err(PackageError::NotInstalled { .. })),
             "{missing:?}"
         );
+        // A versions/ that cannot be looked into is an error, not "not installed".
+        let _ = fs::remove_dir_all(site.dir.versions());
+        fs::create_dir_all(site.dir.root()).unwrap();
+        fs::write(site.dir.versions(), "a file").unwrap();
+        let unreadable = verify_installed(&site.dir, &site.config, &site.version);
+        assert!(
+            matches!(unreadable, Err(PackageError::Io { .. })),
+            "{unreadable:?}"
+        );
     }
 
     #[tokio::test]
