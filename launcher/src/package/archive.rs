@@ -670,6 +670,52 @@ mod tests {
         }
         // At the caps exactly, all is well.
         assert!(scan_of(&many[..8], &limits).is_ok());
+        let at_cap = format!("package/{}", "n".repeat(64 - "package/".len()));
+        assert!(scan_of(&[Raw(&at_cap, T::Regular, b"")], &limits).is_ok());
+        let content = vec![0u8; 64 * 1024];
+        assert!(scan_of(&[Raw("package/bin/x", T::Regular, &content)], &limits).is_ok());
+    }
+
+    /// The decompressed stream may exceed the unpacked cap by the tar
+    /// headers and padding (up to 4 MiB): many empty files within the caps
+    /// are read; the stream is cut past that.
+    #[test]
+    fn the_stream_cap_leaves_room_for_the_tar_headers() {
+        // 3,000 headers of 512 bytes: 1.5 MiB of stream, no file content.
+        let names: Vec<String> = (0..3000).map(|i| format!("package/f{i}")).collect();
+        let entries: Vec<Raw<'_>> = names.iter().map(|n| Raw(n, T::Regular, b"")).collect();
+        let limits = Limits {
+            unpacked_bytes: 0,
+            entries: 3000,
+            ..Limits::default()
+        };
+        assert_eq!(scan_of(&entries, &limits).unwrap().files.len(), 3000);
+    }
+
+    /// What the decompressor yields is counted across reads, up to the cap
+    /// exactly.
+    #[test]
+    fn the_decompressed_stream_is_capped_across_reads() {
+        let read_all = |left: u64| {
+            let hit = Rc::new(Cell::new(false));
+            let mut capped = Capped {
+                inner: &[7u8; 20][..],
+                left,
+                hit: hit.clone(),
+            };
+            let (mut total, mut buf) = (0, [0u8; 10]);
+            let result = loop {
+                match capped.read(&mut buf) {
+                    Ok(0) => break Ok(total),
+                    Ok(n) => total += n,
+                    Err(e) => break Err(e),
+                }
+            };
+            (result.ok(), hit.get())
+        };
+        assert_eq!(read_all(20), (Some(20), false), "exactly the cap");
+        assert_eq!(read_all(15), (None, true), "past it on the second read");
+        assert_eq!(read_all(9), (None, true), "past it on the first");
     }
 
     #[test]
