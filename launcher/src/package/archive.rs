@@ -692,6 +692,26 @@ mod tests {
         assert_eq!(scan_of(&entries, &limits).unwrap().files.len(), 3000);
     }
 
+    /// `release.json` and its signature are read into memory, up to 1 MiB.
+    #[test]
+    fn the_manifest_is_read_up_to_its_cap() {
+        let cap = usize::try_from(MANIFEST_CAP).unwrap();
+        let (at_cap, over) = (vec![b' '; cap], vec![b' '; cap + 1]);
+        let limits = Limits::default();
+        let scanned = scan_of(&[Raw("package/release.json", T::Regular, &at_cap)], &limits);
+        assert_eq!(scanned.unwrap().manifest.map(|m| m.len()), Some(cap));
+        let refused = scan_of(
+            &[Raw("package/release.json.minisig", T::Regular, &over)],
+            &limits,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("release.json.minisig is larger than 1 MiB"),
+            "{refused}"
+        );
+    }
+
     /// What the decompressor yields is counted across reads, up to the cap
     /// exactly.
     #[test]
