@@ -564,6 +564,49 @@ mod tests {
         assert!(!out.join("package.json").exists() && !out.join("bin").exists());
     }
 
+    /// A file below folders is written there, and each folder made for it
+    /// is noted for the final sync (deepest first), never the root itself.
+    #[test]
+    fn a_nested_file_is_written_with_its_folders_noted_for_the_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("out.partial");
+        fs::create_dir(&root).unwrap();
+        let mut writer = Writer {
+            root: &root,
+            dirs: BTreeSet::from([root.clone()]),
+        };
+        let unreadable = |e| PackageError::Archive(format!("{e}"));
+        let hash = writer
+            .write("docs/en/README", 0o644, &mut &b"read me"[..], &unreadable)
+            .unwrap();
+        assert_eq!(hash, sha256_hex(b"read me"));
+        assert_eq!(fs::read(root.join("docs/en/README")).unwrap(), b"read me");
+        writer
+            .write("LICENSE", 0o644, &mut &b"MIT"[..], &unreadable)
+            .unwrap();
+        assert_eq!(
+            writer.dirs,
+            BTreeSet::from([root.clone(), root.join("docs"), root.join("docs/en")])
+        );
+    }
+
+    /// A failure to write is the destination's, named with the system's
+    /// reason (here a full device).
+    #[test]
+    fn a_failed_write_is_marked_as_the_destination_s() {
+        let mut full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let failed = Tee(&mut full).write(b"x").unwrap_err();
+        assert!(
+            failed
+                .get_ref()
+                .is_some_and(|inner| inner.is::<WriteFailed>())
+        );
+        assert!(
+            failed.to_string().contains("No space left on device"),
+            "{failed}"
+        );
+    }
+
     #[test]
     fn the_second_pass_refuses_an_unlisted_or_altered_file_before_writing_it() {
         let cases: [(ReleaseManifest, &str); 2] = [
