@@ -318,6 +318,8 @@ mod tests {
             let request = request.recv().unwrap();
             let accept = format!("accept: {}\r\n", accept.to_lowercase());
             assert!(request.contains(&accept), "{request}");
+            let agent = format!("user-agent: waiaas/{VERSION}\r\n");
+            assert!(request.contains(&agent), "{request}");
         }
         let short = Limits {
             packument_bytes: PACKUMENT.len() as u64 - 1,
