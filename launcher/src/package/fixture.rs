@@ -46,10 +46,13 @@ pub(super) fn site() -> Site {
     }
 }
 
-/// The files of a release of 1.9.0 (package paths), and its signed
-/// `release.json` with its signature.
-pub(super) fn release(site: &Site) -> (Vec<(&'static str, &'static [u8])>, Vec<u8>, String) {
-    let files: Vec<(&str, &[u8])> = vec![
+/// A release's files: package path and content.
+type Files = Vec<(&'static str, &'static [u8])>;
+
+/// The files of a release of 1.9.0, and its signed `release.json` with its
+/// signature.
+pub(super) fn release(site: &Site) -> (Files, Vec<u8>, String) {
+    let files: Files = vec![
         ("bin/waiaas-launcher", b"launcher"),
         ("bin/waiaas-daemon", b"daemon"),
         ("LICENSE", b"MIT"),
