@@ -547,8 +547,22 @@ mod tests {
             existing(&site.dir, &site.ring, &site.version, target()).unwrap(),
             Existing::Bad(problem) if problem == "not a folder"
         ));
+        // `current` at another release: a bad 1.9.0 is still replaceable.
+        fs::create_dir_all(site.dir.version("1.8.0")).unwrap();
+        fs::write(site.dir.version("1.8.0").join("waiaas-daemon"), "").unwrap();
+        crate::swap::point_current(&site.dir, "1.8.0").unwrap();
+        assert!(matches!(
+            existing(&site.dir, &site.ring, &site.version, target()).unwrap(),
+            Existing::Bad(problem) if problem == "not a folder"
+        ));
         installed(&site);
         assert!(site.dir.version("1.9.0").is_dir());
+        // A versions/ that cannot be looked into is an error, not "absent".
+        let unreadable = DataDir::new(site.tmp.path().join("other"));
+        fs::create_dir_all(unreadable.root()).unwrap();
+        fs::write(unreadable.versions(), "a file").unwrap();
+        let refused = existing(&unreadable, &site.ring, &site.version, target());
+        assert!(matches!(refused, Err(PackageError::Io { .. })));
     }
 
     /// `release.json` and its signature are read whole, up to a cap.
