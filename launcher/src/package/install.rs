@@ -580,6 +580,8 @@ mod tests {
         // There, but not a file that can be read: an error, not "none".
         let refused = read_small(tmp.path()).unwrap_err();
         assert!(!matches!(refused, PackageError::Manifest(_)), "{refused}");
+        let refused = read_small(&path.join("below")).unwrap_err();
+        assert!(matches!(refused, PackageError::Io { .. }), "{refused}");
     }
 
     #[test]
