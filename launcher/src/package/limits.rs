@@ -70,5 +70,9 @@ mod tests {
         assert_eq!(human(512 * MIB), "512 MiB");
         assert_eq!(human(4 * KIB), "4 KiB");
         assert_eq!(human(1000), "1000 bytes");
+        // Whole units only: not rounded down into a larger unit.
+        assert_eq!(human(1536 * KIB), "1536 KiB");
+        assert_eq!(human(1500), "1500 bytes");
+        assert_eq!(human(0), "0 bytes");
     }
 }

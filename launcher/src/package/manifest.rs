@@ -224,6 +224,24 @@ mod tests {
                 ),
                 "two of its files would be installed as waiaas-daemon",
             ),
+            (
+                manifest(
+                    "1.9.0",
+                    "linux-x64",
+                    &name,
+                    &[bins[0], bins[1], (MANIFEST, "cc")],
+                ),
+                "it lists `release.json`, which cannot be a file of the package",
+            ),
+            (
+                manifest(
+                    "1.9.0",
+                    "linux-x64",
+                    &name,
+                    &[bins[0], bins[1], (SIGNATURE, "cc")],
+                ),
+                "it lists `release.json.minisig`, which cannot be a file of the package",
+            ),
             (b"{\"name\":1}".to_vec(), "not a valid release manifest"),
         ];
         for (bytes, expected) in cases {
