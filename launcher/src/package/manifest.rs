@@ -181,6 +181,33 @@ mod tests {
     }
 
     #[test]
+    fn the_package_must_hold_exactly_what_the_manifest_lists() {
+        let bytes = manifest(
+            "1.9.0",
+            "linux-x64",
+            "x",
+            &[("bin/a", "aa"), ("LICENSE", "bb")],
+        );
+        let listed: ReleaseManifest = serde_json::from_slice(&bytes).unwrap();
+        let found = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect();
+        check_listing(&listed, &found(&["bin/a", "LICENSE", PACKAGE_JSON])).unwrap();
+        let missing = check_listing(&listed, &found(&["bin/a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("lists LICENSE, which is not in the package"),
+            "{missing}"
+        );
+        let extra = check_listing(&listed, &found(&["bin/a", "LICENSE", "bin/b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            extra.contains("holds bin/b, which release.json does not list"),
+            "{extra}"
+        );
+    }
+
+    #[test]
     fn the_manifest_must_name_what_was_asked() {
         let v = Version::parse("1.9.0").unwrap();
         let name = platform_package("linux-x64");
