@@ -554,6 +554,71 @@ mod tests {
         assert_eq!(names, ["waiaas.db"], "no staged copy is left");
     }
 
+    /// A backup of a database and config, made by `backup::create`.
+    fn backed_up(dir: &DataDir) -> Backup {
+        use waiaas_shared::backup::Request;
+        std::fs::create_dir_all(dir.data()).unwrap();
+        rusqlite::Connection::open(dir.database())
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        std::fs::write(dir.config(), "[daemon]\nport = 3100\n").unwrap();
+        let request = Request {
+            kind: Kind::PreUpgrade,
+            from_version: "1.8.1".into(),
+            to_version: "1.9.0".into(),
+            schema_version: 16,
+        };
+        backup::create(dir, &request).unwrap()
+    }
+
+    #[test]
+    fn a_backup_s_config_is_checked_before_anything_is_put_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let made = backed_up(&dir);
+        drop(stage(&dir, &open(&made.path).unwrap()).unwrap());
+        std::fs::write(made.path.join(CONFIG_FILE), "[daemon]\nport = 1\n").unwrap();
+        let e = stage(&dir, &open(&made.path).unwrap()).unwrap_err();
+        assert!(
+            matches!(&e, RestoreError::Damaged { file } if file == CONFIG_FILE),
+            "{e}"
+        );
+    }
+
+    /// A restore interrupted by a crash leaves its staged copies: they are
+    /// removed before anything else.
+    #[test]
+    fn staged_copies_a_crash_left_are_discarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let made = backed_up(&dir);
+        let staged = stage(&dir, &open(&made.path).unwrap()).unwrap();
+        std::mem::forget(staged);
+        assert!(staged_path(&dir, DB_FILE).exists());
+        std::fs::write(staged_path(&dir, WAL_FILE), "frames").unwrap();
+        discard_staged(&dir);
+        assert!(!staged_path(&dir, DB_FILE).exists());
+        assert!(!staged_path(&dir, WAL_FILE).exists());
+    }
+
+    /// An empty WAL holds no write: it is removed with the sidecars, not
+    /// kept with the replaced database.
+    #[test]
+    fn an_empty_wal_is_not_kept_with_the_replaced_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let made = backed_up(&dir);
+        std::fs::write(dir.wal(), "").unwrap();
+        restore(&dir, &open(&made.path).unwrap(), &replaced()).unwrap();
+        let folder = asides(&dir)
+            .pop()
+            .expect("the replaced database is set aside");
+        assert!(folder.join(DB_FILE).exists());
+        assert!(!folder.join(WAL_FILE).exists());
+        assert!(!dir.wal().exists());
+    }
+
     #[test]
     fn a_backup_listing_a_path_is_refused_before_anything_is_read() {
         let tmp = tempfile::tempdir().unwrap();
