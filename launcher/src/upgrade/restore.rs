@@ -619,6 +619,35 @@ mod tests {
         assert!(!dir.wal().exists());
     }
 
+    /// Run again after a crash between its two renames, `set_aside` moves the
+    /// WAL in beside the main file it belongs to: the folder holding a main
+    /// file and no WAL, never an earlier complete one.
+    #[test]
+    fn a_wal_left_behind_joins_the_folder_missing_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let (complete, interrupted) = (
+            dir.data().join(format!("{ASIDE_PREFIX}1")),
+            dir.data().join(format!("{ASIDE_PREFIX}2")),
+        );
+        for folder in [&complete, &interrupted] {
+            std::fs::create_dir_all(folder).unwrap();
+            std::fs::write(folder.join(DB_FILE), "main").unwrap();
+        }
+        std::fs::write(complete.join(WAL_FILE), "earlier frames").unwrap();
+        std::fs::write(dir.wal(), "frames").unwrap();
+        set_aside(&dir, &replaced()).unwrap();
+        assert_eq!(
+            std::fs::read(interrupted.join(WAL_FILE)).unwrap(),
+            b"frames"
+        );
+        assert_eq!(
+            std::fs::read(complete.join(WAL_FILE)).unwrap(),
+            b"earlier frames"
+        );
+        assert!(!dir.wal().exists());
+    }
+
     #[test]
     fn a_backup_listing_a_path_is_refused_before_anything_is_read() {
         let tmp = tempfile::tempdir().unwrap();
