@@ -617,6 +617,15 @@ mod tests {
         assert!(folder.join(DB_FILE).exists());
         assert!(!folder.join(WAL_FILE).exists());
         assert!(!dir.wal().exists());
+        // A sidecar that cannot be removed fails the restore (it would be
+        // read with the restored database).
+        let shm = dir.data().join(format!("{DB_FILE}-shm"));
+        std::fs::create_dir(&shm).unwrap();
+        let e = restore(&dir, &open(&made.path).unwrap(), &replaced()).unwrap_err();
+        assert!(
+            matches!(&e, RestoreError::Io { path, .. } if *path == shm),
+            "{e}"
+        );
     }
 
     /// Run again after a crash between its two renames, `set_aside` moves the
