@@ -719,6 +719,7 @@ mod tests {
         let bin = package.join("bin");
         fs::create_dir_all(&bin).unwrap();
         assert_eq!(newer_release_at(&bin, &dir), None, "no current");
+        assert_eq!(newer_release_beside(&dir), None, "no current");
         let manifest = |at: &Path, version: &str| {
             let json = serde_json::json!({
                 "name": "x", "version": version, "target": "x", "schema_version": 1,
