@@ -503,6 +503,27 @@ mod tests {
         ));
     }
 
+    /// A log of more frames than one read holds is copied in several reads.
+    #[test]
+    fn a_log_larger_than_a_read_is_copied_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = held(tmp.path());
+        insert(&conn, 600);
+        drop(conn);
+        let wal = tmp.path().join("x.db-wal");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            len > COPY_CHUNK as u64 + HEADER,
+            "{len}: more than one read"
+        );
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        assert_eq!(copy.catch_up(&wal).unwrap(), len);
+        assert_eq!(
+            std::fs::read(tmp.path().join("copy")).unwrap(),
+            std::fs::read(&wal).unwrap()
+        );
+    }
+
     #[test]
     fn frames_are_read_about_a_mebibyte_at_a_time() {
         assert_eq!(frames_per_read(24 + 4096), 254);
