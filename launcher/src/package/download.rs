@@ -315,7 +315,9 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(packument.name, "@waiaas/cli");
-            let request = request.recv().unwrap();
+            let request = request
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
             let accept = format!("accept: {}\r\n", accept.to_lowercase());
             assert!(request.contains(&accept), "{request}");
             let agent = format!("user-agent: waiaas/{VERSION}\r\n");
