@@ -524,6 +524,16 @@ mod tests {
         );
     }
 
+    /// A file of a header's size that is not a WAL's header is not a log.
+    #[test]
+    fn a_header_sized_file_that_is_not_a_log_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("x.db-wal");
+        std::fs::write(&wal, [0xab; HEADER as usize]).unwrap();
+        let mut copy = WalCopy::create(&tmp.path().join("copy")).unwrap();
+        assert!(matches!(copy.catch_up(&wal), Err(WalError::Restarted(_))));
+    }
+
     #[test]
     fn frames_are_read_about_a_mebibyte_at_a_time() {
         assert_eq!(frames_per_read(24 + 4096), 254);
