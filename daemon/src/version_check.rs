@@ -172,14 +172,6 @@ fn chain(error: &dyn Error) -> String {
     text
 }
 
-// The same real HTTP registry the process-level tests use. Declared here, not
-// inside `tests`, because a nested `#[path]` resolves through a folder that
-// does not exist.
-#[cfg(test)]
-#[path = "../tests/support/registry.rs"]
-#[allow(dead_code)]
-mod test_registry;
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -190,7 +182,8 @@ mod tests {
 
     use super::*;
 
-    use super::test_registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
+    // The same real HTTP registry the process-level tests use.
+    use testkit::daemon::registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
 
     /// A temp database with the migrations' `key_value_store` shape.
     fn temp_db() -> (tempfile::TempDir, Db) {

@@ -2,13 +2,11 @@
 //! 12, 16): real `waiaas-daemon serve` processes against a real HTTP registry
 //! on 127.0.0.1. Every wait is bounded; a failing test names what it saw.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use support::registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
-use support::{Daemon, Install};
+use testkit::daemon::registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
+use testkit::daemon::{Daemon, Install};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::kv;
 

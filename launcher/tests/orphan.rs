@@ -5,8 +5,6 @@
 //! restores anything under it. Real processes, real SQLite files, real HTTP
 //! on loopback.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, Instant};
@@ -15,8 +13,8 @@ use rusqlite::{Connection, OpenFlags};
 use waiaas_shared::backup::{self, Kind, Request};
 use waiaas_shared::layout::DataDir;
 
-use support::supervisor::{Supervisor, process_gone};
-use support::{Install, Unsupervised, create_wallet, http};
+use testkit::supervisor::{Supervisor, process_gone};
+use testkit::{Install, Unsupervised, create_wallet, http};
 
 fn token(dir: &DataDir) -> String {
     fs::read_to_string(dir.master_token())

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::builds::{B_VERSION, Fault};
-use crate::support::load::{Writer, Written};
-use crate::support::supervisor::{LogFile, Supervisor, processes_mentioning};
-use crate::support::{LAUNCHER, Outcome as Ran, hermetic, run};
+use testkit::builds::{B_VERSION, Fault};
+use testkit::load::{Writer, Written};
+use testkit::supervisor::{LogFile, Supervisor, processes_mentioning};
+use testkit::{Outcome as Ran, hermetic, launcher_binary, run};
 use waiaas_shared::admin::Outcome;
 use waiaas_shared::backup::Kind;
 
@@ -20,7 +20,6 @@ use crate::releases::{a, releases};
 use crate::site::{
     DbDigest, Offer, Setup, Site, names_in, spawn_logged, wait_child, written_names,
 };
-use crate::{builds, support};
 
 /// The supervisor replaces itself in place (same PID) with the new release's
 /// launcher, which starts its own daemon and sends the report.
@@ -186,7 +185,11 @@ fn a_new_launcher_that_hangs_in_the_handover_is_ended_and_rolled_back_at_the_nex
     assert_eq!(status.launcher_version, a());
     assert_eq!(status.daemon.as_ref().unwrap().version, a());
     let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
-    assert_eq!(exe, fs::canonicalize(LAUNCHER).unwrap(), "A's launcher");
+    assert_eq!(
+        exe,
+        fs::canonicalize(launcher_binary()).unwrap(),
+        "A's launcher"
+    );
     site.assert_fully_old(&wallets);
     assert_eq!(DbDigest::of(&site.dir.database()), before, "the database");
     assert_eq!(fs::read(site.dir.config()).unwrap(), config);
@@ -222,7 +225,7 @@ fn no_start_leaves_the_old_launcher_running_until_the_next_start() {
     let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(
         exe,
-        fs::canonicalize(LAUNCHER).unwrap(),
+        fs::canonicalize(launcher_binary()).unwrap(),
         "still A's launcher"
     );
     assert_eq!(site.current().as_deref(), Some(B_VERSION));
@@ -271,7 +274,7 @@ fn no_start_leaves_the_old_launcher_running_until_the_next_start() {
 #[test]
 fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
     let site = Site::new();
-    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
+    let b_launcher = testkit::builds::b_bin_dir().join("waiaas-launcher");
     let b_cli = |args: &[&str]| {
         let mut command = hermetic(Command::new(&b_launcher), &site.home);
         command.args(args).arg("--data-dir").arg(site.dir.root());
@@ -360,7 +363,7 @@ fn old_and_new_clis_work_with_either_supervisor_or_name_the_program_to_use() {
 /// were answered and that failed.
 pub(crate) fn under_load<T>(port: u16, clients: usize, work: impl FnOnce() -> T) -> (T, u64, u64) {
     let url = format!("http://127.0.0.1:{port}/health");
-    let load = support::load::Load::start(
+    let load = testkit::load::Load::start(
         &url,
         clients,
         Duration::from_secs(60),

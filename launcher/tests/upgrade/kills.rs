@@ -6,10 +6,10 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::builds::{B_SCHEMA, B_VERSION};
-use crate::support::LAUNCHER;
-use crate::support::load::Writer;
-use crate::support::supervisor::{healthy, processes_mentioning, signal};
+use testkit::builds::{B_SCHEMA, B_VERSION};
+use testkit::launcher_binary;
+use testkit::load::Writer;
+use testkit::supervisor::{healthy, processes_mentioning, signal};
 use waiaas_powercut::PowerCut;
 use waiaas_shared::admin::Outcome;
 use waiaas_shared::handover::TAKEOVER_GRACE;
@@ -451,7 +451,7 @@ pub(crate) fn stop_in_handover(
         );
         let exe = fs::read_link(format!("/proc/{}/exe", status.launcher_pid)).unwrap();
         let launcher = if expect == a() {
-            fs::canonicalize(LAUNCHER).unwrap()
+            fs::canonicalize(launcher_binary()).unwrap()
         } else {
             site.dir.version(B_VERSION).join("waiaas-launcher")
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::builds::B_VERSION;
+use testkit::builds::B_VERSION;
 use waiaas_shared::admin::Outcome;
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::fsutil::sha256_file;

@@ -7,18 +7,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::builds::B_VERSION;
-use crate::support::load::Writer;
-use crate::support::registry::Registry;
-use crate::support::run;
-use crate::support::supervisor::daemon_pid;
+use testkit::builds::B_VERSION;
+use testkit::load::Writer;
+use testkit::registry::Registry;
+use testkit::run;
+use testkit::supervisor::daemon_pid;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::release::{platform_package, this_target};
 
 use crate::handover::{answered_by, assert_acknowledged_kept};
 use crate::releases::{a, big_database, releases};
 use crate::site::{Setup, Site, names_in, spawn_logged, wait_child};
-use crate::{builds, support};
 
 // ---------------------------------------------------------------------------
 // Refusals before any downtime.
@@ -95,7 +94,11 @@ fn a_disk_too_full_for_the_backup_is_caught_before_the_daemon_stops() {
     let tarball = fs::metadata(&r.b.platform_tarball).unwrap().len();
     let unpacked: u64 = ["waiaas-launcher", "waiaas-daemon"]
         .iter()
-        .map(|b| fs::metadata(builds::b_bin_dir().join(b)).unwrap().len())
+        .map(|b| {
+            fs::metadata(testkit::builds::b_bin_dir().join(b))
+                .unwrap()
+                .len()
+        })
         .sum();
     let database = fs::metadata(big).unwrap().len();
     let leave = tarball + unpacked + (6 << 20);
@@ -275,7 +278,7 @@ fn a_supervisor_started_during_a_standalone_upgrade_waits_for_it() {
     let chunk = tarball.len() / 40 + 1;
     site.registry.serve(
         &path,
-        support::registry::Reply::Trickle {
+        testkit::registry::Reply::Trickle {
             body: tarball,
             chunk,
             every: Duration::from_millis(100),

@@ -9,19 +9,17 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use crate::builds::{
+use testkit::builds::{
     B_SCHEMA, B_VERSION, C_VERSION, D_VERSION, Fault, Key, pack_release, release_files,
 };
-use crate::support::{hermetic, run};
+use testkit::{hermetic, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::layout::DataDir;
 
-use crate::builds;
-
-pub(crate) const A_SCHEMA: u32 = builds::A_SCHEMA;
+pub(crate) const A_SCHEMA: u32 = testkit::builds::A_SCHEMA;
 
 pub(crate) fn a() -> &'static str {
-    builds::a_version()
+    testkit::builds::a_version()
 }
 
 // Releases: A, B and the fault releases, packed once per test process.
@@ -40,17 +38,18 @@ pub(crate) struct Releases {
 pub(crate) fn releases() -> &'static Releases {
     static RELEASES: OnceLock<Releases> = OnceLock::new();
     RELEASES.get_or_init(|| {
-        let e2e = builds::e2e_dir();
+        let e2e = testkit::builds::e2e_dir();
         fs::create_dir_all(&e2e).unwrap();
         remove_stale_pack_dirs(&e2e);
         let dir = e2e.join(format!("packs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let b_bin = builds::b_bin_dir();
-        let key = builds::generate_key(&dir.join("key"));
+        let b_bin = testkit::builds::b_bin_dir();
+        let key = testkit::builds::generate_key(&dir.join("key"));
         let started = Instant::now();
         // A snapshot: target/debug may be rebuilt by another build meanwhile.
-        let a_bin = builds::copy_bin_dir(&builds::a_bin_dir(), &dir.join("a-bin"));
+        let a_bin =
+            testkit::builds::copy_bin_dir(&testkit::builds::a_bin_dir(), &dir.join("a-bin"));
         let packed_a = pack_release(&a_bin, &dir.join("a"), &key);
         let packed_b = pack_release(b_bin, &dir.join("b"), &key);
         eprintln!(
@@ -96,7 +95,7 @@ pub(crate) fn fault_release(fault: Fault) -> &'static Packed {
     cell.get_or_init(|| {
         let r = releases();
         let name = format!("{fault:?}").to_lowercase();
-        let bin = builds::wrapped_release_dir(&r.dir.join(format!("{name}-bin")), fault);
+        let bin = testkit::builds::wrapped_release_dir(&r.dir.join(format!("{name}-bin")), fault);
         pack_release(&bin, &r.dir.join(name), &r.key)
     })
 }
@@ -122,16 +121,19 @@ pub(crate) fn remove_stale_pack_dirs(e2e: &Path) {
 /// at start, and D, a real build.
 #[test]
 fn a_wrapped_release_and_a_third_build_pack_as_their_versions() {
-    let e2e = builds::e2e_dir();
+    let e2e = testkit::builds::e2e_dir();
     fs::create_dir_all(&e2e).unwrap();
     let packs = tempfile::Builder::new()
         .prefix("cd-packs-")
         .tempdir_in(&e2e)
         .unwrap();
-    let key = builds::generate_key(&packs.path().join("key"));
-    let c_bin =
-        builds::wrapped_release_dir_as(&packs.path().join("c-bin"), Fault::Crash, C_VERSION);
-    let d_bin = builds::release_bin_dir(D_VERSION);
+    let key = testkit::builds::generate_key(&packs.path().join("key"));
+    let c_bin = testkit::builds::wrapped_release_dir_as(
+        &packs.path().join("c-bin"),
+        Fault::Crash,
+        C_VERSION,
+    );
+    let d_bin = testkit::builds::release_bin_dir(D_VERSION);
     for (bin, version) in [(c_bin.as_path(), C_VERSION), (d_bin, D_VERSION)] {
         let packed = pack_release(bin, &packs.path().join(version), &key);
         assert_eq!(packed.manifest.version, version);

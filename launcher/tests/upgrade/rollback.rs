@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::builds::{B_SCHEMA, B_VERSION, Fault};
-use crate::support::load::Writer;
-use crate::support::run;
-use crate::support::supervisor::daemon_pid;
+use testkit::builds::{B_SCHEMA, B_VERSION, Fault};
+use testkit::load::Writer;
+use testkit::run;
+use testkit::supervisor::daemon_pid;
 use waiaas_shared::admin::{Outcome, UpgradeReport};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::fsutil::sha256_file;
@@ -24,7 +24,6 @@ use crate::site::{
     DbDigest, Offer, Setup, Site, assert_no_leftovers, names_in, spawn_logged,
     upgrade_while_writing, wait_child, written_names,
 };
-use crate::support;
 
 #[test]
 fn scenario_10_rollback_restores_the_previous_state() {
@@ -115,7 +114,7 @@ fn a_second_rollback_is_refused_and_drops_no_write() {
     let acknowledged: BTreeSet<String> = (0..25)
         .map(|i| {
             let name = format!("after-the-rollback-{i}");
-            support::create_wallet(site.port, &token, &name);
+            testkit::create_wallet(site.port, &token, &name);
             name
         })
         .collect();

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use crate::builds::{B_SCHEMA, B_VERSION, Fault};
-use crate::support::load::{Writer, Written};
-use crate::support::registry::Registry;
-use crate::support::supervisor::{LogFile, Supervisor};
-use crate::support::{LAUNCHER, Outcome as Ran, free_port, hermetic, http, run};
+use testkit::builds::{B_SCHEMA, B_VERSION, Fault};
+use testkit::load::{Writer, Written};
+use testkit::registry::Registry;
+use testkit::supervisor::{LogFile, Supervisor};
+use testkit::{Outcome as Ran, free_port, hermetic, http, launcher_binary, run};
 use waiaas_shared::admin::UpgradeReport;
 use waiaas_shared::backup::{MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
@@ -23,7 +23,6 @@ use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
 use crate::releases::{A_SCHEMA, a, big_database, fault_release, releases};
-use crate::support;
 
 // ---------------------------------------------------------------------------
 // A site: an installation of A, its registry, and its config.
@@ -92,7 +91,7 @@ impl Site {
         let dir = DataDir::new(home.join("waiaas"));
         // The real `init`, run by A's launcher from A's release files: it
         // installs them (with the signed release.json) as versions/1.8.1.
-        support::init_from(&r.a_bin, &home, &dir);
+        testkit::init_from(&r.a_bin, &home, &dir);
         assert!(dir.version(a()).join("release.json.minisig").is_file());
 
         let registry = Registry::start();
@@ -145,7 +144,7 @@ impl Site {
 
     /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
     pub(crate) fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(LAUNCHER), &self.home);
+        let mut command = hermetic(Command::new(launcher_binary()), &self.home);
         command.args(args).arg("--data-dir").arg(self.dir.root());
         command
     }
@@ -215,12 +214,12 @@ impl Site {
 
     /// Creates a wallet through the API; returns its id.
     pub(crate) fn create_wallet(&self, name: &str) -> String {
-        support::create_wallet(self.port, &self.token(), name)
+        testkit::create_wallet(self.port, &self.token(), name)
     }
 
     /// The wallets the API lists: id → name.
     pub(crate) fn wallets(&self) -> BTreeMap<String, String> {
-        support::wallets(self.port, &self.token())
+        testkit::wallets(self.port, &self.token())
     }
 
     /// Creates `names` as wallets; returns all wallets the API then lists.

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::builds::{B_SCHEMA, B_VERSION};
-use crate::support::registry::Registry;
-use crate::support::supervisor::{LogFile, Supervisor, daemon_pid, processes_mentioning};
-use crate::support::{hermetic, run};
+use testkit::builds::{B_SCHEMA, B_VERSION};
+use testkit::registry::Registry;
+use testkit::supervisor::{LogFile, Supervisor, daemon_pid, processes_mentioning};
+use testkit::{hermetic, run};
 use waiaas_shared::admin::Outcome;
 use waiaas_shared::backup::Kind;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
-use crate::builds;
 use crate::releases::{A_SCHEMA, a, releases};
 use crate::site::{DbDigest, Setup, Site, rendered_steps};
 
@@ -154,8 +153,8 @@ fn scenario_08_upgrade_runs_all_seven_steps() {
 /// from it does the same before it serves.
 #[test]
 fn a_newer_source_build_without_release_json_is_accepted_saying_so() {
-    let b_launcher = builds::b_bin_dir().join("waiaas-launcher");
-    assert!(!builds::b_bin_dir().join("release.json").exists());
+    let b_launcher = testkit::builds::b_bin_dir().join("waiaas-launcher");
+    assert!(!testkit::builds::b_bin_dir().join("release.json").exists());
     let b_command = |site: &Site, args: &[&str]| {
         let mut command = hermetic(Command::new(&b_launcher), &site.home);
         command.args(args).arg("--data-dir").arg(site.dir.root());
