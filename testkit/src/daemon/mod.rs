@@ -1,7 +1,6 @@
 //! A daemon under test with no launcher: a data dir in a temp folder and
 //! real `waiaas-daemon` processes, for the daemon's own tests and bench.
 
-pub mod registry;
 pub mod seed;
 
 use std::fs;
