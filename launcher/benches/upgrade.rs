@@ -58,6 +58,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -572,12 +573,18 @@ impl Releases {
 
 /// An installation of A, initialised by A's `init`, whose config points at a
 /// registry on 127.0.0.1 offering A and B.
+/// Derefs to the installation.
 struct Site {
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
-    launcher: PathBuf,
+    site: testkit::Site,
     registry: Registry,
+}
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.site
+    }
 }
 
 struct Database {
@@ -620,19 +627,14 @@ impl Site {
         )
         .unwrap();
         Self {
-            home,
-            dir,
-            port,
-            launcher: r.launcher(),
+            site: testkit::Site {
+                home,
+                dir,
+                port,
+                launcher: r.launcher(),
+            },
             registry,
         }
-    }
-
-    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic, A's launcher.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(&self.launcher), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
     }
 
     fn current(&self) -> Option<String> {
@@ -718,7 +720,7 @@ impl Site {
 /// `<home>/launcher.stderr`; stopped gracefully (30 s) on drop.
 fn start_supervisor(site: &Site) -> Supervisor {
     Supervisor::spawn(
-        site.command(&["run"]),
+        site.launcher(&["run"]),
         site.home.join("launcher.stderr"),
         site.dir.launcher_socket(),
         LogFile::Append,
@@ -780,19 +782,19 @@ fn under_load(
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
     let load_origin = load.origin;
-    let token = fs::read_to_string(site.dir.master_token()).expect("data/master.token");
+    let token = site.token();
     let prefix = if expect == B_VERSION { "u" } else { "r" };
     let writer = match writes() {
         Writes::Off => None,
-        Writes::Unpaced => Some(Writer::paced(site.port, token.trim(), prefix, None)),
-        Writes::PerSecond(n) => Some(Writer::paced(site.port, token.trim(), prefix, Some(n))),
+        Writes::Unpaced => Some(Writer::paced(site.port, &token, prefix, None)),
+        Writes::PerSecond(n) => Some(Writer::paced(site.port, &token, prefix, Some(n))),
     };
     let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);
 
     let log_offset = supervisor.log_len();
     let start_us = load.now_us();
-    let outcome = run_timed(site.command(args), load.origin, UPGRADE_TIMEOUT);
+    let outcome = run_timed(site.launcher(args), load.origin, UPGRADE_TIMEOUT);
     let end_us = outcome.end_us;
     supervisor.assert_alive(title);
     std::thread::sleep(LOAD_PAUSE);

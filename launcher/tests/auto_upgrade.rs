@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -138,11 +139,18 @@ fn platform_tarball_hits(registry: &Registry, version: &str) -> usize {
     registry.hits(&Registry::tarball_path(&name, version))
 }
 
+/// An installation of A configured for `registry`; derefs to the installation.
 struct Site {
     _tmp: tempfile::TempDir,
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
+    site: testkit::Site,
+}
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.site
+    }
 }
 
 impl Site {
@@ -162,16 +170,13 @@ impl Site {
         fs::write(dir.config(), config).unwrap();
         Self {
             _tmp: tmp,
-            home,
-            dir,
-            port,
+            site: testkit::Site {
+                home,
+                dir,
+                port,
+                launcher: launcher_binary(),
+            },
         }
-    }
-
-    fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(launcher_binary()), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
     }
 
     fn supervisor(&self, n: usize) -> Supervisor {
@@ -195,17 +200,8 @@ impl Site {
             .to_string()
     }
 
-    fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
     fn health_version(&self) -> Option<String> {
-        let (status, body) = testkit::http(self.port, "GET", "/health", None, None)?;
-        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (status == 200).then(|| health["version"].as_str().map(str::to_string))?
+        self.health().map(|health| health.version)
     }
 
     /// Every acknowledged write is in the database.

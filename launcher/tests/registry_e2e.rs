@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::Deref;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -495,21 +496,19 @@ impl Npm {
 // ---------------------------------------------------------------------------
 // The installation the npm-installed launcher manages.
 
-struct Site {
-    /// `<prefix>/bin/waiaas-launcher`: npm's link to the `@waiaas/cli` shim.
-    launcher: PathBuf,
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
+/// An installation whose launcher is `<prefix>/bin/waiaas-launcher`, npm's
+/// link to the `@waiaas/cli` shim; derefs to the installation.
+struct Site(testkit::Site);
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.0
+    }
 }
 
 impl Site {
-    fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(&self.launcher), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
-    }
-
     fn run(&self, args: &[&str], timeout: Duration) -> Outcome {
         let what = format!("waiaas-launcher {}", args.join(" "));
         run_bounded(&mut self.launcher(args), timeout, &what)
@@ -521,18 +520,6 @@ impl Site {
         text.trim()
             .parse()
             .unwrap_or_else(|e| panic!("run/launcher.pid holds {text:?}: {e}"))
-    }
-
-    fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .expect("data/master.token (written at the daemon's first start)")
-            .trim()
-            .to_string()
-    }
-
-    fn health(&self) -> Option<HealthResponse> {
-        let (status, body) = http(self.port, "GET", "/health", &[], None)?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
     /// Polls `/health` until `done` holds, within `timeout`.
@@ -560,49 +547,6 @@ impl Site {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn create_wallet(&self, name: &str) -> String {
-        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
-        let auth = format!("Bearer {}", self.token());
-        let (status, answer) = http(
-            self.port,
-            "POST",
-            "/v1/wallets",
-            &[("authorization", &auth)],
-            Some(&body.to_string()),
-        )
-        .expect("the API answers");
-        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
-        json(&answer, "the new wallet")["id"]
-            .as_str()
-            .expect("the new wallet has an id")
-            .to_string()
-    }
-
-    /// The wallets the API lists: id → name.
-    fn wallets(&self) -> BTreeMap<String, String> {
-        let auth = format!("Bearer {}", self.token());
-        let (status, answer) = http(
-            self.port,
-            "GET",
-            "/v1/wallets",
-            &[("authorization", &auth)],
-            None,
-        )
-        .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        json(&answer, "the wallet list")["wallets"]
-            .as_array()
-            .expect("a wallets array")
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -853,12 +797,12 @@ fn npm_registry_end_to_end() {
         installed.display()
     );
     let launcher = prefix.join("bin").join("waiaas-launcher");
-    let site = Site {
+    let site = Site(testkit::Site {
         launcher: launcher.clone(),
         home: home.to_path_buf(),
         dir: DataDir::new(home.join("waiaas")),
         port: free_port(),
-    };
+    });
     let version = run_bounded(
         hermetic(Command::new(&launcher), home).arg("--version"),
         Duration::from_secs(30),
@@ -1076,12 +1020,12 @@ fn install_a_with_npm(p: &Published, name: &str) -> NpmSite {
         .join(CLI_PACKAGE)
         .join("node_modules")
         .join(&platform);
-    let site = Site {
+    let site = Site(testkit::Site {
         launcher: prefix.join("bin").join("waiaas-launcher"),
         home: p.home.clone(),
         dir: DataDir::new(p.home.join(format!("waiaas-{name}"))),
         port: free_port(),
-    };
+    });
     assert_ok(&site.run(&["init"], Duration::from_secs(60)), "init");
     fs::write(
         site.dir.config(),

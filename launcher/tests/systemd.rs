@@ -313,10 +313,7 @@ impl Machine {
     }
 
     fn health(&self) -> HealthResponse {
-        let (status, body) =
-            http(self.port, "GET", "/health", None, None).expect("/health answers");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        testkit::site::expect_health(self.port)
     }
 
     fn token(&self) -> String {

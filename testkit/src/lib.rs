@@ -2,6 +2,8 @@
 //! real installations in temp dirs, made by the real `waiaas-launcher init`,
 //! and real processes run with a hermetic environment.
 //!
+//! - [`Site`] — an installation under test, with the one set of HTTP helpers
+//!   (token, `/health`, wallets) every test file and bench uses.
 //! - [`Install::new`] — a data dir in a temp folder, initialised and
 //!   configured so that nothing reaches a registry or a busy port.
 //! - [`Install::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
@@ -39,7 +41,10 @@ pub mod images;
 pub mod load;
 pub mod podman;
 pub mod registry;
+pub mod site;
 pub mod supervisor;
+
+pub use site::Site;
 
 /// Where Cargo put the workspace's binaries for the test or bench running:
 /// `target/<profile>/`, above the `deps/` that holds the test itself. (Only
@@ -136,11 +141,19 @@ pub fn run(command: &mut Command) -> Outcome {
 }
 
 /// An initialised installation in a temp folder, removed on drop. Its config
-/// turns the version check off and listens on a free loopback port.
+/// turns the version check off and listens on a free loopback port. It
+/// derefs to its [`Site`] (`dir`, `port`, `launcher`, the HTTP helpers).
 pub struct Install {
     tmp: tempfile::TempDir,
-    pub dir: DataDir,
-    pub port: u16,
+    site: Site,
+}
+
+impl std::ops::Deref for Install {
+    type Target = Site;
+
+    fn deref(&self) -> &Site {
+        &self.site
+    }
 }
 
 impl Install {
@@ -154,7 +167,13 @@ impl Install {
             .arg(dir.root()));
         assert!(init.status.success(), "init failed: {init:?}");
         let port = free_port();
-        let install = Self { tmp, dir, port };
+        let site = Site {
+            home: tmp.path().to_path_buf(),
+            dir,
+            port,
+            launcher: launcher_binary(),
+        };
+        let install = Self { tmp, site };
         install.write_config(&format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"
         ));
@@ -182,13 +201,6 @@ impl Install {
 
     pub fn write_config(&self, text: &str) {
         fs::write(self.dir.config(), text).expect("write config.toml");
-    }
-
-    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
-    pub fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(launcher_binary()), self.home());
-        command.args(args).arg("--data-dir").arg(self.data_dir());
-        command
     }
 
     /// The installed daemon, `current/waiaas-daemon`.

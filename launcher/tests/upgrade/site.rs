@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +16,9 @@ use testkit::builds::{B_SCHEMA, B_VERSION, Fault};
 use testkit::load::{Writer, Written};
 use testkit::registry::Registry;
 use testkit::supervisor::{LogFile, Supervisor};
-use testkit::{Outcome as Ran, free_port, hermetic, http, launcher_binary, run};
+use testkit::{Outcome as Ran, free_port, launcher_binary, run};
 use waiaas_shared::admin::UpgradeReport;
 use waiaas_shared::backup::{MANIFEST as BACKUP_MANIFEST, Manifest};
-use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
@@ -64,13 +64,21 @@ impl Default for Setup {
     }
 }
 
+/// An installation of A with its registry; derefs to the installation
+/// (`dir`, `port`, `token`, `health`, wallets).
 pub(crate) struct Site {
     pub(crate) _tmp: Option<tempfile::TempDir>,
-    pub(crate) home: PathBuf,
-    pub(crate) dir: DataDir,
-    pub(crate) port: u16,
+    pub(crate) site: testkit::Site,
     pub(crate) registry: Registry,
     pub(crate) supervisors: AtomicUsize,
+}
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.site
+    }
 }
 
 impl Site {
@@ -134,19 +142,15 @@ impl Site {
         }
         Self {
             _tmp: tmp,
-            home,
-            dir,
-            port,
+            site: testkit::Site {
+                home,
+                dir,
+                port,
+                launcher: launcher_binary(),
+            },
             registry,
             supervisors: AtomicUsize::new(0),
         }
-    }
-
-    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
-    pub(crate) fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(launcher_binary()), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
     }
 
     pub(crate) fn upgrade(&self, args: &[&str]) -> Ran {
@@ -198,38 +202,6 @@ impl Site {
     pub(crate) fn journal(&self) -> Option<serde_json::Value> {
         let bytes = fs::read(self.dir.upgrade_journal()).ok()?;
         serde_json::from_slice(&bytes).ok()
-    }
-
-    pub(crate) fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .expect("data/master.token (written at the daemon's first start)")
-            .trim()
-            .to_string()
-    }
-
-    pub(crate) fn health(&self) -> Option<HealthResponse> {
-        let (status, body) = http(self.port, "GET", "/health", None, None)?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
-    }
-
-    /// Creates a wallet through the API; returns its id.
-    pub(crate) fn create_wallet(&self, name: &str) -> String {
-        testkit::create_wallet(self.port, &self.token(), name)
-    }
-
-    /// The wallets the API lists: id → name.
-    pub(crate) fn wallets(&self) -> BTreeMap<String, String> {
-        testkit::wallets(self.port, &self.token())
-    }
-
-    /// Creates `names` as wallets; returns all wallets the API then lists.
-    pub(crate) fn seed(&self, names: &[&str]) -> BTreeMap<String, String> {
-        for name in names {
-            self.create_wallet(name);
-        }
-        let wallets = self.wallets();
-        assert!(wallets.len() >= names.len());
-        wallets
     }
 
     pub(crate) fn versions(&self) -> BTreeSet<String> {

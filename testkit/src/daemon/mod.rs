@@ -58,10 +58,7 @@ impl Install {
     }
 
     pub fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .unwrap()
-            .trim()
-            .to_string()
+        crate::site::token(&self.dir)
     }
 
     /// Runs `waiaas-daemon <args> --data-dir <dir>` to completion.
