@@ -170,12 +170,7 @@ impl Site {
         fs::write(dir.config(), config).unwrap();
         Self {
             _tmp: tmp,
-            site: testkit::Site {
-                home,
-                dir,
-                port,
-                launcher: launcher_binary(),
-            },
+            site: testkit::Site::new(home, dir, port),
         }
     }
 

@@ -167,12 +167,7 @@ impl Install {
             .arg(dir.root()));
         assert!(init.status.success(), "init failed: {init:?}");
         let port = free_port();
-        let site = Site {
-            home: tmp.path().to_path_buf(),
-            dir,
-            port,
-            launcher: launcher_binary(),
-        };
+        let site = Site::new(tmp.path().to_path_buf(), dir, port);
         let install = Self { tmp, site };
         install.write_config(&format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"

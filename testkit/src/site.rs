@@ -13,7 +13,7 @@ use std::process::Command;
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 
-use crate::{create_wallet, hermetic, http, wallets};
+use crate::{create_wallet, hermetic, http, launcher_binary, wallets};
 
 /// An installation under test.
 pub struct Site {
@@ -27,6 +27,16 @@ pub struct Site {
 }
 
 impl Site {
+    /// An installation at `dir` managed by the launcher under test.
+    pub fn new(home: PathBuf, dir: DataDir, port: u16) -> Self {
+        Self {
+            home,
+            dir,
+            port,
+            launcher: launcher_binary(),
+        }
+    }
+
     /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
     pub fn launcher(&self, args: &[&str]) -> Command {
         let mut command = hermetic(Command::new(&self.launcher), &self.home);

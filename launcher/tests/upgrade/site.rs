@@ -16,7 +16,7 @@ use testkit::builds::{B_SCHEMA, B_VERSION, Fault};
 use testkit::load::{Writer, Written};
 use testkit::registry::Registry;
 use testkit::supervisor::{LogFile, Supervisor};
-use testkit::{Outcome as Ran, free_port, launcher_binary, run};
+use testkit::{Outcome as Ran, free_port, run};
 use waiaas_shared::admin::UpgradeReport;
 use waiaas_shared::backup::{MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::layout::DataDir;
@@ -142,12 +142,7 @@ impl Site {
         }
         Self {
             _tmp: tmp,
-            site: testkit::Site {
-                home,
-                dir,
-                port,
-                launcher: launcher_binary(),
-            },
+            site: testkit::Site::new(home, dir, port),
             registry,
             supervisors: AtomicUsize::new(0),
         }
