@@ -160,7 +160,7 @@ pub fn http_health(port: u16, timeout: Duration) -> Option<u16> {
         .ok()
 }
 
-/// A numeric field of /proc/<pid>/status (`kB` ones in KiB); 0 if unreadable.
+/// A numeric field of `/proc/<pid>/status` (`kB` ones in KiB); 0 if unreadable.
 pub fn status_kib(pid: i32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

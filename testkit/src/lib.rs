@@ -6,13 +6,13 @@
 //!   (token, `/health`, wallets) every test file and bench uses.
 //! - [`Install::new`] — a data dir in a temp folder, initialised and
 //!   configured so that nothing reaches a registry or a busy port.
-//! - [`Install::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
+//! - [`Site::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
 //! - [`Install::set_kv`] / [`Install::kv`] — the daemon's key-value store,
 //!   read and written directly (the database is created on first use by the
 //!   installed daemon's `migrate`).
 //! - [`run`] — runs a command to completion and returns its [`Outcome`].
 //! - [`hermetic`], [`daemon_binary`], [`free_port`] — the building blocks.
-//! - [`load`] and [`bench`] — the benches' HTTP load, figures and facts.
+//! - [`load`] and [`bench`](mod@bench) — the benches' HTTP load, figures and facts.
 //! - [`builds`] (the second build, B, and signed releases), [`registry`]
 //!   (the test registry), [`supervisor`], [`fleetlock`], [`podman`] and
 //!   [`images`], [`hostile`] archives; [`daemon`]: a daemon with no launcher.
