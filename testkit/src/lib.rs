@@ -127,6 +127,23 @@ pub struct Outcome {
     pub stderr: String,
 }
 
+/// `child`'s exit status, waiting `timeout` at most (`None`: still running).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Runs `command` to completion, capturing stdout and stderr (so stderr is
 /// never a terminal).
 pub fn run(command: &mut Command) -> Outcome {
