@@ -275,8 +275,10 @@ impl Clients {
         let written = self.writer.stop();
         let tally = self.load.finish();
         site.assert_kept(&written.acknowledged);
+        // The load ran (a phase lasts as long as the launcher takes, at 10
+        // writes/s: a second at least), so "all kept" says something.
         assert!(
-            written.acknowledged.len() > 50,
+            written.acknowledged.len() >= 10,
             "the writer wrote: {}",
             written.acknowledged.len()
         );
