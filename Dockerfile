@@ -13,7 +13,7 @@
 # instead takes binaries built elsewhere: the context's prebuilt/ folder holds
 # waiaas-launcher, waiaas-daemon (built for bookworm's glibc) and the
 # ca-certificates.crt to ship. The container tests build both ways
-# (launcher/tests/support/images.rs), the release workflow the prebuilt one
+# (testkit/src/images.rs), the release workflow the prebuilt one
 # from the package job's binaries, so the image carries the bytes the npm
 # packages do (.github/workflows/release.yml, job docker). Both stages start from
 # `runtime`; a build skips the stages its target does not need (BuildKit,

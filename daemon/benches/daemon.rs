@@ -25,9 +25,6 @@
 //! the readiness probe, tokio for the load), so the client's own cost stays
 //! small next to the daemon's on a machine the two share.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,8 +36,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::{Value as Json, json};
-use support::seed::{self, Allowed, Column};
-use support::{Daemon, Install};
+use testkit::daemon::seed::{self, Allowed, Column};
+use testkit::daemon::{Daemon, Install};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waiaas_daemon::failpoint::FAULT_ENV;
 use waiaas_daemon::migrate::{self, LATEST_SCHEMA_VERSION};
@@ -90,7 +87,7 @@ fn main() -> ExitCode {
     let migration_rows = env_number("WAIAAS_BENCH_MIGRATION_ROWS", 1_000_000);
     println!(
         "waiaas-daemon bench: {} (schema {LATEST_SCHEMA_VERSION}), {} CPUs",
-        support::DAEMON,
+        testkit::daemon_binary().display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 

@@ -172,14 +172,6 @@ fn chain(error: &dyn Error) -> String {
     text
 }
 
-// The same real HTTP registry the process-level tests use. Declared here, not
-// inside `tests`, because a nested `#[path]` resolves through a folder that
-// does not exist.
-#[cfg(test)]
-#[path = "../tests/support/registry.rs"]
-#[allow(dead_code)]
-mod test_registry;
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -190,7 +182,8 @@ mod tests {
 
     use super::*;
 
-    use super::test_registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
+    // The same real HTTP registry the process-level tests use.
+    use testkit::registry::{Behaviour, DIST_TAGS_PATH, Registry, closed_port_url};
 
     /// A temp database with the migrations' `key_value_store` shape.
     fn temp_db() -> (tempfile::TempDir, Db) {
@@ -256,16 +249,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_stores_latest_and_checked_at_as_plain_text() {
-        let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
+        let reg = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
         let (_dir, db) = temp_db();
         let before = UtcTime::now().unix_seconds();
-        let latest = check(&reg.url, "latest", false, &db).await.unwrap();
+        let latest = check(reg.url(), "latest", false, &db).await.unwrap();
         assert_eq!(latest.to_string(), "1.9.0");
         let (stored_latest, checked_at) = stored(&db).await;
         assert_eq!(stored_latest.as_deref(), Some("1.9.0"));
         let checked_at: u64 = checked_at.unwrap().parse().unwrap();
         assert!((before..=before + 5).contains(&checked_at), "{checked_at}");
-        assert_eq!(reg.requests(), 1);
+        assert_eq!(reg.total_hits(), 1);
         assert_eq!(
             reg.last_user_agent().as_deref(),
             Some(format!("waiaas/{}", version::VERSION).as_str())
@@ -276,18 +269,18 @@ mod tests {
     #[tokio::test]
     async fn a_newer_check_replaces_the_older_answer() {
         let (_dir, db) = temp_db();
-        let first = TestRegistry::start(Behaviour::latest("1.9.0"));
-        check(&first.url, "latest", false, &db).await.unwrap();
-        let second = TestRegistry::start(Behaviour::latest("1.10.0"));
-        check(&second.url, "latest", false, &db).await.unwrap();
+        let first = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
+        check(first.url(), "latest", false, &db).await.unwrap();
+        let second = Registry::with_dist_tags(Behaviour::latest("1.10.0"));
+        check(second.url(), "latest", false, &db).await.unwrap();
         assert_eq!(stored(&db).await.0.as_deref(), Some("1.10.0"));
     }
 
     #[tokio::test]
     async fn a_prerelease_channel_accepts_its_prerelease() {
-        let reg = TestRegistry::start(Behaviour::DistTags(r#"{"rc":"2.0.0-rc.1"}"#.into()));
+        let reg = Registry::with_dist_tags(Behaviour::DistTags(r#"{"rc":"2.0.0-rc.1"}"#.into()));
         let (_dir, db) = temp_db();
-        check(&reg.url, "rc", false, &db).await.unwrap();
+        check(reg.url(), "rc", false, &db).await.unwrap();
         assert_eq!(stored(&db).await.0.as_deref(), Some("2.0.0-rc.1"));
     }
 
@@ -326,8 +319,10 @@ mod tests {
         let runs = cases
             .into_iter()
             .map(|(name, behaviour, reason)| async move {
-                let reg = behaviour.map(TestRegistry::start);
-                let url = reg.as_ref().map_or_else(closed_port_url, |r| r.url.clone());
+                let reg = behaviour.map(Registry::with_dist_tags);
+                let url = reg
+                    .as_ref()
+                    .map_or_else(closed_port_url, |r| r.url().to_string());
                 let (_dir, db) = temp_db();
                 db.write(|conn| {
                     kv::set(conn, kv::LATEST, "1.8.5")?;
@@ -366,13 +361,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_database_error_is_one_warning_not_a_panic() {
-        let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
+        let reg = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
         let dir = tempfile::tempdir().unwrap();
         // No key_value_store table: the store step fails.
         let db = Db::new(crate::db::open(&dir.path().join("empty.db")).unwrap()).unwrap();
         let log = Captured::default();
         let _guard = log.install();
-        check_and_log(&reg.url, "latest", false, &db).await;
+        check_and_log(reg.url(), "latest", false, &db).await;
         let lines = log.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
@@ -437,11 +432,11 @@ mod tests {
 
     #[tokio::test]
     async fn update_check_false_makes_no_request_at_all() {
-        let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
+        let reg = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
         let (_dir, db) = temp_db();
         let mut config = Config::default();
         config.daemon.update_check = false;
-        config.update.registry = Some(reg.url.clone());
+        config.update.registry = Some(reg.url().to_string());
         tokio::time::timeout(Duration::from_secs(5), spawn(&config, db.clone()))
             .await
             .expect("the disabled worker ends at once")
@@ -452,10 +447,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_worker_checks_right_away_against_the_configured_registry() {
-        let reg = TestRegistry::start(Behaviour::latest("1.9.0"));
+        let reg = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
         let (_dir, db) = temp_db();
         let mut config = Config::default();
-        config.update.registry = Some(reg.url.clone());
+        config.update.registry = Some(reg.url().to_string());
         let worker = spawn(&config, db.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while stored(&db).await.0.is_none() && std::time::Instant::now() < deadline {
@@ -463,7 +458,7 @@ mod tests {
         }
         assert_eq!(stored(&db).await.0.as_deref(), Some("1.9.0"));
         // The next check is an interval (≥ 1 h) away.
-        assert_eq!(reg.requests(), 1);
+        assert_eq!(reg.total_hits(), 1);
         worker.abort();
     }
 

@@ -1,12 +1,10 @@
 //! Milestone scenarios 13–15 with real old databases and the real daemon
 //! process: what `serve` and `check` do with a database of each age.
 
-mod support;
-
 use std::time::Duration;
 
 use rusqlite::Connection;
-use support::{Daemon, Install, seed};
+use testkit::daemon::{Daemon, Install, seed};
 use waiaas_daemon::compat::min_compatible_schema_version;
 use waiaas_daemon::db;
 use waiaas_daemon::migrate::{LATEST_SCHEMA_VERSION, database_version, migrate_to};

@@ -1,12 +1,10 @@
 //! The daemon as a process: health, the data API, configuration errors,
 //! listener hand-over and graceful shutdown.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{Daemon, Install, api, client};
+use testkit::daemon::{Daemon, Install, api, client};
 use waiaas_daemon::migrate::LATEST_SCHEMA_VERSION;
 use waiaas_shared::exit::daemon as code;
 
@@ -193,7 +191,7 @@ async fn an_invalid_environment_override_is_refused() {
     let install = Install::new();
     // An invalid override must be refused even when the file is fine.
     let out = {
-        let mut cmd = std::process::Command::new(support::DAEMON);
+        let mut cmd = std::process::Command::new(testkit::daemon_binary());
         cmd.args(["serve", "--data-dir"])
             .arg(install.data_dir())
             .env("WAIAAS_DAEMON_SHUTDOWN_TIMEOUT", "999");
@@ -205,7 +203,7 @@ async fn an_invalid_environment_override_is_refused() {
 
 #[test]
 fn version_prints_version_and_schema() {
-    let out = std::process::Command::new(support::DAEMON)
+    let out = std::process::Command::new(testkit::daemon_binary())
         .arg("--version")
         .output()
         .unwrap();
@@ -228,7 +226,7 @@ async fn binds_its_own_port_without_a_handed_over_listener() {
         probe.local_addr().unwrap().port()
     };
     install.write_config(&format!("[daemon]\nupdate_check = false\nport = {port}\n"));
-    let mut child = std::process::Command::new(support::DAEMON)
+    let mut child = std::process::Command::new(testkit::daemon_binary())
         .args(["serve", "--data-dir"])
         .arg(install.data_dir())
         .env_remove("LISTEN_FDS")

@@ -3,13 +3,11 @@
 //! through leaves the previous version intact, and the compatibility check
 //! refuses what it must (SPEC §8, §10 scenarios 13–15).
 
-mod support;
-
 use std::path::PathBuf;
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
-use support::seed;
+use testkit::daemon::seed;
 use waiaas_daemon::compat;
 use waiaas_daemon::db;
 use waiaas_daemon::migrate::{

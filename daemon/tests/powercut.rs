@@ -9,8 +9,6 @@
 //! Root tier: skipped, saying why, without root or `/dev/fuse`; failed
 //! instead in CI. `WAIAAS_POWERCUT_SEED=<n>` replays a run.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use support::{Daemon, Install, api};
+use testkit::daemon::{Daemon, Install, api};
 use waiaas_powercut::{PowerCut, tier_ready};
 
 /// Power cuts in one run.

@@ -2,13 +2,11 @@
 //! 12, 16): real `waiaas-daemon serve` processes against a real HTTP registry
 //! on 127.0.0.1. Every wait is bounded; a failing test names what it saw.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use support::registry::{Behaviour, DIST_TAGS_PATH, TestRegistry, closed_port_url};
-use support::{Daemon, Install};
+use testkit::daemon::{Daemon, Install};
+use testkit::registry::{Behaviour, DIST_TAGS_PATH, Registry, closed_port_url};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::kv;
 
@@ -78,9 +76,9 @@ async fn failure_logged(daemon: &Daemon, timeout: Duration) {
 }
 
 /// Waits until the registry has received `n` requests; panics after `timeout`.
-async fn requests_reach(registry: &TestRegistry, n: usize, timeout: Duration) {
+async fn requests_reach(registry: &Registry, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while registry.requests() < n {
+    while registry.total_hits() < n {
         assert!(
             Instant::now() < deadline,
             "the registry got no request in {timeout:?}"
@@ -97,8 +95,8 @@ fn next_minor() -> String {
 
 #[tokio::test]
 async fn scenario_01_start_queries_registry_and_stores_latest() {
-    let registry = TestRegistry::start(Behaviour::latest("1.9.0"));
-    let install = install_checking(&registry.url);
+    let registry = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
+    let install = install_checking(registry.url());
     let before = waiaas_shared::time::UtcTime::now().unix_seconds();
     let mut daemon = Daemon::start(&install);
     daemon.wait_healthy(READY).await;
@@ -108,7 +106,7 @@ async fn scenario_01_start_queries_registry_and_stores_latest() {
 
     // One check at start; the next is an interval (≥ 1 h) away.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(registry.requests(), 1);
+    assert_eq!(registry.total_hits(), 1);
     assert_eq!(registry.connections(), 1);
     assert_eq!(registry.last_path().as_deref(), Some(DIST_TAGS_PATH));
     // Only our version identifies us: no token, id, cookie or query string.
@@ -163,11 +161,11 @@ async fn scenario_02_registry_unreachable_daemon_starts() {
 
 #[tokio::test]
 async fn scenario_03_update_check_false_makes_no_request() {
-    let registry = TestRegistry::start(Behaviour::latest("1.9.0"));
+    let registry = Registry::with_dist_tags(Behaviour::latest("1.9.0"));
     let install = Install::new();
     install.write_config(&format!(
         "[daemon]\nupdate_check = false\n[update]\nregistry = \"{}\"\n",
-        registry.url
+        registry.url()
     ));
     let mut daemon = Daemon::start(&install);
     daemon.wait_healthy(READY).await;
@@ -178,7 +176,7 @@ async fn scenario_03_update_check_false_makes_no_request() {
         0,
         "a connection reached the registry"
     );
-    assert_eq!(registry.requests(), 0);
+    assert_eq!(registry.total_hits(), 0);
     let health = daemon.health().await.expect("healthy");
     assert_eq!(health.latest_version, None);
     assert_eq!(stored(&install, kv::LATEST), None);
@@ -191,8 +189,8 @@ async fn scenario_12_health_reports_update_available() {
     let cases = [(newer.as_str(), true), (RUNNING, false)];
     // Both daemons run at once; each case is independent.
     let runs = cases.map(|(latest, expected)| async move {
-        let registry = TestRegistry::start(Behaviour::latest(latest));
-        let install = install_checking(&registry.url);
+        let registry = Registry::with_dist_tags(Behaviour::latest(latest));
+        let install = install_checking(registry.url());
         let mut daemon = Daemon::start(&install);
         daemon.wait_healthy(READY).await;
         let health = health_until(&daemon, CHECK_SEEN, |h| h.latest_version.is_some()).await;
@@ -209,8 +207,8 @@ async fn scenario_12_health_reports_update_available() {
 
 #[tokio::test]
 async fn scenario_16_no_check_yet_latest_version_null() {
-    let registry = TestRegistry::start(Behaviour::NeverAnswers);
-    let install = install_checking(&registry.url);
+    let registry = Registry::with_dist_tags(Behaviour::NeverAnswers);
+    let install = install_checking(registry.url());
     let mut daemon = Daemon::start(&install);
     let health = daemon.wait_healthy(READY).await;
     assert_eq!(health.latest_version, None);
@@ -241,8 +239,8 @@ async fn bad_registry_answers_never_block_or_crash() {
     ];
     // All at once: the two 5 s timeouts overlap instead of adding up.
     let runs = cases.map(|(name, behaviour)| async move {
-        let registry = TestRegistry::start(behaviour);
-        let install = install_checking(&registry.url);
+        let registry = Registry::with_dist_tags(behaviour);
+        let install = install_checking(registry.url());
         let mut daemon = Daemon::start(&install);
         daemon.wait_healthy(READY).await;
         failure_logged(&daemon, CHECK_SEEN).await;
@@ -259,7 +257,7 @@ async fn bad_registry_answers_never_block_or_crash() {
             daemon.wait_exit(Duration::ZERO).is_none(),
             "{name}: the daemon exited"
         );
-        assert_eq!(registry.requests(), 1, "{name}");
+        assert_eq!(registry.total_hits(), 1, "{name}");
         assert_eq!(
             stored(&install, kv::LATEST),
             None,
@@ -286,8 +284,8 @@ async fn bad_registry_answers_never_block_or_crash() {
 #[tokio::test]
 async fn readiness_does_not_wait_for_registry() {
     const RUNS: usize = 5;
-    let registry = TestRegistry::start(Behaviour::NeverAnswers);
-    let hanging = install_checking(&registry.url);
+    let registry = Registry::with_dist_tags(Behaviour::NeverAnswers);
+    let hanging = install_checking(registry.url());
     let disabled = Install::new();
 
     let mut with_check = Vec::new();
@@ -297,7 +295,7 @@ async fn readiness_does_not_wait_for_registry() {
         without.push(time_to_healthy(&disabled, None).await);
     }
     // Each checking daemon sent its request (and got no answer); no other did.
-    assert_eq!(registry.requests(), RUNS);
+    assert_eq!(registry.total_hits(), RUNS);
 
     let (a, b) = (median(&mut with_check), median(&mut without));
     assert!(
@@ -310,8 +308,8 @@ async fn readiness_does_not_wait_for_registry() {
 /// Start to first healthy answer of one daemon, which is then stopped — after
 /// its check has reached `registry`, if it checks, so each run really had a
 /// hanging check in flight.
-async fn time_to_healthy(install: &Install, registry: Option<&TestRegistry>) -> Duration {
-    let before = registry.map_or(0, TestRegistry::requests);
+async fn time_to_healthy(install: &Install, registry: Option<&Registry>) -> Duration {
+    let before = registry.map_or(0, Registry::total_hits);
     let started = Instant::now();
     let mut daemon = Daemon::start(install);
     daemon.wait_healthy(READY).await;

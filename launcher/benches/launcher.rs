@@ -25,21 +25,18 @@
 //! is bounded; every process started is stopped (SIGTERM, then SIGKILL) when
 //! its owner is dropped, also on a panic.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::Install;
-use support::bench::{
+use testkit::Install;
+use testkit::bench::{
     Stats, after_section, clock_ticks_per_second, cpu_ticks, cpus, http_health, idle, loadavg, ms,
     print_machine, round1, round3, run_bounded, status_kib,
 };
-use support::load::{Load, longest_gap, overlaps, percentile};
-use support::supervisor::{Supervisor, daemon_pid, healthy, process_state, signal};
+use testkit::load::{Load, longest_gap, overlaps, percentile};
+use testkit::supervisor::{Supervisor, daemon_pid, healthy, process_state, signal};
 
 /// The idle window unless `WAIAAS_BENCH_IDLE_SECONDS` says otherwise.
 const IDLE_DEFAULT_SECS: u64 = 60;
@@ -64,11 +61,11 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
     let began = Instant::now();
-    let daemon = support::bench::daemon_beside_launcher("waiaas-launcher bench", "launcher");
+    let daemon = testkit::bench::daemon_beside_launcher("waiaas-launcher bench", "launcher");
     let idle_secs = idle_seconds();
     let launcher_log = std::env::var("WAIAAS_BENCH_LAUNCHER_LOG").ok();
     println!("waiaas-launcher bench");
-    println!("  launcher {}", support::LAUNCHER);
+    println!("  launcher {}", testkit::launcher_binary().display());
     println!("  daemon   {}", daemon.display());
     println!(
         "  WAIAAS_LOG for the launcher: {}",
@@ -133,7 +130,7 @@ fn idle_seconds() -> u64 {
 fn idle_with_auto(install: &Install, secs: u64, launcher_log: Option<&str>) -> Value {
     use waiaas_shared::config::{Config, format_duration};
     use waiaas_shared::release::CLI_PACKAGE;
-    let registry = support::registry::Registry::start();
+    let registry = testkit::registry::Registry::start();
     let current = waiaas_shared::version::VERSION;
     // Only the packument is read when nothing is newer: no tarball is fetched.
     registry.publish(CLI_PACKAGE, current, b"not fetched".to_vec());
@@ -702,7 +699,7 @@ fn restart_under_load(install: &Install, launcher_log: Option<&str>) -> Value {
 /// A `waiaas-launcher run` for `install`, its stderr appended to
 /// `<home>/launcher.stderr`; stopped gracefully (15 s) on drop.
 fn start_supervisor(install: &Install, launcher_log: Option<&str>) -> Supervisor {
-    support::bench::supervisor(
+    testkit::bench::supervisor(
         install,
         install.launcher(&["run"]),
         launcher_log,

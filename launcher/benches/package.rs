@@ -18,9 +18,6 @@
 //! Settings: `WAIAAS_BENCH_BOMB_MB` (default 1024) is the size of the bomb's
 //! file of zeros. Prints readable lines, then one line of JSON.
 
-#[path = "../tests/support/hostile.rs"]
-mod hostile;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,7 +120,7 @@ fn main() {
     // 1. The bomb.
     let bomb = tmp.path().join("bomb.tgz");
     let manifest = serde_json::to_vec(&packed.manifest).unwrap();
-    hostile::unsigned_bomb(&bomb, &manifest, zeros_mb << 20, EMPTIES);
+    testkit::hostile::unsigned_bomb(&bomb, &manifest, zeros_mb << 20, EMPTIES);
     let bomb_size = fs::metadata(&bomb).unwrap().len();
     // As it is, and with the entry cap raised out of the way (so the whole
     // first pass runs and the missing signature refuses it).

@@ -34,9 +34,6 @@
 //! and the daemons under them) is stopped when its owner is dropped, also on
 //! a panic. Only 127.0.0.1 is ever contacted.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -44,12 +41,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::bench::{
+use testkit::bench::{
     Stats, after_section, clock_ticks_per_second, cpu_ticks, cpus, http_health, idle, loadavg, ms,
     print_machine, round1, round3, run_bounded, status_kib,
 };
-use support::supervisor::{Supervisor, children, process_gone, signal};
-use support::{Install, hermetic};
+use testkit::supervisor::{Supervisor, children, process_gone, signal};
+use testkit::{Install, hermetic};
 
 /// Crash samples per supervisor (section 1) and runs of section 2.
 const CRASH_SAMPLES: usize = 20;
@@ -91,11 +88,11 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 fn main() {
     let began = Instant::now();
     let daemon =
-        support::bench::daemon_beside_launcher("waiaas-launcher supervisors bench", "supervisors");
+        testkit::bench::daemon_beside_launcher("waiaas-launcher supervisors bench", "supervisors");
     let launcher_log = std::env::var("WAIAAS_BENCH_LAUNCHER_LOG").ok();
     let tools = target_dir().join("bench-tools");
     println!("waiaas-launcher supervisors bench");
-    println!("  launcher {}", support::LAUNCHER);
+    println!("  launcher {}", testkit::launcher_binary().display());
     println!("  daemon   {}", daemon.display());
     println!("  tools    {}", tools.display());
     println!(
@@ -134,7 +131,7 @@ fn main() {
 
 /// `target/`: the launcher under test is `target/release/waiaas-launcher`.
 fn target_dir() -> PathBuf {
-    let launcher = Path::new(support::LAUNCHER);
+    let launcher = testkit::launcher_binary();
     launcher
         .parent()
         .and_then(Path::parent)
@@ -172,7 +169,7 @@ fn start_supervisor(
     if let Some(failpoint) = failpoint {
         command.env("WAIAAS_FAILPOINT", failpoint);
     }
-    support::bench::supervisor(
+    testkit::bench::supervisor(
         install,
         command,
         launcher_log,

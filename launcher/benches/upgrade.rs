@@ -1,6 +1,6 @@
 //! What an upgrade costs the people using WAIaaS, measured on two real builds
 //! (A = this workspace, 1.8.1; B = the same sources as 1.9.0 with a 17th
-//! migration, see `tests/support/builds.rs`), packed and signed like releases
+//! migration, see `testkit/src/builds.rs`), packed and signed like releases
 //! with a throwaway key, served by a registry on 127.0.0.1, installed with the
 //! real `init`, on a database of realistic size:
 //!
@@ -55,15 +55,10 @@
 //! is bounded; the supervisor, its daemon and the registry are stopped and
 //! every file is removed when their owners are dropped, also on a panic.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../tests/support/builds.rs"]
-mod builds;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -72,12 +67,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
-use builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
-use support::bench::{Stats, after_section, cpus, loadavg, micros, print_machine, round1, round3};
-use support::load::{Load, Writer, Written, longest_gap, percentile};
-use support::registry::Registry;
-use support::supervisor::{LogFile, Supervisor};
-use support::{free_port, hermetic, run};
+use testkit::bench::{Stats, after_section, cpus, loadavg, micros, print_machine, round1, round3};
+use testkit::builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
+use testkit::load::{Load, Writer, Written, longest_gap, percentile};
+use testkit::registry::Registry;
+use testkit::supervisor::{LogFile, Supervisor};
+use testkit::{free_port, hermetic, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::backup::{self, Kind};
 use waiaas_shared::fsutil::copy_hashed;
@@ -117,7 +112,7 @@ fn main() {
     println!(
         "  build pair: {} — A {} (schema {A_SCHEMA}) in {}, B {B_VERSION} (schema {B_SCHEMA}) in {}",
         profile.name(),
-        builds::a_version(),
+        testkit::builds::a_version(),
         pair.a_bin.display(),
         pair.b_bin.display()
     );
@@ -149,7 +144,7 @@ fn main() {
     let summary = json!({
         "bench": "waiaas-launcher upgrade",
         "pair": profile.name(),
-        "a": {"version": builds::a_version(), "bin": pair.a_bin, "schema": A_SCHEMA},
+        "a": {"version": testkit::builds::a_version(), "bin": pair.a_bin, "schema": A_SCHEMA},
         "b": {"version": B_VERSION, "bin": pair.b_bin, "schema": B_SCHEMA, "build_s": pair.b_build.map(round1)},
         "cpus": cpus(),
         "loadavg_before_and_after_each_section": loads,
@@ -200,7 +195,7 @@ fn at_size(work: &Path, releases: &Releases, mb: u64, loads: &mut Vec<String>) -
         &mut supervisor,
         &format!("2. --rollback under load, {mb} MiB"),
         &["upgrade", "--rollback"],
-        builds::a_version(),
+        testkit::builds::a_version(),
     );
     after_section(loads);
     let after_rollback = site.rows();
@@ -454,11 +449,11 @@ struct Pair {
 impl Pair {
     fn prepare(profile: Profile) -> Self {
         let a_bin = match profile {
-            Profile::Release => Path::new(support::LAUNCHER)
+            Profile::Release => testkit::launcher_binary()
                 .parent()
                 .expect("the launcher has a folder")
                 .to_path_buf(),
-            Profile::Debug => builds::repo_root().join("target").join("debug"),
+            Profile::Debug => testkit::builds::repo_root().join("target").join("debug"),
         };
         for name in ["waiaas-launcher", "waiaas-daemon"] {
             if !a_bin.join(name).is_file() {
@@ -473,7 +468,7 @@ impl Pair {
                 std::process::exit(2);
             }
         }
-        expect_version(&a_bin, builds::a_version(), A_SCHEMA).unwrap_or_else(|e| {
+        expect_version(&a_bin, testkit::builds::a_version(), A_SCHEMA).unwrap_or_else(|e| {
             eprintln!("waiaas-launcher upgrade bench: build A: {e}");
             std::process::exit(2);
         });
@@ -482,11 +477,11 @@ impl Pair {
             profile.name()
         );
         // The debug build syncs target/e2e/src-1.9.0 with this workspace.
-        let debug_b = builds::b_bin_dir().to_path_buf();
+        let debug_b = testkit::builds::b_bin_dir().to_path_buf();
         let (b_bin, b_build) = match profile {
             Profile::Debug => (
                 debug_b,
-                builds::build_time(B_VERSION).map(|d| d.as_secs_f64()),
+                testkit::builds::build_time(B_VERSION).map(|d| d.as_secs_f64()),
             ),
             Profile::Release => {
                 let started = Instant::now();
@@ -520,11 +515,15 @@ fn expect_version(bin: &Path, version: &str, schema: u32) -> Result<(), String> 
     Ok(())
 }
 
-/// Builds B in release from the source copy `builds::b_bin_dir` has just
+/// Builds B in release from the source copy `testkit::builds::b_bin_dir` has just
 /// synced, in the same target dir and under the same lock.
 fn build_b_release() -> Result<PathBuf, String> {
-    let _lock = builds::lock_builds()?;
-    let (bin, _) = builds::cargo_build(B_VERSION, builds::Profile::Release, RELEASE_BUILD_TIMEOUT)?;
+    let _lock = testkit::builds::lock_builds()?;
+    let (bin, _) = testkit::builds::cargo_build(
+        B_VERSION,
+        testkit::builds::Profile::Release,
+        RELEASE_BUILD_TIMEOUT,
+    )?;
     expect_version(&bin, B_VERSION, B_SCHEMA)?;
     Ok(bin)
 }
@@ -548,12 +547,12 @@ impl Releases {
         let started = Instant::now();
         let dir = work.join("packs");
         fs::create_dir_all(&dir).unwrap();
-        let key = builds::generate_key(&dir.join("key"));
-        let a_bin = builds::copy_bin_dir(&pair.a_bin, &dir.join("a-bin"));
-        let b_bin = builds::copy_bin_dir(&pair.b_bin, &dir.join("b-bin"));
+        let key = testkit::builds::generate_key(&dir.join("key"));
+        let a_bin = testkit::builds::copy_bin_dir(&pair.a_bin, &dir.join("a-bin"));
+        let b_bin = testkit::builds::copy_bin_dir(&pair.b_bin, &dir.join("b-bin"));
         let a = pack_release(&a_bin, &dir.join("a"), &key);
         let b = pack_release(&b_bin, &dir.join("b"), &key);
-        assert_eq!(a.manifest.version, builds::a_version());
+        assert_eq!(a.manifest.version, testkit::builds::a_version());
         assert_eq!(b.manifest.version, B_VERSION);
         for (name, contents) in release_files(&a) {
             fs::write(a_bin.join(name), contents).unwrap();
@@ -574,12 +573,18 @@ impl Releases {
 
 /// An installation of A, initialised by A's `init`, whose config points at a
 /// registry on 127.0.0.1 offering A and B.
+/// Derefs to the installation.
 struct Site {
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
-    launcher: PathBuf,
+    site: testkit::Site,
     registry: Registry,
+}
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.site
+    }
 }
 
 struct Database {
@@ -601,7 +606,7 @@ impl Site {
 
         let registry = Registry::start();
         let target = this_target().expect("a shipped target");
-        for (packed, version) in [(&r.a, builds::a_version()), (&r.b, B_VERSION)] {
+        for (packed, version) in [(&r.a, testkit::builds::a_version()), (&r.b, B_VERSION)] {
             registry.publish(CLI_PACKAGE, version, fs::read(&packed.cli_tarball).unwrap());
             registry.publish_with_integrity(
                 &platform_package(target),
@@ -622,19 +627,14 @@ impl Site {
         )
         .unwrap();
         Self {
-            home,
-            dir,
-            port,
-            launcher: r.launcher(),
+            site: testkit::Site {
+                home,
+                dir,
+                port,
+                launcher: r.launcher(),
+            },
             registry,
         }
-    }
-
-    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic, A's launcher.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(&self.launcher), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
     }
 
     fn current(&self) -> Option<String> {
@@ -720,7 +720,7 @@ impl Site {
 /// `<home>/launcher.stderr`; stopped gracefully (30 s) on drop.
 fn start_supervisor(site: &Site) -> Supervisor {
     Supervisor::spawn(
-        site.command(&["run"]),
+        site.launcher(&["run"]),
         site.home.join("launcher.stderr"),
         site.dir.launcher_socket(),
         LogFile::Append,
@@ -782,19 +782,19 @@ fn under_load(
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
     let load_origin = load.origin;
-    let token = fs::read_to_string(site.dir.master_token()).expect("data/master.token");
+    let token = site.token();
     let prefix = if expect == B_VERSION { "u" } else { "r" };
     let writer = match writes() {
         Writes::Off => None,
-        Writes::Unpaced => Some(Writer::paced(site.port, token.trim(), prefix, None)),
-        Writes::PerSecond(n) => Some(Writer::paced(site.port, token.trim(), prefix, Some(n))),
+        Writes::Unpaced => Some(Writer::paced(site.port, &token, prefix, None)),
+        Writes::PerSecond(n) => Some(Writer::paced(site.port, &token, prefix, Some(n))),
     };
     let origin_unix_us = unix_us(SystemTime::now()) - load.now_us() as i64;
     std::thread::sleep(LOAD_PAUSE);
 
     let log_offset = supervisor.log_len();
     let start_us = load.now_us();
-    let outcome = run_timed(site.command(args), load.origin, UPGRADE_TIMEOUT);
+    let outcome = run_timed(site.launcher(args), load.origin, UPGRADE_TIMEOUT);
     let end_us = outcome.end_us;
     supervisor.assert_alive(title);
     std::thread::sleep(LOAD_PAUSE);
@@ -1329,7 +1329,7 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
             &dir,
             &backup::Request {
                 kind: Kind::PreUpgrade,
-                from_version: builds::a_version().to_string(),
+                from_version: testkit::builds::a_version().to_string(),
                 to_version: B_VERSION.to_string(),
                 schema_version: A_SCHEMA,
             },

@@ -1,30 +1,26 @@
 //! Automatic upgrades end to end (SPEC §13, `[update] auto`): real builds
 //! packed and signed like releases (A = this build, B = 1.9.0, a bad C =
-//! 1.9.1 whose daemon fails at start, D = 1.10.0; see `support/builds.rs`),
+//! 1.9.1 whose daemon fails at start, D = 1.10.0; see `testkit/src/builds.rs`),
 //! published one after another on a real HTTP registry on 127.0.0.1, while
 //! 32 clients use the service — 31 reading, one writing — and a receiver on
 //! 127.0.0.1 takes the `notify_url` events. Nobody types `upgrade`.
-
-mod support;
-
-#[path = "support/builds.rs"]
-mod builds;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use builds::{B_VERSION, C_VERSION, D_VERSION, E_VERSION, Fault, Key, pack_release};
-use support::fleetlock::FleetLockServer;
-use support::load::{Load, Writer};
-use support::registry::Registry;
-use support::supervisor::{LogFile, Supervisor};
-use support::{LAUNCHER, free_port, hermetic, run};
+use testkit::builds::{B_VERSION, C_VERSION, D_VERSION, E_VERSION, Fault, Key, pack_release};
+use testkit::fleetlock::FleetLockServer;
+use testkit::load::{Load, Writer};
+use testkit::registry::Registry;
+use testkit::supervisor::{LogFile, Supervisor};
+use testkit::{free_port, hermetic, launcher_binary, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::admin::Status;
 use waiaas_shared::layout::DataDir;
@@ -93,15 +89,24 @@ struct Releases {
 }
 
 fn pack_all(dir: &Path) -> Releases {
-    let key = builds::generate_key(&dir.join("key"));
-    let a_bin = builds::copy_bin_dir(&builds::a_bin_dir(), &dir.join("a-bin"));
+    let key = testkit::builds::generate_key(&dir.join("key"));
+    let a_bin = testkit::builds::copy_bin_dir(&testkit::builds::a_bin_dir(), &dir.join("a-bin"));
     let a = pack_release(&a_bin, &dir.join("a"), &key);
-    let b = pack_release(builds::b_bin_dir(), &dir.join("b"), &key);
-    let c_bin = builds::wrapped_release_dir_as(&dir.join("c-bin"), Fault::Crash, C_VERSION);
+    let b = pack_release(testkit::builds::b_bin_dir(), &dir.join("b"), &key);
+    let c_bin =
+        testkit::builds::wrapped_release_dir_as(&dir.join("c-bin"), Fault::Crash, C_VERSION);
     let c = pack_release(&c_bin, &dir.join("c"), &key);
-    let d = pack_release(builds::release_bin_dir(D_VERSION), &dir.join("d"), &key);
-    let e = pack_release(builds::release_bin_dir(E_VERSION), &dir.join("e"), &key);
-    for (name, contents) in builds::release_files(&a) {
+    let d = pack_release(
+        testkit::builds::release_bin_dir(D_VERSION),
+        &dir.join("d"),
+        &key,
+    );
+    let e = pack_release(
+        testkit::builds::release_bin_dir(E_VERSION),
+        &dir.join("e"),
+        &key,
+    );
+    for (name, contents) in testkit::builds::release_files(&a) {
         fs::write(a_bin.join(name), contents).unwrap();
     }
     assert_eq!(c.manifest.version, C_VERSION);
@@ -134,11 +139,18 @@ fn platform_tarball_hits(registry: &Registry, version: &str) -> usize {
     registry.hits(&Registry::tarball_path(&name, version))
 }
 
+/// An installation of A configured for `registry`; derefs to the installation.
 struct Site {
     _tmp: tempfile::TempDir,
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
+    site: testkit::Site,
+}
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.site
+    }
 }
 
 impl Site {
@@ -147,7 +159,7 @@ impl Site {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().to_path_buf();
         let dir = DataDir::new(home.join("waiaas"));
-        support::init_from(&r.a_bin, &home, &dir);
+        testkit::init_from(&r.a_bin, &home, &dir);
         let port = free_port();
         let config = format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n\
@@ -158,16 +170,8 @@ impl Site {
         fs::write(dir.config(), config).unwrap();
         Self {
             _tmp: tmp,
-            home,
-            dir,
-            port,
+            site: testkit::Site::new(home, dir, port),
         }
-    }
-
-    fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(LAUNCHER), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
     }
 
     fn supervisor(&self, n: usize) -> Supervisor {
@@ -191,17 +195,8 @@ impl Site {
             .to_string()
     }
 
-    fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
     fn health_version(&self) -> Option<String> {
-        let (status, body) = support::http(self.port, "GET", "/health", None, None)?;
-        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (status == 200).then(|| health["version"].as_str().map(str::to_string))?
+        self.health().map(|health| health.version)
     }
 
     /// Every acknowledged write is in the database.
@@ -280,8 +275,10 @@ impl Clients {
         let written = self.writer.stop();
         let tally = self.load.finish();
         site.assert_kept(&written.acknowledged);
+        // The load ran (a phase lasts as long as the launcher takes, at 10
+        // writes/s: a second at least), so "all kept" says something.
         assert!(
-            written.acknowledged.len() > 50,
+            written.acknowledged.len() >= 10,
             "the writer wrote: {}",
             written.acknowledged.len()
         );
@@ -334,7 +331,7 @@ fn an_installation_upgrades_itself_quarantines_a_bad_release_and_takes_the_next_
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let pre_upgrade = format!("pre-upgrade-{}-", builds::a_version());
+    let pre_upgrade = format!("pre-upgrade-{}-", testkit::builds::a_version());
     assert!(
         backups.iter().any(|b| b.starts_with(&pre_upgrade)),
         "a pre-upgrade backup: {backups:?}"
@@ -375,12 +372,12 @@ fn an_installation_upgrades_itself_quarantines_a_bad_release_and_takes_the_next_
     // A minute on (twelve checks), across a kill -9 and a new `run`: never
     // tried again.
     let watch = Instant::now();
-    let ticks = || support::bench::cpu_ticks(supervisor.pid());
+    let ticks = || testkit::bench::cpu_ticks(supervisor.pid());
     let before = ticks();
     std::thread::sleep(Duration::from_secs(30));
     // Waiting for the next check costs nothing: a loop that spins would
     // burn most of a core here.
-    let cpu = (ticks() - before) as f64 / support::bench::clock_ticks_per_second() as f64;
+    let cpu = (ticks() - before) as f64 / testkit::bench::clock_ticks_per_second() as f64;
     eprintln!("the supervisor's CPU over 30 s of waiting: {cpu:.2} s");
     assert!(
         cpu < 3.0,
@@ -464,7 +461,10 @@ fn with_auto_off_the_launcher_asks_the_registry_nothing() {
         "only the daemon's version check asked the registry, once:\n{}",
         supervisor.log()
     );
-    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert_eq!(
+        site.health_version().as_deref(),
+        Some(testkit::builds::a_version())
+    );
     let status = auto_status(&supervisor);
     assert_eq!(status.policy, "off");
     assert!(status.next_check.is_none());
@@ -474,7 +474,7 @@ fn with_auto_off_the_launcher_asks_the_registry_nothing() {
 fn a_container_refuses_automatic_upgrades_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
-    let out = run(hermetic(Command::new(LAUNCHER), home)
+    let out = run(hermetic(Command::new(launcher_binary()), home)
         .args(["run", "--data-dir"])
         .arg(home.join("waiaas"))
         .env("WAIAAS_CONTAINER", "1")
@@ -504,7 +504,7 @@ impl Versions {
             // Bounded: the test ends long before.
             let until = Instant::now() + Duration::from_secs(900);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
-                let version = support::http(port, "GET", "/health", None, None)
+                let version = testkit::http(port, "GET", "/health", None, None)
                     .filter(|(status, _)| *status == 200)
                     .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
                     .and_then(|h| h["version"].as_str().map(str::to_string));
@@ -707,7 +707,12 @@ fn a_fleet_upgrades_one_node_at_a_time_and_a_bad_release_stops_at_one_node() {
         let versions: Vec<&str> = switches.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(
             versions,
-            [builds::a_version(), B_VERSION, D_VERSION, E_VERSION],
+            [
+                testkit::builds::a_version(),
+                B_VERSION,
+                D_VERSION,
+                E_VERSION
+            ],
             "node {n}"
         );
         for (at, version) in &switches[1..] {
@@ -752,7 +757,10 @@ fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answeri
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert_eq!(
+        site.health_version().as_deref(),
+        Some(testkit::builds::a_version())
+    );
     assert!(!site.dir.upgrade_journal().exists());
 
     let lock = FleetLockServer::start_on(port);
@@ -794,7 +802,10 @@ fn a_launcher_killed_while_the_lock_grants_its_slot_gives_it_back_at_the_next_st
 
     // The next start gives it back, then asks again and upgrades.
     let mut supervisor = site.supervisor(1);
-    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert_eq!(
+        site.health_version().as_deref(),
+        Some(testkit::builds::a_version())
+    );
     let clients = Clients::with_readers(&site, "again", 3, Duration::from_secs(300));
     wait_serving(&site, &mut supervisor, B_VERSION, Duration::from_secs(60));
     wait_slot_free(&lock, "default", &supervisor);
@@ -850,7 +861,10 @@ fn a_launcher_killed_during_its_automatic_upgrade_keeps_the_fleet_slot_after_the
         "{auto:?}"
     );
     assert_eq!(lock.holder("default").as_deref(), Some(id.as_str()));
-    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert_eq!(
+        site.health_version().as_deref(),
+        Some(testkit::builds::a_version())
+    );
     site.assert_kept(&written.acknowledged);
     eprintln!(
         "{} writes acknowledged before the kill, all kept",
@@ -864,7 +878,10 @@ fn a_launcher_killed_during_its_automatic_upgrade_keeps_the_fleet_slot_after_the
     assert_eq!(lock.holder("default"), None);
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(lock.holds().len(), 1, "B is never asked for again");
-    assert_eq!(site.health_version().as_deref(), Some(builds::a_version()));
+    assert_eq!(
+        site.health_version().as_deref(),
+        Some(testkit::builds::a_version())
+    );
     let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
     assert!(fleet.contains("no slot held"), "{fleet}");
 }

@@ -6,17 +6,15 @@
 //! says why not). The seed is printed; `WAIAAS_CHAOS_SEED` replays a run and
 //! `WAIAAS_CHAOS_SECONDS` sets its length (20 s by default, 120 s at most).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::Install;
-use support::registry::Registry;
-use support::supervisor::{processes_mentioning, signal};
+use testkit::Install;
+use testkit::registry::Registry;
+use testkit::supervisor::{processes_mentioning, signal};
 use waiaas_shared::admin::Status;
 use waiaas_shared::release::CLI_PACKAGE;
 
@@ -46,14 +44,14 @@ fn daemons(dir: &Path) -> Vec<i32> {
 }
 
 fn status(install: &Install) -> Option<Status> {
-    let out = support::run(&mut install.launcher(&["status", "--json"]));
+    let out = testkit::run(&mut install.launcher(&["status", "--json"]));
     serde_json::from_str(out.stdout.trim()).ok()
 }
 
 /// Runs a command and checks it ended within `bound`.
 fn timed(what: &str, mut command: Command, bound: Duration, log: &mut Vec<String>) {
     let started = Instant::now();
-    let out = support::run(&mut command);
+    let out = testkit::run(&mut command);
     let took = started.elapsed();
     log.push(format!(
         "{what}: {:?} in {took:?} {}",
@@ -183,14 +181,14 @@ fn random_events_never_make_two_daemons_or_an_unbounded_wait() {
     let deadline = Instant::now() + start_bound;
     let last = loop {
         let s = status(&install);
-        if s.as_ref().is_some_and(support::supervisor::healthy) || Instant::now() >= deadline {
+        if s.as_ref().is_some_and(testkit::supervisor::healthy) || Instant::now() >= deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     done.store(true, Ordering::SeqCst);
     let two = sampler.join().unwrap();
-    let _ = support::run(&mut install.launcher(&["stop"]));
+    let _ = testkit::run(&mut install.launcher(&["stop"]));
     eprintln!(
         "chaos: {events} events, at most {} daemon(s) at once",
         most.load(Ordering::SeqCst)
@@ -198,7 +196,7 @@ fn random_events_never_make_two_daemons_or_an_unbounded_wait() {
     assert_eq!(two, None, "two daemons at once:\n{}", log.join("\n"));
     let last = last.unwrap_or_else(|| panic!("no supervisor at the end:\n{}", log.join("\n")));
     assert!(
-        support::supervisor::healthy(&last),
+        testkit::supervisor::healthy(&last),
         "not healthy at the end ({:?}, last exit {:?}):\n{}",
         last.state,
         last.last_exit,

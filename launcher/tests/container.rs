@@ -3,21 +3,14 @@
 //!
 //! The repository's Dockerfile is built as it is (`--format docker`, so the
 //! `HEALTHCHECK` is kept) into image A (this build, 1.8.1, schema 16) and
-//! image B (the second build, 1.9.0 with migration 17, `support/builds.rs`),
+//! image B (the second build, 1.9.0 with migration 17, `testkit/src/builds.rs`),
 //! taking the binaries under test through its `--target prebuilt`; its
 //! `debian:bookworm-slim` is `.ci/container-images`' debootstrap rootfs. Each
 //! container runs as docker-compose.yml runs it: `--init`, the named volume
 //! at `/data`, the API published on the host's loopback only. The health
 //! check is the image's own (`podman healthcheck run`: podman's timers need a
 //! systemd on the host). Skipped, saying why, without the tier's
-//! prerequisites — never in CI (`support/podman.rs`).
-
-mod support;
-
-#[path = "support/builds.rs"]
-mod builds;
-#[path = "support/images.rs"]
-mod images;
+//! prerequisites — never in CI (`testkit/src/podman.rs`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,10 +21,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 
-use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use images::Binaries;
-use support::free_port;
-use support::podman::{Api, Cleanup, Podman, podman};
+use testkit::builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
+use testkit::free_port;
+use testkit::images::Binaries;
+use testkit::podman::{Api, Cleanup, Podman, podman};
 
 /// How long a container may take to report healthy (a migration included).
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
@@ -46,16 +39,16 @@ fn images(podman: &Podman) -> &'static (String, String) {
     static IMAGES: OnceLock<(String, String)> = OnceLock::new();
     IMAGES.get_or_init(|| {
         (
-            images::build(
+            testkit::images::build(
                 podman,
                 "localhost/waiaas-test:a",
-                Binaries::Prebuilt(&builds::a_bin_dir()),
-                builds::a_version(),
+                Binaries::Prebuilt(&testkit::builds::a_bin_dir()),
+                testkit::builds::a_version(),
             ),
-            images::build(
+            testkit::images::build(
                 podman,
                 "localhost/waiaas-test:b",
-                Binaries::Prebuilt(builds::b_bin_dir()),
+                Binaries::Prebuilt(testkit::builds::b_bin_dir()),
                 B_VERSION,
             ),
         )
@@ -209,7 +202,7 @@ fn scenario_17_image_upgrade_keeps_the_volume_and_migrates() {
     let health = site.api.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
-        (builds::a_version(), A_SCHEMA),
+        (testkit::builds::a_version(), A_SCHEMA),
         "release A serves from the volume"
     );
     for name in ["treasury", "payroll", "cold-storage"] {
@@ -358,11 +351,11 @@ fn the_compose_file_runs_and_keeps_data_across_down_and_up() {
         let mut command = site.podman.compose();
         command
             .args(["--project-name", &project, "--file"])
-            .arg(builds::repo_root().join("docker-compose.yml"))
+            .arg(testkit::builds::repo_root().join("docker-compose.yml"))
             .args(args)
             .env("WAIAAS_IMAGE", image)
             .env("WAIAAS_TAG", tag);
-        let outcome = support::run(&mut command);
+        let outcome = testkit::run(&mut command);
         assert!(
             outcome.status.success(),
             "podman-compose {args:?}: {outcome:?}"
@@ -381,7 +374,7 @@ fn the_compose_file_runs_and_keeps_data_across_down_and_up() {
         "3100/tcp -> 127.0.0.1:3100",
         "published on the host's loopback only"
     );
-    assert_eq!(site.api.health().version, builds::a_version());
+    assert_eq!(site.api.health().version, testkit::builds::a_version());
     site.api.create_wallet("treasury");
     let written = site.api.wallets();
 
@@ -412,7 +405,8 @@ fn pre_migrate_backups(volume: &Path) -> Vec<PathBuf> {
 #[test]
 fn the_release_workflow_builds_the_image_from_the_package_jobs_binaries() {
     let workflow =
-        fs::read_to_string(builds::repo_root().join(".github/workflows/release.yml")).unwrap();
+        fs::read_to_string(testkit::builds::repo_root().join(".github/workflows/release.yml"))
+            .unwrap();
     // The job: from its header to the next job's (a key indented by two).
     let is_job = |line: &str| {
         line.len() > 3 && line.starts_with("  ") && !line.starts_with("   ") && line.ends_with(':')
@@ -445,7 +439,7 @@ fn the_release_workflow_builds_the_image_from_the_package_jobs_binaries() {
         "the docker job compiles nothing:\n{job}"
     );
     // What the Dockerfile's prebuilt stage copies is what both contexts hold.
-    let dockerfile = fs::read_to_string(builds::repo_root().join("Dockerfile")).unwrap();
+    let dockerfile = fs::read_to_string(testkit::builds::repo_root().join("Dockerfile")).unwrap();
     for copy in [
         "COPY prebuilt/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
         "COPY prebuilt/waiaas-launcher prebuilt/waiaas-daemon /usr/local/bin/",

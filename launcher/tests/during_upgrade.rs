@@ -5,17 +5,15 @@
 //! A real `waiaas-launcher run`, a real `upgrade` command, and a registry on
 //! 127.0.0.1 that sends the package slowly.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::registry::{Registry, Reply};
-use support::supervisor::{Supervisor, daemon_pid, healthy, signal};
-use support::{Install, hermetic};
+use testkit::registry::{Registry, Reply};
+use testkit::supervisor::{Supervisor, daemon_pid, healthy, signal};
+use testkit::{Install, hermetic};
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
 const TARGET_VERSION: &str = "1.9.0";
@@ -166,13 +164,13 @@ fn a_second_upgrade_and_a_restart_are_refused_while_one_runs() {
     let mut first = start_upgrade(&install, &log);
     wait_downloading(&mut supervisor, &registry);
 
-    let second = support::run(&mut install.launcher(&["upgrade", "--to", TARGET_VERSION]));
+    let second = testkit::run(&mut install.launcher(&["upgrade", "--to", TARGET_VERSION]));
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert!(second.stderr.contains("in progress"), "{second:?}");
-    let restart = support::run(&mut install.launcher(&["restart"]));
+    let restart = testkit::run(&mut install.launcher(&["restart"]));
     assert!(!restart.status.success(), "{restart:?}");
     assert!(restart.stderr.contains("in progress"), "{restart:?}");
-    let status = support::run(&mut install.launcher(&["status", "--json"]));
+    let status = testkit::run(&mut install.launcher(&["status", "--json"]));
     assert!(status.status.success(), "{status:?}");
     assert!(status.stdout.contains("\"upgrade\""), "{status:?}");
     drop(supervisor);
@@ -194,13 +192,13 @@ fn upgrade_through_the_supervisor_draws_a_byte_counting_bar_on_a_terminal() {
     let mut command = Command::new("script");
     let upgrade = format!(
         "{} upgrade --to {TARGET_VERSION} --data-dir {}",
-        support::LAUNCHER,
+        testkit::launcher_binary().display(),
         install.data_dir().display()
     );
     command
         .args(["-qefc", &upgrade, "/dev/null"])
         .env("COLUMNS", "120");
-    let out = support::run(&mut hermetic(command, install.home()));
+    let out = testkit::run(&mut hermetic(command, install.home()));
     // The package is not a signed release: the upgrade is refused after the
     // download, which is all this test needs.
     let screen = out.stdout.replace('\r', "\n");

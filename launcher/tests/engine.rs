@@ -10,8 +10,6 @@
 //! backups, `current`, the journal). Each test then checks the report *and*
 //! what is on disk.
 
-mod support;
-
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -29,7 +27,7 @@ use waiaas_shared::compat::{CompatReport, Verdict};
 use waiaas_shared::config::Config;
 use waiaas_shared::version::DaemonVersion;
 
-use support::{Install, LAUNCHER, daemon_binary};
+use testkit::{Install, daemon_binary, launcher_binary};
 
 /// This build's version: the installation's `current` before an upgrade.
 const OLD: &str = env!("CARGO_PKG_VERSION");
@@ -132,7 +130,8 @@ exec '{real}' "$@"
     );
     let launcher = format!(
         "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'waiaas-launcher {version}'; exit 0; fi\n\
-         exec '{LAUNCHER}' \"$@\"\n"
+         exec '{}' \"$@\"\n",
+        launcher_binary().display()
     );
 
     let tmp = tempfile::tempdir().unwrap();
@@ -823,7 +822,7 @@ async fn recovery_stops_a_daemon_no_launcher_supervises_before_restoring() {
         "daemon_was_running": true, "started_at": "2026-01-01T00:00:00.000Z", "pid": 1,
     });
     fs::write(dir.upgrade_journal(), journal.to_string()).unwrap();
-    let mut orphan = support::Unsupervised::start(&setup.install);
+    let mut orphan = testkit::Unsupervised::start(&setup.install);
     // Written through the orphan's database after the backup.
     setup
         .install
@@ -900,7 +899,7 @@ async fn an_older_release_needs_allow_downgrade() {
 /// followed: "up to date", and nothing is downloaded.
 #[tokio::test(flavor = "current_thread")]
 async fn a_channel_naming_an_older_release_is_not_followed() {
-    let registry = support::registry::Registry::start();
+    let registry = testkit::registry::Registry::start();
     let release = release(OLDER);
     let cli = waiaas_shared::release::CLI_PACKAGE;
     let platform =
@@ -918,7 +917,7 @@ async fn a_channel_naming_an_older_release_is_not_followed() {
         !setup.install.dir.version(OLDER).exists(),
         "nothing installed"
     );
-    let tarball = support::registry::Registry::tarball_path(&platform, OLDER);
+    let tarball = testkit::registry::Registry::tarball_path(&platform, OLDER);
     assert_eq!(registry.hits(&tarball), 0, "nothing downloaded");
     setup.assert_old_state();
 }

@@ -5,17 +5,15 @@
 //! (or loopback http), decided before any connection — and https that works,
 //! with certificates checked, on the binaries' one TLS stack.
 
-mod support;
-
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::Install;
-use support::registry::{Registry, Reply, TestCa};
-use support::supervisor::{Supervisor, daemon_pid};
+use testkit::Install;
+use testkit::registry::{Registry, Reply, TestCa};
+use testkit::supervisor::{Supervisor, daemon_pid};
 use waiaas_shared::release::CLI_PACKAGE;
 
 fn mode(path: &Path) -> u32 {
@@ -97,7 +95,7 @@ fn the_client_refuses_a_socket_owned_by_another_user() {
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::os::unix::fs::chown(&socket, Some(65534), Some(65534)).unwrap();
-    let out = support::run(&mut install.launcher(&["status"]));
+    let out = testkit::run(&mut install.launcher(&["status"]));
     assert!(!out.status.success(), "{out:?}");
     assert!(
         out.stderr.contains("belongs to uid 65534"),
@@ -126,7 +124,7 @@ fn install_with_registry(url: &str) -> Install {
 fn a_plain_http_registry_off_loopback_is_refused_before_any_connection() {
     let install = install_with_registry("http://192.0.2.1:9/");
     let started = Instant::now();
-    let out = support::run(&mut install.launcher(&["upgrade", "--check"]));
+    let out = testkit::run(&mut install.launcher(&["upgrade", "--check"]));
     let took = started.elapsed();
     assert!(!out.status.success(), "{out:?}");
     assert!(
@@ -153,7 +151,7 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
     );
     let install = install_with_registry(registry.url());
     let started = Instant::now();
-    let out = support::run(&mut install.launcher(&["upgrade", "--check"]));
+    let out = testkit::run(&mut install.launcher(&["upgrade", "--check"]));
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("refused a redirect"), "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -163,8 +161,8 @@ fn a_redirect_to_plain_http_off_loopback_is_refused() {
 /// `upgrade --check` with `SSL_CERT_FILE` naming `ca_file` (and no other CA):
 /// on Linux the platform verifier takes its roots from there.
 /// `upgrade --check --json` trusting only the certificates in `ca_file`.
-fn check_trusting(install: &Install, ca_file: &Path) -> support::Outcome {
-    support::run(
+fn check_trusting(install: &Install, ca_file: &Path) -> testkit::Outcome {
+    testkit::run(
         install
             .launcher(&["upgrade", "--check", "--json"])
             .env("SSL_CERT_FILE", ca_file)

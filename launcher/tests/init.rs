@@ -1,13 +1,11 @@
 //! `waiaas-launcher init` (SPEC §2), run as a real process on temp folders.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{LAUNCHER, Outcome, daemon_binary, hermetic, run};
+use testkit::{Outcome, daemon_binary, hermetic, launcher_binary, run};
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::version::VERSION;
@@ -33,7 +31,7 @@ impl Scratch {
 
     fn init(&self) -> Outcome {
         daemon_binary();
-        self.init_with(Path::new(LAUNCHER))
+        self.init_with(&launcher_binary())
     }
 
     /// A folder `bin/` holding a copy of the launcher, as if unpacked alone.
@@ -41,7 +39,7 @@ impl Scratch {
         let bin = self.tmp.path().join("bin");
         fs::create_dir(&bin).unwrap();
         let launcher = bin.join("waiaas-launcher");
-        link_or_copy(Path::new(LAUNCHER), &launcher);
+        link_or_copy(&launcher_binary(), &launcher);
         launcher
     }
 

@@ -9,7 +9,7 @@
 //! security context and commands, on real images of two releases: A built
 //! the documented default way (`podman build .`, compiled from source in the
 //! Dockerfile's Rust stage) and B built `--target prebuilt` from build B's
-//! binaries (`support/builds.rs`, `support/images.rs`).
+//! binaries (`testkit/src/builds.rs`, `testkit/src/images.rs`).
 //!
 //! In a cluster's place the test does two things: the readiness probe (it
 //! polls `/health` on the published port), and the restart policy: the Pods
@@ -17,14 +17,7 @@
 //! `Always` to its completed init containers and reruns them (Kubernetes
 //! never restarts a completed init container). Skipped, saying why, without
 //! the container tier's prerequisites or kubectl — never in CI
-//! (`support/podman.rs`).
-
-mod support;
-
-#[path = "support/builds.rs"]
-mod builds;
-#[path = "support/images.rs"]
-mod images;
+//! (`testkit/src/podman.rs`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -37,10 +30,10 @@ use serde_yaml_ng::Value;
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::config::Config;
 
-use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use images::Binaries;
-use support::podman::{Api, Cleanup, Podman, podman, skip};
-use support::{Outcome, free_port};
+use testkit::builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
+use testkit::images::Binaries;
+use testkit::podman::{Api, Cleanup, Podman, podman, skip};
+use testkit::{Outcome, free_port};
 
 /// How long a pod may take from `kube play` to answering `/health`.
 const READY_WITHIN: Duration = Duration::from_secs(90);
@@ -53,7 +46,9 @@ const JOB_WITHIN: Duration = Duration::from_secs(60);
 /// The objects `kubectl kustomize deploy/kubernetes/<dir>` renders, or `None`
 /// (the test is skipped, saying so) without kubectl.
 fn kustomize(dir: &str) -> Option<Vec<Value>> {
-    let path = builds::repo_root().join("deploy/kubernetes").join(dir);
+    let path = testkit::builds::repo_root()
+        .join("deploy/kubernetes")
+        .join(dir);
     let output = match Command::new("kubectl").arg("kustomize").arg(&path).output() {
         Ok(output) => output,
         Err(e) => {
@@ -395,16 +390,16 @@ fn the_pod_upgrades_refuses_a_downgrade_and_the_restore_job_brings_a_back() {
     let (Some(base), Some(restore)) = (kustomize("base"), kustomize("restore")) else {
         return;
     };
-    let image_a = images::build(
+    let image_a = testkit::images::build(
         &podman,
         "localhost/waiaas-test-k8s:a",
         Binaries::Source,
-        builds::a_version(),
+        testkit::builds::a_version(),
     );
-    let image_b = images::build(
+    let image_b = testkit::images::build(
         &podman,
         "localhost/waiaas-test-k8s:b",
-        Binaries::Prebuilt(builds::b_bin_dir()),
+        Binaries::Prebuilt(testkit::builds::b_bin_dir()),
         B_VERSION,
     );
     let mut node = Node::new(podman, object(&base, "StatefulSet", "waiaas"));
@@ -420,7 +415,7 @@ fn the_pod_upgrades_refuses_a_downgrade_and_the_restore_job_brings_a_back() {
     let health = node.api.health();
     assert_eq!(
         (health.version.as_str(), health.schema_version),
-        (builds::a_version(), A_SCHEMA)
+        (testkit::builds::a_version(), A_SCHEMA)
     );
     let mut acknowledged = BTreeSet::new();
     for wallet in ["treasury", "payroll", "cold-storage"] {

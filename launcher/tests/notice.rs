@@ -5,11 +5,9 @@
 //! The command is `completions bash`: it succeeds and prints to stdout, so each
 //! test also checks that stdout stays clean.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use support::{Install, Outcome, run};
+use testkit::{Install, Outcome, run};
 use waiaas_shared::kv;
 use waiaas_shared::version::VERSION;
 

@@ -5,29 +5,19 @@
 //! restores anything under it. Real processes, real SQLite files, real HTTP
 //! on loopback.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use waiaas_shared::backup::{self, Kind, Request};
-use waiaas_shared::layout::DataDir;
 
-use support::supervisor::{Supervisor, process_gone};
-use support::{Install, Unsupervised, create_wallet, http};
-
-fn token(dir: &DataDir) -> String {
-    fs::read_to_string(dir.master_token())
-        .unwrap()
-        .trim()
-        .to_string()
-}
+use testkit::supervisor::{Supervisor, process_gone};
+use testkit::{Install, Unsupervised, create_wallet, http};
 
 /// Creates `n` wallets `<prefix>-<i>`; returns the names acknowledged (201).
 fn write(install: &Install, prefix: &str, n: usize) -> BTreeSet<String> {
-    let token = token(&install.dir);
+    let token = install.token();
     (0..n)
         .map(|i| {
             let name = format!("{prefix}-{i}");
@@ -132,7 +122,7 @@ fn recovery_stops_a_daemon_it_did_not_start_before_restoring() {
         install.port,
         "GET",
         "/v1/wallets",
-        Some(&token(&install.dir)),
+        Some(&install.token()),
         None,
     )
     .unwrap();

@@ -1,11 +1,9 @@
 //! Release packages (SPEC §7): download, verify and install, against a real
-//! HTTP registry on 127.0.0.1 ([`support::registry`]) serving packages made
+//! HTTP registry on 127.0.0.1 ([`testkit::registry`]) serving packages made
 //! by `waiaas-packaging` and signed with throwaway keys — the real binaries of
 //! this build, and small hostile variants. Every refusal must name the check
 //! that failed and leave the data dir exactly as it was: nothing new under
 //! `versions/` (no `.partial`, no download), `current` unchanged.
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -18,7 +16,7 @@ use std::time::Duration;
 
 use semver::Version;
 use sha2::{Digest as _, Sha256};
-use support::registry::{Registry, Reply};
+use testkit::registry::{Registry, Reply};
 use waiaas_launcher::package::{self, Downloaded, Installed, Limits, PackageError};
 use waiaas_packaging::{Entry, EntryKind, PackOptions};
 use waiaas_shared::config::Config;
@@ -61,7 +59,7 @@ fn fixture() -> &'static Fixture {
         let (secret, public) = waiaas_packaging::generate_keypair(&root.join("keys")).unwrap();
         let (other_secret, _) =
             waiaas_packaging::generate_keypair(&root.join("other-keys")).unwrap();
-        let bin_dir = support::daemon_binary()
+        let bin_dir = testkit::daemon_binary()
             .parent()
             .expect("the binaries' folder")
             .to_path_buf();
@@ -407,7 +405,7 @@ fn bomb() -> &'static [u8] {
         let files = payload();
         let manifest = serde_json::to_vec_pretty(&manifest_of(&files)).unwrap();
         let path = fixture().secret.with_file_name("bomb.tgz");
-        support::hostile::unsigned_bomb(&path, &manifest, 256 << 20, 20_000);
+        testkit::hostile::unsigned_bomb(&path, &manifest, 256 << 20, 20_000);
         fs::read(&path).unwrap()
     })
 }
@@ -443,7 +441,7 @@ async fn a_good_release_is_fetched_verified_and_installed() {
     assert_eq!(mode(MANIFEST), 0o644);
     assert_eq!(
         fs::read(path.join("waiaas-daemon")).unwrap(),
-        fs::read(support::daemon_binary()).unwrap()
+        fs::read(testkit::daemon_binary()).unwrap()
     );
     // The installed daemon runs and is this build.
     let out = Command::new(path.join("waiaas-daemon"))
@@ -668,7 +666,7 @@ async fn signed_release_refuses_a_tampered_package_and_leaves_nothing() {
     // Bytes that are not what the registry promised.
     let s = Scenario::new();
     let good = with_rollout(Signed::Trusted);
-    let integrity = support::registry::sri_sha512(&good);
+    let integrity = testkit::registry::sri_sha512(&good);
     let mut bad = good;
     let last = bad.len() - 1;
     bad[last] ^= 1;
@@ -688,7 +686,7 @@ async fn signed_release_refuses_a_tampered_package_and_leaves_nothing() {
 async fn one_flipped_byte_fails_integrity() {
     let s = Scenario::new();
     let good = good_small();
-    let integrity = support::registry::sri_sha512(&good);
+    let integrity = testkit::registry::sri_sha512(&good);
     let mut bad = good;
     let middle = bad.len() / 2;
     bad[middle] ^= 0x01;
@@ -1424,7 +1422,7 @@ async fn registry_garbage_is_a_clear_error() {
 
     // Nobody listening.
     let mut s = Scenario::new();
-    s.config.update.registry = Some(format!("http://127.0.0.1:{}", support::free_port()));
+    s.config.update.registry = Some(format!("http://127.0.0.1:{}", testkit::free_port()));
     s.assert_refused(
         s.fetch().await,
         "registry request for the packument of @waiaas/cli failed",
@@ -1462,7 +1460,7 @@ async fn a_key_made_by_the_reference_minisign_packs_a_release_the_launcher_accep
     let Some((_, s, secret, public)) = reference_scenario() else {
         return;
     };
-    let bin_dir = support::daemon_binary().parent().unwrap().to_path_buf();
+    let bin_dir = testkit::daemon_binary().parent().unwrap().to_path_buf();
     let packed = waiaas_packaging::pack(&PackOptions {
         bin_dir,
         out_dir: s.tmp.path().join("out"),

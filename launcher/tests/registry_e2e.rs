@@ -5,7 +5,7 @@
 //! `.ci/run` does) runs on a free 127.0.0.1 port with its storage in a temp
 //! folder and **no uplinks**: it holds only what this test publishes. Two real
 //! builds (A = this build, B = 1.9.0 with a 17th migration, see
-//! `support/builds.rs`) are packed and signed by `packaging/` with a throwaway
+//! `testkit/src/builds.rs`) are packed and signed by `packaging/` with a throwaway
 //! key and published with the real `npm publish`; the real `npm install -g`
 //! installs A's `@waiaas/cli` into a temp prefix, and everything after that
 //! runs the launcher npm installed — through its Node shim, as a user would:
@@ -17,22 +17,18 @@
 //! global prefix all in the temp folder: nothing touches the real npm setup.
 //! Every wait is bounded; every phase prints how long it took.
 
-mod support;
-
-#[path = "support/builds.rs"]
-mod builds;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::Deref;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use builds::{B_SCHEMA, B_VERSION, Key, pack_release};
-use support::{Outcome, free_port, hermetic};
+use testkit::builds::{B_SCHEMA, B_VERSION, Key, pack_release};
+use testkit::{Outcome, free_port, hermetic};
 use waiaas_packaging::{EntryKind, Packed};
 use waiaas_shared::backup::{Kind, MANIFEST as BACKUP_MANIFEST, Manifest};
 use waiaas_shared::health::HealthResponse;
@@ -46,7 +42,7 @@ const NPM_USER: &str = "waiaas-e2e";
 const VERSION_CHECK_WITHIN: Duration = Duration::from_secs(20);
 
 fn verdaccio_dir() -> PathBuf {
-    builds::repo_root().join("e2e").join("verdaccio")
+    testkit::builds::repo_root().join("e2e").join("verdaccio")
 }
 
 // ---------------------------------------------------------------------------
@@ -147,16 +143,7 @@ impl Background {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        testkit::wait_exit(&mut self.child, timeout)
     }
 }
 
@@ -500,21 +487,19 @@ impl Npm {
 // ---------------------------------------------------------------------------
 // The installation the npm-installed launcher manages.
 
-struct Site {
-    /// `<prefix>/bin/waiaas-launcher`: npm's link to the `@waiaas/cli` shim.
-    launcher: PathBuf,
-    home: PathBuf,
-    dir: DataDir,
-    port: u16,
+/// An installation whose launcher is `<prefix>/bin/waiaas-launcher`, npm's
+/// link to the `@waiaas/cli` shim; derefs to the installation.
+struct Site(testkit::Site);
+
+impl Deref for Site {
+    type Target = testkit::Site;
+
+    fn deref(&self) -> &testkit::Site {
+        &self.0
+    }
 }
 
 impl Site {
-    fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(&self.launcher), &self.home);
-        command.args(args).arg("--data-dir").arg(self.dir.root());
-        command
-    }
-
     fn run(&self, args: &[&str], timeout: Duration) -> Outcome {
         let what = format!("waiaas-launcher {}", args.join(" "));
         run_bounded(&mut self.launcher(args), timeout, &what)
@@ -526,18 +511,6 @@ impl Site {
         text.trim()
             .parse()
             .unwrap_or_else(|e| panic!("run/launcher.pid holds {text:?}: {e}"))
-    }
-
-    fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .expect("data/master.token (written at the daemon's first start)")
-            .trim()
-            .to_string()
-    }
-
-    fn health(&self) -> Option<HealthResponse> {
-        let (status, body) = http(self.port, "GET", "/health", &[], None)?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
     }
 
     /// Polls `/health` until `done` holds, within `timeout`.
@@ -565,49 +538,6 @@ impl Site {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn create_wallet(&self, name: &str) -> String {
-        let body = serde_json::json!({"name": name, "chain": "solana", "network": "devnet"});
-        let auth = format!("Bearer {}", self.token());
-        let (status, answer) = http(
-            self.port,
-            "POST",
-            "/v1/wallets",
-            &[("authorization", &auth)],
-            Some(&body.to_string()),
-        )
-        .expect("the API answers");
-        assert_eq!(status, 201, "POST /v1/wallets: {answer}");
-        json(&answer, "the new wallet")["id"]
-            .as_str()
-            .expect("the new wallet has an id")
-            .to_string()
-    }
-
-    /// The wallets the API lists: id → name.
-    fn wallets(&self) -> BTreeMap<String, String> {
-        let auth = format!("Bearer {}", self.token());
-        let (status, answer) = http(
-            self.port,
-            "GET",
-            "/v1/wallets",
-            &[("authorization", &auth)],
-            None,
-        )
-        .expect("the API answers");
-        assert_eq!(status, 200, "GET /v1/wallets: {answer}");
-        json(&answer, "the wallet list")["wallets"]
-            .as_array()
-            .expect("a wallets array")
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -664,20 +594,20 @@ struct Published {
 /// Builds B, packs A and B, starts Verdaccio and publishes both releases
 /// (each one's platform package first), timing each phase.
 fn publish_a_and_b(verdaccio_bin: &Path, phases: &mut Phases) -> Published {
-    let a = builds::a_version();
+    let a = testkit::builds::a_version();
     let target = this_target().expect("a shipped target");
     let platform = platform_package(target);
 
     // -- Two real builds, packed and signed with one throwaway key.
-    let b_bin = builds::b_bin_dir();
+    let b_bin = testkit::builds::b_bin_dir();
     phases.end("build B (1.9.0), incremental");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let home = root.join("home");
     fs::create_dir_all(&home).unwrap();
-    let key: Key = builds::generate_key(&root.join("key"));
+    let key: Key = testkit::builds::generate_key(&root.join("key"));
     // A snapshot: target/debug may be rebuilt by another build meanwhile.
-    let a_bin = builds::copy_bin_dir(&builds::a_bin_dir(), &root.join("a-bin"));
+    let a_bin = testkit::builds::copy_bin_dir(&testkit::builds::a_bin_dir(), &root.join("a-bin"));
     let packed_a: Packed = pack_release(&a_bin, &root.join("packs").join("a"), &key);
     let packed_b: Packed = pack_release(b_bin, &root.join("packs").join("b"), &key);
     assert_eq!(packed_a.manifest.version, a);
@@ -746,7 +676,7 @@ fn unix_ms_now() -> i64 {
 /// version's publish time, and a deprecation set (then lifted) with the real
 /// `npm deprecate`.
 fn assert_listed_with_times_and_deprecation(p: &Published, since_ms: i64, phases: &mut Phases) {
-    let a = builds::a_version();
+    let a = testkit::builds::a_version();
     let mut config = waiaas_shared::config::Config::default();
     config.update.registry = Some(p.verdaccio.url());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -806,7 +736,7 @@ fn npm_registry_end_to_end() {
         return;
     };
     let mut phases = Phases::new();
-    let a = builds::a_version();
+    let a = testkit::builds::a_version();
     let target = this_target().expect("a shipped target");
     let platform = platform_package(target);
     // `@waiaas/cli-linux-x64` → tarball `cli-linux-x64-1.9.0.tgz`.
@@ -858,12 +788,12 @@ fn npm_registry_end_to_end() {
         installed.display()
     );
     let launcher = prefix.join("bin").join("waiaas-launcher");
-    let site = Site {
+    let site = Site(testkit::Site {
         launcher: launcher.clone(),
         home: home.to_path_buf(),
         dir: DataDir::new(home.join("waiaas")),
         port: free_port(),
-    };
+    });
     let version = run_bounded(
         hermetic(Command::new(&launcher), home).arg("--version"),
         Duration::from_secs(30),
@@ -910,7 +840,7 @@ fn npm_registry_end_to_end() {
     assert_eq!(health.version, a, "/health version");
     assert_eq!(
         health.schema_version,
-        builds::A_SCHEMA,
+        testkit::builds::A_SCHEMA,
         "/health schemaVersion"
     );
     // The supervisor is the npm-installed binary, started by npm's shim.
@@ -1015,7 +945,7 @@ fn npm_registry_end_to_end() {
     );
     assert_eq!(
         health.schema_version,
-        builds::A_SCHEMA,
+        testkit::builds::A_SCHEMA,
         "/health schemaVersion"
     );
     assert_eq!(site.wallets(), wallets, "the wallets after the rollback");
@@ -1070,7 +1000,7 @@ struct NpmSite {
 /// `npm install -g @waiaas/cli@A` into its own prefix, `init`, `run`, wallets
 /// through the API.
 fn install_a_with_npm(p: &Published, name: &str) -> NpmSite {
-    let a = builds::a_version();
+    let a = testkit::builds::a_version();
     let prefix = p.root.join(format!("global-{name}"));
     let install = format!("{CLI_PACKAGE}@{a}");
     npm_install(p, &prefix, &install);
@@ -1081,12 +1011,12 @@ fn install_a_with_npm(p: &Published, name: &str) -> NpmSite {
         .join(CLI_PACKAGE)
         .join("node_modules")
         .join(&platform);
-    let site = Site {
+    let site = Site(testkit::Site {
         launcher: prefix.join("bin").join("waiaas-launcher"),
         home: p.home.clone(),
         dir: DataDir::new(p.home.join(format!("waiaas-{name}"))),
         port: free_port(),
-    };
+    });
     assert_ok(&site.run(&["init"], Duration::from_secs(60)), "init");
     fs::write(
         site.dir.config(),
@@ -1187,7 +1117,7 @@ fn assert_converged(npm_site: &mut NpmSite, launcher: &Path, what: &str) {
         .collect();
     assert!(
         backups.iter().any(|m| m.kind == Kind::PreUpgrade
-            && m.from_version == builds::a_version()
+            && m.from_version == testkit::builds::a_version()
             && m.to_version == B_VERSION),
         "{what}: no pre-upgrade backup of A: {backups:?}"
     );
@@ -1220,7 +1150,10 @@ fn npm_install_of_a_newer_release_converges_without_a_download() {
             "npm installed {platform}@{B_VERSION}"
         );
         // The old supervisor still serves A.
-        assert_eq!(npm_site.site.health().unwrap().version, builds::a_version());
+        assert_eq!(
+            npm_site.site.health().unwrap().version,
+            testkit::builds::a_version()
+        );
     }
     // npm installs from its cache what `npm publish` put there; the counter
     // is shown to count with one request of the test's own.

@@ -10,14 +10,12 @@
 //! and a SIGTERM sent at the instant must end the launcher within
 //! `shutdown_timeout` + 2 s with no daemon left.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::Install;
-use support::supervisor::{
+use testkit::Install;
+use testkit::supervisor::{
     LogFile, Supervisor, children, daemon_pid, healthy, processes_mentioning, signal,
 };
 
@@ -70,7 +68,7 @@ fn kill_at_first_healthy_answer(install: &Install, supervisor: &Supervisor) -> I
             "no healthy answer:\n{}",
             supervisor.log()
         );
-        if let Some((200, _)) = support::http(install.port, "GET", "/health", None, None) {
+        if let Some((200, _)) = testkit::http(install.port, "GET", "/health", None, None) {
             for pid in children(supervisor.pid()) {
                 signal(pid, libc::SIGKILL);
             }

@@ -2,15 +2,13 @@
 //! permanent refusals, zero-failure restarts, clean exits, and an admin socket
 //! that holds up against strangers and garbage.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use support::Install;
-use support::load::Load;
-use support::supervisor::{LogFile, Supervisor, daemon_pid, healthy, signal, wait_gone};
+use testkit::Install;
+use testkit::load::Load;
+use testkit::supervisor::{LogFile, Supervisor, daemon_pid, healthy, signal, wait_gone};
 
 #[test]
 fn status_reports_both_processes_and_the_http_port_serves() {
@@ -21,7 +19,7 @@ fn status_reports_both_processes_and_the_http_port_serves() {
     assert_eq!(status.launcher_pid as i32, supervisor.pid());
     assert_eq!(daemon.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(daemon.schema_version, 16);
-    let out = support::run(&mut install.launcher(&["status"]));
+    let out = testkit::run(&mut install.launcher(&["status"]));
     assert!(out.status.success(), "{out:?}");
     assert!(
         out.stdout.contains(&format!("pid {}", daemon.pid)),
@@ -30,7 +28,7 @@ fn status_reports_both_processes_and_the_http_port_serves() {
     );
     assert!(out.stdout.contains("healthy"), "{}", out.stdout);
 
-    let second = support::run(&mut install.launcher(&["run"]));
+    let second = testkit::run(&mut install.launcher(&["run"]));
     assert!(!second.status.success());
     assert!(
         second.stderr.contains("already running"),
@@ -43,7 +41,7 @@ fn status_reports_both_processes_and_the_http_port_serves() {
 fn messages_for_not_running_and_not_initialised() {
     let install = Install::new();
     for command in ["status", "stop", "restart"] {
-        let out = support::run(&mut install.launcher(&[command]));
+        let out = testkit::run(&mut install.launcher(&[command]));
         assert!(!out.status.success(), "{command}");
         assert!(
             out.stderr.contains("not running"),
@@ -53,7 +51,7 @@ fn messages_for_not_running_and_not_initialised() {
     }
     std::fs::remove_file(install.dir.current()).unwrap();
     for command in ["run", "start", "status"] {
-        let out = support::run(&mut install.launcher(&[command]));
+        let out = testkit::run(&mut install.launcher(&[command]));
         assert!(!out.status.success(), "{command}");
         assert!(
             out.stderr.contains("not initialised"),
@@ -152,7 +150,7 @@ fn a_permanent_refusal_is_not_restarted_and_status_says_why() {
         "no restarts after a refusal"
     );
     assert!(status_later.daemon.is_none());
-    let out = support::run(&mut install.launcher(&["status"]));
+    let out = testkit::run(&mut install.launcher(&["status"]));
     assert!(out.stdout.contains("exited with 20"), "{}", out.stdout);
     assert!(out.stdout.contains("newer"), "{}", out.stdout);
 }
@@ -168,7 +166,7 @@ fn restart_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let before = daemon_pid(&supervisor.status().unwrap());
-        let out = support::run(&mut install.launcher(&["restart"]));
+        let out = testkit::run(&mut install.launcher(&["restart"]));
         assert!(out.status.success(), "{out:?}");
         assert_ne!(daemon_pid(&supervisor.status().unwrap()), before);
         std::thread::sleep(Duration::from_millis(200));
@@ -223,7 +221,7 @@ fn stop_command_stops_both() {
     let install = Install::new();
     let mut supervisor = Supervisor::start(&install);
     let daemon = daemon_pid(&supervisor.wait_healthy());
-    let out = support::run(&mut install.launcher(&["stop"]));
+    let out = testkit::run(&mut install.launcher(&["stop"]));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(supervisor.wait_exit(Duration::from_secs(5)).code(), Some(0));
     assert!(wait_gone(daemon, Duration::from_secs(1)));
@@ -303,7 +301,7 @@ fn admin_socket_refuses_a_peer_with_another_uid() {
         use std::os::unix::process::CommandExt;
         let mut command = install.launcher(&["status", "--quiet"]);
         command.uid(nobody).gid(nobody);
-        support::run(&mut command)
+        testkit::run(&mut command)
     };
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("without answering"), "{}", out.stderr);
@@ -410,7 +408,7 @@ fn under_systemd_a_refused_first_start_exits_with_the_daemons_code() {
         .unwrap();
     let path = install.home().join("notify.sock");
     let _socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    let out = support::run(install.launcher(&["run"]).env("NOTIFY_SOCKET", &path));
+    let out = testkit::run(install.launcher(&["run"]).env("NOTIFY_SOCKET", &path));
     assert_eq!(
         out.status.code(),
         Some(waiaas_shared::exit::daemon::SCHEMA_TOO_NEW),
@@ -429,11 +427,11 @@ fn an_unreadable_handover_starts_afresh_and_says_so() {
         "WAIAAS_HANDOVER",
         r#"{"version":99,"listener_fd":57,"admin_fd":58}"#,
     );
-    let mut supervisor = support::supervisor::Supervisor::spawn(
+    let mut supervisor = testkit::supervisor::Supervisor::spawn(
         command,
         install.home().join("launcher.stderr"),
         install.dir.launcher_socket(),
-        support::supervisor::LogFile::Fresh,
+        testkit::supervisor::LogFile::Fresh,
     );
     supervisor.wait_healthy();
     let log = supervisor.log();
@@ -481,7 +479,7 @@ fn start_waits_for_an_upgrade_in_progress_saying_so() {
         "a supervisor started beside the upgrade"
     );
     assert!(
-        support::http(install.port, "GET", "/health", None, None).is_none(),
+        testkit::http(install.port, "GET", "/health", None, None).is_none(),
         "something serves beside the upgrade"
     );
     drop(held);
@@ -494,7 +492,7 @@ fn start_waits_for_an_upgrade_in_progress_saying_so() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let said = std::fs::read_to_string(&stderr).unwrap();
-    let stop = support::run(&mut install.launcher(&["stop"]));
+    let stop = testkit::run(&mut install.launcher(&["stop"]));
     assert!(status.success(), "{said}");
     assert!(stop.status.success(), "{stop:?}");
 }

@@ -11,11 +11,7 @@
 //! prints its figures (start to active, kill to healthy, failed requests,
 //! worst latency, which hardening applied) with `--nocapture`. Skipped,
 //! saying why, without the tier's prerequisites — never in CI
-//! (`support/podman.rs`).
-mod support;
-
-#[path = "support/builds.rs"]
-mod builds;
+//! (`testkit/src/podman.rs`).
 
 use std::fs;
 use std::path::Path;
@@ -24,11 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
-use support::load::{Load as Clients, Tally, percentile};
-use support::podman::{Cleanup, Podman, SYSTEMD_IMAGE, podman};
-use support::registry::Registry;
-use support::{LAUNCHER, Outcome, daemon_binary, free_port, http};
+use testkit::builds::{A_SCHEMA, B_SCHEMA, B_VERSION};
+use testkit::load::{Load as Clients, Tally, percentile};
+use testkit::podman::{Cleanup, Podman, SYSTEMD_IMAGE, podman};
+use testkit::registry::Registry;
+use testkit::{Outcome, daemon_binary, free_port, http, launcher_binary};
 use waiaas_shared::admin::{Outcome as Ended, Status, UpgradeReport};
 use waiaas_shared::health::HealthResponse;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
@@ -37,8 +33,9 @@ use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 const WITHIN: Duration = Duration::from_secs(60);
 /// `RestartSec=` as shipped (in whole seconds, `RestartSec=5s`).
 fn restart_sec() -> Duration {
-    let unit = fs::read_to_string(builds::repo_root().join("packaging/systemd/waiaas.service"))
-        .expect("packaging/systemd/waiaas.service");
+    let unit =
+        fs::read_to_string(testkit::builds::repo_root().join("packaging/systemd/waiaas.service"))
+            .expect("packaging/systemd/waiaas.service");
     let value = unit
         .lines()
         .find_map(|l| l.strip_prefix("RestartSec="))
@@ -94,7 +91,7 @@ impl Machine {
         });
         eprintln!("{}: systemd up in {booted:?}", machine.name);
 
-        for program in [Path::new(LAUNCHER), &daemon_binary()] {
+        for program in [&launcher_binary(), &daemon_binary()] {
             let to = format!(
                 "{}:/root/{}",
                 machine.name,
@@ -102,7 +99,7 @@ impl Machine {
             );
             machine.podman.ok(&["cp", program.to_str().unwrap(), &to]);
         }
-        let units = builds::repo_root().join("packaging/systemd");
+        let units = testkit::builds::repo_root().join("packaging/systemd");
         for unit in ["waiaas.service", "waiaas.socket"] {
             let to = format!("{}:/root/{unit}", machine.name);
             machine
@@ -316,10 +313,7 @@ impl Machine {
     }
 
     fn health(&self) -> HealthResponse {
-        let (status, body) =
-            http(self.port, "GET", "/health", None, None).expect("/health answers");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        testkit::site::expect_health(self.port)
     }
 
     fn token(&self) -> String {
@@ -328,12 +322,12 @@ impl Machine {
 
     /// Creates a wallet through the API; returns its id.
     fn create_wallet(&self, name: &str) -> String {
-        support::create_wallet(self.port, &self.token(), name)
+        testkit::create_wallet(self.port, &self.token(), name)
     }
 
     /// The ids of the wallets the API lists.
     fn wallets(&self) -> Vec<String> {
-        support::wallets(self.port, &self.token())
+        testkit::wallets(self.port, &self.token())
             .into_keys()
             .collect()
     }
@@ -731,7 +725,7 @@ fn a_database_newer_than_the_daemon_exits_20_without_a_restart_loop() {
     };
     // Release B's daemon (schema 17) migrates the service's database.
     let to = format!("{}:/usr/local/lib/waiaas-daemon-b", machine.name);
-    let b = builds::b_bin_dir().join("waiaas-daemon");
+    let b = testkit::builds::b_bin_dir().join("waiaas-daemon");
     machine.podman.ok(&["cp", b.to_str().unwrap(), &to]);
     machine.ok("systemctl stop waiaas.service && runuser -u waiaas -- \
          /usr/local/lib/waiaas-daemon-b migrate --data-dir /var/lib/waiaas");
@@ -856,16 +850,16 @@ fn the_watchdog_kills_and_restarts_a_stopped_launcher() {
 /// 127.0.0.1 (the container shares the host's network): the registry, the
 /// key's public half, and the folder of the packages.
 fn registry_offering_b() -> (Registry, String, tempfile::TempDir) {
-    let e2e = builds::e2e_dir();
+    let e2e = testkit::builds::e2e_dir();
     fs::create_dir_all(&e2e).unwrap();
     let packs = tempfile::Builder::new()
         .prefix("systemd-packs-")
         .tempdir_in(&e2e)
         .unwrap();
-    let key = builds::generate_key(&packs.path().join("key"));
-    let b_bin = builds::b_bin_dir();
+    let key = testkit::builds::generate_key(&packs.path().join("key"));
+    let b_bin = testkit::builds::b_bin_dir();
     let started = Instant::now();
-    let b = builds::pack_release(b_bin, &packs.path().join("b"), &key);
+    let b = testkit::builds::pack_release(b_bin, &packs.path().join("b"), &key);
     eprintln!(
         "packed B ({}) in {:?}",
         b.manifest.version,
@@ -894,7 +888,7 @@ fn upgrade_and_rollback_under_load_keep_the_main_pid_and_fail_no_request() {
     let machine = Machine::boot(podman, "upgrade");
     machine.follow_registry(&registry, &public_key, "");
     machine.start();
-    let a = builds::a_version();
+    let a = testkit::builds::a_version();
     let wallet = machine.create_wallet("treasury");
     let pid = machine.main_pid();
     let restarts = machine.show("NRestarts");

@@ -1780,7 +1780,7 @@ fn pr_title_check_enforces_conventional_commits() {
 
 /// Releases ship binaries built with the `dist` profile (issue 12: half the
 /// size), and only release builds pay for it: `release`, which the tests
-/// build many times (launcher/tests/support/builds.rs), stays cheap.
+/// build many times (testkit/src/builds.rs), stays cheap.
 #[test]
 fn releases_ship_the_dist_profile_which_the_tests_never_build() {
     let manifest = workspace_manifest();

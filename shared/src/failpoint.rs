@@ -7,7 +7,7 @@
 //!
 //! The daemon's points: `before-hello`, `after-hello`, `after-ready` (the
 //! start-race tests). The launcher's, all around a handover (the kill -9
-//! tests of `launcher/tests/upgrade.rs`):
+//! tests of `launcher/tests/upgrade/kills.rs`):
 //!
 //! | point | where |
 //! |---|---|

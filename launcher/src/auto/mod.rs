@@ -9,7 +9,7 @@
 //! - [`rollout`]: this installation's turn in a staged rollout;
 //! - [`schedule`]: when, inside the window, with the jitter;
 //! - [`plan`]: the [`Planner`] that holds these together over time, with the
-//!   busy deferral, and says what is due;
+//!   busy deferral ([`busy`]: the daemon's write rate), and says what is due;
 //! - [`fleet`]: one upgrade at a time across a fleet (FleetLock), and what
 //!   a node holding a slot owes it;
 //! - [`state`]: the quarantine, the last attempt and the slot held, in the
@@ -17,6 +17,7 @@
 //! - [`notify`]: the word to the operator's `notify_url`;
 //! - [`clock`]: the system clock and a fake one.
 
+pub mod busy;
 pub mod choose;
 pub mod clock;
 pub mod fleet;

@@ -4,16 +4,13 @@
 //! and carries out the [`Action`] it returns. Every wait it reports has a
 //! name ([`Wait`]), which `status` and systemd's STATUS= line show.
 //!
-//! Busy: the daemon counts the client writes it commits; the planner samples
-//! the count every [`SAMPLE_EVERY`] once a start is due, and defers while the
-//! rate over the last samples is above `busy_write_rate`. Writes are what an
-//! upgrade's downtime costs most (a write waits in the backlog, and the live
-//! backup's WAL grows with them); reads only wait the window. A deferral ends
-//! with the window: the start moves to the next opening. A window of
-//! "always" never ends, so there a busy daemon defers at most [`BUSY_LIMIT`],
-//! then the upgrade goes ahead (clients wait in the backlog; none fail).
+//! Busy ([`super::busy`]): while the daemon's write rate is above
+//! `busy_write_rate` a due start is deferred. A deferral ends with the
+//! window: the start moves to the next opening. A window of "always" never
+//! ends, so there a busy daemon defers at most [`BUSY_LIMIT`], then the
+//! upgrade goes ahead (clients wait in the backlog; none fail).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -22,13 +19,10 @@ use semver::Version;
 use waiaas_shared::admin::AutoStatus;
 use waiaas_shared::config::{UpdateConfig, format_duration};
 
+use super::busy::{SAMPLE_EVERY, WriteRate};
 use super::choose::Choice;
 use super::{fleet, rollout, schedule};
 
-/// Pause between two samples of the daemon's write count.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-/// A rate needs samples this far apart at least.
-const RATE_SPAN: Duration = Duration::from_millis(4500);
 /// Longest deferral for a busy daemon when the window never closes.
 pub const BUSY_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// Pause before a blocked start (an operation in progress, a refusal) is
@@ -121,11 +115,7 @@ pub struct Planner {
     checking: bool,
     last_check: Option<(Timestamp, Result<String, String>)>,
     plan: Option<Plan>,
-    /// Write counts, oldest first, a few samples back.
-    samples: VecDeque<(Timestamp, u64)>,
-    next_sample: Option<Timestamp>,
-    /// The daemon counts its writes (older daemons do not).
-    measurable: bool,
+    writes: WriteRate,
     /// Blocked: look again at this time.
     retry_at: Option<Timestamp>,
     waiting: Option<Wait>,
@@ -154,9 +144,7 @@ impl Planner {
             checking: false,
             last_check: None,
             plan: None,
-            samples: VecDeque::new(),
-            next_sample: None,
-            measurable: true,
+            writes: WriteRate::default(),
             retry_at: None,
             waiting: None,
             rollouts: BTreeMap::new(),
@@ -183,16 +171,15 @@ impl Planner {
             self.checking = true;
             return Action::Check;
         }
-        let measuring = self.policy.busy_write_rate > 0 && self.measurable;
-        let rate = self.write_rate(now);
+        let measuring = self.policy.busy_write_rate > 0 && self.writes.measurable();
+        let rate = self.writes.rate(now);
         let Some(plan) = &mut self.plan else {
             return Action::Idle;
         };
         let due = plan.not_before.max(plan.start.at);
         // The rate is measured ahead of the start, so a due start need not
         // wait for it.
-        let presample = self.policy.busy_write_rate > 0
-            && self.measurable
+        let presample = measuring
             && now < due
             && now.duration_until(due).as_secs_f64() <= 2.0 * SAMPLE_EVERY.as_secs_f64();
         if now < plan.not_before {
@@ -264,8 +251,7 @@ impl Planner {
     pub fn started(&mut self) {
         self.plan = None;
         self.waiting = None;
-        self.samples.clear();
-        self.next_sample = None;
+        self.writes.reset();
     }
 
     /// Before the start: a sample when it is near, else none pending.
@@ -273,50 +259,22 @@ impl Planner {
         if near {
             self.sample_if_due(now)
         } else {
-            self.next_sample = None;
+            self.writes.pause();
             Action::Idle
         }
     }
 
     fn sample_if_due(&mut self, now: Timestamp) -> Action {
-        match self.next_sample {
-            Some(at) if now < at => Action::Idle,
-            _ => {
-                self.next_sample = Some(add(now, SAMPLE_EVERY));
-                Action::Sample
-            }
+        if self.writes.sample_due(now) {
+            Action::Sample
+        } else {
+            Action::Idle
         }
     }
 
-    /// Writes per second between the newest sample and the oldest at least
-    /// [`RATE_SPAN`] before it, if the newest is fresh.
-    fn write_rate(&self, now: Timestamp) -> Option<f64> {
-        let &(newest_at, newest) = self.samples.back()?;
-        if now.duration_since(newest_at) > jiff::SignedDuration::try_from(SAMPLE_EVERY * 2).ok()? {
-            return None;
-        }
-        let &(oldest_at, oldest) = self.samples.iter().rev().find(|(at, _)| {
-            newest_at.duration_since(*at).as_secs_f64() >= RATE_SPAN.as_secs_f64()
-        })?;
-        let secs = newest_at.duration_since(oldest_at).as_secs_f64();
-        // A restarted daemon counts from 0 again: no rate across it.
-        (newest >= oldest).then(|| (newest - oldest) as f64 / secs)
-    }
-
-    /// The daemon's write count at `now`; `None` from a daemon too old to
-    /// count its writes, which is then never taken for busy.
+    /// The daemon's write count at `now` (see [`WriteRate::sampled`]).
     pub fn sampled(&mut self, now: Timestamp, writes: Option<u64>) {
-        let Some(writes) = writes else {
-            self.measurable = false;
-            return;
-        };
-        if self.samples.back().is_some_and(|&(_, w)| writes < w) {
-            self.samples.clear();
-        }
-        self.samples.push_back((now, writes));
-        while self.samples.len() > 4 {
-            self.samples.pop_front();
-        }
+        self.writes.sampled(now, writes);
     }
 
     /// The fleet lock's answer to [`Action::Lock`]: on a refusal (or no
@@ -357,7 +315,7 @@ impl Planner {
                 // Sampling ahead of the start (see `poll`).
                 let ahead = jiff::SignedDuration::try_from(SAMPLE_EVERY * 2).unwrap_or_default();
                 let presample_from = due.checked_sub(ahead).unwrap_or(due);
-                let sampling = self.policy.busy_write_rate > 0 && self.measurable;
+                let sampling = self.policy.busy_write_rate > 0 && self.writes.measurable();
                 at = at.min(if sampling && now < presample_from {
                     presample_from
                 } else {
@@ -366,14 +324,14 @@ impl Planner {
             }
             // Past due: `poll` acts at once, or waits on a sample (below),
             // the fleet lock's answer, or the time to ask it again.
-            if now >= due && self.next_sample.is_none() && !self.locking {
+            if now >= due && self.writes.next_sample().is_none() && !self.locking {
                 at = at.min(self.lock_retry_at.unwrap_or(now).max(now));
             }
             if let Some(end) = plan.start.window_end.filter(|&end| end > now) {
                 at = at.min(end);
             }
         }
-        if let Some(sample) = self.next_sample {
+        if let Some(sample) = self.writes.next_sample() {
             at = at.min(sample);
         }
         at

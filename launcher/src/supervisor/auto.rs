@@ -19,6 +19,7 @@ use waiaas_shared::admin::{self as protocol, AutoStatus, Outcome, UpgradeReport}
 use waiaas_shared::config::{AutoLevel, Config};
 use waiaas_shared::layout::DataDir;
 
+use super::mode::{Mode, Refusal};
 use super::{Slot, Supervisor, Upgrade};
 use crate::auto::fleet::{self, Duty, FleetLock, LockError};
 use crate::auto::notify::{self, Outbox};
@@ -640,7 +641,7 @@ impl Supervisor {
             .flatten()
             .and_then(|v| semver::Version::parse(&v).ok());
         let serving = match &self.slot {
-            Slot::Running(daemon) if self.held.is_none() && daemon.probe_addr().is_none() => {
+            Slot::Running(daemon) if self.service.serving() && daemon.probe_addr().is_none() => {
                 Some(daemon.pid)
             }
             _ => None,
@@ -711,10 +712,10 @@ impl Supervisor {
         if self.upgrade.is_some() {
             return Some("an upgrade or rollback is in progress".into());
         }
-        if let Some(code) = self.refused_code {
+        if let Mode::Refused(Refusal::Exit(code)) = self.service.mode() {
             return Some(format!(
-                "the daemon's start was refused (exit {code}): {}",
-                waiaas_shared::exit::daemon::describe(code)
+                "the daemon refused to run (exit {code}): {}",
+                waiaas_shared::exit::daemon::describe(*code)
             ));
         }
         if self.dir.upgrade_journal().exists() {
@@ -723,10 +724,13 @@ impl Supervisor {
         if let Some(pid) = crate::upgrade::lock::UpgradeLock::holder(&self.dir) {
             return Some(format!("process {pid} holds the upgrade lock"));
         }
-        match (&self.held, &self.slot) {
-            (Some(state), _) => Some(format!("the service is {}", state.name())),
-            (None, Slot::Running(_)) => None,
-            (None, _) => Some("the daemon is not serving yet".into()),
+        match (self.service.serving(), &self.slot) {
+            (false, _) => Some(format!(
+                "the service is {}",
+                self.service.idle_state().name()
+            )),
+            (true, Slot::Running(_)) => None,
+            (true, _) => Some("the daemon is not serving yet".into()),
         }
     }
 

@@ -61,6 +61,41 @@ pub enum Wanted {
     Other,
 }
 
+/// Which launcher a first start is for: this process's mode for handovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStart {
+    /// A newer release's, if `current` names one.
+    Newer,
+    /// Another version's, once: a recovery restored a release whose launcher
+    /// is another one, and left its daemon for that launcher to start.
+    Other,
+    /// This launcher's own, always: it was handed the service, and never
+    /// hands it on at a first start (no exec loop).
+    Own,
+}
+
+impl FirstStart {
+    /// A recovery restored another launcher's release.
+    pub fn defer(&mut self) {
+        if *self == FirstStart::Newer {
+            *self = FirstStart::Other;
+        }
+    }
+
+    /// Which of `current`'s launchers this first start hands over to, if any
+    /// (a deferral is used up).
+    pub fn wanted(&mut self) -> Option<Wanted> {
+        match *self {
+            FirstStart::Own => None,
+            FirstStart::Other => {
+                *self = FirstStart::Newer;
+                Some(Wanted::Other)
+            }
+            FirstStart::Newer => Some(Wanted::Newer),
+        }
+    }
+}
+
 /// `current`'s launcher, when its release is `wanted` relative to this
 /// launcher; read from `current`'s link alone (no process is run, nothing
 /// is waited for). Never in the image.
@@ -136,13 +171,10 @@ impl Supervisor {
         // first start: no exec loop, whatever a release folder holds. After
         // a recovery that restored another release, that release's launcher
         // (older or newer) starts its daemon; otherwise only a newer one does.
-        let program = if self.taken_over {
-            None
-        } else if std::mem::take(&mut self.start_deferred) {
-            committed_current_launcher(&self.dir, Wanted::Other)
-        } else {
-            committed_current_launcher(&self.dir, Wanted::Newer)
-        };
+        let program = self
+            .first_start
+            .wanted()
+            .and_then(|wanted| committed_current_launcher(&self.dir, wanted));
         if let Some(program) = program {
             self.hand_over(&program).await;
         }
@@ -194,7 +226,7 @@ impl Supervisor {
             listener_fd: self.listener.as_raw_fd(),
             admin_fd: self.admin_fd,
             reply_fd,
-            ready_sent: self.ready_once,
+            ready_sent: self.notifier.ready_sent(),
         };
         let deadline = handover_deadline(self.config.update.health_timeout);
         info!(
@@ -337,5 +369,19 @@ mod tests {
             Duration::from_secs(60) + TAKEOVER_GRACE
         );
         assert_eq!(handover_deadline(0), TAKEOVER_GRACE);
+    }
+
+    #[test]
+    fn a_first_start_hands_to_a_newer_launcher_to_another_once_deferred_never_when_taken_over() {
+        let mut own = FirstStart::Newer;
+        assert_eq!(own.wanted(), Some(Wanted::Newer));
+        assert_eq!(own.wanted(), Some(Wanted::Newer));
+        own.defer();
+        assert_eq!(own.wanted(), Some(Wanted::Other));
+        assert_eq!(own.wanted(), Some(Wanted::Newer), "a deferral is used once");
+        let mut taken_over = FirstStart::Own;
+        taken_over.defer();
+        assert_eq!(taken_over.wanted(), None);
+        assert_eq!(taken_over.wanted(), None);
     }
 }

@@ -17,9 +17,14 @@
 //! (`PR_SET_PDEATHSIG`) fires when the *thread* that forked it exits, so the
 //! forking thread must live as long as the process.
 //!
+//! Two parts of the state are apart, pure and unit-tested: the [`mode`]
+//! (serving, held for an upgrade, refused, stopping — what happens when the
+//! slot is empty, with the [`backoff`] policy) and, in [`handover`], which
+//! launcher a first start is for.
+//!
 //! Here: the state, the loop and what it dispatches. The handlers, by what
-//! they are about: [`starting`] (a daemon's start, readiness and exit, with
-//! the [`backoff`] policy), [`stopping`], [`requests`] (admin requests and
+//! they are about: [`starting`] (a daemon's start, readiness and exit),
+//! [`stopping`], [`requests`] (admin requests and
 //! the hosted upgrade's calls), [`handover`], [`auto`] (automatic upgrades);
 //! and the parts they drive: [`daemon`] (the child process), [`admin`] (the
 //! admin socket's server), [`upgrading`] (the upgrade it hosts),
@@ -30,6 +35,7 @@ mod auto;
 mod backoff;
 mod daemon;
 pub mod handover;
+mod mode;
 mod requests;
 pub mod sdnotify;
 mod starting;
@@ -70,6 +76,8 @@ use crate::supervisor::sdnotify::Notifier;
 use crate::upgrade::HostError;
 use admin::AdminCall;
 use daemon::{Daemon, DaemonEvent, Listening};
+use handover::FirstStart;
+use mode::{Service, State};
 use upgrading::{HostCall, Upgrade, Work};
 
 /// How long a new daemon has to say hello on its control channel.
@@ -155,8 +163,8 @@ pub fn run(dir: &DataDir, config: &Config) -> Result<(), Failure> {
             Supervisor::new(dir.clone(), config.clone(), listener, notifier, program)?;
         if let Some(h) = &handover {
             info!("took over from launcher {}", h.from_launcher);
-            supervisor.ready_once = h.ready_sent;
-            supervisor.taken_over = true;
+            supervisor.notifier.handed_over(h.ready_sent);
+            supervisor.first_start = FirstStart::Own;
         }
         let reply = handover
             .and_then(|h| h.reply_fd)
@@ -198,32 +206,6 @@ fn wait_for_standalone_upgrade(
     crate::upgrade::lock::wait_for_upgrade(dir, limit, &crate::upgrade::lock::SystemClock, tell)
         .map_err(|e| Failure::new(e.to_string()))?;
     Ok(())
-}
-
-/// What the supervisor is doing, as `status` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Starting,
-    Running,
-    BackingOff,
-    /// The daemon exited with a permanent code: not restarted.
-    Refused,
-    /// Left stopped on purpose (`upgrade --no-start`, an upgrade's step 2).
-    Stopped,
-    Stopping,
-}
-
-impl State {
-    fn name(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::BackingOff => "backing-off",
-            State::Refused => "refused",
-            State::Stopped => "stopped",
-            State::Stopping => "stopping",
-        }
-    }
 }
 
 /// Who a start is for, and so what its failure means.
@@ -337,22 +319,10 @@ struct Supervisor {
     slot: Slot,
     /// A health probe of the starting daemon, in flight.
     probe: Option<Probe>,
-    /// When the next service start is due (backing off).
-    retry_at: Option<Instant>,
-    /// Starts that failed or crashed within the stability window.
-    /// The restart policy's count.
-    backoff: backoff::Backoff,
+    /// What the service is meant to do, and the restart policy's count.
+    service: Service,
     last_exit: Option<String>,
-    ready_once: bool,
-    /// The permanent exit code of the last refused start.
-    refused_code: Option<i32>,
-    /// No automatic starts: stopped on purpose, refused, or held by an upgrade.
-    held: Option<State>,
-    /// Refused because a journal says a change is unfinished: why, and what to do.
-    uncommitted: Option<String>,
     upgrade: Option<Upgrade>,
-    /// A stop was asked for while an upgrade could not be abandoned.
-    stop_after_upgrade: bool,
     /// Connections waiting for a restart (or stop) to finish.
     restart_replies: Vec<OwnedWriteHalf>,
     stop_replies: Vec<OwnedWriteHalf>,
@@ -363,11 +333,8 @@ struct Supervisor {
     exit: Option<Result<(), Failure>>,
     /// The admin socket's descriptor, for a handover.
     admin_fd: RawFd,
-    /// This process was handed the service by another launcher (an exec).
-    taken_over: bool,
-    /// A recovery restored a release whose launcher is another one: its
-    /// daemon is left for that launcher to start, at the first start.
-    start_deferred: bool,
+    /// Which launcher the first start is for.
+    first_start: FirstStart,
     /// Automatic upgrades; `None` when `[update] auto = "off"`.
     auto: Option<auto::Auto>,
 }
@@ -402,15 +369,9 @@ impl Supervisor {
             notifier,
             slot: Slot::Empty,
             probe: None,
-            retry_at: None,
-            backoff: backoff::Backoff::default(),
+            service: Service::default(),
             last_exit: None,
-            ready_once: false,
-            refused_code: None,
-            held: None,
-            uncommitted: None,
             upgrade: None,
-            stop_after_upgrade: false,
             restart_replies: Vec::new(),
             stop_replies: Vec::new(),
             calls,
@@ -418,8 +379,7 @@ impl Supervisor {
             watchdog,
             exit: None,
             admin_fd: -1,
-            taken_over: false,
-            start_deferred: false,
+            first_start: FirstStart::Newer,
             auto,
         })
     }
@@ -444,7 +404,8 @@ impl Supervisor {
         // a crash left half-done is rolled back before anything else.
         let (dir, config) = (self.dir.clone(), self.config.clone());
         let journal = self.dir.upgrade_journal().exists();
-        if self.taken_over && journal {
+        let taken_over = self.first_start == FirstStart::Own;
+        if taken_over && journal {
             // Confirmed (the handover's deadline cancelled) once the start
             // of this release's daemon has an outcome: see `upgrading`.
             if let Some(left) = handover::deadline_left() {
@@ -461,8 +422,8 @@ impl Supervisor {
             );
         }
         if journal {
-            self.held = Some(State::Stopped);
-            self.upgrade = Some(if self.taken_over {
+            self.service.hold();
+            self.upgrade = Some(if taken_over {
                 Upgrade::resume(dir, config, reply)
             } else {
                 self.say_if_unconfirmed();
@@ -478,7 +439,7 @@ impl Supervisor {
                     ""
                 }
             );
-            self.held = Some(State::Stopped);
+            self.service.hold();
             self.upgrade = Some(Upgrade::local(dir, config, folder));
         } else {
             self.first_start().await;
@@ -561,7 +522,7 @@ impl Supervisor {
             } => Some(*kill_at),
             _ => None,
         };
-        match (slot, self.retry_at) {
+        match (slot, self.service.retry_at()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -639,17 +600,19 @@ impl Supervisor {
             let message = message.clone();
             admin::answer_later(reply, Response::Error { message });
         }
-        self.held = Some(State::Refused);
-        self.uncommitted = Some(message);
+        self.service.refuse_uncommitted(message);
     }
 
     /// `restart` or SIGHUP while a journal records an unfinished change:
     /// retries its rollback, and the service starts once it is done.
     fn recover(&mut self) {
         info!("retrying the rollback of the unfinished change; the service starts after it");
-        self.held = Some(State::Stopped);
+        let refused = self.service.uncommitted().is_some();
+        self.service.hold();
         let (dir, config) = (self.dir.clone(), self.config.clone());
-        self.upgrade = Some(Upgrade::recovery(dir, config));
+        let mut upgrade = Upgrade::recovery(dir, config);
+        upgrade.then.start_service = refused;
+        self.upgrade = Some(upgrade);
     }
 
     /// A start of the service's daemon asked for by the operator (`restart`,
@@ -675,7 +638,7 @@ impl Supervisor {
         match &self.slot {
             Slot::Starting { .. } | Slot::Running(_) => true,
             Slot::Stopping { then, .. } => matches!(then, AfterStop::Restart),
-            Slot::Empty => self.retry_at.is_some(),
+            Slot::Empty => self.service.retry_at().is_some(),
         }
     }
 
@@ -684,8 +647,7 @@ impl Supervisor {
             Slot::Starting { .. } => State::Starting,
             Slot::Running(_) => State::Running,
             Slot::Stopping { .. } => State::Stopping,
-            Slot::Empty if self.retry_at.is_some() => State::BackingOff,
-            Slot::Empty => self.held.unwrap_or(State::Stopped),
+            Slot::Empty => self.service.idle_state(),
         }
     }
 
@@ -710,12 +672,13 @@ impl Supervisor {
             state: state.to_string(),
             upgrade: self.upgrade.as_ref().and_then(|u| u.step.clone()),
             daemon,
-            restarts: self.backoff.restarts(),
+            restarts: self.service.restarts(),
             last_exit: self.last_exit.clone(),
             refused: self
-                .uncommitted
-                .clone()
-                .filter(|_| self.state() == State::Refused),
+                .service
+                .uncommitted()
+                .filter(|_| self.state() == State::Refused)
+                .map(str::to_string),
             auto: Some(Box::new(match &self.auto {
                 Some(auto) => auto.status(),
                 None => auto::off_status(&self.dir),

@@ -2,6 +2,7 @@
 //! `restart`, `upgrade`) and the hosted upgrade's calls on its host (stop,
 //! start, open, hand over), and that upgrade's end.
 
+use super::mode::Mode;
 use super::*;
 
 impl Supervisor {
@@ -11,7 +12,7 @@ impl Supervisor {
             let message = message.to_string();
             admin::answer_later(reply, Response::Error { message });
         };
-        let stopping = self.held == Some(State::Stopping);
+        let stopping = self.service.stopping();
         match request {
             Request::Status => {
                 // The probe runs on its own task: a daemon that just died (its
@@ -64,7 +65,7 @@ impl Supervisor {
             HostCall::Open => self.open(),
             HostCall::Stop(done) => {
                 // From here the upgrade decides when a daemon runs.
-                self.held = Some(State::Stopped);
+                self.service.hold();
                 self.stop_daemon(AfterStop::Engine(done));
             }
             HostCall::HandsOver { version, answer } => {
@@ -98,7 +99,7 @@ impl Supervisor {
                         "{version} is restored; its own launcher starts its daemon \
                          (one installation, one version)"
                     );
-                    self.start_deferred = true;
+                    self.first_start.defer();
                     let _ = done.send(Ok(()));
                 } else if matches!(self.slot, Slot::Empty) {
                     self.start(Purpose::Engine {
@@ -135,7 +136,6 @@ impl Supervisor {
                 ) =>
             {
                 warn!("the daemon exited before it could serve clients; starting it again");
-                self.held = None;
                 self.start(Purpose::Service);
             }
             Slot::Empty => {}
@@ -155,6 +155,7 @@ impl Supervisor {
         let mut back_to = None;
         // Before the first start (not an operator's request): start afterwards.
         let first = !matches!(upgrade.work, Work::Request | Work::Auto);
+        let upgrade_then = upgrade.then;
         // Why the change is left unfinished, when its rollback failed.
         let mut failure = None;
         match (&upgrade.work, report) {
@@ -191,7 +192,7 @@ impl Supervisor {
             (_, None) => {}
         }
         if !matches!(self.slot, Slot::Empty) {
-            self.held = None;
+            self.service.release();
         }
         // An engine that ended without opening its daemon (a path that
         // forgot, or a report lost) leaves it on probation only while a
@@ -206,7 +207,7 @@ impl Supervisor {
         let unfinished = self.dir.upgrade_journal().exists();
         // The service was refused for a change that a retry (`restart`,
         // SIGHUP) has now rolled back.
-        let retried = !unfinished && self.uncommitted.take().is_some();
+        let retried = !unfinished && upgrade_then.start_service;
         if unfinished && matches!(self.slot, Slot::Empty) {
             self.refuse_uncommitted(failure.as_deref());
         }
@@ -214,13 +215,13 @@ impl Supervisor {
             let program = self.dir.launcher_of(&from);
             self.hand_over(&program).await;
             self.start(Purpose::Service);
-        } else if self.stop_after_upgrade {
+        } else if upgrade_then.stop {
             self.shutdown();
         } else if retried && first && matches!(self.slot, Slot::Empty) {
             // Started as a restart is: under `current`'s own launcher.
             info!("the unfinished change is rolled back; starting the service");
             self.start_service();
-        } else if first && self.held == Some(State::Stopped) && matches!(self.slot, Slot::Empty) {
+        } else if first && self.service.mode() == &Mode::Held && matches!(self.slot, Slot::Empty) {
             // Recovered, resumed with nothing to resume, or a local upgrade
             // that did not start a daemon: the first start.
             self.first_start().await;

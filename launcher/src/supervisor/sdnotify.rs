@@ -12,6 +12,8 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     /// The variables as systemd set them, for a launcher this one hands over to.
     env: Vec<(&'static str, String)>,
+    /// `READY=1` was sent, by this process or the one that handed over.
+    ready_sent: bool,
 }
 
 impl Notifier {
@@ -56,6 +58,7 @@ impl Notifier {
             target,
             watchdog,
             env,
+            ready_sent: false,
         }
     }
 
@@ -68,6 +71,26 @@ impl Notifier {
     /// Whether systemd gave us a notify socket (we run as a `Type=notify` service).
     pub fn is_active(&self) -> bool {
         self.target.is_some()
+    }
+
+    /// Whether `READY=1` was sent: systemd knows the service started.
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
+    }
+
+    /// The launcher that handed over sent `READY=1` already, or not.
+    pub fn handed_over(&mut self, ready_sent: bool) {
+        self.ready_sent = ready_sent;
+    }
+
+    /// A daemon serves: `READY=1` the first time, then `status` alone.
+    pub fn serving(&mut self, status: &str) {
+        if self.ready_sent {
+            self.notify(status);
+        } else {
+            self.ready_sent = true;
+            self.notify(&format!("READY=1\n{status}"));
+        }
     }
 
     /// How often to send `WATCHDOG=1`, if systemd asked for it.

@@ -2,21 +2,21 @@
 //! probation probe), a start that fails, an exit or a crash — and the
 //! restart policy ([`super::backoff`]) applied to them.
 
+use super::mode::Then;
 use super::*;
 
 impl Supervisor {
     /// Spawns a daemon for `purpose`; its readiness is then driven by events.
     pub(super) fn start(&mut self, purpose: Purpose) {
         debug_assert!(matches!(self.slot, Slot::Empty));
-        self.retry_at = None;
+        self.service.cancel_retry();
         if matches!(purpose, Purpose::Service) {
             // Only the engine starts a daemon while a change is unfinished:
             // the service would serve an installation not committed.
             if self.dir.upgrade_journal().exists() {
                 return self.refuse_uncommitted(None);
             }
-            self.held = None;
-            self.uncommitted = None;
+            self.service.start();
         }
         let listening = match &purpose {
             Purpose::Engine {
@@ -182,12 +182,7 @@ impl Supervisor {
             "STATUS=serving {} (schema {})",
             daemon.version, daemon.schema_version
         );
-        if self.ready_once {
-            self.notifier.notify(&status);
-        } else {
-            self.ready_once = true;
-            self.notifier.notify(&format!("READY=1\n{status}"));
-        }
+        self.notifier.serving(&status);
         self.slot = Slot::Running(daemon);
         for reply in self.restart_replies.drain(..) {
             let done = Response::Done {
@@ -229,41 +224,41 @@ impl Supervisor {
         match purpose {
             Purpose::Engine { done, .. } => {
                 let _ = done.send(Err(failure.into()));
-                self.held = Some(State::Stopped);
+                self.service.hold();
             }
-            Purpose::Service => match self.backoff.failed(failure.status()) {
-                backoff::Next::Refuse => {
-                    self.refused_code = failure.status().and_then(|s| s.as_ref().ok()?.code());
+            Purpose::Service => match self.service.start_failed(Instant::now(), failure.status()) {
+                Then::Refuse(code) => {
                     error!(
                         "daemon did not start: {reason}; not restarting (fix the cause, then `waiaas-launcher restart`)"
                     );
                     self.notifier
                         .notify(&format!("STATUS=daemon did not start: {reason}"));
-                    self.held = Some(State::Refused);
                     // Under systemd a service whose first start is refused must
                     // fail, with the daemon's code, so `RestartPreventExitStatus=`
                     // applies; elsewhere (a container) the supervisor stays up.
-                    if !self.ready_once && self.notifier.is_active() && self.upgrade.is_none() {
-                        let code = self.refused_code.and_then(|c| u8::try_from(c).ok());
+                    if !self.notifier.ready_sent()
+                        && self.notifier.is_active()
+                        && self.upgrade.is_none()
+                    {
                         self.exit = Some(Err(Failure {
-                            code: code.unwrap_or(1),
+                            code: u8::try_from(code).unwrap_or(1),
                             message: format!("the daemon refused to start: {reason}"),
                         }));
                     }
                 }
-                backoff::Next::RetryIn(delay) => {
+                Then::RetryIn(delay) => {
                     warn!("daemon did not start: {reason}; retrying in {delay:?}");
-                    self.retry_in(delay);
+                    self.retry_if_due(delay);
                 }
+                Then::LeaveStopped => warn!("daemon did not start: {reason}"),
             },
         }
     }
 
-    pub(super) fn retry_in(&mut self, delay: Duration) {
+    /// A retry without a delay is a start now; others wait for the deadline.
+    fn retry_if_due(&mut self, delay: Duration) {
         if delay.is_zero() {
             self.start(Purpose::Service);
-        } else {
-            self.retry_at = Some(Instant::now() + delay);
         }
     }
 
@@ -282,7 +277,7 @@ impl Supervisor {
                     AfterStop::StartFailed { reason, purpose } => {
                         self.start_failed(purpose, NotReady::Killed { reason, status });
                     }
-                    AfterStop::Restart if self.held.is_none() => {
+                    AfterStop::Restart if self.service.serving() => {
                         self.last_exit = Some(description);
                         self.start_service();
                     }
@@ -304,32 +299,30 @@ impl Supervisor {
     pub(super) fn crashed(&mut self, daemon: &Daemon, status: &std::io::Result<ExitStatus>) {
         let description = describe_exit(status);
         self.last_exit = Some(description.clone());
-        self.backoff.ran(daemon.started.elapsed());
-        if self.held.is_some() && !backoff::is_permanent(status) {
-            warn!("daemon {description}; left stopped while an upgrade holds it");
-            return;
-        }
-        match self.backoff.failed(Some(status)) {
-            backoff::Next::Refuse => {
+        let ran_for = daemon.started.elapsed();
+        match self.service.crashed(Instant::now(), ran_for, status) {
+            Then::LeaveStopped => {
+                warn!("daemon {description}; left stopped while an upgrade holds it");
+            }
+            Then::Refuse(_) => {
                 error!(
                     "daemon {description}; not restarting (fix the cause, then `waiaas-launcher restart`)"
                 );
-                self.held = Some(State::Refused);
                 self.notifier
                     .notify(&format!("STATUS=daemon {description}"));
             }
-            backoff::Next::RetryIn(delay) => {
+            Then::RetryIn(delay) => {
                 warn!("daemon {description}; restarting in {delay:?}");
                 self.notifier
                     .notify(&format!("STATUS=daemon {description}; restarting"));
-                self.retry_in(delay);
+                self.retry_if_due(delay);
             }
         }
     }
 
     pub(super) fn deadline(&mut self) {
         let now = Instant::now();
-        if self.retry_at.is_some_and(|at| at <= now) && matches!(self.slot, Slot::Empty) {
+        if self.service.retry_due(now) && matches!(self.slot, Slot::Empty) {
             self.start(Purpose::Service);
             return;
         }

@@ -8,7 +8,7 @@ impl Supervisor {
     /// Without a daemon, `then` happens at once.
     pub(super) fn stop_daemon(&mut self, then: AfterStop) {
         self.probe = None;
-        self.retry_at = None;
+        self.service.cancel_retry();
         match std::mem::replace(&mut self.slot, Slot::Empty) {
             Slot::Empty => self.after_stop_now(then),
             Slot::Starting {
@@ -81,8 +81,7 @@ impl Supervisor {
     }
 
     pub(super) fn restart(&mut self) {
-        self.backoff.reset();
-        self.held = None;
+        self.service.restart();
         self.stop_daemon(AfterStop::Restart);
     }
 
@@ -96,7 +95,9 @@ impl Supervisor {
                     "{why}: stopping once the upgrade has finished or rolled back \
                      (bounded by its step deadlines)"
                 );
-                self.stop_after_upgrade = true;
+                if let Some(upgrade) = &mut self.upgrade {
+                    upgrade.then.stop = true;
+                }
                 return;
             }
             info!("{why}: abandoning the upgrade's preflight; nothing was changed");
@@ -110,7 +111,7 @@ impl Supervisor {
 
     pub(super) fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
-        self.held = Some(State::Stopping);
+        self.service.shutdown();
         self.stop_daemon(AfterStop::Exit);
     }
 

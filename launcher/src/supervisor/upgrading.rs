@@ -154,7 +154,19 @@ pub struct Upgrade {
     pub progress: mpsc::UnboundedReceiver<Progress>,
     /// The last step announced (step 1 is the preflight, which may be abandoned).
     pub step: Option<Progress>,
+    /// What the supervisor does once it has ended.
+    pub then: Afterwards,
     reply: Option<Reply>,
+}
+
+/// What the supervisor does once an upgrade has ended, besides its report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Afterwards {
+    /// Stop: a stop was asked for while the change could not be abandoned.
+    pub stop: bool,
+    /// Start the service: the upgrade retries the rollback of a change that
+    /// refused it.
+    pub start_service: bool,
 }
 
 /// The requesting connection, written by a task of its own.
@@ -236,6 +248,7 @@ impl Upgrade {
             calls,
             progress,
             step: None,
+            then: Afterwards::default(),
             reply: reply.map(stream_to),
         }
     }

@@ -40,8 +40,8 @@ pub enum HostError {
 /// Why an upgrade or rollback was refused before anything changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    #[error("{0}")]
-    Locked(String),
+    #[error(transparent)]
+    Locked(#[from] super::lock::NotLocked),
     #[error(
         "a supervisor (pid {pid}) is starting for {dir}; run the upgrade again once it is up \
          (`waiaas-launcher status`): it does the upgrade then"

@@ -17,15 +17,23 @@ pub struct UpgradeLock {
     _lock: Flock<File>,
 }
 
+/// Why the upgrade lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum NotLocked {
+    #[error("another upgrade or rollback is in progress (pid {0}); wait for it to finish")]
+    /// By this pid (as its lock file says).
+    Held(String),
+    #[error("{0}")]
+    Io(String),
+}
+
 impl UpgradeLock {
     /// Takes the lock, or says who holds it.
-    pub fn acquire(dir: &DataDir) -> Result<Self, String> {
+    pub fn acquire(dir: &DataDir) -> Result<Self, NotLocked> {
         match lock_run_file(dir, &dir.run().join("upgrade.lock")) {
             Ok(lock) => Ok(Self { _lock: lock }),
-            Err(LockError::Io(message)) => Err(message),
-            Err(LockError::Held(pid)) => Err(format!(
-                "another upgrade or rollback is in progress (pid {pid}); wait for it to finish"
-            )),
+            Err(LockError::Io(message)) => Err(NotLocked::Io(message)),
+            Err(LockError::Held(pid)) => Err(NotLocked::Held(pid)),
         }
     }
 

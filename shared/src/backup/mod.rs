@@ -21,7 +21,9 @@ use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, sha256_file, writ
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
+mod fold;
 mod wal;
+use fold::{Fold, Folded};
 use wal::WalCopy;
 pub use wal::WalError;
 
@@ -189,6 +191,9 @@ pub struct Pending {
     wal: Option<WalCopy>,
     /// How many bytes of it those were (`None` unless a live backup).
     wal_live: Option<u64>,
+    /// The live database's log folded into its main file behind the copy
+    /// (see [`fold`]); `None` once the main file may not be written to.
+    fold: Option<Fold>,
     /// Renamed into place: nothing is left for `Drop` to remove.
     finished: bool,
 }
@@ -246,6 +251,7 @@ fn begin_at(
         copied_from: None,
         wal: None,
         wal_live: None,
+        fold: None,
         finished: false,
     };
     let db = dir.database();
@@ -341,14 +347,49 @@ impl Pending {
 
     /// Copies the WAL's committed frames while the daemon still writes:
     /// pass after pass while a pass finds more than [`WAL_TAIL`], so that
-    /// little is left for [`Pending::finish`].
+    /// little is left for [`Pending::finish`]. Behind each pass the log is
+    /// folded into the live main file ([`fold`]), once that file is known
+    /// to have been copied unchanged.
     fn follow_wal(&mut self) -> Result<(), BackupError> {
         let (wal, dest) = (self.dir.wal(), self.partial.join(WAL_FILE));
         let mut copy = WalCopy::create(&dest).map_err(BackupError::Wal)?;
-        let live = passes(|| copy.catch_up(&wal)).map_err(BackupError::Wal)?;
+        self.fold = self.fold_if_copied_unchanged();
+        let mut last = None;
+        let live = passes(|| {
+            let copied = copy.catch_up(&wal)?;
+            last = self.fold_behind(last);
+            Ok(copied)
+        })
+        .map_err(BackupError::Wal)?;
         self.wal = Some(copy);
         self.wal_live = Some(live);
         Ok(())
+    }
+
+    /// A [`Fold`] of the live database, if its main file did not change
+    /// while it was copied (its checkpoints were held): from here on a
+    /// change to it is a fold's, of frames the backup's log holds.
+    fn fold_if_copied_unchanged(&self) -> Option<Fold> {
+        let db = self.dir.database();
+        if stamp(&db).ok() != self.copied_from {
+            return None;
+        }
+        Fold::open(&db)
+            .inspect_err(|e| tracing::warn!("cannot fold the WAL while it is copied: {e}"))
+            .ok()
+    }
+
+    /// Moves the fold's snapshot to the log's end and folds up to it. A fold
+    /// that fails stops folding; the log it held stays whole for the copy.
+    fn fold_behind(&mut self, last: Option<Folded>) -> Option<Folded> {
+        let fold = self.fold.as_mut()?;
+        match fold.pin(last).and_then(|()| fold.fold()) {
+            Ok(folded) => Some(folded),
+            Err(e) => {
+                tracing::warn!("stopped folding the WAL while it is copied: {e}");
+                last
+            }
+        }
     }
 
     /// Second half, once nothing uses the database any more: the rest of
@@ -363,12 +404,24 @@ impl Pending {
                 Some(copy) => copy,
                 None => WalCopy::create(&self.partial.join(WAL_FILE)).map_err(BackupError::Wal)?,
             };
-            let unchanged = stamp(&db).map_err(io_err(&db))? == copied_from;
+            // Folded: the main file changed by design, after it was copied
+            // unchanged; the log it was folded from stayed whole (or the
+            // copy finds it restarted).
+            let unchanged = self.fold.is_some() || stamp(&db).map_err(io_err(&db))? == copied_from;
             let wal = match unchanged.then(|| wal.finish(&self.dir.wal())) {
                 Some(Ok(copied)) => Some(copied),
                 Some(Err(e @ WalError::Io { .. })) => return Err(BackupError::Wal(e)),
                 Some(Err(WalError::Restarted(_))) | None => None,
             };
+            // Copied whole, or to be copied again: either way the live log
+            // is not needed whole any longer.
+            // (Let go before any checkpoint below, which its snapshot would block.)
+            let fold = self.fold.take();
+            if wal.is_some() {
+                self.fold_rest(fold);
+            } else {
+                drop(fold);
+            }
             match wal {
                 Some(copied) if copied.len > 0 => {
                     self.files.insert(WAL_FILE.to_string(), copied);
@@ -407,6 +460,23 @@ impl Pending {
             path: done,
             manifest,
         })
+    }
+}
+
+impl Pending {
+    /// Empties the live log once it is copied, so that the next process to
+    /// open the database has no long log to read, nor the last to close it
+    /// to fold. Only a speed-up: a log left as it is stays correct.
+    fn fold_rest(&self, fold: Option<Fold>) {
+        let Some(fold) = fold else { return };
+        match fold.finish() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "{} is still in use: its WAL is left for the next process to fold",
+                self.dir.database().display()
+            ),
+            Err(e) => tracing::warn!("cannot fold the rest of the WAL: {e}"),
+        }
     }
 }
 
@@ -942,18 +1012,83 @@ mod tests {
     }
 
     #[test]
-    fn a_main_file_changed_during_a_live_copy_is_copied_again() {
+    fn a_main_file_changed_while_it_was_copied_is_copied_again() {
         let (_tmp, dir) = install();
-        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
-        // A daemon that did not hold its checkpoints: its write reaches the main file.
+        let mut pending = begin(&dir, &request("1.8.1"), Database::Idle).unwrap();
+        // A daemon that did not hold its checkpoints: its write reaches the
+        // main file before the log is followed.
         let conn = Connection::open(dir.database()).unwrap();
         conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
         drop(conn);
+        pending.follow_wal().unwrap();
+        assert!(
+            pending.fold.is_none(),
+            "a changed main file is not folded into"
+        );
         let backup = pending.finish().unwrap();
         assert!(!backup.manifest.files.contains_key(WAL_FILE));
         assert_eq!(count(&backup.path.join(DB_FILE)), 3);
+    }
+
+    /// Once its main file is copied, the log is folded into the live
+    /// database behind the copy, and emptied at the end: the next process
+    /// to open the database has no long log to read. Meanwhile nothing
+    /// restarts the log the backup follows — not even a process that
+    /// checkpoints on its own after the log is folded to its end.
+    #[test]
+    fn a_live_backup_folds_the_log_behind_its_copy_and_leaves_it_empty() {
+        let (tmp, dir) = install();
+        let daemon = held(&dir);
+        for x in 10..60 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+        let pending = begin(&dir, &request("1.8.1"), Database::Held).unwrap();
+        assert!(pending.fold.is_some());
+        let main = || {
+            Connection::open_with_flags(
+                format!("file:{}?immutable=1", dir.database().display()),
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+        };
+        assert_eq!(main(), 52, "the log is folded into the live main file");
+        // Folded to its end: a writer would restart the log now, were it
+        // not for the snapshot held; a checkpoint cannot empty it either.
+        let other = Connection::open(dir.database()).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        for x in 60..70 {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+            let busy: i64 = other
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(busy, 1, "the log is held whole");
+            other
+                .execute("INSERT INTO t VALUES (?1)", [x + 100])
+                .unwrap();
+        }
+        drop((daemon, other));
+        let backup = pending.finish().unwrap();
+        assert!(
+            backup.manifest.files.contains_key(WAL_FILE),
+            "not copied again"
+        );
+        assert_eq!(
+            dir.wal().metadata().unwrap().len(),
+            0,
+            "the live log is empty"
+        );
+        assert_eq!(main(), 72, "and folded whole");
+        let check = tmp.path().join("check");
+        fs::create_dir_all(&check).unwrap();
+        fs::copy(backup.path.join(DB_FILE), check.join("x.db")).unwrap();
+        fs::copy(backup.path.join(WAL_FILE), check.join("x.db-wal")).unwrap();
+        assert_eq!(count(&check.join("x.db")), 72);
+        fs::copy(backup.path.join(DB_FILE), check.join("y.db")).unwrap();
+        assert_eq!(count(&check.join("y.db")), 2, "the main file as copied");
     }
 
     #[test]

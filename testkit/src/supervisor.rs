@@ -194,18 +194,8 @@ impl Supervisor {
 
     /// Waits for the supervisor to exit; panics with the log after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child().try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "supervisor did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_exit(self.child(), timeout)
+            .unwrap_or_else(|| panic!("supervisor did not exit:\n{}", self.log()))
     }
 
     /// SIGKILL, and reaped.

@@ -12,18 +12,18 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::supervisor::{LogFile, Supervisor, signal};
-use super::{Install, LAUNCHER};
+use super::{Install, daemon_binary};
 
 /// The `waiaas-daemon` beside the launcher under test; exits (2) with how to
 /// build it when it is missing (`cargo bench -p waiaas-launcher` builds only
 /// the launcher). `title` names the bench, `bench` its `--bench` name.
 pub fn daemon_beside_launcher(title: &str, bench: &str) -> PathBuf {
-    let daemon = Path::new(LAUNCHER).with_file_name("waiaas-daemon");
+    let daemon = daemon_binary();
     if !daemon.is_file() {
         eprintln!(
             "{title}: {} is missing.\n\
@@ -160,7 +160,7 @@ pub fn http_health(port: u16, timeout: Duration) -> Option<u16> {
         .ok()
 }
 
-/// A numeric field of /proc/<pid>/status (`kB` ones in KiB); 0 if unreadable.
+/// A numeric field of `/proc/<pid>/status` (`kB` ones in KiB); 0 if unreadable.
 pub fn status_kib(pid: i32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

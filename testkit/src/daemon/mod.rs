@@ -1,7 +1,6 @@
-//! Test support: real installs in temp dirs and real daemon processes.
-#![allow(dead_code)]
+//! A daemon under test with no launcher: a data dir in a temp folder and
+//! real `waiaas-daemon` processes, for the daemon's own tests and bench.
 
-pub mod registry;
 pub mod seed;
 
 use std::fs;
@@ -14,7 +13,7 @@ use waiaas_shared::health::HealthResponse;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::listen_fds;
 
-pub const DAEMON: &str = env!("CARGO_BIN_EXE_waiaas-daemon");
+use crate::{daemon_binary, hermetic};
 
 /// A data dir in a temp folder. Its default config turns the version check
 /// off, so no test can reach a registry it did not start.
@@ -59,35 +58,18 @@ impl Install {
     }
 
     pub fn token(&self) -> String {
-        fs::read_to_string(self.dir.master_token())
-            .unwrap()
-            .trim()
-            .to_string()
+        crate::site::token(&self.dir)
     }
 
     /// Runs `waiaas-daemon <args> --data-dir <dir>` to completion.
     pub fn daemon_command(&self, args: &[&str]) -> std::process::Output {
-        hermetic(Command::new(DAEMON), self.tmp.path())
+        hermetic(Command::new(daemon_binary()), self.tmp.path())
             .args(args)
             .arg("--data-dir")
             .arg(self.data_dir())
             .output()
             .expect("run waiaas-daemon")
     }
-}
-
-/// No inherited settings that could point a test at a real registry or install.
-fn hermetic(mut command: Command, home: &Path) -> Command {
-    for (name, _) in std::env::vars() {
-        if name.starts_with("WAIAAS_") || name.to_ascii_lowercase().starts_with("npm_config_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("HOME", home);
-    // A safety net: a test that forgets `[update] registry` reaches a closed
-    // loopback port, never the registry npm is configured for.
-    command.env("npm_config_registry", "http://127.0.0.1:9/");
-    command
 }
 
 /// A running `waiaas-daemon serve`, listening on a loopback port handed over
@@ -114,7 +96,7 @@ impl Daemon {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = hermetic(Command::new(DAEMON), install.tmp.path());
+        let mut command = hermetic(Command::new(daemon_binary()), install.tmp.path());
         command
             .arg("serve")
             .arg("--data-dir")
@@ -181,16 +163,7 @@ impl Daemon {
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_exit(&mut self.child, timeout)
     }
 
     pub fn signal(&self, signal: libc::c_int) {

@@ -24,7 +24,6 @@
 //! reason.
 
 // Each test file uses a different part of this module.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -86,11 +85,11 @@ pub fn e2e_dir() -> PathBuf {
 
 /// Build A's bin dir: where `waiaas-launcher` and `waiaas-daemon` of this build are.
 pub fn a_bin_dir() -> PathBuf {
-    let dir = Path::new(crate::support::LAUNCHER)
+    let dir = crate::launcher_binary()
         .parent()
         .expect("the launcher has a folder")
         .to_path_buf();
-    crate::support::daemon_binary();
+    crate::daemon_binary();
     dir
 }
 

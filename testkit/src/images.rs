@@ -7,14 +7,13 @@
 //! registry is reachable.
 
 // container.rs builds prebuilt images only, kubernetes.rs both kinds.
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::builds;
-use crate::support::podman::{BASE_IMAGE, Podman};
+use crate::podman::{BASE_IMAGE, Podman};
 
 /// Where an image's binaries come from.
 pub enum Binaries<'a> {

@@ -1,19 +1,25 @@
-//! Test support for the launcher's integration tests: real installations in
-//! temp dirs, made by the real `waiaas-launcher init`, and real processes run
-//! with a hermetic environment.
+//! Support for the workspace's tests and benches (a dev-dependency only):
+//! real installations in temp dirs, made by the real `waiaas-launcher init`,
+//! and real processes run with a hermetic environment.
 //!
+//! - [`Site`] — an installation under test, with the one set of HTTP helpers
+//!   (token, `/health`, wallets) every test file and bench uses.
 //! - [`Install::new`] — a data dir in a temp folder, initialised and
 //!   configured so that nothing reaches a registry or a busy port.
-//! - [`Install::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
+//! - [`Site::launcher`] — a `waiaas-launcher … --data-dir <dir>` command.
 //! - [`Install::set_kv`] / [`Install::kv`] — the daemon's key-value store,
 //!   read and written directly (the database is created on first use by the
 //!   installed daemon's `migrate`).
 //! - [`run`] — runs a command to completion and returns its [`Outcome`].
 //! - [`hermetic`], [`daemon_binary`], [`free_port`] — the building blocks.
-//! - [`load`] and [`bench`] — the benches' HTTP load, figures and facts.
+//! - [`load`] and [`bench`](mod@bench) — the benches' HTTP load, figures and facts.
+//! - [`builds`] (the second build, B, and signed releases), [`registry`]
+//!   (the test registry), [`supervisor`], [`fleetlock`], [`podman`] and
+//!   [`images`], [`hostile`] archives; [`daemon`]: a daemon with no launcher.
 
-// Each test file uses a different part of this module.
-#![allow(dead_code)]
+// `new` here makes real things (an initialised installation, a CA, a
+// registry on a port): `Default` would hide that behind `..Default::default()`.
+#![allow(clippy::new_without_default)]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,26 +33,52 @@ use waiaas_shared::kv;
 use waiaas_shared::layout::DataDir;
 
 pub mod bench;
+pub mod builds;
+pub mod daemon;
 pub mod fleetlock;
 pub mod hostile;
+pub mod images;
 pub mod load;
 pub mod podman;
 pub mod registry;
+pub mod site;
 pub mod supervisor;
 
-/// The launcher binary under test.
-pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_waiaas-launcher");
+pub use site::Site;
 
-/// The `waiaas-daemon` built beside the launcher under test (Cargo gives a
-/// test only its own package's binaries, so it is found by location).
-pub fn daemon_binary() -> PathBuf {
-    let daemon = Path::new(LAUNCHER).with_file_name("waiaas-daemon");
+/// Where Cargo put the workspace's binaries for the test or bench running:
+/// `target/<profile>/`, above the `deps/` that holds the test itself. (Only
+/// a test of the binary's own package is told the path by `env!`; this
+/// library is told none, so they are found by location.)
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's own path");
+    let dir = exe.parent().expect("the running test has a folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps/ has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// `name` in [`bin_dir`], which must exist.
+fn built(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
     assert!(
-        daemon.is_file(),
+        path.is_file(),
         "{} is missing: build the workspace first: cargo build --workspace",
-        daemon.display()
+        path.display()
     );
-    daemon
+    path
+}
+
+/// The `waiaas-launcher` under test.
+pub fn launcher_binary() -> PathBuf {
+    built("waiaas-launcher")
+}
+
+/// The `waiaas-daemon` built beside the launcher under test.
+pub fn daemon_binary() -> PathBuf {
+    built("waiaas-daemon")
 }
 
 /// The real `init` of `dir`, run by the launcher in `bin_dir` (a release's
@@ -95,6 +127,23 @@ pub struct Outcome {
     pub stderr: String,
 }
 
+/// `child`'s exit status, waiting `timeout` at most (`None`: still running).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Runs `command` to completion, capturing stdout and stderr (so stderr is
 /// never a terminal).
 pub fn run(command: &mut Command) -> Outcome {
@@ -109,11 +158,19 @@ pub fn run(command: &mut Command) -> Outcome {
 }
 
 /// An initialised installation in a temp folder, removed on drop. Its config
-/// turns the version check off and listens on a free loopback port.
+/// turns the version check off and listens on a free loopback port. It
+/// derefs to its [`Site`] (`dir`, `port`, `launcher`, the HTTP helpers).
 pub struct Install {
     tmp: tempfile::TempDir,
-    pub dir: DataDir,
-    pub port: u16,
+    site: Site,
+}
+
+impl std::ops::Deref for Install {
+    type Target = Site;
+
+    fn deref(&self) -> &Site {
+        &self.site
+    }
 }
 
 impl Install {
@@ -121,13 +178,14 @@ impl Install {
         daemon_binary();
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = DataDir::new(tmp.path().join("waiaas"));
-        let init = run(hermetic(Command::new(LAUNCHER), tmp.path())
+        let init = run(hermetic(Command::new(launcher_binary()), tmp.path())
             .arg("init")
             .arg("--data-dir")
             .arg(dir.root()));
         assert!(init.status.success(), "init failed: {init:?}");
         let port = free_port();
-        let install = Self { tmp, dir, port };
+        let site = Site::new(tmp.path().to_path_buf(), dir, port);
+        let install = Self { tmp, site };
         install.write_config(&format!(
             "[daemon]\nport = {port}\nhostname = \"127.0.0.1\"\nupdate_check = false\n"
         ));
@@ -155,13 +213,6 @@ impl Install {
 
     pub fn write_config(&self, text: &str) {
         fs::write(self.dir.config(), text).expect("write config.toml");
-    }
-
-    /// `waiaas-launcher <args> --data-dir <dir>`, hermetic.
-    pub fn launcher(&self, args: &[&str]) -> Command {
-        let mut command = hermetic(Command::new(LAUNCHER), self.home());
-        command.args(args).arg("--data-dir").arg(self.data_dir());
-        command
     }
 
     /// The installed daemon, `current/waiaas-daemon`.

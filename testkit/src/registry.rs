@@ -17,6 +17,11 @@
 //! One thread accepts connections and one thread answers each; every answer
 //! closes its connection, so no client keeps state between requests.
 //!
+//! [`Registry::with_dist_tags`] answers only `@waiaas/cli`'s dist-tags, the
+//! one request the daemon's version check makes, the way a [`Behaviour`]
+//! says; [`Registry::connections`], [`Registry::last_path`] and
+//! [`Registry::last_headers`] say what arrived.
+//!
 //! [`Registry::start_tls`] serves the same over HTTPS with a certificate for
 //! 127.0.0.1 issued by a throwaway [`TestCa`]: the binaries' one TLS stack
 //! (rustls on `ring`) checked against a real handshake.
@@ -24,10 +29,10 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -56,6 +61,77 @@ pub enum Reply {
         chunk: usize,
         every: Duration,
     },
+    /// Not a byte: the connection is held open until the registry stops.
+    Silent,
+    /// This reply after this long; nothing if the registry stops first.
+    Late(Duration, Box<Reply>),
+}
+
+/// The dist-tags path of `@waiaas/cli`, as the daemon's version check asks it.
+pub const DIST_TAGS_PATH: &str = "/-/package/@waiaas%2fcli/dist-tags";
+
+/// How [`Registry::with_dist_tags`] answers `@waiaas/cli`'s dist-tags.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with this JSON body, e.g. `{"latest":"1.9.0"}`.
+    DistTags(String),
+    /// An empty answer with this status, e.g. 500.
+    Status(u16),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with valid dist-tags naming 1.9.0, padded to more than 1 MiB.
+    TooLarge,
+    /// 200 with a `latest` that is not semver.
+    NotSemver,
+    /// 200 with a prerelease under `latest`.
+    PrereleaseUnderLatest,
+    /// Accepts, reads the request, and holds the connection without a byte.
+    NeverAnswers,
+    /// Answers `{"latest":"1.9.0"}` after this long.
+    Slow(Duration),
+}
+
+impl Behaviour {
+    /// `{"latest":"<version>"}`.
+    pub fn latest(version: &str) -> Self {
+        Behaviour::DistTags(format!(r#"{{"latest":"{version}"}}"#))
+    }
+
+    fn reply(self) -> Reply {
+        let json = |body: String| Reply::Body(body.into_bytes(), "application/json");
+        match self {
+            Behaviour::DistTags(body) => json(body),
+            Behaviour::Status(code) => Reply::Status(code),
+            Behaviour::Garbage => json("<html>not json</html>".into()),
+            Behaviour::TooLarge => {
+                // Valid JSON with a valid `latest`: only its size may reject it.
+                let pad = "x".repeat((1 << 20) + 1024);
+                json(format!(r#"{{"latest":"1.9.0","pad":"{pad}"}}"#))
+            }
+            Behaviour::NotSemver => json(r#"{"latest":"1.x"}"#.into()),
+            Behaviour::PrereleaseUnderLatest => json(r#"{"latest":"9.0.0-rc.1"}"#.into()),
+            Behaviour::NeverAnswers => Reply::Silent,
+            Behaviour::Slow(delay) => {
+                Reply::Late(delay, Box::new(Behaviour::latest("1.9.0").reply()))
+            }
+        }
+    }
+}
+
+/// A `http://127.0.0.1:<port>` URL where nothing listens: bound, then released.
+pub fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port to release");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// One request as it arrived.
+struct Seen {
+    /// The request target, as sent (path and query, still encoded).
+    target: String,
+    /// Its headers, names lower-cased, in arrival order.
+    headers: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -67,7 +143,7 @@ struct State {
     /// Overrides by decoded path; win over everything else.
     overrides: HashMap<String, Reply>,
     hits: HashMap<String, usize>,
-    user_agents: Vec<String>,
+    seen: Vec<Seen>,
 }
 
 /// A running registry; stopped when dropped.
@@ -77,6 +153,7 @@ pub struct Registry {
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     port: u16,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Registry {
@@ -91,31 +168,42 @@ impl Registry {
         Self::start_with(Some(ca.server.clone()))
     }
 
+    /// Starts a registry whose only answer is to `@waiaas/cli`'s dist-tags
+    /// ([`DIST_TAGS_PATH`]), as `behaviour` says; any other path is a 404.
+    pub fn with_dist_tags(behaviour: Behaviour) -> Self {
+        let registry = Self::start();
+        registry.serve(&decode(DIST_TAGS_PATH), behaviour.reply());
+        registry
+    }
+
     fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = listener.local_addr().expect("local address").port();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let connections = Arc::new(AtomicUsize::new(0));
         let accept = {
-            let (state, stop) = (state.clone(), stop.clone());
+            let (state, stop, connections) = (state.clone(), stop.clone(), connections.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let state = state.clone();
+                    let stop = stop.clone();
                     let tls = tls.clone();
                     std::thread::spawn(move || match tls {
-                        None => answer(stream, &state),
+                        None => answer(stream, &state, &stop),
                         Some(config) => {
                             let Ok(connection) = rustls::ServerConnection::new(config) else {
                                 return;
                             };
                             let mut stream = rustls::StreamOwned::new(connection, stream);
-                            answer(&mut stream, &state);
+                            answer(&mut stream, &state, &stop);
                             stream.conn.send_close_notify();
                             let _ = stream.flush();
                         }
@@ -129,6 +217,7 @@ impl Registry {
             stop,
             accept: Some(accept),
             port,
+            connections,
         }
     }
 
@@ -229,8 +318,52 @@ impl Registry {
 
     /// The `User-Agent` of every request so far (empty string if none).
     pub fn user_agents(&self) -> Vec<String> {
-        self.state().user_agents.clone()
+        let state = self.state();
+        state
+            .seen
+            .iter()
+            .map(|seen| header(&seen.headers, "user-agent"))
+            .collect()
     }
+
+    /// TCP connections accepted so far, whether or not a request followed.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The last request's target, as sent (path and query, still encoded).
+    pub fn last_path(&self) -> Option<String> {
+        self.state().seen.last().map(|seen| seen.target.clone())
+    }
+
+    /// The last request's headers, names lower-cased, in arrival order.
+    pub fn last_headers(&self) -> Vec<(String, String)> {
+        let state = self.state();
+        state
+            .seen
+            .last()
+            .map(|seen| seen.headers.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last request's `User-Agent`.
+    pub fn last_user_agent(&self) -> Option<String> {
+        let state = self.state();
+        let seen = state.seen.last()?;
+        seen.headers
+            .iter()
+            .find(|(name, _)| name == "user-agent")
+            .map(|(_, value)| value.clone())
+    }
+}
+
+/// The value of header `name` (lower-case), or `""`.
+fn header(headers: &[(String, String)], name: &str) -> String {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
 }
 
 impl Drop for Registry {
@@ -301,7 +434,7 @@ fn decode(path: &str) -> String {
     path.replace("%2f", "/").replace("%2F", "/")
 }
 
-fn answer(mut stream: impl Read + Write, state: &Mutex<State>) {
+fn answer(mut stream: impl Read + Write, state: &Mutex<State>, stop: &AtomicBool) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -319,25 +452,42 @@ fn answer(mut stream: impl Read + Write, state: &Mutex<State>) {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let raw_path = parts.next().unwrap_or("/").to_string();
-    let headers: Vec<(&str, &str)> = lines.filter_map(|line| line.split_once(':')).collect();
-    let header = |wanted: &str| {
-        headers
-            .iter()
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
-            .map(|(_, value)| value.trim().to_string())
-            .unwrap_or_default()
-    };
-    let user_agent = header("user-agent");
-    let abbreviated = header("accept").starts_with(ABBREVIATED);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let abbreviated = header(&headers, "accept").starts_with(ABBREVIATED);
     let path = decode(raw_path.split('?').next().unwrap_or_default());
 
     let reply = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         *state.hits.entry(path.clone()).or_insert(0) += 1;
-        state.user_agents.push(user_agent);
+        state.seen.push(Seen {
+            target: raw_path,
+            headers,
+        });
         route(&state, &method, &path, abbreviated)
     };
-    let _ = send(&mut stream, reply);
+    let _ = send(&mut stream, reply, stop);
+}
+
+/// How often a reply that waits looks at the stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Sleeps `total`, or less if the registry stops meanwhile; whether it stopped.
+fn wait(total: Duration, stop: &AtomicBool) -> bool {
+    // `None`: past what an `Instant` holds, i.e. until the registry stops.
+    let until = Instant::now().checked_add(total);
+    while !stop.load(Ordering::SeqCst) {
+        let left = until.map_or(POLL, |until| {
+            until.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(POLL.min(left));
+    }
+    stop.load(Ordering::SeqCst)
 }
 
 /// npm's abbreviated packument form (what a client prefers first).
@@ -385,8 +535,18 @@ fn json_reply(value: &Value) -> Reply {
     )
 }
 
-fn send(stream: &mut impl Write, reply: Reply) -> std::io::Result<()> {
+fn send(stream: &mut impl Write, reply: Reply, stop: &AtomicBool) -> std::io::Result<()> {
     match reply {
+        Reply::Silent => {
+            wait(Duration::MAX, stop);
+            Ok(())
+        }
+        Reply::Late(delay, reply) => {
+            if wait(delay, stop) {
+                return Ok(());
+            }
+            return send(stream, *reply, stop);
+        }
         Reply::Body(body, content_type) => {
             write!(
                 stream,

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use waiaas_shared::health::HealthResponse;
+use waiaas_shared::layout::DataDir;
 
 use super::{Outcome, http, run};
 
@@ -215,18 +216,12 @@ impl Api {
     }
 
     pub fn health(&self) -> HealthResponse {
-        let (status, body) =
-            http(self.port, "GET", "/health", None, None).expect("/health answers");
-        assert_eq!(status, 200, "/health: {body}");
-        serde_json::from_str(&body).expect("a HealthResponse")
+        crate::site::expect_health(self.port)
     }
 
-    /// The master token the daemon wrote on the volume.
+    /// The master token the daemon wrote on the volume (its data dir).
     pub fn token(&self) -> String {
-        fs::read_to_string(self.volume.join("data/master.token"))
-            .expect("data/master.token in the volume")
-            .trim()
-            .to_string()
+        crate::site::token(&DataDir::new(&self.volume))
     }
 
     /// A wallet through the API (asserting the 201); its id.
