@@ -362,6 +362,22 @@ mod tests {
         assert_eq!(refused_service(Instant::now()).uncommitted(), None);
     }
 
+    /// `status` names them so, for people and scripts alike.
+    #[test]
+    fn states_have_the_names_status_shows() {
+        let names = [
+            (State::Starting, "starting"),
+            (State::Running, "running"),
+            (State::BackingOff, "backing-off"),
+            (State::Refused, "refused"),
+            (State::Stopped, "stopped"),
+            (State::Stopping, "stopping"),
+        ];
+        for (state, name) in names {
+            assert_eq!(state.name(), name);
+        }
+    }
+
     #[test]
     fn stopping_is_final() {
         let now = Instant::now();

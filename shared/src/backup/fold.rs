@@ -122,3 +122,110 @@ impl Fold {
         Ok(busy == 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with a daemon's connection, checkpoints held as the daemon
+    /// holds them, and a log of `rows` rows.
+    fn served(rows: i64) -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("x.db");
+        let daemon = Connection::open(&db).unwrap();
+        daemon
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x)")
+            .unwrap();
+        daemon.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        daemon
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .unwrap();
+        write(&daemon, rows);
+        (tmp, db, daemon)
+    }
+
+    fn write(daemon: &Connection, rows: i64) {
+        for x in 0..rows {
+            daemon.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
+        }
+    }
+
+    /// Whether another process could restart the log now.
+    fn restartable(db: &Path) -> bool {
+        let other = Connection::open(db).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy: i64 = other
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+            .unwrap();
+        busy == 0
+    }
+
+    #[test]
+    fn the_snapshot_moves_while_frames_wait_and_the_log_never_restarts() {
+        let (_tmp, db, daemon) = served(20);
+        let mut fold = Fold::open(&db).unwrap();
+        fold.pin(None).unwrap();
+        let first = fold.fold().unwrap();
+        assert!(first.logged > 0 && !first.behind(), "{first:?}");
+        // Frames after the snapshot wait for it to move.
+        write(&daemon, 5);
+        let waiting = fold.fold().unwrap();
+        assert!(waiting.behind(), "{waiting:?}");
+        assert!(waiting.folded == first.logged, "{waiting:?}");
+        fold.pin(Some(waiting)).unwrap();
+        let caught_up = fold.fold().unwrap();
+        assert_eq!(caught_up.folded, caught_up.logged);
+        // Folded to its end: the snapshot stays where it is (a new one would
+        // read the main file alone and hold nothing), so the log stays whole.
+        fold.pin(Some(caught_up)).unwrap();
+        fold.pin(Some(caught_up)).unwrap();
+        assert!(!restartable(&db), "the log is held whole");
+        // More frames, and it moves again, from one reader to the other.
+        for _ in 0..3 {
+            write(&daemon, 2);
+            let behind = fold.fold().unwrap();
+            assert!(behind.behind(), "{behind:?}");
+            fold.pin(Some(behind)).unwrap();
+            assert!(!fold.fold().unwrap().behind());
+            assert!(!restartable(&db), "the log is held whole");
+        }
+        drop(daemon);
+        assert!(fold.finish().unwrap(), "nothing else uses it");
+        assert_eq!(
+            std::fs::metadata(db.with_extension("db-wal"))
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_last_fold_leaves_a_log_another_process_still_reads() {
+        let (_tmp, db, daemon) = served(10);
+        let mut fold = Fold::open(&db).unwrap();
+        fold.pin(None).unwrap();
+        fold.fold().unwrap();
+        write(&daemon, 3);
+        // A reader that is not ours, mid-transaction.
+        let reader = Connection::open(&db).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        reader
+            .query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+            .unwrap();
+        assert!(!fold.finish().unwrap());
+        assert!(
+            std::fs::metadata(db.with_extension("db-wal"))
+                .unwrap()
+                .len()
+                > 0
+        );
+    }
+
+    #[test]
+    fn a_log_is_behind_while_it_holds_frames_not_folded() {
+        let at = |logged, folded| Folded { logged, folded };
+        assert!(at(5, 4).behind());
+        assert!(!at(5, 5).behind());
+        assert!(!at(0, 0).behind());
+    }
+}
