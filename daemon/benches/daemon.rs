@@ -996,15 +996,15 @@ fn bench_writers(seconds: u64, fsync_ms: u64) -> Json {
         .build()
         .expect("tokio runtime");
     let mut disks = vec![Disk::Local];
-    let fuse = match waiaas_powercut::available() {
+    let fuse_skipped = match waiaas_powercut::available() {
         Ok(()) => {
             disks.push(Disk::Fuse(Duration::ZERO));
             if fsync_ms > 0 {
                 disks.push(Disk::Fuse(Duration::from_millis(fsync_ms)));
             }
-            Json::Null
+            None
         }
-        Err(missing) => json!(format!("skipped: a FUSE mount needs {missing}")),
+        Err(missing) => Some(format!("a FUSE mount needs {missing}")),
     };
     let mut runs = Vec::new();
     let mut all_stored = true;
@@ -1012,11 +1012,11 @@ fn bench_writers(seconds: u64, fsync_ms: u64) -> Json {
         println!("-- on {}", disk.describe());
         all_stored &= writer_runs(&runtime, disk, seconds, &mut runs);
     }
-    if let Some(skipped) = fuse.as_str() {
-        println!("-- the FUSE runs are {skipped}");
+    if let Some(why) = &fuse_skipped {
+        println!("-- the FUSE runs are skipped: {why}");
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-    json!({ "runs": runs, "fuse": fuse, "all_stored": all_stored })
+    json!({ "runs": runs, "fuse_skipped": fuse_skipped, "all_stored": all_stored })
 }
 
 /// For each count of writers, a fresh daemon of each of [`COMMITS`] with its
