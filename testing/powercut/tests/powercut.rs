@@ -273,8 +273,9 @@ fn sync_makes_everything_written_so_far_durable() {
 }
 
 /// The fsync latency of the slow-disk tests: long next to a write through
-/// FUSE (well under a millisecond), short enough for a test.
-const SLOW_FSYNC: Duration = Duration::from_millis(300);
+/// FUSE (well under a millisecond, if a loaded machine lets it), short
+/// enough for a test.
+const SLOW_FSYNC: Duration = Duration::from_millis(600);
 
 /// Syncs `file` on a thread of its own: its result and how long it took
 /// come on the channel.
@@ -322,7 +323,7 @@ fn a_slow_fsync_takes_its_latency_while_writes_to_other_files_go_on() {
     );
     assert!(writes > 1, "only {writes} write(s) during the fsync");
     assert!(
-        slowest < SLOW_FSYNC / 3,
+        slowest < SLOW_FSYNC / 2,
         "a write during the fsync took {slowest:?}: it waited for the flush"
     );
 
