@@ -12,7 +12,10 @@
 //!    of the daemon as it ships (`synchronous=FULL`, group commit) beside
 //!    one fsync per write (its `one-fsync-per-write` test fault) and
 //!    `NORMAL` (its `synchronous-normal` test fault), every 201 found in the
-//!    database after.
+//!    database after; the data dir on this machine's disk, then (root and
+//!    `/dev/fuse` only) on a power-loss FUSE mount answering each fsync at
+//!    once (what FUSE itself costs) and after `WAIAAS_BENCH_FSYNC_MS`
+//!    (default 2: a consumer SSD's cache flush).
 //!
 //! Run with `cargo bench -p waiaas-daemon --bench daemon`; `WAIAAS_BENCH_ONLY=5`
 //! (a comma-separated list) runs only those sections. Prints readable
@@ -42,6 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waiaas_daemon::failpoint::FAULT_ENV;
 use waiaas_daemon::migrate::{self, LATEST_SCHEMA_VERSION};
 use waiaas_daemon::{compat, db};
+use waiaas_powercut::PowerCut;
 
 /// Start-to-ready runs on a fresh data dir.
 const FRESH_RUNS: usize = 10;
@@ -101,7 +105,8 @@ fn main() -> ExitCode {
     let big = section("2", &|| bench_big_start(db_mb));
     let load = section("3", &|| bench_health_load(seconds));
     let migration = section("4", &|| bench_migration(migration_rows));
-    let writers = section("5", &|| bench_writers(write_seconds));
+    let fsync_ms = env_number("WAIAAS_BENCH_FSYNC_MS", 2);
+    let writers = section("5", &|| bench_writers(write_seconds, fsync_ms));
     let ok = (migration.is_null() || migration["counts"] == "OK")
         && (writers.is_null() || writers["all_stored"] == true);
 
@@ -905,11 +910,81 @@ const COMMITS: [(&str, Option<&str>); 3] = [
     ("NORMAL", Some(db::FAULT_SYNCHRONOUS_NORMAL)),
 ];
 
-/// Section 5: for each count of writers, a fresh daemon of each of
-/// [`COMMITS`], each writer creating wallets back to back on its own
-/// keep-alive connection. Every 201 is recorded and looked up in the
-/// database afterwards.
-fn bench_writers(seconds: u64) -> Json {
+/// Where a daemon of section 5 keeps its data dir.
+#[derive(Clone, Copy, PartialEq)]
+enum Disk {
+    /// This machine's disk (a temp dir).
+    Local,
+    /// A power-loss FUSE mount over a temp dir, each fsync taking this long.
+    Fuse(Duration),
+}
+
+impl Disk {
+    fn describe(self) -> String {
+        match self {
+            Disk::Local => "this machine's disk".into(),
+            Disk::Fuse(Duration::ZERO) => {
+                "a power-loss FUSE mount, fsync at once (the FUSE cost itself)".into()
+            }
+            Disk::Fuse(latency) => format!(
+                "a power-loss FUSE mount, each fsync taking {} ms",
+                latency.as_millis()
+            ),
+        }
+    }
+
+    fn json(self) -> Json {
+        match self {
+            Disk::Local => json!({ "kind": "local" }),
+            Disk::Fuse(latency) => {
+                json!({ "kind": "fuse", "fsync_ms": latency.as_millis() as u64 })
+            }
+        }
+    }
+}
+
+/// A fresh install whose data dir is on a [`Disk`].
+struct Placed {
+    /// The FUSE mount over its backing folder, if the disk is one. Before
+    /// the install: dropped first (on a panic), it unmounts before the
+    /// install's temp dir, which holds the mount point, goes.
+    mount: Option<(PowerCut, tempfile::TempDir)>,
+    install: Install,
+}
+
+impl Placed {
+    fn new(disk: Disk) -> Self {
+        let Disk::Fuse(fsync_latency) = disk else {
+            return Self {
+                install: Install::new(),
+                mount: None,
+            };
+        };
+        let backing = tempfile::tempdir().expect("temp dir");
+        let options = waiaas_powercut::Options { fsync_latency };
+        let (install, mount) =
+            Install::mounted(|dir| PowerCut::mount_with(backing.path(), dir, &options));
+        let mount = mount.expect("mount the power-loss filesystem");
+        Self {
+            install,
+            mount: Some((mount, backing)),
+        }
+    }
+
+    /// Unmounts, saying if the mount would not go.
+    fn remove(self) {
+        if let Some((mount, _backing)) = self.mount
+            && let Err(e) = mount.unmount()
+        {
+            println!("warning: the FUSE mount would not go: {e}");
+        }
+    }
+}
+
+/// Section 5: [`writer_runs`] on this machine's disk, then on a FUSE mount
+/// answering fsyncs at once and one taking `fsync_ms` each, if this machine
+/// can mount one.
+fn bench_writers(seconds: u64, fsync_ms: u64) -> Json {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     heading(&format!(
         "5. writers: POST /v1/wallets back to back for {seconds} s; NORMAL, FULL with an fsync \
@@ -920,14 +995,49 @@ fn bench_writers(seconds: u64) -> Json {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mut disks = vec![Disk::Local];
+    let fuse_skipped = match waiaas_powercut::available() {
+        Ok(()) => {
+            disks.push(Disk::Fuse(Duration::ZERO));
+            if fsync_ms > 0 {
+                disks.push(Disk::Fuse(Duration::from_millis(fsync_ms)));
+            }
+            None
+        }
+        Err(missing) => Some(format!("a FUSE mount needs {missing}")),
+    };
     let mut runs = Vec::new();
+    let mut all_stored = true;
+    for disk in disks {
+        println!("-- on {}", disk.describe());
+        all_stored &= writer_runs(&runtime, disk, seconds, &mut runs);
+    }
+    if let Some(why) = &fuse_skipped {
+        println!("-- the FUSE runs are skipped: {why}");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    json!({ "runs": runs, "fuse_skipped": fuse_skipped, "all_stored": all_stored })
+}
+
+/// For each count of writers, a fresh daemon of each of [`COMMITS`] with its
+/// data dir on `disk`, each writer creating wallets back to back on its own
+/// keep-alive connection. Every 201 is recorded and looked up in the
+/// database afterwards. Adds each run to `runs`; whether every acknowledged
+/// write was stored.
+fn writer_runs(
+    runtime: &tokio::runtime::Runtime,
+    disk: Disk,
+    seconds: u64,
+    runs: &mut Vec<Json>,
+) -> bool {
     let mut all_stored = true;
     for writers in WRITERS {
         let mut rates = BTreeMap::new();
         for (commit, fault) in COMMITS {
-            let install = Install::new();
+            let placed = Placed::new(disk);
+            let install = &placed.install;
             let env: Vec<(&str, &str)> = fault.map(|f| (FAULT_ENV, f)).into_iter().collect();
-            let mut daemon = Daemon::start_with_env(&install, &env);
+            let mut daemon = Daemon::start_with_env(install, &env);
             wait_ready(&mut daemon, Instant::now());
             assert_eq!(
                 daemon.stderr().contains("test fault"),
@@ -947,8 +1057,10 @@ fn bench_writers(seconds: u64) -> Json {
                 println!("warning: the daemon exited with {status} after SIGTERM");
             }
             let missing = missing_wallets(&install.dir.database(), &result.acknowledged);
+            placed.remove();
             all_stored &= missing == 0;
-            let run = print_writes(commit, writers, result, missing);
+            let mut run = print_writes(commit, writers, result, missing);
+            run["disk"] = disk.json();
             rates.insert(commit, run["writes_per_s"].as_f64().unwrap_or(0.0));
             runs.push(run);
         }
@@ -959,8 +1071,7 @@ fn bench_writers(seconds: u64) -> Json {
             load_average()
         );
     }
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    json!({ "runs": runs, "all_stored": all_stored })
+    all_stored
 }
 
 /// `/proc/loadavg`'s first three figures: the machine is shared.

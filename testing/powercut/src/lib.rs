@@ -13,7 +13,11 @@
 //! is the reboot.
 //!
 //! What it models: file data — writes, truncations and extensions — is
-//! durable only once the file is fsynced (through any handle).
+//! durable only once the file is fsynced (through any handle). With
+//! [`Options::fsync_latency`], each fsync also takes that long to answer, as
+//! on a disk whose cache flush does: what the file held when the fsync came
+//! in is durable from then on, and the answer (`EIO` if the power was cut
+//! meanwhile) waits on a thread of its own, so other operations go on.
 //!
 //! What it does not model:
 //! - directory entries: creations, renames, unlinks and `mkdir` are durable
@@ -33,6 +37,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -95,6 +100,19 @@ impl CutReport {
     }
 }
 
+/// How a [`PowerCut`] behaves beyond passing through. The default is a
+/// disk that flushes at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// How long each fsync, fdatasync and directory fsync takes to answer:
+    /// a disk's cache flush (a consumer SSD's about 1-3 ms, an HDD's about
+    /// 8 ms). Flushes overlap, as on a disk with a queue, and other
+    /// operations go on meanwhile — except writes to the file being synced:
+    /// the kernel's FUSE client holds the file's inode lock until the fsync
+    /// answers (seen on Linux 6.18), which ext4 does not.
+    pub fsync_latency: Duration,
+}
+
 /// A mounted power-loss filesystem. Dropping it unmounts it without a cut.
 pub struct PowerCut {
     session: Option<BackgroundSession>,
@@ -103,8 +121,14 @@ pub struct PowerCut {
 }
 
 impl PowerCut {
-    /// Mounts `backing` (a folder) at `mountpoint` (an empty folder).
+    /// Mounts `backing` (a folder) at `mountpoint` (an empty folder), with
+    /// the default [`Options`].
     pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Self> {
+        Self::mount_with(backing, mountpoint, &Options::default())
+    }
+
+    /// Mounts `backing` (a folder) at `mountpoint` (an empty folder).
+    pub fn mount_with(backing: &Path, mountpoint: &Path, options: &Options) -> io::Result<Self> {
         let root = fs::canonicalize(backing)?;
         let md = fs::metadata(&root)?;
         let state = Arc::new(Mutex::new(State {
@@ -119,8 +143,13 @@ impl PowerCut {
         }));
         let mut config = Config::default();
         config.mount_options = vec![MountOption::FSName("powercut".into())];
+        let flusher = match options.fsync_latency {
+            Duration::ZERO => None,
+            latency => Some(Flusher::start(Arc::clone(&state), latency)?),
+        };
         let fs = PowerCutFs {
             state: Arc::clone(&state),
+            flusher,
         };
         let session = fuser::spawn_mount(fs, mountpoint, &config)?;
         Ok(Self {
@@ -510,6 +539,73 @@ fn attr(ino: u64, md: &fs::Metadata) -> FileAttr {
 /// falls between two operations, never inside one.
 struct PowerCutFs {
     state: Arc<Mutex<State>>,
+    /// Answers the syncs late, if they take time.
+    flusher: Option<Flusher>,
+}
+
+/// A sync waiting for its answer.
+struct Flush {
+    due: Instant,
+    reply: ReplyEmpty,
+}
+
+/// The thread that answers each sync once its latency has passed. `fuser`
+/// runs every operation on one thread (its default `n_threads`), so a sync
+/// sleeping there would stall the whole mount; its replies may be sent from
+/// any thread instead. One thread for all: every sync takes the same time,
+/// so they fall due in the order they came.
+struct Flusher {
+    latency: Duration,
+    /// `None` only while dropping, which ends the thread.
+    queue: Option<mpsc::Sender<Flush>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(state: Arc<Mutex<State>>, latency: Duration) -> io::Result<Self> {
+        let (queue, flushes) = mpsc::channel::<Flush>();
+        let thread = std::thread::Builder::new()
+            .name("powercut-flush".into())
+            .spawn(move || {
+                for Flush { due, reply } in flushes {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    // The power went while the disk was flushing.
+                    match lock(&state).cut {
+                        true => reply.error(Errno::EIO),
+                        false => reply.ok(),
+                    }
+                }
+            })?;
+        Ok(Self {
+            latency,
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Answers `reply` once the latency has passed from now.
+    fn answer(&self, reply: ReplyEmpty) {
+        let flush = Flush {
+            due: Instant::now() + self.latency,
+            reply,
+        };
+        let sent = self.queue.as_ref().map(|queue| queue.send(flush));
+        if let Some(Err(mpsc::SendError(flush))) = sent {
+            // The thread is gone (it panicked): fail rather than hang.
+            flush.reply.error(Errno::EIO);
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Ends the thread once it has answered what is queued (each within the
+    /// latency): the session is over, so no more syncs come.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl PowerCutFs {
@@ -520,6 +616,14 @@ impl PowerCutFs {
             return Err(Errno::EIO);
         }
         op(&mut state).map_err(errno)
+    }
+
+    /// Answers a sync that succeeded after the latency, if there is one.
+    fn synced(&self, reply: ReplyEmpty, result: Result<(), Errno>) {
+        match (&self.flusher, result) {
+            (Some(flusher), Ok(())) => flusher.answer(reply),
+            (_, result) => empty(reply, result),
+        }
     }
 }
 
@@ -867,13 +971,11 @@ impl fuser::Filesystem for PowerCutFs {
         reply: ReplyEmpty,
     ) {
         // The sync point: what the file holds now survives a cut.
-        empty(
-            reply,
-            self.with(|s| {
-                s.unsynced.remove(&ino.0);
-                Ok(())
-            }),
-        );
+        let result = self.with(|s| {
+            s.unsynced.remove(&ino.0);
+            Ok(())
+        });
+        self.synced(reply, result);
     }
 
     fn readdir(
@@ -922,8 +1024,10 @@ impl fuser::Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory entries are durable at once (see the module's doc).
-        empty(reply, self.with(|_| Ok(())));
+        // Directory entries are durable at once (see the module's doc); the
+        // flush still takes its time.
+        let result = self.with(|_| Ok(()));
+        self.synced(reply, result);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

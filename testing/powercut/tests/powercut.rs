@@ -7,29 +7,37 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use waiaas_powercut::{CutReport, PowerCut, tier_ready};
+use waiaas_powercut::{CutReport, Options, PowerCut, tier_ready};
 
 /// A backing folder and its mount, in one temp folder.
 struct Rig {
     _tmp: tempfile::TempDir,
     backing: PathBuf,
     mnt: PathBuf,
+    options: Options,
     fs: Option<PowerCut>,
 }
 
 impl Rig {
     fn new() -> Self {
+        Self::with(Options::default())
+    }
+
+    fn with(options: Options) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let backing = tmp.path().join("backing");
         let mnt = tmp.path().join("mnt");
         fs::create_dir(&backing).unwrap();
         fs::create_dir(&mnt).unwrap();
-        let fs = Some(PowerCut::mount(&backing, &mnt).expect("mount"));
+        let fs = Some(PowerCut::mount_with(&backing, &mnt, &options).expect("mount"));
         Self {
             _tmp: tmp,
             backing,
             mnt,
+            options,
             fs,
         }
     }
@@ -43,7 +51,8 @@ impl Rig {
         let fs = self.fs.take().expect("mounted");
         let report = fs.cut().expect("cut");
         fs.unmount().expect("unmount");
-        self.fs = Some(PowerCut::mount(&self.backing, &self.mnt).expect("remount"));
+        self.fs =
+            Some(PowerCut::mount_with(&self.backing, &self.mnt, &self.options).expect("remount"));
         report
     }
 }
@@ -261,4 +270,98 @@ fn sync_makes_everything_written_so_far_durable() {
 
     assert_eq!(read(&rig.at("before")), b"kept");
     assert_eq!(read(&rig.at("after")), b"");
+}
+
+/// The fsync latency of the slow-disk tests: long next to a write through
+/// FUSE (well under a millisecond, if a loaded machine lets it), short
+/// enough for a test.
+const SLOW_FSYNC: Duration = Duration::from_millis(600);
+
+/// Syncs `file` on a thread of its own: its result and how long it took
+/// come on the channel.
+fn sync_in_background(file: File) -> mpsc::Receiver<(std::io::Result<()>, Duration)> {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let synced = file.sync_all();
+        let _ = done.send((synced, started.elapsed()));
+    });
+    result
+}
+
+#[test]
+fn a_slow_fsync_takes_its_latency_while_writes_to_other_files_go_on() {
+    if !tier_ready("a_slow_fsync_takes_its_latency_while_writes_to_other_files_go_on") {
+        return;
+    }
+    let mut rig = Rig::with(Options {
+        fsync_latency: SLOW_FSYNC,
+    });
+    let mut slow = File::create(rig.at("slow")).unwrap();
+    slow.write_all(b"flushing").unwrap();
+    let mut other = File::create(rig.at("other")).unwrap();
+
+    let synced = sync_in_background(slow);
+    // Writes on the other handle, back to back until the sync answers: most
+    // fall inside it, and none waits for it.
+    let deadline = Instant::now() + 20 * SLOW_FSYNC;
+    let (mut writes, mut slowest) = (0, Duration::ZERO);
+    let (result, took) = loop {
+        assert!(Instant::now() < deadline, "the fsync never answered");
+        if let Ok(done) = synced.try_recv() {
+            break done;
+        }
+        let started = Instant::now();
+        other.write_all(b"meanwhile").unwrap();
+        slowest = slowest.max(started.elapsed());
+        writes += 1;
+    };
+    result.expect("the slow fsync");
+    assert!(
+        took >= SLOW_FSYNC,
+        "the fsync took {took:?}, under {SLOW_FSYNC:?}"
+    );
+    assert!(writes > 1, "only {writes} write(s) during the fsync");
+    assert!(
+        slowest < SLOW_FSYNC / 2,
+        "a write during the fsync took {slowest:?}: it waited for the flush"
+    );
+
+    // fdatasync costs the same, and the data is durable once it returns.
+    let mut data = File::create(rig.at("data")).unwrap();
+    data.write_all(b"kept").unwrap();
+    let started = Instant::now();
+    data.sync_data().unwrap();
+    assert!(
+        started.elapsed() >= SLOW_FSYNC,
+        "fdatasync took {:?}",
+        started.elapsed()
+    );
+    drop((data, other));
+    rig.cut_and_remount();
+    assert_eq!(read(&rig.at("data")), b"kept");
+}
+
+#[test]
+fn a_cut_while_an_fsync_flushes_fails_it_with_eio() {
+    if !tier_ready("a_cut_while_an_fsync_flushes_fails_it_with_eio") {
+        return;
+    }
+    let mut rig = Rig::with(Options {
+        fsync_latency: SLOW_FSYNC,
+    });
+    let mut file = File::create(rig.at("file")).unwrap();
+    file.write_all(b"in flight").unwrap();
+    let synced = sync_in_background(file);
+    // Well inside the flush (the write before it is long done).
+    std::thread::sleep(SLOW_FSYNC / 3);
+    rig.fs.as_ref().unwrap().cut().expect("cut");
+
+    let (result, _) = synced
+        .recv_timeout(20 * SLOW_FSYNC)
+        .expect("the fsync answers within its latency");
+    let e = result.expect_err("an fsync the power cut short");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let fs = rig.fs.take().unwrap();
+    fs.unmount().expect("unmount");
 }
