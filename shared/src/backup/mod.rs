@@ -595,7 +595,12 @@ fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
     })
 }
 
-fn quick_check(db: &Path) -> Result<(), BackupError> {
+/// How much of the database `quick_check` maps (SQLite caps it at its
+/// compiled limit, 2 GiB by default; the rest is read as usual).
+const MMAP_SIZE: i64 = 1 << 40;
+
+/// `PRAGMA quick_check` of the main file `db` alone (its WAL unread).
+pub fn quick_check(db: &Path) -> Result<(), BackupError> {
     // immutable=1: the main file alone, as a plain file: no WAL read, no
     // lock taken, no -wal/-shm created beside it.
     let uri = format!("file:{}?immutable=1", db.display());
@@ -604,6 +609,12 @@ fn quick_check(db: &Path) -> Result<(), BackupError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| BackupError::Corrupt(e.to_string()))?;
+    // Pages read through a mapping, not a pread and a copy each: about half
+    // the CPU, which the copy and its hash beside it need. (A mapped file
+    // that shrinks under a reader faults; this one does not shrink: the
+    // daemon never vacuums, and it is stopped or its checkpoints are held.)
+    conn.pragma_update(None, "mmap_size", MMAP_SIZE)
+        .map_err(|e| BackupError::Corrupt(e.to_string()))?;
     let verdict: String = conn
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
         .map_err(|e| BackupError::Corrupt(e.to_string()))?;
