@@ -20,11 +20,12 @@ use rusqlite::Connection;
 use testkit::builds::B_VERSION;
 use testkit::load::Writer;
 use testkit::supervisor::{healthy, processes_mentioning, signal};
+use waiaas_shared::admin::Outcome;
 use waiaas_shared::backup::Kind;
 
-use crate::handover::{Seeded, answered_by, assert_acknowledged_kept};
+use crate::handover::{Seeded, answered_by, assert_acknowledged_kept, pre_rollback_names};
 use crate::kills::{
-    KillPoint, Upgrader, cut_power_during_upgrade, kill_during_upgrade, panic_message,
+    Handing, KillPoint, Upgrader, cut_power_during_upgrade, kill_during_upgrade, panic_message,
 };
 use crate::releases::a;
 use crate::site::{Setup, Site, spawn_logged, wait_child, written_names};
@@ -67,15 +68,26 @@ struct HeldFold {
 }
 
 impl HeldFold {
+    /// Armed: the next fold to reach `point` is held there.
     fn new(point: &'static str) -> Self {
+        let held = Self::unarmed(point);
+        held.arm();
+        held
+    }
+
+    /// Armed only once [`HeldFold::arm`] is called.
+    fn unarmed(point: &'static str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let token = tmp.path().join("fold.token");
-        fs::write(&token, b"").unwrap();
         Self {
             _tmp: tmp,
             point,
             token,
         }
+    }
+
+    fn arm(&self) {
+        fs::write(&self.token, b"").unwrap();
     }
 
     /// A site on the big database whose supervisors hold the fold.
@@ -160,14 +172,20 @@ fn index_locks(db: &Path) -> Vec<IndexLock> {
         .collect()
 }
 
-/// The launcher whose fold uses `db` (it holds locks on its WAL index).
+/// The launcher whose fold uses `db`: the one with `db` open (found by
+/// its descriptors: between two checkpoints it may hold no lock on it).
 fn folding_launcher(db: &Path) -> Option<i32> {
-    index_locks(db)
-        .into_iter()
-        .map(|lock| lock.pid)
+    let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
         .find(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten();
             String::from_utf8_lossy(&cmdline).contains("waiaas-launcher")
+                && fds
+                    .flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|file| file == db))
         })
 }
 
@@ -236,22 +254,41 @@ fn quick_check(db: &Path) -> String {
         .unwrap()
 }
 
-/// An upgrade whose fold is held at its checkpoint; the old daemon killed
-/// (SIGKILL) at `at` while a writer writes. The upgrade goes on without it
-/// (a crash while the service is held leaves it stopped) or rolls back;
-/// either way every acknowledged write is in the database, the backup it
-/// completed holds every write the old daemon acknowledged, and the
-/// database is sound. Returns what went wrong.
-fn kill_the_daemon_during_a_fold(at: At, run: u64) -> Vec<String> {
-    let what = format!("the daemon killed at {at:?} (run {run})");
-    let held = HeldFold::new("fold-pass");
+/// An upgrade (or, after one, its rollback) whose fold is held in a pass;
+/// the old daemon killed (SIGKILL) at `at` while a writer writes. The change
+/// goes on without it (a crash while the service is held leaves it stopped)
+/// or rolls back; either way every acknowledged write is kept (a committed
+/// rollback keeps the upgraded release's in its pre-rollback backup), the
+/// backup the change completed holds every write the old daemon
+/// acknowledged, and the database is sound. Returns what went wrong.
+fn kill_the_daemon_during_a_fold(handing: Handing, at: At, run: u64) -> Vec<String> {
+    let what = format!("the daemon killed at {at:?} ({handing:?}, run {run})");
+    let held = HeldFold::unarmed("fold-pass");
     let site = Site::with(held.setup());
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
     let wallets = site.seed(&["treasury", "payroll"]);
+    let (args, old, kind): (&[&str], &str, Kind) = match handing {
+        Handing::Upgrade => (&["upgrade", "--json"], a(), Kind::PreUpgrade),
+        Handing::Rollback => {
+            let (out, report) = site.upgrade_json(&[]);
+            assert!(
+                out.status.success(),
+                "{what}: {out:?}\n{}",
+                supervisor.log()
+            );
+            assert_eq!(report.outcome, Outcome::Upgraded, "{report:?}");
+            supervisor.wait_healthy();
+            (
+                &["upgrade", "--rollback", "--json"],
+                B_VERSION,
+                Kind::PreRollback,
+            )
+        }
+    };
+    held.arm();
     let writer = Writer::start(site.port, &site.token(), "w");
-    let (mut client, out, err) =
-        spawn_logged(site.launcher(&["upgrade", "--json"]), &site.home, "upgrade");
+    let (mut client, out, err) = spawn_logged(site.launcher(args), &site.home, "change");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !held.reached() && client.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "{what}: never folded");
@@ -276,28 +313,34 @@ fn kill_the_daemon_during_a_fold(at: At, run: u64) -> Vec<String> {
     if let Some(launcher) = frozen {
         signal(launcher, libc::SIGCONT);
     }
-    let ended = wait_child(&mut client, Duration::from_secs(120), "the upgrade command");
+    let ended = wait_child(&mut client, Duration::from_secs(120), "the command");
     let status = supervisor.wait_for(Duration::from_secs(120), "the end", |s| {
         healthy(s) || s.state == "refused"
     });
     let written = writer.stop();
     eprintln!(
-        "{what}: killed {landed}; upgrade {ended}; {} writes acknowledged ({} by {B_VERSION})",
+        "{what}: killed {landed}; the command {ended}; {} writes acknowledged ({} by {B_VERSION})",
         written.acknowledged.len(),
         answered_by(&written, B_VERSION)
     );
     let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert!(healthy(&status), "the service is back: {status:?}");
         let now = site.wallets();
-        let stored: BTreeSet<String> = now.values().cloned().collect();
-        let written_now: BTreeSet<String> = stored
-            .iter()
+        let mut stored: BTreeSet<String> = now
+            .values()
             .filter(|n| n.starts_with("w-"))
             .cloned()
             .collect();
-        assert_acknowledged_kept(&written, &written_now, &what);
+        let current = site.current();
+        if handing == Handing::Rollback && current.as_deref() == Some(a()) {
+            stored.extend(pre_rollback_names(&site));
+        }
+        assert_acknowledged_kept(&written, &stored, &what);
         for name in wallets.values() {
-            assert!(stored.contains(name), "{name} was seeded and is lost");
+            assert!(
+                now.values().any(|n| n == name),
+                "{name} was seeded and is lost"
+            );
         }
         // What the old daemon acknowledged was all before its kill: a
         // backup that completed holds all of it.
@@ -305,11 +348,11 @@ fn kill_the_daemon_during_a_fold(at: At, run: u64) -> Vec<String> {
             .acknowledged
             .iter()
             .zip(&written.answered_by)
-            .filter(|(_, v)| *v == a())
+            .filter(|(_, v)| *v == old)
             .map(|(n, _)| n)
             .collect();
         for (path, manifest) in site.backups() {
-            if manifest.kind != Kind::PreUpgrade {
+            if manifest.kind != kind || manifest.from_version != old {
                 continue;
             }
             let wal = path.join("waiaas.db-wal");
@@ -321,13 +364,12 @@ fn kill_the_daemon_during_a_fold(at: At, run: u64) -> Vec<String> {
                 by_old.iter().filter(|n| !in_backup.contains(**n)).collect();
             assert!(
                 missing.is_empty(),
-                "acknowledged by {} and not in {}: {missing:?}",
-                a(),
+                "acknowledged by {old} and not in {}: {missing:?}",
                 path.display()
             );
         }
         assert_eq!(quick_check(&site.dir.database()), "ok");
-        match site.current().as_deref() {
+        match current.as_deref() {
             Some(B_VERSION) => site.assert_fully_new(&now),
             _ => site.assert_fully_old(&now),
         }
@@ -350,7 +392,22 @@ fn kill_the_daemon_during_a_fold(at: At, run: u64) -> Vec<String> {
 fn the_daemon_killed_during_a_fold_loses_no_acknowledged_write() {
     let mut random = Seeded::new("the daemon killed during a fold");
     let problems: Vec<String> = (0..RUNS)
-        .flat_map(|run| kill_the_daemon_during_a_fold(At::of_run(run, &mut random), run))
+        .flat_map(|run| {
+            kill_the_daemon_during_a_fold(Handing::Upgrade, At::of_run(run, &mut random), run)
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The same in a rollback's fold (B's daemon killed): each kind of instant
+/// once, each run an upgrade first.
+#[test]
+fn the_daemon_killed_during_a_rollbacks_fold_loses_no_acknowledged_write() {
+    let mut random = Seeded::new("the daemon killed during a rollback's fold");
+    let problems: Vec<String> = (0..3)
+        .flat_map(|run| {
+            kill_the_daemon_during_a_fold(Handing::Rollback, At::of_run(run, &mut random), run)
+        })
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
