@@ -2,12 +2,14 @@
 //! live database behind its copy (`waiaas_shared::backup`'s fold, step 2 of
 //! an upgrade on [`crate::releases::big_database`], the old daemon writing).
 //!
-//! The fold is held at its checkpoint by the `fold-checkpoint` failpoint's
-//! `hold` (`shared/src/failpoint.rs`), and the kill lands at a seeded
-//! instant of it: right before the checkpoint, inside it (the launcher caught
-//! holding SQLite's checkpoint lock, frozen there), or a few milliseconds on.
-//! Whatever is killed, every acknowledged write is kept, and a backup that
-//! completed holds every write the old daemon acknowledged.
+//! The fold is held by a failpoint's `hold` (`shared/src/failpoint.rs`): in
+//! a pass (`fold-pass`, before its snapshot moves and its checkpoint beside
+//! the daemon) or at its last fold (`fold-finish`, the daemon stopped). The
+//! kill lands at a seeded instant of it: there, inside the checkpoint that
+//! follows (the launcher caught holding SQLite's checkpoint lock and frozen
+//! there), or up to 30 ms on. Whatever is killed, every acknowledged write
+//! is kept, and a backup that completed holds every write the old daemon
+//! acknowledged.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -105,15 +107,19 @@ impl HeldFold {
     }
 }
 
+/// Lets the fold held by `token` go on.
+fn release(token: &Path) {
+    fs::write(format!("{}.release", token.display()), b"").unwrap();
+}
+
 /// Leads the fold held by `token` to `at`; says where that is, and which
 /// launcher is left frozen there (to be let go of once the kill is done).
 fn lead_to(token: &Path, at: At, db: &Path) -> (String, Option<i32>) {
-    let release = || fs::write(format!("{}.release", token.display()), b"").unwrap();
     match at {
         At::Held => ("held".into(), None),
         At::MidCheckpoint(held) => {
             std::thread::sleep(held);
-            release();
+            release(token);
             match freeze_mid_checkpoint(db, Duration::from_secs(2)) {
                 Some(pid) => (
                     "mid-checkpoint (the launcher frozen holding its lock)".into(),
@@ -126,7 +132,7 @@ fn lead_to(token: &Path, at: At, db: &Path) -> (String, Option<i32>) {
             }
         }
         At::After(after) => {
-            release();
+            release(token);
             std::thread::sleep(after);
             let mid = folding_launcher(db).is_some_and(|pid| checkpointing(db, pid));
             (format!("{after:?} on (mid-checkpoint: {mid})"), None)
@@ -310,6 +316,7 @@ fn kill_the_daemon_during_a_fold(handing: Handing, at: At, run: u64) -> Vec<Stri
     assert_eq!(daemons.len(), 1, "{what}: one daemon serves: {daemons:?}");
     let (landed, frozen) = lead_to(&held.token, at, &site.dir.database());
     signal(daemons[0], libc::SIGKILL);
+    release(&held.token);
     if let Some(launcher) = frozen {
         signal(launcher, libc::SIGCONT);
     }

@@ -789,7 +789,7 @@ pub(crate) fn cut_power_during_upgrade(
     problems
 }
 
-/// A site on [`big_database`].
+/// A site on [`crate::releases::big_database`].
 pub(crate) fn big() -> Setup {
     Setup {
         big_db: true,
