@@ -656,14 +656,14 @@ fn kill_9_while_a_rollback_stages_its_backup_leaves_the_upgrade_in_place() {
 pub(crate) const CUT_WITHIN_MS: u64 = 500;
 
 /// Upgrades A → B (or, after an upgrade, rolls B back to A) with a writer
-/// running, on a power-loss filesystem (on [`big_database`] if `big_db`);
+/// running, on a power-loss filesystem (a site of `setup` installed there);
 /// cuts the power at `point` (its `writes` is ignored: the writer always
 /// runs), kills every process of the installation, remounts, and starts a new
 /// supervisor. The installation must then be fully old or fully new with
 /// every acknowledged write. Returns what went wrong.
 pub(crate) fn cut_power_during_upgrade(
     rollback: bool,
-    big_db: bool,
+    setup: Setup,
     point: &KillPoint,
 ) -> Vec<String> {
     let what = point.what.as_str();
@@ -674,8 +674,7 @@ pub(crate) fn cut_power_during_upgrade(
     let power = PowerCut::mount(&backing, &home).expect("mount the power-loss filesystem");
     let site = Site::with(Setup {
         home: Some(home.clone()),
-        big_db,
-        ..Setup::default()
+        ..setup
     });
     let mut supervisor = site.supervisor();
     supervisor.wait_healthy();
@@ -790,6 +789,14 @@ pub(crate) fn cut_power_during_upgrade(
     problems
 }
 
+/// A site on [`crate::releases::big_database`].
+pub(crate) fn big() -> Setup {
+    Setup {
+        big_db: true,
+        ..Setup::default()
+    }
+}
+
 /// Power cuts at seeded random instants: each round cuts an upgrade and a
 /// rollback anywhere from their journal's first entry to just past the
 /// commit, and, on a 100 MB database, an upgrade inside its live copy and
@@ -817,7 +824,7 @@ fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
                 delay,
                 writes: true,
             };
-            problems.extend(cut_power_during_upgrade(rollback, false, &point));
+            problems.extend(cut_power_during_upgrade(rollback, Setup::default(), &point));
         }
         let delay = Duration::from_millis(random.below(250));
         let live_copy = KillPoint {
@@ -828,7 +835,7 @@ fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
             delay,
             writes: true,
         };
-        problems.extend(cut_power_during_upgrade(false, true, &live_copy));
+        problems.extend(cut_power_during_upgrade(false, big(), &live_copy));
         let delay = Duration::from_millis(random.below(15));
         let wal_copy = KillPoint {
             what: format!("power cut {delay:?} into the WAL's copy (round {round})"),
@@ -836,7 +843,7 @@ fn power_cuts_during_an_upgrade_and_its_rollback_end_fully_old_or_new() {
             delay,
             writes: true,
         };
-        problems.extend(cut_power_during_upgrade(false, true, &wal_copy));
+        problems.extend(cut_power_during_upgrade(false, big(), &wal_copy));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }

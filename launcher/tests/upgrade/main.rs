@@ -7,10 +7,12 @@
 //! that nothing was lost.
 //!
 //! One module a capability: [`steps`], [`rollback`], [`kills`] (kill -9 and
-//! power cuts), [`live_backup`], [`handover`] (with the readiness gate) and
+//! power cuts), [`live_backup`], [`fold`] (kill -9 and power cuts in the live
+//! backup's fold of the WAL), [`handover`] (with the readiness gate) and
 //! [`refusals`]; [`releases`] (what is packed once per process) and [`site`]
 //! (an installation under test) are what they share.
 
+mod fold;
 mod handover;
 mod kills;
 mod live_backup;

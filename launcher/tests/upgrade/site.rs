@@ -19,6 +19,7 @@ use testkit::supervisor::{LogFile, Supervisor};
 use testkit::{Outcome as Ran, free_port, run};
 use waiaas_shared::admin::UpgradeReport;
 use waiaas_shared::backup::{MANIFEST as BACKUP_MANIFEST, Manifest};
+use waiaas_shared::failpoint::FAILPOINT_ENV;
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
@@ -47,6 +48,9 @@ pub(crate) struct Setup {
     pub(crate) keep_backups: u32,
     /// Start from [`big_database`].
     pub(crate) big_db: bool,
+    /// `WAIAAS_FAILPOINT` of every supervisor started (a fault fires once
+    /// per token, so the one that recovers after it is unharmed).
+    pub(crate) failpoint: Option<String>,
 }
 
 impl Default for Setup {
@@ -60,6 +64,7 @@ impl Default for Setup {
             migrate_timeout: 600,
             keep_backups: 5,
             big_db: false,
+            failpoint: None,
         }
     }
 }
@@ -71,6 +76,7 @@ pub(crate) struct Site {
     pub(crate) site: testkit::Site,
     pub(crate) registry: Registry,
     pub(crate) supervisors: AtomicUsize,
+    failpoint: Option<String>,
 }
 
 impl Deref for Site {
@@ -145,6 +151,7 @@ impl Site {
             site: testkit::Site::new(home, dir, port),
             registry,
             supervisors: AtomicUsize::new(0),
+            failpoint: setup.failpoint,
         }
     }
 
@@ -173,6 +180,9 @@ impl Site {
     pub(crate) fn supervisor_with(&self, env: &[(&str, &str)]) -> Supervisor {
         let n = self.supervisors.fetch_add(1, Ordering::SeqCst);
         let mut command = self.launcher(&["run"]);
+        if let Some(failpoint) = &self.failpoint {
+            command.env(FAILPOINT_ENV, failpoint);
+        }
         command.envs(env.iter().copied());
         Supervisor::spawn(
             command,

@@ -86,6 +86,7 @@ impl Fold {
         if self.holding.is_some() && !last.is_some_and(Folded::behind) {
             return Ok(());
         }
+        crate::failpoint::hit("fold-pass");
         let next = self.holding.map_or(0, |held| 1 - held);
         let reader = &self.readers[next];
         reader.execute_batch("BEGIN")?;
@@ -116,6 +117,7 @@ impl Fold {
             self.readers[held].execute_batch("COMMIT")?;
         }
         self.checkpointer.busy_timeout(FINISH_TIMEOUT)?;
+        crate::failpoint::hit("fold-finish");
         let busy: i64 =
             self.checkpointer
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
