@@ -90,8 +90,12 @@ impl Fold {
         let next = self.holding.map_or(0, |held| 1 - held);
         let reader = &self.readers[next];
         reader.execute_batch("BEGIN")?;
-        // A read transaction takes its snapshot at its first read.
-        reader.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        // A read transaction takes its snapshot at its first read. One that
+        // could not read is ended, or every later pass would fail to begin.
+        if let Err(e) = reader.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+            let _ = reader.execute_batch("ROLLBACK");
+            return Err(e);
+        }
         if let Some(held) = self.holding.replace(next) {
             self.readers[held].execute_batch("COMMIT")?;
         }
@@ -221,6 +225,29 @@ mod tests {
                 .len()
                 > 0
         );
+    }
+
+    /// A snapshot that could not begin (its first read found the database
+    /// locked) does not stop the next pass from beginning one.
+    #[test]
+    fn a_snapshot_that_could_not_begin_is_begun_again_by_the_next_pass() {
+        let (_tmp, db, daemon) = served(10);
+        // A connection in exclusive locking mode keeps every other one from
+        // reading; it can take that mode only while it is the only one.
+        drop(daemon);
+        let locker = Connection::open(&db).unwrap();
+        locker
+            .execute_batch(
+                "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO t VALUES (-1)",
+            )
+            .unwrap();
+        let mut fold = Fold::open(&db).unwrap();
+        assert!(fold.pin(None).is_err(), "the database is locked");
+        locker.execute_batch("ROLLBACK").unwrap();
+        drop(locker);
+        fold.pin(None).unwrap();
+        write(&Connection::open(&db).unwrap(), 3);
+        assert!(fold.fold().unwrap().behind(), "the snapshot is held");
     }
 
     #[test]
