@@ -27,7 +27,7 @@ use waiaas_shared::backup::Kind;
 
 use crate::handover::{Seeded, answered_by, assert_acknowledged_kept, pre_rollback_names};
 use crate::kills::{
-    Handing, KillPoint, Upgrader, cut_power_during_upgrade, kill_during_upgrade, panic_message,
+    Handing, KillPoint, Upgrader, cut_power_during_upgrade, failed_run, kill_during_upgrade,
 };
 use crate::releases::a;
 use crate::site::{Setup, Site, spawn_logged, wait_child, written_names};
@@ -383,12 +383,12 @@ fn kill_the_daemon_during_a_fold(handing: Handing, at: At, run: u64) -> Vec<Stri
     }));
     let mut problems = Vec::new();
     if let Err(panic) = check {
-        problems.push(format!(
-            "{what} (killed {landed}): {}\nupgrade: {}{}\nsupervisor:\n{}",
-            panic_message(panic.as_ref()),
-            fs::read_to_string(&out).unwrap_or_default(),
-            fs::read_to_string(&err).unwrap_or_default(),
-            supervisor.log()
+        problems.push(failed_run(
+            &format!("{what} (killed {landed})"),
+            panic.as_ref(),
+            (&out, &err),
+            "supervisor",
+            &supervisor.log(),
         ));
     }
     site.stop(supervisor);

@@ -249,6 +249,23 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
+/// A run whose checks panicked, as a problem to report: what panicked, the
+/// `upgrade` command's output (`out`, `err`) and a process's log.
+pub(crate) fn failed_run(
+    what: &str,
+    panic: &(dyn std::any::Any + Send),
+    (out, err): (&Path, &Path),
+    whose: &str,
+    log: &str,
+) -> String {
+    format!(
+        "{what}: {}\nupgrade: {}{}\n{whose}:\n{log}",
+        panic_message(panic),
+        fs::read_to_string(out).unwrap_or_default(),
+        fs::read_to_string(err).unwrap_or_default(),
+    )
+}
+
 pub(crate) fn boundary(step: u8) -> KillPoint {
     KillPoint {
         what: format!("kill at the start of step {step}"),
@@ -776,12 +793,12 @@ pub(crate) fn cut_power_during_upgrade(
         assert_acknowledged_kept(&written, &stored, what);
         eprintln!("{what}: fully {current}, all acknowledged writes kept");
     })) {
-        problems.push(format!(
-            "{what} (cut at {at_cut}): {}\nupgrade: {}{}\nrecovering supervisor:\n{}",
-            panic_message(panic.as_ref()),
-            fs::read_to_string(&out).unwrap_or_default(),
-            fs::read_to_string(&err).unwrap_or_default(),
-            next.log()
+        problems.push(failed_run(
+            &format!("{what} (cut at {at_cut})"),
+            panic.as_ref(),
+            (&out, &err),
+            "recovering supervisor",
+            &next.log(),
         ));
     }
     site.stop(next);
