@@ -80,7 +80,7 @@ use testkit::supervisor::{LogFile, Supervisor};
 use testkit::{free_port, hermetic, run};
 use waiaas_packaging::Packed;
 use waiaas_shared::backup::{self, Kind};
-use waiaas_shared::fsutil::copy_hashed;
+use waiaas_shared::fsutil::{Pace, copy_hashed};
 use waiaas_shared::layout::DataDir;
 use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
@@ -1576,7 +1576,7 @@ fn backup_parts(db: &Path, copy: &Path) -> (f64, f64, f64) {
     let checkpoint = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let copied = copy_hashed(db, copy, 0o600).unwrap();
+    let copied = copy_hashed(db, copy, 0o600, Pace::Alone).unwrap();
     assert_eq!(copied.sha256.len(), 64);
     let copy_hash = started.elapsed().as_secs_f64();
 

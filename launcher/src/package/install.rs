@@ -219,7 +219,7 @@ fn copy_hashed(source: &Path, dest: &Path, mode: u32) -> Result<String, PackageE
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
     }
-    match fsutil::copy_hashed(source, dest, mode) {
+    match fsutil::copy_hashed(source, dest, mode, fsutil::Pace::Alone) {
         Ok(copied) => Ok(copied.sha256),
         Err(CopyError::Read(e)) => Err(io_error("read", source)(e)),
         Err(CopyError::Write(e)) => Err(io_error("write", dest)(e)),

@@ -121,7 +121,7 @@ pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
         let source = backup.path.join(file);
         // Listed before the copy, so Drop removes a partial one too.
         staged.files.push((copy.clone(), target));
-        let copied = match fsutil::copy_hashed(&source, &copy, 0o600) {
+        let copied = match fsutil::copy_hashed(&source, &copy, 0o600, fsutil::Pace::Alone) {
             Ok(copied) => copied,
             Err(CopyError::Read(e)) => return Err(io_at(&source)(e)),
             Err(CopyError::Write(e)) => return Err(io_at(&copy)(e)),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{Copied, CopyError, copy_hashed, fsync_dir, sha256_file, write_atomic};
+use crate::fsutil::{Copied, CopyError, Pace, copy_hashed, fsync_dir, sha256_file, write_atomic};
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
@@ -261,7 +261,10 @@ fn begin_at(
         if database == Database::Idle {
             checkpoint(&db)?;
         }
-        pending.copy_main()?;
+        pending.copy_main(match database {
+            Database::Idle => Pace::Alone,
+            Database::Held => Pace::Beside,
+        })?;
         if database == Database::Held {
             pending.follow_wal()?;
         }
@@ -326,7 +329,9 @@ fn manifest(
 }
 
 impl Pending {
-    fn copy_main(&mut self) -> Result<(), BackupError> {
+    /// Copies the main file, `pace`d for a daemon serving beside the copy
+    /// or for none.
+    fn copy_main(&mut self, pace: Pace) -> Result<(), BackupError> {
         let db = self.dir.database();
         let before = stamp(&db).map_err(io_err(&db))?;
         let main = self.partial.join(DB_FILE);
@@ -335,7 +340,7 @@ impl Pending {
         // the same page cache: the backup takes about as long as the copy.
         let (copied, checked) = std::thread::scope(|scope| {
             let check = scope.spawn(|| quick_check(&db));
-            let copied = copy(&db, &main);
+            let copied = copy(&db, &main, pace);
             (copied, check.join().expect("quick_check does not panic"))
         });
         let copied = copied?;
@@ -436,7 +441,7 @@ impl Pending {
                         remove(&self.partial.join(file))?;
                     }
                     checkpoint(&db)?;
-                    self.copy_main()?;
+                    self.copy_main(Pace::Alone)?;
                     // Copied again with the daemon stopped: nothing live.
                     self.wal_live = self.wal_live.map(|_| 0);
                 }
@@ -444,7 +449,7 @@ impl Pending {
         }
         let config = self.dir.config();
         if config.exists() {
-            let copied = copy(&config, &self.partial.join(CONFIG_FILE))?;
+            let copied = copy(&config, &self.partial.join(CONFIG_FILE), Pace::Alone)?;
             self.files.insert(CONFIG_FILE.to_string(), copied);
         }
         let mut manifest = manifest(&self.dir, &self.request, self.now, &self.files)?;
@@ -528,7 +533,7 @@ pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, 
                 .create(&partial)
                 .map_err(io_err(&partial))?;
             for file in files.keys() {
-                copy(&folder.join(file), &partial.join(file))?;
+                copy(&folder.join(file), &partial.join(file), Pace::Alone)?;
             }
             let path = partial.join(MANIFEST);
             write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
@@ -588,8 +593,8 @@ fn checkpoint(db: &Path) -> Result<(), BackupError> {
 }
 
 /// [`copy_hashed`] as the owner's alone (0600), fsynced.
-fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
-    copy_hashed(from, to, 0o600).map_err(|e| match e {
+fn copy(from: &Path, to: &Path, pace: Pace) -> Result<Copied, BackupError> {
+    copy_hashed(from, to, 0o600, pace).map_err(|e| match e {
         CopyError::Read(source) => io_err(from)(source),
         CopyError::Write(source) => io_err(to)(source),
     })

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::Copied;
+use crate::fsutil::{Copied, Pace};
 
 const HEADER: u64 = 32;
 const FRAME_HEADER: u64 = 24;
@@ -194,6 +194,9 @@ impl WalCopy {
             self.file
                 .write_all_at(&chunk[..valid], from)
                 .map_err(io_at(&self.dest))?;
+            // A pass may copy hundreds of MB: written back as it goes, not
+            // all at its fsync, where the daemon's commits would wait for it.
+            crate::fsutil::write_behind(&self.file, from, from + valid as u64, Pace::Beside);
             if ended {
                 break;
             }
