@@ -1049,10 +1049,10 @@ mod tests {
     }
 
     /// Once its main file is copied, the log is folded into the live
-    /// database behind the copy, and emptied at the end: the next process
-    /// to open the database has no long log to read. Meanwhile nothing
-    /// restarts the log the backup follows — not even a process that
-    /// checkpoints on its own after the log is folded to its end.
+    /// database behind the copy (`fold`'s own tests), and emptied at the
+    /// end: the next process to open the database has no long log to read.
+    /// Meanwhile nothing restarts the log the backup follows — not even a
+    /// process that checkpoints on its own.
     #[test]
     fn a_live_backup_folds_the_log_behind_its_copy_and_leaves_it_empty() {
         let (tmp, dir) = install();
@@ -1071,9 +1071,11 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
             .unwrap()
         };
-        assert_eq!(main(), 52, "the log is folded into the live main file");
-        // Folded to its end: a writer would restart the log now, were it
-        // not for the snapshot held; a checkpoint cannot empty it either.
+        // Nothing was logged past the fold's snapshot while it was copied:
+        // folding up to it would reach the log's end unsynced (see `fold`).
+        assert_eq!(main(), 2, "the log's end is not folded beside the daemon");
+        // A writer would restart the log now, were it not for the snapshot
+        // held; a checkpoint (which folds up to it) cannot empty it either.
         let other = Connection::open(dir.database()).unwrap();
         other.busy_timeout(std::time::Duration::ZERO).unwrap();
         for x in 60..70 {
