@@ -361,6 +361,27 @@ mod tests {
         );
     }
 
+    /// Two snapshots at the most: a move while the older one is still held
+    /// (no fold since) waits for the next fold, which lets go of it.
+    #[test]
+    fn the_snapshot_moves_again_only_after_a_fold() {
+        let (_tmp, db, daemon) = served(10);
+        let mut fold = Fold::open(&db).unwrap();
+        fold.pin(None).unwrap();
+        let behind = Some(Folded {
+            logged: 2,
+            folded: 1,
+        });
+        write(&daemon, 2);
+        fold.pin(behind).unwrap();
+        write(&daemon, 2);
+        fold.pin(behind).unwrap();
+        let folded = fold.fold().unwrap();
+        assert!(folded.folded > 0 && folded.behind(), "{folded:?}");
+        fold.pin(Some(folded)).unwrap();
+        assert!(fold.fold().unwrap().folded > folded.folded);
+    }
+
     /// The fold's process killed right after a fold (no writeback, no
     /// snapshot held any more): the daemon's next write goes on the end of
     /// the log, not over its start, so the frames folded unsynced stay in it
