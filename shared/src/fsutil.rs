@@ -98,8 +98,8 @@ pub enum Pace {
     Alone,
     /// Beside a daemon that serves, whose every commit waits for a fsync:
     /// 2 MiB steps. (A 4 GiB live copy here: the worst write beside it
-    /// 22–138 ms over 6 copies, median 36 ms; with 8 MiB steps 50–1019 ms
-    /// over 10, median 113 ms.)
+    /// 22–1204 ms over 16 copies, median about 40 ms; with 8 MiB steps
+    /// 50–1019 ms over 10, median 113 ms.)
     Beside,
 }
 
@@ -206,9 +206,10 @@ fn copy_steps(
 /// Starts the writeback of `file`'s bytes `from..to`, just written, and
 /// waits until all but the last bytes `pace` keeps in flight before `to`
 /// are on the disk. A database's fsyncs beside the copy then never wait behind more
-/// than that: ext4 commits a fsync's journal only once the data of blocks
-/// newly given to any file is written, so a fsync beside a copy whose
-/// writeback is unbounded waits for all of it. And the copy runs at the
+/// than that: its writes queue behind the copy's, and on a disk that serves
+/// requests in order and makes a cache flush sync what came before it (a
+/// virtual disk such as this machine's), its flush waits for all the copy
+/// has in flight. And the copy runs at the
 /// disk's pace instead of filling the page cache with dirty pages the
 /// kernel then throttles (unbounded, a copy of 1 GiB took 0.6 to 2.7 s
 /// here; bounded, 0.5 to 0.55 s).

@@ -366,6 +366,10 @@ impl Pending {
             Ok(copied)
         })
         .map_err(BackupError::Wal)?;
+        // A fold goes up to the snapshot before the newest (see `fold`):
+        // one more, and the downtime folds only what was logged since the
+        // last pass.
+        self.fold_behind(last);
         self.wal = Some(copy);
         self.wal_live = Some(live);
         Ok(())
