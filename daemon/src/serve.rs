@@ -165,7 +165,10 @@ pub fn prepare_database(
                 )
             })?;
             info!(path = %made.path.display(), "backed up the database before migrating");
-            if let Err(e) = backup::prune(dir, config.update.keep_backups as usize) {
+            // Deleted now: this daemon migrates before it serves anyway.
+            let pruned = backup::prune(dir, config.update.keep_backups as usize)
+                .and_then(|_| waiaas_shared::trash::empty(&dir.backups()));
+            if let Err(e) = pruned {
                 warn!("could not prune old backups: {e}");
             }
             Some(made.path)

@@ -911,12 +911,13 @@ fn under_load(
 
     let ok = outcome.status.as_ref().is_some_and(|s| s.success());
     println!(
-        "  command: {:.0} ms in all{}, {}; its output, timed as it arrived:",
+        "  command: {:.0} ms in all{}, {}, begun at Unix time {:.3} s (to line it up with system traces); its output, timed as it arrived:",
         (end_us - start_us) as f64 / 1000.0,
         if ok { "" } else { " — FAILED" },
         outcome
             .status
-            .map_or("killed (timeout)".to_string(), |s| s.to_string())
+            .map_or("killed (timeout)".to_string(), |s| s.to_string()),
+        (origin_unix_us + start_us as i64) as f64 / 1e6
     );
     let mut output: Vec<&Seen> = outcome.stdout.iter().chain(outcome.stderr.iter()).collect();
     output.sort_by_key(|s| s.at_us);

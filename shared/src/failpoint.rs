@@ -25,7 +25,7 @@
 //! (`backup::fold`, the kill tests of `launcher/tests/upgrade/fold.rs`):
 //! `fold-pass` (the daemon serving, before the snapshot moves to the log's
 //! end and the checkpoint beside the daemon folds up to it) and
-//! `fold-finish` (the daemon stopped, before the last checkpoint empties
+//! `fold-finish` (the daemon stopped, before the last checkpoint folds the rest of
 //! the log).
 //!
 //! One variable serves both programs (the daemon inherits the launcher's

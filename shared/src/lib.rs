@@ -19,5 +19,6 @@ pub mod registry;
 pub mod release;
 pub mod runlock;
 pub mod time;
+pub mod trash;
 pub mod version;
 pub mod window;

@@ -32,6 +32,7 @@ use waiaas_shared::backup::{self, Kind};
 use waiaas_shared::compat::Verdict;
 use waiaas_shared::config::Config;
 use waiaas_shared::layout::DataDir;
+use waiaas_shared::trash;
 
 pub use error::{HostError, Refusal, StepError};
 pub use standalone::{Standalone, health_addr};
@@ -166,7 +167,7 @@ impl<H: Host> Engine<'_, H> {
         }
         // What an earlier rollback set aside and did not keep yet (it handed
         // over first, or was killed) is kept before any new copy is made.
-        keep_replaced(self.dir, self.config).await;
+        settle(self.dir, self.config).await;
         match &request.action {
             UpgradeAction::Rollback => self.rollback(request.no_start).await,
             action => {
@@ -213,7 +214,7 @@ impl<H: Host> Engine<'_, H> {
         Some(match started.and_then(|()| commit(self.dir)) {
             Ok(()) => {
                 self.host.open().await;
-                let replaced = keep_replaced(self.dir, self.config).await;
+                let replaced = settle(self.dir, self.config).await;
                 report::resumed(&journal, &replaced)
             }
             Err(error) => {
@@ -244,7 +245,7 @@ impl<H: Host> Engine<'_, H> {
         );
         self.roll_back(journal).await?;
         tracing::warn!("rolled back {failed}");
-        for kept in keep_replaced(self.dir, self.config).await {
+        for kept in settle(self.dir, self.config).await {
             tracing::warn!("the database it replaced is kept in {}", kept.display());
         }
         Ok(())
@@ -328,6 +329,7 @@ impl<H: Host> Engine<'_, H> {
         match result {
             Ok(()) => {
                 self.host.open().await;
+                settle(self.dir, self.config).await;
                 report::upgraded(
                     &from,
                     &to,
@@ -416,7 +418,7 @@ impl<H: Host> Engine<'_, H> {
         tracing::error!("step {failed_step} failed: {error}; rolling back");
         match self.roll_back(journal.clone()).await {
             Ok(()) => {
-                let replaced = keep_replaced(self.dir, self.config).await;
+                let replaced = settle(self.dir, self.config).await;
                 let running = self.host.daemon_running().await;
                 report::rolled_back(&journal, failed_step, error.to_string(), running, &replaced)
             }
@@ -573,7 +575,7 @@ impl<H: Host> Engine<'_, H> {
             self.start_last(&mut journal, steps, &to, no_start).await?;
             commit(self.dir)?;
             self.host.open().await;
-            Ok((safety, keep_replaced(self.dir, self.config).await))
+            Ok((safety, settle(self.dir, self.config).await))
         }
         .await;
         match result {
@@ -607,15 +609,35 @@ fn commit(dir: &DataDir) -> Result<(), StepError> {
     })
 }
 
-/// Keeps the databases a rollback replaced as `rolled-back-…` backups, now
-/// that the daemon serves (hashing takes a while), pruned like the others;
-/// returns their folders.
-async fn keep_replaced(dir: &DataDir, config: &Config) -> Vec<PathBuf> {
+/// What waits for the daemon to serve once a change has ended (committed or
+/// rolled back): the databases a rollback replaced kept as `rolled-back-…`
+/// backups (hashing takes a while), pruned like the others; then the trash
+/// of `data/` and `backups/` emptied: what the downtime set aside rather than
+/// wait for its blocks to be freed ([`waiaas_shared::trash`]). Returns the
+/// kept folders.
+async fn settle(dir: &DataDir, config: &Config) -> Vec<PathBuf> {
     let owned = dir.clone();
     let kept = blocking(move || restore::keep_replaced(&owned)).await;
     if !kept.is_empty() {
         prune_backups(dir, config);
     }
+    let owned = dir.clone();
+    blocking(move || {
+        for folder in [owned.data(), owned.backups()] {
+            match trash::empty(&folder) {
+                Ok(0) => {}
+                Ok(freed) => tracing::info!(
+                    "deleted {freed} bytes set aside in {}",
+                    folder.join(trash::FOLDER).display()
+                ),
+                Err(e) => tracing::warn!(
+                    "could not empty {}: {e}",
+                    folder.join(trash::FOLDER).display()
+                ),
+            }
+        }
+    })
+    .await;
     kept
 }
 

@@ -82,7 +82,8 @@ pub fn restore(
 #[derive(Debug)]
 pub struct Staged {
     backup: Backup,
-    /// `.waiaas.db.restore` and, for a live backup, `.waiaas.db-wal.restore`.
+    /// `.waiaas.db.restore` and, for a live backup whose WAL could not be
+    /// folded into it, `.waiaas.db.restore-wal`.
     files: Vec<(PathBuf, PathBuf)>,
 }
 
@@ -132,6 +133,7 @@ pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
             });
         }
     }
+    fold_staged(dir, &mut staged);
     if let Some(sha) = backup.manifest.files.get(CONFIG_FILE) {
         let path = backup.path.join(CONFIG_FILE);
         if sha256_file(&path).map_err(io_at(&path))? != *sha {
@@ -143,14 +145,39 @@ pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
     Ok(staged)
 }
 
-/// Where [`stage`] copies a backup's `file`.
+/// Folds a staged live backup's WAL into its staged main file, while the
+/// daemon still serves: the restored database then has no log for the
+/// downtime to read. Only a speed-up: a log that could not be folded is put
+/// back with the main file, as it was.
+fn fold_staged(dir: &DataDir, staged: &mut Staged) {
+    let (main, log) = (staged_path(dir, DB_FILE), staged_path(dir, WAL_FILE));
+    if !staged.files.iter().any(|(copy, _)| *copy == log) {
+        return;
+    }
+    match backup::fold_copy(&main) {
+        Ok(true) => staged.files.retain(|(copy, _)| *copy != log),
+        Ok(false) => tracing::warn!("{} is in use: its WAL is restored as it is", main.display()),
+        Err(e) => tracing::warn!(
+            "cannot fold the WAL of {}: {e}; restoring it as it is",
+            main.display()
+        ),
+    }
+}
+
+/// Where [`stage`] copies a backup's `file`: its WAL beside its main file
+/// as SQLite pairs them (`-wal`), so that it can be folded there.
 fn staged_path(dir: &DataDir, file: &str) -> PathBuf {
-    dir.data().join(format!(".{file}.restore"))
+    let main = dir.data().join(format!(".{DB_FILE}.restore"));
+    match file.strip_prefix(DB_FILE) {
+        Some(suffix) => PathBuf::from(format!("{}{suffix}", main.display())),
+        None => dir.data().join(format!(".{file}.restore")),
+    }
 }
 
 /// Removes the copies a restore interrupted by a crash left staged.
 pub fn discard_staged(dir: &DataDir) {
-    for path in [staged_path(dir, DB_FILE), staged_path(dir, WAL_FILE)] {
+    let index = staged_path(dir, &format!("{DB_FILE}-shm"));
+    for path in [staged_path(dir, DB_FILE), staged_path(dir, WAL_FILE), index] {
         let _ = remove_if_present(&path);
     }
 }
@@ -426,7 +453,13 @@ mod tests {
             )
             .unwrap();
         drop(newer);
-        restore(&dir, &open(&made.path).unwrap(), &replaced()).unwrap();
+        let staged = stage(&dir, &open(&made.path).unwrap()).unwrap();
+        // Its WAL folded into the staged main file, while a daemon would
+        // still serve: the downtime has no log to read.
+        assert_eq!(staged.files.len(), 1, "{:?}", staged.files);
+        assert!(!staged_path(&dir, WAL_FILE).exists());
+        put_back(&dir, staged, &replaced()).unwrap();
+        assert!(!dir.wal().exists(), "no log restored");
         assert_eq!(
             rows(&dir.database()),
             2,

@@ -97,6 +97,15 @@ fn a_live_backup_holds_every_write_acknowledged_before_the_stop() {
         log.contains("checkpoints held until exit"),
         "the daemon held its checkpoints:\n{log}"
     );
+    // The live log, folded, was deleted in the downtime with a second name
+    // kept, whose blocks were freed once the new daemon served: only a log
+    // SQLite deleted frees any.
+    let trash = site.dir.data().join(waiaas_shared::trash::FOLDER);
+    assert!(
+        log.contains(&format!("set aside in {}", trash.display())),
+        "the log's blocks freed after the downtime:\n{log}"
+    );
+    assert!(!trash.exists(), "the trash emptied");
     let backup = PathBuf::from(report.backup.expect("a backup"));
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(backup.join(BACKUP_MANIFEST)).unwrap()).unwrap();
