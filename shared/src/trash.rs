@@ -12,7 +12,7 @@
 //! SQLite deletes itself (a log at its last close) gets a second link there
 //! first ([`link`]): SQLite's unlink then frees nothing.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -100,7 +100,7 @@ fn delete(path: &Path) -> io::Result<u64> {
     let meta = fs::symlink_metadata(path)?;
     if !meta.is_dir() {
         let freed = if meta.is_file() {
-            shrink(path, &meta)?
+            shrink(path, &meta)
         } else {
             0
         };
@@ -115,21 +115,23 @@ fn delete(path: &Path) -> io::Result<u64> {
     Ok(freed)
 }
 
-/// Frees a file's blocks from its end, [`STEP`] at a time. Only a file with
-/// no other name: truncating one would change it under that name too (a
-/// log [`link`]ed here that SQLite then kept, in use by another process).
-fn shrink(path: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+/// Frees a file's blocks from its end, [`STEP`] at a time; returns its size
+/// (freed by its unlink, what this did not). Only a file with no other name:
+/// truncating one would change it under that name too (a log [`link`]ed
+/// here that SQLite then kept, in use by another process). A file it cannot
+/// open to write (read-only) is left to its unlink.
+fn shrink(path: &Path, meta: &fs::Metadata) -> u64 {
     if meta.nlink() > 1 {
-        return Ok(0);
+        return 0;
     }
-    let file: File = OpenOptions::new().write(true).open(path)?;
-    let mut len = meta.len();
-    while len > STEP {
-        len -= STEP;
-        file.set_len(len)?;
-        std::thread::sleep(PAUSE);
+    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+        let mut len = meta.len();
+        while len > STEP && file.set_len(len - STEP).is_ok() {
+            len -= STEP;
+            std::thread::sleep(PAUSE);
+        }
     }
-    Ok(meta.len())
+    meta.len()
 }
 
 #[cfg(test)]

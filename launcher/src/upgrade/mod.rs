@@ -542,7 +542,8 @@ impl<H: Host> Engine<'_, H> {
             let message = format!("staging {} while {from} serves", chosen.path.display());
             self.announce(steps, 2, message);
             let (dir, backup) = (self.dir.clone(), chosen.clone());
-            let staged = blocking(move || restore::stage(&dir, &backup)).await?;
+            let pace = waiaas_shared::fsutil::Pace::Beside;
+            let staged = blocking(move || restore::stage(&dir, &backup, pace)).await?;
             let live = self.copy_while_serving(steps, &request).await?;
             self.stop_daemons().await?;
 

@@ -71,7 +71,7 @@ pub fn restore(
     backup: &Backup,
     replaced: &Request,
 ) -> Result<Restored, RestoreError> {
-    put_back(dir, stage(dir, backup)?, replaced)
+    put_back(dir, stage(dir, backup, fsutil::Pace::Alone)?, replaced)
 }
 
 /// A backup's database copied beside its place in `data/` (and its config
@@ -95,9 +95,10 @@ impl Drop for Staged {
     }
 }
 
-/// Stages `backup` for [`put_back`]; refuses a backup whose `backup.json`
-/// lists anything but the files a backup holds, or whose files do not match it.
-pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
+/// Stages `backup` for [`put_back`], its copy `pace`d for a daemon serving
+/// beside it or for none; refuses a backup whose `backup.json` lists
+/// anything but the files a backup holds, or whose files do not match it.
+pub fn stage(dir: &DataDir, backup: &Backup, pace: fsutil::Pace) -> Result<Staged, RestoreError> {
     // backup.json is local state: only the files a backup holds, never a path.
     if let Some(file) = backup
         .manifest
@@ -122,7 +123,7 @@ pub fn stage(dir: &DataDir, backup: &Backup) -> Result<Staged, RestoreError> {
         let source = backup.path.join(file);
         // Listed before the copy, so Drop removes a partial one too.
         staged.files.push((copy.clone(), target));
-        let copied = match fsutil::copy_hashed(&source, &copy, 0o600, fsutil::Pace::Alone) {
+        let copied = match fsutil::copy_hashed(&source, &copy, 0o600, pace) {
             Ok(copied) => copied,
             Err(CopyError::Read(e)) => return Err(io_at(&source)(e)),
             Err(CopyError::Write(e)) => return Err(io_at(&copy)(e)),
@@ -453,7 +454,7 @@ mod tests {
             )
             .unwrap();
         drop(newer);
-        let staged = stage(&dir, &open(&made.path).unwrap()).unwrap();
+        let staged = stage(&dir, &open(&made.path).unwrap(), fsutil::Pace::Alone).unwrap();
         // Its WAL folded into the staged main file, while a daemon would
         // still serve: the downtime has no log to read.
         assert_eq!(staged.files.len(), 1, "{:?}", staged.files);
@@ -610,9 +611,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         let made = backed_up(&dir);
-        drop(stage(&dir, &open(&made.path).unwrap()).unwrap());
+        drop(stage(&dir, &open(&made.path).unwrap(), fsutil::Pace::Alone).unwrap());
         std::fs::write(made.path.join(CONFIG_FILE), "[daemon]\nport = 1\n").unwrap();
-        let e = stage(&dir, &open(&made.path).unwrap()).unwrap_err();
+        let e = stage(&dir, &open(&made.path).unwrap(), fsutil::Pace::Alone).unwrap_err();
         assert!(
             matches!(&e, RestoreError::Damaged { file } if file == CONFIG_FILE),
             "{e}"
@@ -626,7 +627,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         let made = backed_up(&dir);
-        let staged = stage(&dir, &open(&made.path).unwrap()).unwrap();
+        let staged = stage(&dir, &open(&made.path).unwrap(), fsutil::Pace::Alone).unwrap();
         std::mem::forget(staged);
         assert!(staged_path(&dir, DB_FILE).exists());
         std::fs::write(staged_path(&dir, WAL_FILE), "frames").unwrap();
