@@ -64,10 +64,8 @@ fn slot(path: &Path) -> io::Result<PathBuf> {
         )
     })?;
     let trash = parent.join(FOLDER);
-    match fs::create_dir(&trash) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    // Made if missing; any other failure shows in the slot's own creation.
+    let _ = fs::create_dir(&trash);
     for n in 0..NAMES {
         let slot = trash.join(n.to_string());
         match fs::create_dir(&slot) {
@@ -125,13 +123,20 @@ fn shrink(path: &Path, meta: &fs::Metadata) -> u64 {
         return 0;
     }
     if let Ok(file) = OpenOptions::new().write(true).open(path) {
-        let mut len = meta.len();
-        while len > STEP && file.set_len(len - STEP).is_ok() {
-            len -= STEP;
+        for len in steps_down(meta.len()) {
+            if file.set_len(len).is_err() {
+                break;
+            }
             std::thread::sleep(PAUSE);
         }
     }
     meta.len()
+}
+
+/// The lengths a file of `len` bytes is cut to, [`STEP`] by [`STEP`], down
+/// to what its unlink frees at once.
+fn steps_down(len: u64) -> impl Iterator<Item = u64> {
+    (1..=len.saturating_sub(1) / STEP).map(move |n| len - n * STEP)
 }
 
 #[cfg(test)]
@@ -185,6 +190,31 @@ mod tests {
         link(&log).unwrap();
         fs::remove_file(&log).unwrap();
         assert_eq!(empty(tmp.path()).unwrap(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_file_is_cut_a_step_at_a_time_down_to_at_most_one_step() {
+        let cut = |len| steps_down(len).collect::<Vec<_>>();
+        assert_eq!(cut(3 * STEP + 5), [2 * STEP + 5, STEP + 5, 5]);
+        assert_eq!(cut(2 * STEP), [STEP]);
+        assert_eq!(cut(STEP + 1), [1]);
+        assert!(cut(STEP).is_empty());
+        assert!(cut(0).is_empty());
+    }
+
+    /// A trash that cannot hold a folder says why, at once.
+    #[test]
+    fn a_trash_that_cannot_be_used_is_an_error_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        // A `.trash` that resolves to itself: no folder can be made in it.
+        std::os::unix::fs::symlink(FOLDER, tmp.path().join(FOLDER)).unwrap();
+        let error = put(&file).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ELOOP), "{error}");
+        assert!(file.exists(), "left where it was");
+        // Emptying the trash of a file (no folder) is an error, not "empty".
+        assert!(empty(&file).is_err());
     }
 
     #[test]

@@ -628,6 +628,10 @@ mod tests {
         let dir = DataDir::new(tmp.path());
         let made = backed_up(&dir);
         let staged = stage(&dir, &open(&made.path).unwrap(), fsutil::Pace::Alone).unwrap();
+        assert!(
+            !dir.data().join(waiaas_shared::trash::FOLDER).exists(),
+            "a backup without a WAL has no log to fold"
+        );
         std::mem::forget(staged);
         assert!(staged_path(&dir, DB_FILE).exists());
         std::fs::write(staged_path(&dir, WAL_FILE), "frames").unwrap();

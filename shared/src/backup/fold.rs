@@ -564,6 +564,50 @@ mod tests {
         assert_eq!(kept, Ok(committed), "the last fold, then a new daemon");
     }
 
+    /// Where the log cannot get a second name (here a file stands where the
+    /// trash would be), the last fold empties it in place, as before.
+    #[test]
+    fn a_log_that_cannot_be_linked_into_the_trash_is_emptied_in_place() {
+        let (tmp, db, daemon) = served(10);
+        let mut fold = Fold::open(&db).unwrap();
+        fold.pin(None).unwrap();
+        fold.fold().unwrap();
+        drop(daemon);
+        std::fs::write(tmp.path().join(crate::trash::FOLDER), b"not a folder").unwrap();
+        assert!(fold.finish().unwrap(), "emptied");
+        assert_eq!(std::fs::metadata(beside(&db, "-wal")).unwrap().len(), 0);
+    }
+
+    /// A copy's log is folded into its main file and deleted, its blocks
+    /// left to the trash; one another connection still reads is kept.
+    #[test]
+    fn a_copys_log_is_folded_and_deleted_unless_another_connection_reads_it() {
+        let (tmp, db, daemon) = served(30);
+        drop(daemon);
+        let logged = std::fs::metadata(beside(&db, "-wal")).unwrap().len();
+        assert!(fold_copy(&db).unwrap(), "nothing else uses it");
+        assert!(!beside(&db, "-wal").exists());
+        let main_alone = Connection::open_with_flags(
+            format!("file:{}?immutable=1", db.display()),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .unwrap();
+        let rows: i64 = main_alone
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 30, "every row in the main file");
+        assert_eq!(crate::trash::empty(tmp.path()).unwrap(), logged);
+
+        let in_use = tmp.path().join("in-use");
+        std::fs::create_dir(&in_use).unwrap();
+        let (db, daemon) = served_in(&in_use, 5);
+        daemon
+            .query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+            .unwrap();
+        assert!(!fold_copy(&db).unwrap(), "another connection has it open");
+        assert!(beside(&db, "-wal").exists());
+    }
+
     #[test]
     fn an_index_read_mid_write_or_of_another_layout_is_not_believed() {
         let (_tmp, db, _daemon) = served(5);
