@@ -125,7 +125,8 @@ impl Pace {
 /// once, so the final fsync finds little left. Where the kernel cannot
 /// copy (another file system, a FUSE mount), the bytes go through a buffer
 /// instead. Beside a daemon, the bytes go through a buffer, hashed there,
-/// and are written past the page cache where the file system allows it.
+/// and are written past the page cache where the file system allows it, on
+/// a thread that gives way to the daemon ([`crate::background`]).
 pub fn copy_hashed(source: &Path, dest: &Path, mode: u32, pace: Pace) -> Result<Copied, CopyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut from = File::open(source).map_err(CopyError::Read)?;
@@ -138,7 +139,11 @@ pub fn copy_hashed(source: &Path, dest: &Path, mode: u32, pace: Pace) -> Result<
         .open(dest)
         .map_err(CopyError::Write)?;
     if pace == Pace::Beside && direct(&to, true) {
-        let copied = copy_direct(&mut from, &mut to)?;
+        let copied = std::thread::scope(|scope| {
+            crate::background::spawn(scope, || copy_direct(&mut from, &mut to))
+                .join()
+                .expect("copying does not panic")
+        })?;
         to.sync_all().map_err(CopyError::Write)?;
         return Ok(copied);
     }

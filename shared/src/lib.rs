@@ -2,6 +2,7 @@
 //! of each, so the two processes cannot disagree.
 
 pub mod admin;
+pub mod background;
 pub mod backup;
 pub mod compat;
 pub mod config;

@@ -340,7 +340,10 @@ impl Pending {
         // or its checkpoints held), so it is checked beside the copy, from
         // the same page cache: the backup takes about as long as the copy.
         let (copied, checked) = std::thread::scope(|scope| {
-            let check = scope.spawn(|| quick_check(&db));
+            let check = match pace {
+                Pace::Alone => scope.spawn(|| quick_check(&db)),
+                Pace::Beside => crate::background::spawn(scope, || quick_check(&db)),
+            };
             let copied = copy(&db, &main, pace);
             (copied, check.join().expect("quick_check does not panic"))
         });
