@@ -12,6 +12,8 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::wal_room::Room;
+
 /// `PRAGMA synchronous` as SQLite reports FULL.
 pub const SYNCHRONOUS_FULL: i64 = 2;
 
@@ -340,6 +342,8 @@ fn in_savepoint<T>(
 /// each in its savepoint of one transaction, commits once — one fsync — and
 /// only then answers each.
 fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
+    // Once checkpoints are held, the WAL's room to grow (see `wal_room`).
+    let mut room: Option<Room> = None;
     let mut next = queue.blocking_recv();
     while let Some(job) = next.take() {
         match job {
@@ -356,8 +360,14 @@ fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, max
                     }
                 }
                 commit_batch(&conn, writes);
+                Room::keep_ahead(&mut room);
             }
-            Job::Exclusive(f) => f(&mut conn),
+            Job::Exclusive(f) => {
+                f(&mut conn);
+                if room.is_none() && checkpoints_held(&conn).unwrap_or(false) {
+                    room = Room::open(&mut conn);
+                }
+            }
             Job::Close(answer) => {
                 if !checkpoints_held(&conn).unwrap_or(true)
                     && let Err(e) = checkpoint(&conn)

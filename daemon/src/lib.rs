@@ -13,3 +13,4 @@ pub mod serve;
 pub mod server;
 pub mod token;
 pub mod version_check;
+pub mod wal_room;
