@@ -847,6 +847,12 @@ fn under_load(
         .as_ref()
         .and_then(|s| s.daemon.as_ref())
         .map(|d| d.pid);
+    // Nothing the bench wrote before (a database filled, a trace or a build
+    // beside it) is left dirty for the kernel's periodic writeback to send
+    // in the middle of the command, where a commit's inode write would queue
+    // behind it: the command's own I/O is what is measured.
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
     let url = format!("http://127.0.0.1:{}/health", site.port);
     let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
     let load_origin = load.origin;
