@@ -173,19 +173,24 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn the_room_stays_ahead_of_a_held_wal_allocated_and_what_was_committed_is_all_recovered() {
+    /// A database with one table, its checkpoints held, and its WAL's room.
+    fn held() -> (tempfile::TempDir, Connection, Option<Room>) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("waiaas.db");
-        let mut conn = crate::db::open(&path).unwrap();
+        let mut conn = crate::db::open(&dir.path().join("waiaas.db")).unwrap();
         conn.execute_batch("CREATE TABLE t(x)").unwrap();
         crate::db::hold_checkpoints(&conn).unwrap();
-        let mut room = Room::open(&mut conn);
+        let room = Room::open(&mut conn);
         assert!(
             room.is_some(),
             "a WAL on {} takes direct writes",
             dir.path().display()
         );
+        (dir, conn, room)
+    }
+
+    #[test]
+    fn the_room_stays_ahead_of_a_held_wal_allocated_and_what_was_committed_is_all_recovered() {
+        let (dir, conn, mut room) = held();
         let wal = dir.path().join("waiaas.db-wal");
         // Nothing before SQLite's own header.
         Room::keep_ahead(&mut room);
@@ -251,12 +256,7 @@ mod tests {
 
     #[test]
     fn the_room_is_read_back_into_the_page_cache_so_no_frame_write_reads_from_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("waiaas.db");
-        let mut conn = crate::db::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t(x)").unwrap();
-        crate::db::hold_checkpoints(&conn).unwrap();
-        let mut room = Room::open(&mut conn);
+        let (dir, conn, mut room) = held();
         for _ in 0..20 {
             conn.execute("INSERT INTO t VALUES (hex(randomblob(3000)))", [])
                 .unwrap();
