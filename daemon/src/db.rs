@@ -1,17 +1,19 @@
 //! The database as the daemon uses it: one writer connection owned by a
 //! writer thread that commits queued writes together (group commit), and a
-//! small pool of read connections that never wait for a write's fsync.
+//! small pool of read connections that never wait for a write's fsync
+//! ([`crate::readers`]).
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::readers::{Closed, Readers};
 use crate::wal_room::Room;
 
 /// `PRAGMA synchronous` as SQLite reports FULL.
@@ -141,21 +143,16 @@ pub struct Db {
     writes: Arc<AtomicU64>,
 }
 
-struct Readers {
-    connections: Vec<Mutex<Option<Connection>>>,
-    /// One per connection: a permit, held until the read is over (also when
-    /// the request that awaited it went away), guarantees a free connection.
-    permits: Arc<Semaphore>,
-}
-
 impl Db {
     /// Takes `writer` (opened with [`open`]) for the writer thread and opens
     /// the read connections beside it.
     pub fn new(writer: Connection) -> rusqlite::Result<Self> {
         let path: Arc<str> = Arc::from(writer.path().unwrap_or_default());
         let connections = (0..READERS)
-            .map(|_| open_reader(&path).map(|c| Mutex::new(Some(c))))
+            .map(|_| open_reader(&path))
             .collect::<rusqlite::Result<_>>()?;
+        let readers = Readers::start(connections)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let batch = if crate::failpoint::fault(FAULT_ONE_FSYNC_PER_WRITE) {
             tracing::warn!("test fault: one transaction, so one fsync, per write");
@@ -169,10 +166,7 @@ impl Db {
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(Self {
             writer: tx,
-            readers: Arc::new(Readers {
-                connections,
-                permits: Arc::new(Semaphore::new(READERS)),
-            }),
+            readers: Arc::new(readers),
             path,
             writes: Arc::new(AtomicU64::new(0)),
         })
@@ -188,35 +182,18 @@ impl Db {
         self.writes.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` on a read connection on tokio's blocking pool, so SQLite never
+    /// Runs `f` on a read connection, on the pool's threads, so SQLite never
     /// stalls the reactor. It sees every write acknowledged before it began.
     pub async fn read<T, F>(&self, f: F) -> rusqlite::Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.readers);
-        let permits = Arc::clone(&inner.permits);
-        let permit = permits.acquire_owned().await.map_err(|_| closed())?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            for slot in &inner.connections {
-                // A panic in an earlier read leaves the connection usable:
-                // its statements are dropped, ending its read transaction.
-                let mut guard = match slot.try_lock() {
-                    Ok(guard) => guard,
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => continue,
-                };
-                return match guard.as_mut() {
-                    Some(conn) => f(conn),
-                    None => Err(closed()),
-                };
-            }
-            unreachable!("a permit is held, so a read connection is free")
-        })
-        .await
-        .expect("database read panicked")
+        match self.readers.read(f).await {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(failed("the read panicked")),
+            Err(Closed) => Err(closed()),
+        }
     }
 
     /// Runs `f` inside the next batch's transaction (in a savepoint of its
@@ -308,10 +285,7 @@ impl Db {
         if self.writer.send(Job::Close(answer)).is_ok() {
             let _ = answered.await;
         }
-        self.readers.permits.close();
-        for slot in &self.readers.connections {
-            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        }
+        self.readers.close().await;
     }
 }
 

@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod http;
 pub mod lock;
 pub mod migrate;
+pub mod readers;
 pub mod refusal;
 pub mod serve;
 pub mod server;
