@@ -68,6 +68,8 @@ impl Readers {
             }),
             ready: Condvar::new(),
         });
+        // Made first: if a later thread cannot start, dropping it ends the
+        // ones already started.
         let readers = Self {
             queue,
             threads: Mutex::new(Vec::new()),
@@ -87,7 +89,7 @@ impl Readers {
     }
 
     /// Runs `f` on the first free connection; `None` if `f` panicked (the
-    /// connection stays in use: its statements are dropped, ending its read
+    /// connection stays usable: its statements are dropped, ending its read
     /// transaction).
     pub async fn read<T, F>(&self, f: F) -> Result<Option<T>, Closed>
     where
