@@ -771,8 +771,14 @@ fn a_fleet_lock_out_of_reach_defers_the_upgrade_and_the_supervisor_keeps_answeri
     );
     wait_slot_free(&lock, "default", &supervisor);
     assert_eq!(lock.holds().len(), 1);
-    let fleet = auto_status(&supervisor).fleet.unwrap_or_default();
-    assert!(fleet.contains("no slot held"), "{fleet}");
+    // The lock frees the slot when the give-back reaches it, a moment before
+    // the launcher, answered, says so in its status.
+    supervisor.wait_for(Duration::from_secs(10), "no slot held in the status", |s| {
+        s.auto
+            .as_ref()
+            .and_then(|a| a.fleet.as_deref())
+            .is_some_and(|fleet| fleet.contains("no slot held"))
+    });
 }
 
 #[test]
