@@ -50,6 +50,9 @@
 //! `WAIAAS_BENCH_RUNS` (default 1, at most 10) how many times sections 1
 //! and 2 run at every size,
 //! `WAIAAS_BENCH_DB_MB` (default 1024) the database size of section 3,
+//! `WAIAAS_BENCH_READERS` (default 32, at most 256) how many clients send
+//! `GET /health`, `WAIAAS_BENCH_CONNECT` how they connect (`keep-alive`, the
+//! default, or `each`: a new connection for every request),
 //! `WAIAAS_BENCH_WRITES_PER_S` the writing client's pace (default: as fast
 //! as the daemon answers; `0`: no writing client; every write during the
 //! live copy lands in the WAL the new daemon's migration then reads). The
@@ -74,7 +77,7 @@ use serde_json::{Value, json};
 
 use testkit::bench::{Stats, after_section, cpus, loadavg, micros, print_machine, round1, round3};
 use testkit::builds::{A_SCHEMA, B_SCHEMA, B_VERSION, Key, pack_release, release_files};
-use testkit::load::{Load, Writer, Written, longest_gap, overlaps, percentile};
+use testkit::load::{Connect, Load, Writer, Written, longest_gap, overlaps, percentile};
 use testkit::registry::Registry;
 use testkit::supervisor::{LogFile, Supervisor};
 use testkit::{free_port, hermetic, run};
@@ -86,7 +89,8 @@ use waiaas_shared::release::{CLI_PACKAGE, platform_package, this_target};
 
 /// The installation's database for sections 1 and 2.
 const WALLETS: usize = 10_000;
-const LOAD_CLIENTS: usize = 32;
+const READERS_DEFAULT: usize = 32;
+const READERS_MAX: usize = 256;
 /// Load before the command and after it.
 const LOAD_PAUSE: Duration = Duration::from_secs(2);
 /// A hard end for the load clients, whatever happens to the command.
@@ -127,6 +131,11 @@ fn main() {
         println!("  B's {} build took {:.1} s", profile.name(), took);
     }
 
+    println!(
+        "  load: {} clients on GET /health ({})",
+        readers(),
+        connect_name(connect())
+    );
     let work = tempfile::tempdir().expect("a temp dir");
     let releases = Releases::pack(work.path(), &pair);
     let mut loads = vec![loadavg()];
@@ -461,6 +470,41 @@ fn runs() -> usize {
                 std::process::exit(2);
             }
         },
+    }
+}
+
+/// How many clients send `GET /health` (`WAIAAS_BENCH_READERS`).
+fn readers() -> usize {
+    match std::env::var("WAIAAS_BENCH_READERS") {
+        Err(_) => READERS_DEFAULT,
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=READERS_MAX).contains(&n) => n,
+            _ => {
+                eprintln!(
+                    "WAIAAS_BENCH_READERS must be a whole number, 1..={READERS_MAX}, not {text:?}"
+                );
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+/// How the readers connect (`WAIAAS_BENCH_CONNECT`).
+fn connect() -> Connect {
+    match std::env::var("WAIAAS_BENCH_CONNECT").as_deref() {
+        Err(_) | Ok("keep-alive") => Connect::KeepAlive,
+        Ok("each") => Connect::EachRequest,
+        Ok(other) => {
+            eprintln!("WAIAAS_BENCH_CONNECT must be `keep-alive` or `each`, not {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn connect_name(connect: Connect) -> &'static str {
+    match connect {
+        Connect::KeepAlive => "keep-alive",
+        Connect::EachRequest => "a connection per request",
     }
 }
 
@@ -838,9 +882,16 @@ fn under_load(
     expect: &str,
 ) -> (Value, Written) {
     println!(
-        "== {title}: `waiaas-launcher {}` ({} → {expect}) with {LOAD_CLIENTS} keep-alive clients on GET /health and one writing ==",
+        "== {title}: `waiaas-launcher {}` ({} → {expect}) with {} clients on GET /health ({}) and {} ==",
         args.join(" "),
-        site.current().unwrap_or_default()
+        site.current().unwrap_or_default(),
+        readers(),
+        connect_name(connect()),
+        match writes() {
+            Writes::Off => "none writing".to_string(),
+            Writes::Unpaced => "one writing".to_string(),
+            Writes::PerSecond(n) => format!("one writing {n} a second"),
+        }
     );
     let before = supervisor.status();
     let before_pid = before
@@ -854,7 +905,7 @@ fn under_load(
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     let url = format!("http://127.0.0.1:{}/health", site.port);
-    let load = Load::start(&url, LOAD_CLIENTS, CLIENT_TIMEOUT, LOAD_DEADLINE);
+    let load = Load::connecting(&url, readers(), connect(), CLIENT_TIMEOUT, LOAD_DEADLINE);
     let load_origin = load.origin;
     let token = site.token();
     let prefix = if expect == B_VERSION { "u" } else { "r" };
@@ -1199,7 +1250,8 @@ fn under_load(
             "took_over": to_ms(events.took_over),
             "done": to_ms(events.done),
         },
-        "clients": LOAD_CLIENTS,
+        "clients": readers(),
+        "connect": connect_name(connect()),
         "seconds": round1(ran.as_secs_f64()),
         "sent": sent,
         "failed": failed,

@@ -1,5 +1,6 @@
-//! HTTP load: keep-alive clients sending `GET` without pause until stopped
-//! ([`Load`]), what they saw ([`Tally`]), and its statistics
+//! HTTP load: clients sending `GET` without pause until stopped ([`Load`]),
+//! on one kept-alive connection each or a new one per request ([`Connect`]),
+//! what they saw ([`Tally`]), and its statistics
 //! ([`percentile`], [`longest_gap`], [`overlaps`]). Times are µs since the
 //! load began. And one client that writes ([`Writer`]), to show which
 //! acknowledged writes an upgrade keeps.
@@ -19,6 +20,16 @@ const PER_CLIENT_CAP: usize = 2_000_000;
 /// Failures recorded per client at most.
 const ERRORS_PER_CLIENT: usize = 3;
 
+/// How a load client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// One connection, kept alive across requests.
+    KeepAlive,
+    /// A new connection for every request, closed after its answer: each
+    /// request then also waits for `accept`, as a script or `curl` in a loop does.
+    EachRequest,
+}
+
 /// Clients on a runtime of their own, until [`Load::finish`].
 pub struct Load {
     runtime: Runtime,
@@ -32,6 +43,17 @@ impl Load {
     /// Starts `clients` keep-alive clients sending `GET url`; a request fails
     /// after `timeout`; every client stops by itself `deadline` after the start.
     pub fn start(url: &str, clients: usize, timeout: Duration, deadline: Duration) -> Self {
+        Self::connecting(url, clients, Connect::KeepAlive, timeout, deadline)
+    }
+
+    /// [`Load::start`], the clients reaching the server as `connect` says.
+    pub fn connecting(
+        url: &str,
+        clients: usize,
+        connect: Connect,
+        timeout: Duration,
+        deadline: Duration,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -43,6 +65,7 @@ impl Load {
             .map(|_| {
                 runtime.spawn(client(
                     url.to_string(),
+                    connect,
                     stop.clone(),
                     origin,
                     deadline,
@@ -109,19 +132,23 @@ struct ClientLog {
     errors: Vec<(u64, u64, String)>,
 }
 
-/// Sends `GET url` on one keep-alive client until told to stop.
+/// Sends `GET url` until told to stop.
 async fn client(
     url: String,
+    connect: Connect,
     stop: Arc<AtomicBool>,
     origin: Instant,
     deadline: Instant,
     timeout: Duration,
 ) -> ClientLog {
     let mut log = ClientLog::default();
-    let client = waiaas_shared::registry::client_builder()
-        .timeout(timeout)
-        .build()
-        .expect("an HTTP client");
+    let builder = waiaas_shared::registry::client_builder().timeout(timeout);
+    let builder = match connect {
+        Connect::KeepAlive => builder,
+        // No idle connection is kept, so each request dials anew.
+        Connect::EachRequest => builder.pool_max_idle_per_host(0),
+    };
+    let client = builder.build().expect("an HTTP client");
     while !stop.load(Ordering::Relaxed)
         && Instant::now() < deadline
         && log.requests.len() < PER_CLIENT_CAP
