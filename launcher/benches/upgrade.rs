@@ -26,7 +26,8 @@
 //! 3. backup vs `cp` — `waiaas_shared::backup::create` (checkpoint, a kernel
 //!    copy hashed right behind it, fsync, `quick_check`, manifest) against `cp` +
 //!    `sync` of the same 1 GiB database on the same disk, 5 runs each (the median compared), and the
-//!    backup's parts.
+//!    backup's parts; then the copy a live backup makes beside the daemon,
+//!    on a quiet machine and with every CPU kept busy by other work.
 //!
 //! Run it:
 //!
@@ -1556,6 +1557,11 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
     println!(
         "  (the source was just written, so it is read from the page cache in every run; each copy's fsync writes it to the disk)"
     );
+    let (quiet, busy, spinners) = copy_beside_busy_cpus(&db, &cp_dir.join("beside.db"));
+    println!(
+        "  the copy of a live backup (beside a daemon, at idle priority, watched): {quiet:.2} s on a quiet machine, {busy:.2} s with {spinners} busy loops at the usual priority on {} CPUs",
+        cpus()
+    );
     fs::remove_dir_all(&home).unwrap();
     json!({
         "db_mib_requested": mb,
@@ -1571,7 +1577,44 @@ fn backup_vs_cp(work: &Path, a_daemon: &Path, mb: u64) -> Value {
         "ratio": round3(ratio),
         "parts_s": parts.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| round3(*s)).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
         "parts_median_s": part_medians.iter().map(|(k, v)| (k.to_string(), round3(*v))).collect::<BTreeMap<_, _>>(),
+        "beside_copy_s": {"quiet": round3(quiet), "busy_cpus": round3(busy), "busy_loops": spinners},
     })
+}
+
+/// A copy paced for a serving daemon ([`Pace::Beside`]: at idle priority,
+/// handed back to the caller if it starves), once on a quiet machine and
+/// once with every CPU kept busy by loops at the usual priority, as other
+/// programs may: seconds each, and how many loops.
+fn copy_beside_busy_cpus(db: &Path, copy: &Path) -> (f64, f64, usize) {
+    let timed = || {
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+        let started = Instant::now();
+        copy_hashed(db, copy, 0o600, Pace::Beside).expect("the copy beside");
+        let took = started.elapsed().as_secs_f64();
+        fs::remove_file(copy).unwrap();
+        took
+    };
+    let quiet = timed();
+    let spinners = cpus() + 1;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..spinners)
+        .map(|_| {
+            let stop = stop.clone();
+            let until = Instant::now() + Duration::from_secs(300);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let busy = timed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in loops {
+        spinner.join().unwrap();
+    }
+    (quiet, busy, spinners)
 }
 
 /// Adds ~1 KiB `audit_log` rows until the database holds `target` bytes;

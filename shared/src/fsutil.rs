@@ -139,11 +139,8 @@ pub fn copy_hashed(source: &Path, dest: &Path, mode: u32, pace: Pace) -> Result<
         .open(dest)
         .map_err(CopyError::Write)?;
     if pace == Pace::Beside && direct(&to, true) {
-        let copied = std::thread::scope(|scope| {
-            crate::background::spawn(scope, || copy_direct(&mut from, &mut to))
-                .join()
-                .expect("copying does not panic")
-        })?;
+        let copy = DirectCopy::new(&mut from, &mut to);
+        let copied = crate::background::run(copy, crate::background::STARVED, DirectCopy::run)?;
         to.sync_all().map_err(CopyError::Write)?;
         return Ok(copied);
     }
@@ -184,8 +181,10 @@ fn direct(file: &File, on: bool) -> bool {
     }
 }
 
-/// Copies `from` into `to` (in `O_DIRECT` mode) through one aligned buffer,
-/// hashing each step as it is written. Beside a serving daemon, a copy
+/// A copy of `from` into `to` (in `O_DIRECT` mode) through one aligned
+/// buffer, hashing each step as it is written, that may stop between
+/// steps and go on later, on another thread ([`crate::background::run`]).
+/// Beside a serving daemon, a copy
 /// through the page cache leaves its writeback to the kernel's workers —
 /// on ext4, the conversion of each newly allocated extent, in one ordered
 /// queue per file system that the daemon's commits wait on too; here, a
@@ -194,13 +193,53 @@ fn direct(file: &File, on: bool) -> bool {
 /// copy keeps at most one step on its way to the disk and nothing in that
 /// queue. A last step shorter than the alignment goes through the page
 /// cache, as does everything if the file system refuses a direct write.
-fn copy_direct(from: &mut File, to: &mut File) -> Result<Copied, CopyError> {
-    let step = Pace::Beside.step();
-    let mut raw = vec![0u8; step + DIRECT_ALIGN];
-    let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
-    let buf = &mut raw[start..start + step];
-    let (mut hasher, mut len, mut is_direct) = (Sha256::new(), 0u64, true);
-    loop {
+struct DirectCopy<'f> {
+    from: &'f mut File,
+    to: &'f mut File,
+    raw: Vec<u8>,
+    hasher: Sha256,
+    len: u64,
+    is_direct: bool,
+}
+
+impl<'f> DirectCopy<'f> {
+    fn new(from: &'f mut File, to: &'f mut File) -> Self {
+        Self {
+            from,
+            to,
+            raw: vec![0u8; Pace::Beside.step() + DIRECT_ALIGN],
+            hasher: Sha256::new(),
+            len: 0,
+            is_direct: true,
+        }
+    }
+
+    /// Copies step after step until the end (`Some`), or until `watch`
+    /// takes the rest over (`None`).
+    fn run(&mut self, watch: &crate::background::Watch) -> Option<Result<Copied, CopyError>> {
+        loop {
+            if watch.taken_over() {
+                return None;
+            }
+            match self.step() {
+                Ok(true) => watch.step(),
+                Ok(false) => {
+                    return Some(Ok(Copied {
+                        sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
+                        len: self.len,
+                    }));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Copies the next step; whether there was one.
+    fn step(&mut self) -> Result<bool, CopyError> {
+        let step = Pace::Beside.step();
+        let start = self.raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut self.raw[start..start + step];
+        let (from, to) = (&mut *self.from, &mut *self.to);
         let mut n = 0;
         while n < step {
             match from.read(&mut buf[n..]) {
@@ -211,20 +250,17 @@ fn copy_direct(from: &mut File, to: &mut File) -> Result<Copied, CopyError> {
             }
         }
         if n == 0 {
-            return Ok(Copied {
-                sha256: hex::encode(hasher.finalize()),
-                len,
-            });
+            return Ok(false);
         }
-        hasher.update(&buf[..n]);
+        self.hasher.update(&buf[..n]);
         let aligned = n - n % DIRECT_ALIGN;
-        if is_direct && aligned > 0 {
+        if self.is_direct && aligned > 0 {
             match to.write_all(&buf[..aligned]) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && direct(to, false) => {
-                    is_direct = false;
+                    self.is_direct = false;
                     // The refused write may have moved the offset part way.
-                    to.seek(io::SeekFrom::Start(len))
+                    to.seek(io::SeekFrom::Start(self.len))
                         .map_err(CopyError::Write)?;
                     to.write_all(&buf[..aligned]).map_err(CopyError::Write)?;
                 }
@@ -234,15 +270,16 @@ fn copy_direct(from: &mut File, to: &mut File) -> Result<Copied, CopyError> {
             to.write_all(&buf[..aligned]).map_err(CopyError::Write)?;
         }
         if aligned < n {
-            if is_direct {
-                is_direct = !direct(to, false);
+            if self.is_direct {
+                self.is_direct = !direct(to, false);
             }
             to.write_all(&buf[aligned..n]).map_err(CopyError::Write)?;
         }
-        len += n as u64;
-        if !is_direct {
-            write_behind(to, len - n as u64, len, Pace::Beside);
+        self.len += n as u64;
+        if !self.is_direct {
+            write_behind(to, self.len - n as u64, self.len, Pace::Beside);
         }
+        Ok(true)
     }
 }
 
@@ -388,17 +425,21 @@ fn hash_behind(file: &File, progress: std::sync::mpsc::Receiver<u64>) -> io::Res
 mod tests {
     use super::*;
 
+    /// A file `source` of `len` bytes in `dir` that no two steps repeat; its bytes.
+    fn patterned(dir: &Path, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+        let source = dir.join("source");
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&source, &bytes).unwrap();
+        (source, bytes)
+    }
+
     /// The copy is the source, byte for byte, and its hash the copy's, when
     /// the kernel copies (a file of several steps) and when it cannot (a
     /// file in /proc, whose size the kernel reports as 0).
     #[test]
     fn a_copy_is_the_source_and_its_hash_is_the_copys() {
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("source");
-        let bytes: Vec<u8> = (0..2 * Pace::Alone.step() + 12_345)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        std::fs::write(&source, &bytes).unwrap();
+        let (source, bytes) = patterned(dir.path(), 2 * Pace::Alone.step() + 12_345);
         for (from, name, pace) in [
             (source.as_path(), "copy", Pace::Alone),
             (Path::new("/proc/self/mounts"), "proc", Pace::Alone),
@@ -457,6 +498,25 @@ mod tests {
             resident <= 1,
             "{resident} pages of the copy are cached; only the short tail may be"
         );
+    }
+
+    /// A direct copy taken over between steps goes on, on another thread,
+    /// from where it stopped: the same bytes and hash as one in one go.
+    #[test]
+    fn a_direct_copy_goes_on_from_where_it_stopped_on_another_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, bytes) = patterned(dir.path(), 3 * Pace::Beside.step() + 5_000);
+        let dest = dir.path().join("copy");
+        let mut from = File::open(&source).unwrap();
+        let mut to = File::create(&dest).unwrap();
+        direct(&to, true);
+        let mut copy = DirectCopy::new(&mut from, &mut to);
+        assert!(copy.step().unwrap(), "a first step, here");
+        let long = std::time::Duration::from_secs(30);
+        let copied = crate::background::run(copy, long, DirectCopy::run).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+        assert_eq!(copied.len, bytes.len() as u64);
+        assert_eq!(copied.sha256, sha256_file(&source).unwrap());
     }
 
     #[test]
