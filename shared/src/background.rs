@@ -62,6 +62,20 @@ impl Watch {
     pub fn taken_over(&self) -> bool {
         self.taken_over.load(Ordering::Relaxed)
     }
+
+    /// Runs `step` until it gives a result, counting each step that does
+    /// not; `None` once the work is taken over, between two steps.
+    pub fn until_done<T>(&self, mut step: impl FnMut() -> Option<T>) -> Option<T> {
+        loop {
+            if self.taken_over() {
+                return None;
+            }
+            if let Some(done) = step() {
+                return Some(done);
+            }
+            self.step();
+        }
+    }
 }
 
 /// Runs `work` on `state`, on a thread of its own lowered to `SCHED_IDLE`

@@ -58,17 +58,53 @@ pub fn temp_name(name: &str) -> String {
 
 /// The SHA-256 of a file's contents, as lowercase hex.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    Hashing::open(path)?
+        .run(&crate::background::Watch::default())
+        .expect("a hash no one takes over ends")
+}
+
+/// [`sha256_file`] beside a serving daemon: at idle priority, in bounded
+/// time (see [`crate::background`]). A rollback's replaced database is
+/// hashed while the restored one serves: seconds of CPU at 4 GiB.
+pub fn sha256_file_beside(path: &Path) -> io::Result<String> {
+    let hashing = Hashing::open(path)?;
+    crate::background::run(hashing, crate::background::STARVED, Hashing::run)
+}
+
+/// A file's hash taken one read at a time, so that it can stop between two
+/// and go on on another thread.
+struct Hashing {
+    file: File,
+    hasher: Sha256,
+    buf: Vec<u8>,
+}
+
+impl Hashing {
+    fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(path)?,
+            hasher: Sha256::new(),
+            buf: vec![0u8; 1 << 16],
+        })
     }
-    Ok(hex::encode(hasher.finalize()))
+
+    /// Hashes up to the end (`Some`), or until `watch` takes the rest over.
+    fn run(&mut self, watch: &crate::background::Watch) -> Option<io::Result<String>> {
+        watch.until_done(|| self.step())
+    }
+
+    /// Hashes the next read; the hash once the file has ended.
+    fn step(&mut self) -> Option<io::Result<String>> {
+        match self.file.read(&mut self.buf) {
+            Ok(0) => Some(Ok(hex::encode(std::mem::take(&mut self.hasher).finalize()))),
+            Ok(n) => {
+                self.hasher.update(&self.buf[..n]);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// Which side of [`copy_hashed`] failed.
@@ -217,21 +253,14 @@ impl<'f> DirectCopy<'f> {
     /// Copies step after step until the end (`Some`), or until `watch`
     /// takes the rest over (`None`).
     fn run(&mut self, watch: &crate::background::Watch) -> Option<Result<Copied, CopyError>> {
-        loop {
-            if watch.taken_over() {
-                return None;
-            }
-            match self.step() {
-                Ok(true) => watch.step(),
-                Ok(false) => {
-                    return Some(Ok(Copied {
-                        sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
-                        len: self.len,
-                    }));
-                }
-                Err(e) => return Some(Err(e)),
-            }
-        }
+        watch.until_done(|| match self.step() {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(Copied {
+                sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
+                len: self.len,
+            })),
+            Err(e) => Some(Err(e)),
+        })
     }
 
     /// Copies the next step; whether there was one.
@@ -517,6 +546,20 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), bytes);
         assert_eq!(copied.len, bytes.len() as u64);
         assert_eq!(copied.sha256, sha256_file(&source).unwrap());
+    }
+
+    /// A hash taken over between two reads goes on, on another thread,
+    /// from where it stopped: the hash of the whole file.
+    #[test]
+    fn a_hash_goes_on_from_where_it_stopped_on_another_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = patterned(dir.path(), 5 * (1 << 16) + 5_000);
+        let mut hashing = Hashing::open(&path).unwrap();
+        assert!(hashing.step().is_none(), "a first read, here");
+        let long = std::time::Duration::from_secs(30);
+        let sha256 = crate::background::run(hashing, long, Hashing::run).unwrap();
+        assert_eq!(sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(sha256_file_beside(&path).unwrap(), sha256);
     }
 
     #[test]

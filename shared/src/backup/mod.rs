@@ -18,7 +18,9 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::background::Watch;
-use crate::fsutil::{Copied, CopyError, Pace, copy_hashed, fsync_dir, sha256_file, write_atomic};
+use crate::fsutil::{
+    Copied, CopyError, Pace, copy_hashed, fsync_dir, sha256_file_beside, write_atomic,
+};
 use crate::layout::DataDir;
 use crate::time::UtcTime;
 
@@ -516,7 +518,8 @@ impl Drop for Pending {
 /// `backups/` — moved, not copied, so keeping a large database costs no
 /// space. Only when `backups/` is on another file system are the files
 /// copied (and `folder` removed after). A restore sets a replaced database
-/// aside in such a folder of `data/`; this makes it a [`Kind::RolledBack`].
+/// aside in such a folder of `data/`; this makes it a [`Kind::RolledBack`],
+/// hashing it beside the daemon that serves by then.
 pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, BackupError> {
     let root = dir.backups();
     fs::create_dir_all(&root).map_err(io_err(&root))?;
@@ -530,7 +533,7 @@ pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, 
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let sha256 = sha256_file(&path).map_err(io_err(&path))?;
+        let sha256 = sha256_file_beside(&path).map_err(io_err(&path))?;
         files.insert(file.to_string(), Copied { sha256, len });
     }
     let manifest = manifest(dir, request, now, &files)?;
@@ -728,6 +731,7 @@ pub fn prune(dir: &DataDir, keep: usize) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::sha256_file;
 
     fn install() -> (tempfile::TempDir, DataDir) {
         let tmp = tempfile::tempdir().unwrap();
