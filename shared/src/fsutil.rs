@@ -71,8 +71,11 @@ pub fn sha256_file_beside(path: &Path) -> io::Result<String> {
     crate::background::run(hashing, crate::background::STARVED, Hashing::run)
 }
 
-/// A file's hash taken one read at a time, so that it can stop between two
-/// and go on on another thread.
+/// A file's hash taken a step at a time, so that it can stop between two
+/// and go on on another thread. A step is as long as the copy's beside the
+/// daemon, a few milliseconds of CPU: the watcher of
+/// [`crate::background::run`] counts steps, and steps much shorter could
+/// keep coming, however slowly the hash goes, and never let it take over.
 struct Hashing {
     file: File,
     hasher: Sha256,
@@ -93,17 +96,23 @@ impl Hashing {
         watch.until_done(|| self.step())
     }
 
-    /// Hashes the next read; the hash once the file has ended.
+    /// Hashes the next step; the hash once the file has ended.
     fn step(&mut self) -> Option<io::Result<String>> {
-        match self.file.read(&mut self.buf) {
-            Ok(0) => Some(Ok(hex::encode(std::mem::take(&mut self.hasher).finalize()))),
-            Ok(n) => {
-                self.hasher.update(&self.buf[..n]);
-                None
+        let mut hashed = 0;
+        while hashed < Pace::Beside.step() {
+            match self.file.read(&mut self.buf) {
+                Ok(0) => {
+                    return Some(Ok(hex::encode(std::mem::take(&mut self.hasher).finalize())));
+                }
+                Ok(n) => {
+                    self.hasher.update(&self.buf[..n]);
+                    hashed += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => Some(Err(e)),
         }
+        None
     }
 }
 
@@ -548,18 +557,23 @@ mod tests {
         assert_eq!(copied.sha256, sha256_file(&source).unwrap());
     }
 
-    /// A hash taken over between two reads goes on, on another thread,
-    /// from where it stopped: the hash of the whole file.
+    /// A hash taken over between two steps stops at once, then goes on,
+    /// on another thread, from where it stopped: what the first step read
+    /// is not read again (the test changes it after), and the hash is the
+    /// whole file's as it was.
     #[test]
     fn a_hash_goes_on_from_where_it_stopped_on_another_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, bytes) = patterned(dir.path(), 5 * (1 << 16) + 5_000);
+        let (path, bytes) = patterned(dir.path(), 3 * Pace::Beside.step() + 5_000);
         let mut hashing = Hashing::open(&path).unwrap();
-        assert!(hashing.step().is_none(), "a first read, here");
+        assert!(hashing.step().is_none(), "a first step, here");
+        let taken = crate::background::Watch::taken();
+        assert!(hashing.run(&taken).is_none(), "taken over: no result");
+        let mut changed = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        changed.write_all(&[0u8; 4096]).unwrap();
         let long = std::time::Duration::from_secs(30);
         let sha256 = crate::background::run(hashing, long, Hashing::run).unwrap();
         assert_eq!(sha256, hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(sha256_file_beside(&path).unwrap(), sha256);
     }
 
     #[test]

@@ -519,7 +519,8 @@ impl Drop for Pending {
 /// space. Only when `backups/` is on another file system are the files
 /// copied (and `folder` removed after). A restore sets a replaced database
 /// aside in such a folder of `data/`; this makes it a [`Kind::RolledBack`],
-/// hashing it beside the daemon that serves by then.
+/// hashing it at idle priority, as it mostly runs beside the restored
+/// daemon (a watched hash ends as fast where nothing else wants the CPU).
 pub fn adopt(dir: &DataDir, folder: &Path, request: &Request) -> Result<Backup, BackupError> {
     let root = dir.backups();
     fs::create_dir_all(&root).map_err(io_err(&root))?;
