@@ -777,6 +777,13 @@ mod tests {
         assert!(matches!(verdict, Some(Ok(()))), "{verdict:?}");
         assert!(watch.steps() > 0, "the check reported its steps");
         quick_check(&db).unwrap();
+        // A watched check that fails on its own says so: not taken over.
+        fs::write(&db, vec![7u8; 8192]).unwrap();
+        let verdict = checked_unless_taken_over(&db, Some(&Watch::default()));
+        assert!(
+            matches!(verdict, Some(Err(BackupError::Corrupt(_)))),
+            "{verdict:?}"
+        );
     }
 
     #[test]
