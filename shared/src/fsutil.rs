@@ -576,6 +576,17 @@ mod tests {
         assert_eq!(sha256, hex::encode(Sha256::digest(&bytes)));
     }
 
+    /// A read that fails ends the hash with its error, watched or not (a
+    /// folder opens, and every read of it fails).
+    #[test]
+    fn a_hash_that_cannot_read_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        for hashed in [sha256_file(dir.path()), sha256_file_beside(dir.path())] {
+            let e = hashed.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "{e}");
+        }
+    }
+
     #[test]
     fn atomic_write_replaces_and_hash_matches() {
         let dir = tempfile::tempdir().unwrap();
