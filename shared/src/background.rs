@@ -176,15 +176,14 @@ mod tests {
             Vec::new(),
             starved,
             |ran: &mut Vec<(ThreadId, i32)>, watch| {
-                while ran.len() < steps {
-                    if watch.taken_over() {
-                        return None;
+                watch.until_done(|| {
+                    if ran.len() == steps {
+                        return Some(std::mem::take(ran));
                     }
                     step(ran.len());
                     ran.push((std::thread::current().id(), policy()));
-                    watch.step();
-                }
-                Some(std::mem::take(ran))
+                    None
+                })
             },
         )
     }
